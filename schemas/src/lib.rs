@@ -1,0 +1,38 @@
+//! The vocabulary every part of fleetpulse shares: the five records of the design (telemetry in,
+//! aggregates, anomalies, status transitions and dead letters out), their Avro schemas, the
+//! Confluent-framed Avro codec, and the JSON form of telemetry that devices may send instead.
+//!
+//! This crate is a leaf: it does no I/O. The schemas under `schemas/avro/` are compiled in and
+//! form the file-backed registry ([`SchemaStore::builtin`]); a networked registry lives in the
+//! `registry` crate and feeds this one through [`SchemaStore::insert`].
+//!
+//! ```
+//! use schemas::{Codec, Telemetry};
+//!
+//! let codec = Codec::builtin();
+//! let reading = Telemetry::example();
+//! let bytes = codec.encode(&reading).unwrap();
+//! assert_eq!(bytes[0], 0); // Confluent magic byte
+//! assert_eq!(codec.decode::<Telemetry>(&bytes).unwrap(), reading);
+//! ```
+
+mod codec;
+mod dead_letter;
+mod derived;
+mod error;
+mod json;
+mod record;
+mod store;
+mod telemetry;
+mod timestamp;
+
+pub use codec::{Codec, InputFormat, WIRE_HEADER_LEN, schema_id};
+pub use dead_letter::{DeadLetter, DeadLetterReason};
+pub use derived::{
+    Anomaly, AnomalyKind, AnomalyState, DeviceStatus, Severity, StatusTransition,
+    TransitionReason, WindowAggregate,
+};
+pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
+pub use record::{Record, RecordKind};
+pub use store::{BuiltinSchema, SchemaStore, builtin_schemas};
+pub use telemetry::{TS_MAX_MS, TS_MIN_MS, Telemetry};

@@ -1,0 +1,90 @@
+//! What makes a type a fleetpulse record: which schema it has, where it goes by default, and how
+//! it checks its own field values.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::InvalidField;
+
+/// The five kinds of record, one per topic of the design.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKind {
+    /// A device reading ([`crate::Telemetry`]).
+    Telemetry,
+    /// Per-device window statistics ([`crate::WindowAggregate`]).
+    WindowAggregate,
+    /// Anomaly state changes ([`crate::Anomaly`]).
+    Anomaly,
+    /// Online/offline transitions ([`crate::StatusTransition`]).
+    StatusTransition,
+    /// Rejected input ([`crate::DeadLetter`]).
+    DeadLetter,
+}
+
+impl RecordKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [RecordKind; 5] = [
+        RecordKind::Telemetry,
+        RecordKind::WindowAggregate,
+        RecordKind::Anomaly,
+        RecordKind::StatusTransition,
+        RecordKind::DeadLetter,
+    ];
+
+    /// The Avro full name of the record's schema.
+    pub fn full_name(self) -> &'static str {
+        match self {
+            RecordKind::Telemetry => "io.fleetpulse.Telemetry",
+            RecordKind::WindowAggregate => "io.fleetpulse.WindowAggregate",
+            RecordKind::Anomaly => "io.fleetpulse.Anomaly",
+            RecordKind::StatusTransition => "io.fleetpulse.StatusTransition",
+            RecordKind::DeadLetter => "io.fleetpulse.DeadLetter",
+        }
+    }
+
+    /// The topic this kind is written to unless configured otherwise.
+    pub fn default_topic(self) -> &'static str {
+        match self {
+            RecordKind::Telemetry => "telemetry",
+            RecordKind::WindowAggregate => "device-aggregates",
+            RecordKind::Anomaly => "device-anomalies",
+            RecordKind::StatusTransition => "device-status",
+            RecordKind::DeadLetter => "telemetry-dlq",
+        }
+    }
+
+    /// The registry subject of the record under the default topic, following Confluent's
+    /// topic-name strategy (`<topic>-value`) so Confluent clients find the same subjects.
+    pub fn default_subject(self) -> String {
+        format!("{}-value", self.default_topic())
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn from_full_name(name: &str) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| k.full_name() == name)
+    }
+}
+
+impl std::fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.full_name())
+    }
+}
+
+/// A record type with an Avro schema in this crate.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Which of the five records this is.
+    const KIND: RecordKind;
+
+    /// The Kafka key the record is written with: the device id, so one device stays in one
+    /// partition and in order.
+    fn key(&self) -> &str;
+
+    /// Checks the field values the schema cannot express (ranges, non-empty ids).
+    fn validate(&self) -> Result<(), InvalidField> {
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! The telemetry record: one reading of one device, and the checks a reading must pass before the
+//! pipeline uses it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::InvalidField;
+use crate::record::{Record, RecordKind};
+
+/// Smallest accepted event time: the Unix epoch.
+pub const TS_MIN_MS: i64 = 0;
+/// Largest accepted event time (exclusive): 2100-01-01T00:00:00Z. Anything later is a broken
+/// clock or a unit mistake (microseconds sent as milliseconds), not a reading.
+pub const TS_MAX_MS: i64 = 4_102_444_800_000;
+
+/// One reading of one device. Field docs are in `schemas/avro/telemetry.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// Tenant that owns the device.
+    pub tenant_id: String,
+    /// Device id, also the Kafka key.
+    pub device_id: String,
+    /// Event time, ms since the epoch. JSON may also give an RFC 3339 string.
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
+    pub ts: i64,
+    /// Response time in ms, if the reading carries one.
+    #[serde(default)]
+    pub response_time_ms: Option<f64>,
+    /// Whether the operation succeeded.
+    #[serde(default = "ok_by_default")]
+    pub ok: bool,
+    /// Error code when `ok` is false.
+    #[serde(default)]
+    pub error_code: Option<String>,
+    /// Battery charge, percent.
+    #[serde(default)]
+    pub battery_pct: Option<f64>,
+    /// Signal strength, dBm.
+    #[serde(default)]
+    pub signal_dbm: Option<f64>,
+    /// Device class (sensor, gateway, ...).
+    #[serde(default)]
+    pub device_class: Option<String>,
+    /// Free-form attributes.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn ok_by_default() -> bool {
+    true
+}
+
+impl Telemetry {
+    /// A valid reading, for examples and tests.
+    pub fn example() -> Telemetry {
+        Telemetry {
+            tenant_id: "acme".into(),
+            device_id: "dev-0001".into(),
+            ts: 1_700_000_000_000,
+            response_time_ms: Some(42.5),
+            ok: true,
+            error_code: None,
+            battery_pct: Some(87.0),
+            signal_dbm: Some(-71.0),
+            device_class: Some("sensor".into()),
+            attributes: BTreeMap::from([("fw".to_string(), "1.2.3".to_string())]),
+        }
+    }
+}
+
+fn finite(field: &'static str, v: Option<f64>) -> Result<(), InvalidField> {
+    match v {
+        Some(x) if !x.is_finite() => Err(InvalidField::new(field, format!("{x} is not finite"))),
+        _ => Ok(()),
+    }
+}
+
+impl Record for Telemetry {
+    const KIND: RecordKind = RecordKind::Telemetry;
+
+    fn key(&self) -> &str {
+        &self.device_id
+    }
+
+    fn validate(&self) -> Result<(), InvalidField> {
+        if self.tenant_id.is_empty() {
+            return Err(InvalidField::new("tenant_id", "must not be empty"));
+        }
+        if self.device_id.is_empty() {
+            return Err(InvalidField::new("device_id", "must not be empty"));
+        }
+        if !(TS_MIN_MS..TS_MAX_MS).contains(&self.ts) {
+            return Err(InvalidField::new(
+                "ts",
+                format!(
+                    "{} is outside 1970-01-01..2100-01-01 (expected milliseconds since the epoch)",
+                    self.ts
+                ),
+            ));
+        }
+        finite("response_time_ms", self.response_time_ms)?;
+        if let Some(rt) = self.response_time_ms.filter(|rt| *rt < 0.0) {
+            return Err(InvalidField::new(
+                "response_time_ms",
+                format!("{rt} is negative"),
+            ));
+        }
+        finite("battery_pct", self.battery_pct)?;
+        if let Some(b) = self
+            .battery_pct
+            .filter(|b| !(0.0..=100.0).contains(b))
+        {
+            return Err(InvalidField::new(
+                "battery_pct",
+                format!("{b} is outside 0..=100"),
+            ));
+        }
+        finite("signal_dbm", self.signal_dbm)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut Telemetry)) -> Result<(), InvalidField> {
+        let mut t = Telemetry::example();
+        f(&mut t);
+        t.validate()
+    }
+
+    #[test]
+    fn example_is_valid() {
+        assert_eq!(with(|_| {}), Ok(()));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: [(&str, fn(&mut Telemetry)); 9] = [
+            ("tenant_id", |t| t.tenant_id.clear()),
+            ("device_id", |t| t.device_id.clear()),
+            ("ts", |t| t.ts = -1),
+            ("ts", |t| t.ts = TS_MAX_MS),
+            ("response_time_ms", |t| t.response_time_ms = Some(-0.5)),
+            ("response_time_ms", |t| t.response_time_ms = Some(f64::NAN)),
+            ("battery_pct", |t| t.battery_pct = Some(100.5)),
+            ("battery_pct", |t| t.battery_pct = Some(-1.0)),
+            ("signal_dbm", |t| t.signal_dbm = Some(f64::INFINITY)),
+        ];
+        for (field, break_it) in cases {
+            assert_eq!(with(break_it).map_err(|e| e.field), Err(field));
+        }
+    }
+
+    #[test]
+    fn edges_are_valid() {
+        assert_eq!(with(|t| t.ts = TS_MIN_MS), Ok(()));
+        assert_eq!(with(|t| t.ts = TS_MAX_MS - 1), Ok(()));
+        assert_eq!(with(|t| t.battery_pct = Some(0.0)), Ok(()));
+        assert_eq!(with(|t| t.battery_pct = Some(100.0)), Ok(()));
+        assert_eq!(with(|t| t.response_time_ms = Some(0.0)), Ok(()));
+    }
+}
