@@ -194,9 +194,9 @@ impl SchemaStore {
         self.writers.contains_key(&id)
     }
 
-    /// The current schema text of `kind`, in Avro's parsing canonical form.
-    pub fn current_schema_text(kind: RecordKind) -> String {
-        CURRENT[kind.index()].canonical_form()
+    /// The current schema of `kind`, as in its `.avsc` file: what fleetpulse registers.
+    pub fn current_schema_json(kind: RecordKind) -> &'static str {
+        newest(kind).json
     }
 
     pub(crate) fn reader(&self, id: u32) -> Option<&WriterSchema> {

@@ -1,0 +1,67 @@
+//! Configuration of both sides: `[registry]` for the server, `[schema_registry]` for the client.
+//! Values are checked as they are parsed, so a mistake names its key at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `[registry]`: the `fleetpulse registry` server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// File that keeps schemas registered by clients across restarts. Without one they live in
+    /// memory only; the built-in schemas are always there.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            state_file: None,
+        }
+    }
+}
+
+/// `[schema_registry]`: a Confluent-compatible registry to take schema ids from. Without this
+/// section fleetpulse uses its built-in schema ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Base URL of the registry, for example `http://127.0.0.1:8081`.
+    #[serde(deserialize_with = "http_url")]
+    pub url: url::Url,
+    /// Timeout of one registry request, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// User for HTTP basic authentication, if the registry asks for it.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for HTTP basic authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<url::Url, D::Error> {
+    let text = String::deserialize(d)?;
+    match url::Url::parse(&text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(u),
+        _ => Err(serde::de::Error::invalid_value(
+            serde::de::Unexpected::Str(&text),
+            &"an http:// or https:// URL such as http://127.0.0.1:8081",
+        )),
+    }
+}
