@@ -68,10 +68,19 @@ as_root() {
   fi
 }
 
+# The system python3 starts faster than a pyenv shim; any python3 will do.
+python_bin() {
+  if [[ -x /usr/bin/python3 ]]; then
+    printf '%s\n' /usr/bin/python3
+  else
+    command -v python3 || true
+  fi
+}
+
 # Print N distinct free TCP ports on 127.0.0.1, space separated.
 free_ports() {
   local n="$1" py
-  py="$(command -v python3 || true)"
+  py="$(python_bin)"
   if [[ -n "$py" ]]; then
     "$py" - "$n" <<'EOF'
 import socket, sys
@@ -292,7 +301,7 @@ install_kafka() {
     write_kafka_pom "$v" "$home"
     mvnlog="$home/mvn.log"
     log "kafka $v: resolving jars from Maven Central into $home/lib (maven repo $CACHE/m2)"
-    if (cd "$home" && mvn -B -q --no-transfer-progress -Dmaven.repo.local="$CACHE/m2" \
+    if (cd "$home" && mvn -B -q --no-transfer-progress -Dstyle.color=never -Dmaven.repo.local="$CACHE/m2" \
       dependency:copy-dependencies >"$mvnlog" 2>&1); then
       rm -rf "${home:?}/lib"
       mv "$home/lib.tmp" "$home/lib"
@@ -430,7 +439,7 @@ EOF
   fi
 
   if [[ ! -f "$data/meta.properties" ]]; then
-    cluster_id="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' 2>/dev/null ||
+    cluster_id="$("$(python_bin)" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' 2>/dev/null ||
       "$java" -cp "$home/lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null)"
     log "kafka: formatting $data (cluster id $cluster_id)"
     if ! "$java" -Xmx256m -Dlog4j2.configurationFile="$kdir/log4j2.properties" -cp "$home/lib/*" \

@@ -21,7 +21,9 @@ pub struct RegistryClient {
 
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryClient").field("url", &self.url).finish()
+        f.debug_struct("RegistryClient")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -79,7 +81,11 @@ impl RegistryClient {
 
     /// Fetches the writer schema of `id` and teaches it to the codec, so records written with it
     /// decode. Returns the record kind the schema describes.
-    pub async fn fetch_into(&self, codec: &mut Codec, id: u32) -> Result<RecordKind, RegistryError> {
+    pub async fn fetch_into(
+        &self,
+        codec: &mut Codec,
+        id: u32,
+    ) -> Result<RecordKind, RegistryError> {
         let registered = get_schema_by_id(id, &self.settings)
             .await
             .map_err(|e| self.error(e))?;

@@ -29,7 +29,10 @@ pub fn router(subjects: Subjects, metrics: impl Fn() -> String + Send + Sync + '
         .route("/", get(|| async { Json(json!({})) }))
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup))
-        .route("/subjects/{subject}/versions", get(list_versions).post(register))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
         .route("/subjects/{subject}/versions/{version}", get(get_version))
         .route("/schemas/ids/{id}", get(get_schema))
         .route("/schemas/types", get(|| async { Json(json!(["AVRO"])) }))
@@ -56,7 +59,10 @@ impl IntoResponse for Reply {
             Ok(body) => (StatusCode::OK, body),
             Err(e) => {
                 let (status, code) = error_code(&e);
-                (status, json!({"error_code": code, "message": e.to_string()}))
+                (
+                    status,
+                    json!({"error_code": code, "message": e.to_string()}),
+                )
             }
         };
         metrics::counter!(REQUESTS, "route" => self.route, "status" => status.as_str().to_string())
@@ -86,7 +92,9 @@ fn error_code(e: &RegistryError) -> (StatusCode, u32) {
 fn lock(shared: &Shared) -> MutexGuard<'_, Subjects> {
     // A panic while holding the lock cannot leave Subjects half-updated: it changes only after
     // the state file is written.
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The body clients send with a schema.
@@ -252,7 +260,10 @@ mod tests {
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     #[tokio::test]
@@ -260,10 +271,23 @@ mod tests {
         let app = router(Subjects::builtin(), String::new);
         let (status, body) = call(&app, "GET", "/schemas/ids/2", None).await;
         assert_eq!(status, 200);
-        assert!(body["schema"].as_str().is_some_and(|s| s.contains("signal_dbm")));
+        assert!(
+            body["schema"]
+                .as_str()
+                .is_some_and(|s| s.contains("signal_dbm"))
+        );
 
-        let (status, body) = call(&app, "GET", "/subjects/telemetry-value/versions/latest", None).await;
-        assert_eq!((status, body["id"].as_u64(), body["version"].as_u64()), (200, Some(2), Some(2)));
+        let (status, body) = call(
+            &app,
+            "GET",
+            "/subjects/telemetry-value/versions/latest",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["id"].as_u64(), body["version"].as_u64()),
+            (200, Some(2), Some(2))
+        );
 
         let (status, body) = call(&app, "GET", "/subjects/nope/versions", None).await;
         assert_eq!((status, body["error_code"].as_u64()), (404, Some(40401)));
@@ -271,14 +295,29 @@ mod tests {
         assert_eq!((status, body["error_code"].as_u64()), (404, Some(40403)));
 
         let other = json!({"schema": r#"{"type":"record","name":"X","fields":[{"name":"a","type":"long"}]}"#});
-        let (status, body) = call(&app, "POST", "/subjects/x-value/versions", Some(other.clone())).await;
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/subjects/x-value/versions",
+            Some(other.clone()),
+        )
+        .await;
         assert_eq!((status, body["id"].as_u64()), (200, Some(7)));
         let (status, body) = call(&app, "POST", "/subjects/x-value", Some(other)).await;
         assert_eq!((status, body["version"].as_u64()), (200, Some(1)));
 
         let breaking = json!({"schema": r#"{"type":"record","name":"X","fields":[{"name":"b","type":"long"}]}"#});
-        let (status, body) = call(&app, "POST", "/compatibility/subjects/x-value/versions/latest", Some(breaking.clone())).await;
-        assert_eq!((status, body["is_compatible"].as_bool()), (200, Some(false)));
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/compatibility/subjects/x-value/versions/latest",
+            Some(breaking.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, body["is_compatible"].as_bool()),
+            (200, Some(false))
+        );
         let (status, body) = call(&app, "POST", "/subjects/x-value/versions", Some(breaking)).await;
         assert_eq!((status, body["error_code"].as_u64()), (409, Some(409)));
 

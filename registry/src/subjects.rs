@@ -54,7 +54,8 @@ pub struct Subjects {
 }
 
 fn parse(text: &str) -> Result<StoredSchema, RegistryError> {
-    let parsed = Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema(e.to_string()))?;
+    let parsed =
+        Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema(e.to_string()))?;
     Ok(StoredSchema {
         text: text.to_string(),
         canonical: parsed.canonical_form(),
@@ -192,7 +193,11 @@ impl Subjects {
     }
 
     /// A version of a subject; `None` is the latest.
-    pub fn version(&self, subject: &str, version: Option<u32>) -> Result<Registered, RegistryError> {
+    pub fn version(
+        &self,
+        subject: &str,
+        version: Option<u32>,
+    ) -> Result<Registered, RegistryError> {
         let ids = self.ids(subject)?;
         let version = version.unwrap_or(ids.len() as u32);
         let id = version
@@ -216,7 +221,11 @@ impl Subjects {
         let ids = self.ids(subject)?;
         let position = ids
             .iter()
-            .position(|id| self.schemas.get(id).is_some_and(|s| s.canonical == canonical))
+            .position(|id| {
+                self.schemas
+                    .get(id)
+                    .is_some_and(|s| s.canonical == canonical)
+            })
             .ok_or_else(|| RegistryError::SchemaNotFound(format!("under subject {subject:?}")))?;
         self.version(subject, Some(position as u32 + 1))
     }
@@ -264,7 +273,10 @@ impl Subjects {
                 id
             }
         };
-        self.subjects.entry(subject.to_string()).or_default().push(id);
+        self.subjects
+            .entry(subject.to_string())
+            .or_default()
+            .push(id);
         self.save()?;
         Ok(id)
     }
@@ -275,10 +287,12 @@ mod tests {
     use super::*;
     use schemas::RecordKind;
 
-    const OTHER_V1: &str = r#"{"type":"record","name":"Other","fields":[{"name":"a","type":"long"}]}"#;
+    const OTHER_V1: &str =
+        r#"{"type":"record","name":"Other","fields":[{"name":"a","type":"long"}]}"#;
     const OTHER_V2: &str = r#"{"type":"record","name":"Other","fields":[{"name":"a","type":"long"},
         {"name":"b","type":"string","default":""}]}"#;
-    const OTHER_BAD: &str = r#"{"type":"record","name":"Other","fields":[{"name":"c","type":"string"}]}"#;
+    const OTHER_BAD: &str =
+        r#"{"type":"record","name":"Other","fields":[{"name":"c","type":"string"}]}"#;
 
     #[test]
     fn built_in_subjects_have_their_fixed_ids() {
@@ -302,20 +316,35 @@ mod tests {
             Err(RegistryError::Incompatible { .. })
         ));
         assert_eq!(s.versions("other-value").ok(), Some(vec![1, 2]));
-        assert!(matches!(s.register("x", "{"), Err(RegistryError::InvalidSchema(_))));
+        assert!(matches!(
+            s.register("x", "{"),
+            Err(RegistryError::InvalidSchema(_))
+        ));
     }
 
     #[test]
     fn lookups_say_what_is_missing() {
         let s = Subjects::builtin();
-        assert!(matches!(s.versions("nope"), Err(RegistryError::SubjectNotFound(_))));
+        assert!(matches!(
+            s.versions("nope"),
+            Err(RegistryError::SubjectNotFound(_))
+        ));
         assert!(matches!(
             s.version("telemetry-value", Some(3)),
             Err(RegistryError::VersionNotFound { .. })
         ));
-        assert!(matches!(s.version("telemetry-value", Some(0)), Err(RegistryError::VersionNotFound { .. })));
-        assert!(matches!(s.schema(99), Err(RegistryError::SchemaNotFound(_))));
-        assert!(matches!(s.lookup("telemetry-value", OTHER_V1), Err(RegistryError::SchemaNotFound(_))));
+        assert!(matches!(
+            s.version("telemetry-value", Some(0)),
+            Err(RegistryError::VersionNotFound { .. })
+        ));
+        assert!(matches!(
+            s.schema(99),
+            Err(RegistryError::SchemaNotFound(_))
+        ));
+        assert!(matches!(
+            s.lookup("telemetry-value", OTHER_V1),
+            Err(RegistryError::SchemaNotFound(_))
+        ));
     }
 
     #[test]
@@ -325,6 +354,12 @@ mod tests {
         let id = Subjects::open(&path).and_then(|mut s| s.register("other-value", OTHER_V1));
         assert_eq!(id.ok(), Some(7));
         let reopened = Subjects::open(&path);
-        assert_eq!(reopened.and_then(|s| s.lookup("other-value", OTHER_V1)).map(|r| r.id).ok(), Some(7));
+        assert_eq!(
+            reopened
+                .and_then(|s| s.lookup("other-value", OTHER_V1))
+                .map(|r| r.id)
+                .ok(),
+            Some(7)
+        );
     }
 }

@@ -23,7 +23,9 @@ mod tests {
     use crate::dead_letter::DeadLetterReason;
 
     fn reason(json: &str) -> Option<DeadLetterReason> {
-        telemetry_from_json(json.as_bytes()).err().map(|e| e.reason())
+        telemetry_from_json(json.as_bytes())
+            .err()
+            .map(|e| e.reason())
     }
 
     #[test]
@@ -38,7 +40,10 @@ mod tests {
     fn errors_are_classified() {
         assert_eq!(reason("{"), Some(DeadLetterReason::Undecodable));
         assert_eq!(reason("not json"), Some(DeadLetterReason::Undecodable));
-        assert_eq!(reason(r#"{"tenant_id":"a","ts":5}"#), Some(DeadLetterReason::Schema));
+        assert_eq!(
+            reason(r#"{"tenant_id":"a","ts":5}"#),
+            Some(DeadLetterReason::Schema)
+        );
         assert_eq!(
             reason(r#"{"tenant_id":"a","device_id":"d","ts":"5"}"#),
             Some(DeadLetterReason::Schema)

@@ -29,8 +29,8 @@ mod timestamp;
 pub use codec::{Codec, InputFormat, WIRE_HEADER_LEN, schema_id};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub use derived::{
-    Anomaly, AnomalyKind, AnomalyState, DeviceStatus, Severity, StatusTransition,
-    TransitionReason, WindowAggregate,
+    Anomaly, AnomalyKind, AnomalyState, DeviceStatus, Severity, StatusTransition, TransitionReason,
+    WindowAggregate,
 };
 pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
 pub use record::{Record, RecordKind};

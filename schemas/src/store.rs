@@ -81,7 +81,9 @@ pub fn builtin_schemas() -> &'static [BuiltinSchema] {
 fn intern(schema: Schema) -> &'static Schema {
     static INTERNED: LazyLock<Mutex<HashMap<String, &'static Schema>>> =
         LazyLock::new(Default::default);
-    let mut map = INTERNED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut map = INTERNED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     map.entry(schema.canonical_form())
         .or_insert_with(|| Box::leak(Box::new(schema)))
 }
@@ -140,7 +142,10 @@ impl std::fmt::Debug for SchemaStore {
         ids.sort();
         f.debug_struct("SchemaStore")
             .field("ids", &ids)
-            .field("writing", &self.current.iter().map(|c| c.id).collect::<Vec<_>>())
+            .field(
+                "writing",
+                &self.current.iter().map(|c| c.id).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -180,7 +185,10 @@ impl SchemaStore {
     /// current schema of that kind.
     pub fn use_for_writing(&mut self, kind: RecordKind, id: u32) -> Result<(), SchemaError> {
         self.current[kind.index()] = current_schema(id, kind)?;
-        self.writers.insert(id, writer_schema(id, &CURRENT[kind.index()].canonical_form())?);
+        self.writers.insert(
+            id,
+            writer_schema(id, &CURRENT[kind.index()].canonical_form())?,
+        );
         Ok(())
     }
 
@@ -219,7 +227,9 @@ fn writer_schema(id: u32, json: &str) -> Result<Arc<WriterSchema>, SchemaError> 
     let resolves = schema.canonical_form() != current.canonical_form();
     let reader = if resolves {
         SchemaCompatibility::can_read(schema, current).map_err(|e| incompatible(e.to_string()))?;
-        GenericDatumReader::builder(schema).reader_schema(current).build()
+        GenericDatumReader::builder(schema)
+            .reader_schema(current)
+            .build()
     } else {
         GenericDatumReader::builder(schema).build()
     }
@@ -259,7 +269,10 @@ mod tests {
     fn foreign_and_broken_schemas_are_refused() {
         let mut store = SchemaStore::builtin();
         let foreign = r#"{"type":"record","name":"Other","fields":[]}"#;
-        assert!(matches!(store.insert(9, foreign), Err(SchemaError::Foreign(_))));
+        assert!(matches!(
+            store.insert(9, foreign),
+            Err(SchemaError::Foreign(_))
+        ));
         assert!(matches!(store.insert(9, "{"), Err(SchemaError::Parse(_))));
         let incompatible = r#"{"type":"record","name":"Telemetry","namespace":"io.fleetpulse",
             "fields":[{"name":"tenant_id","type":"long"}]}"#;

@@ -107,10 +107,7 @@ impl Record for Telemetry {
             ));
         }
         finite("battery_pct", self.battery_pct)?;
-        if let Some(b) = self
-            .battery_pct
-            .filter(|b| !(0.0..=100.0).contains(b))
-        {
+        if let Some(b) = self.battery_pct.filter(|b| !(0.0..=100.0).contains(b)) {
             return Err(InvalidField::new(
                 "battery_pct",
                 format!("{b} is outside 0..=100"),

@@ -60,7 +60,10 @@ mod tests {
 
     #[test]
     fn accepts_millis_and_rfc3339() {
-        assert_eq!(parse(r#"{"ts": 1700000000123}"#).ok(), Some(1_700_000_000_123));
+        assert_eq!(
+            parse(r#"{"ts": 1700000000123}"#).ok(),
+            Some(1_700_000_000_123)
+        );
         assert_eq!(parse(r#"{"ts": 1.7e12}"#).ok(), Some(1_700_000_000_000));
         assert_eq!(
             parse(r#"{"ts": "2023-11-14T22:13:20.123Z"}"#).ok(),

@@ -18,7 +18,12 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn num() -> impl Strategy<Value = f64> {
-    prop_oneof![-1.0e9..1.0e9f64, Just(0.0), Just(f64::MAX), Just(f64::MIN_POSITIVE)]
+    prop_oneof![
+        -1.0e9..1.0e9f64,
+        Just(0.0),
+        Just(f64::MAX),
+        Just(f64::MIN_POSITIVE)
+    ]
 }
 
 fn ts() -> impl Strategy<Value = i64> {
@@ -115,7 +120,9 @@ prop_compose! {
     }
 }
 
-fn round_trips<R: Record + Clone + PartialEq + std::fmt::Debug>(record: R) -> Result<(), TestCaseError> {
+fn round_trips<R: Record + Clone + PartialEq + std::fmt::Debug>(
+    record: R,
+) -> Result<(), TestCaseError> {
     let codec = Codec::builtin();
     let bytes = codec
         .encode(&record)
@@ -142,11 +149,20 @@ fn encode_v1(t: &Telemetry) -> Vec<u8> {
         ("tenant_id".into(), Value::String(t.tenant_id.clone())),
         ("device_id".into(), Value::String(t.device_id.clone())),
         ("ts".into(), Value::Long(t.ts)),
-        ("response_time_ms".into(), opt(t.response_time_ms.map(Value::Double))),
+        (
+            "response_time_ms".into(),
+            opt(t.response_time_ms.map(Value::Double)),
+        ),
         ("ok".into(), Value::Boolean(t.ok)),
-        ("error_code".into(), opt(t.error_code.clone().map(Value::String))),
+        (
+            "error_code".into(),
+            opt(t.error_code.clone().map(Value::String)),
+        ),
         ("battery_pct".into(), opt(t.battery_pct.map(Value::Double))),
-        ("device_class".into(), opt(t.device_class.clone().map(Value::String))),
+        (
+            "device_class".into(),
+            opt(t.device_class.clone().map(Value::String)),
+        ),
         (
             "attributes".into(),
             Value::Map(
@@ -233,8 +249,14 @@ fn each_decode_error_has_its_own_variant() {
     assert_eq!(decode(&unknown), Some(DecodeError::UnknownSchemaId(999)));
     let mut wrong = good.clone();
     wrong[1..5].copy_from_slice(&3u32.to_be_bytes());
-    assert!(matches!(decode(&wrong), Some(DecodeError::WrongRecord { id: 3, .. })));
-    assert!(matches!(decode(&good[..good.len() - 4]), Some(DecodeError::Avro(_))));
+    assert!(matches!(
+        decode(&wrong),
+        Some(DecodeError::WrongRecord { id: 3, .. })
+    ));
+    assert!(matches!(
+        decode(&good[..good.len() - 4]),
+        Some(DecodeError::Avro(_))
+    ));
     let mut trailing = good.clone();
     trailing.push(0);
     assert!(matches!(decode(&trailing), Some(DecodeError::Avro(_))));

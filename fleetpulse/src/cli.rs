@@ -1,0 +1,141 @@
+//! The command line: global options, one subcommand per service, and the flags that override
+//! configuration keys.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+use crate::config::{self, Config, Override};
+
+/// Device fleet telemetry into windowed aggregates, health, anomalies and presence.
+#[derive(Debug, Parser)]
+#[command(name = "fleetpulse", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); see config/fleetpulse.example.toml.
+    #[arg(short, long, global = true, env = "FLEETPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Set any configuration key, e.g. `--set generate.devices=500`; wins over file and
+    /// environment. May be repeated.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub set: Vec<String>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a synthetic fleet's telemetry to Kafka or to a file.
+    Generate(commands::generate::GenerateArgs),
+    /// Serve the built-in schemas over the Confluent Schema Registry REST API.
+    Registry(commands::registry::RegistryArgs),
+    /// Print the records of a topic as JSON lines, decoded.
+    Tail(commands::tail::TailArgs),
+    /// Measure throughput against a raw baseline in the same run.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Print the effective configuration (file, environment and flags merged) as TOML.
+    Config,
+}
+
+/// Flags shared by the commands that talk to Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers (`kafka.brokers`).
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+impl KafkaArgs {
+    pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
+        if let Some(b) = &self.brokers {
+            into.push(("kafka.brokers".into(), toml::Value::String(b.clone())));
+        }
+    }
+}
+
+/// Parses `KEY=VALUE`, the value as a TOML value when it is one (numbers, booleans, arrays) and
+/// as a string otherwise.
+fn parse_set(entry: &str) -> Result<Override, String> {
+    let (key, raw) = entry
+        .split_once('=')
+        .ok_or_else(|| format!("--set {entry:?}: expected KEY=VALUE"))?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    Ok((key.trim().to_string(), value))
+}
+
+/// Runs the command line; the exit code says whether it worked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetpulse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut overrides = cli
+        .set
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    match &cli.command {
+        Command::Generate(args) => args.overrides(&mut overrides),
+        Command::Registry(args) => args.overrides(&mut overrides),
+        Command::Tail(args) => args.kafka.overrides(&mut overrides),
+        Command::Bench(bench) => bench.overrides(&mut overrides),
+        Command::Config => {}
+    }
+    let config: Config = config::load(cli.config.as_deref(), &overrides)?;
+    crate::observability::init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Generate(args) => runtime.block_on(commands::generate::run(&config, args)),
+        Command::Registry(_) => runtime.block_on(commands::registry::run(&config)),
+        Command::Tail(args) => runtime.block_on(commands::tail::run(&config, args)),
+        Command::Bench(bench) => runtime.block_on(commands::bench::run(&config, bench)),
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_parses_toml_values_and_falls_back_to_strings() {
+        assert_eq!(
+            parse_set("generate.devices=5"),
+            Ok(("generate.devices".into(), toml::Value::Integer(5)))
+        );
+        assert_eq!(
+            parse_set("kafka.brokers=127.0.0.1:9092"),
+            Ok((
+                "kafka.brokers".into(),
+                toml::Value::String("127.0.0.1:9092".into())
+            ))
+        );
+        assert!(parse_set("no-equals").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

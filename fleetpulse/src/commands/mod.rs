@@ -1,0 +1,52 @@
+//! One module per subcommand, plus what several of them share.
+
+pub(crate) mod bench;
+pub(crate) mod generate;
+pub(crate) mod registry;
+pub(crate) mod tail;
+
+use anyhow::Context;
+use schemas::{Codec, RecordKind};
+
+use crate::config::Config;
+
+/// A codec for the given record kinds: with a configured registry, their schemas are registered
+/// there (under `<topic>-value`) and written with its ids; otherwise the built-in ids are used.
+pub(crate) async fn codec(config: &Config, kinds: &[RecordKind]) -> anyhow::Result<Codec> {
+    let Some(registry) = &config.schema_registry else {
+        return Ok(Codec::builtin());
+    };
+    let client = ::registry::client::RegistryClient::new(registry)?;
+    let subjects: Vec<(RecordKind, String)> = kinds
+        .iter()
+        .map(|k| (*k, format!("{}-value", config.topics.of(*k))))
+        .collect();
+    client
+        .codec(&subjects)
+        .await
+        .with_context(|| format!("cannot register schemas with {}", registry.url))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

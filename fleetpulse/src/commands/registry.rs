@@ -1,0 +1,54 @@
+//! `fleetpulse registry`: serves the file-backed schema registry until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+use clap::Args;
+use registry::Subjects;
+
+use crate::config::{Config, Override};
+
+/// Flags of `registry`.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Address to listen on (`registry.listen`); port 0 picks a free one.
+    #[arg(long)]
+    listen: Option<String>,
+    /// File that keeps registrations (`registry.state_file`).
+    #[arg(long)]
+    state_file: Option<String>,
+}
+
+impl RegistryArgs {
+    pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
+        if let Some(l) = &self.listen {
+            into.push(("registry.listen".into(), toml::Value::String(l.clone())));
+        }
+        if let Some(f) = &self.state_file {
+            into.push(("registry.state_file".into(), toml::Value::String(f.clone())));
+        }
+    }
+}
+
+pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
+    let metrics = crate::observability::metrics()?;
+    let subjects = match &config.registry.state_file {
+        Some(path) => Subjects::open(path)?,
+        None => Subjects::builtin(),
+    };
+    let app = registry::server::router(subjects, move || metrics.render());
+    let listener = tokio::net::TcpListener::bind(config.registry.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (registry.listen)",
+                config.registry.listen
+            )
+        })?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "schema registry listening");
+    // Scripts and tests read the address from here when they asked for port 0.
+    println!("fleetpulse registry listening on http://{address}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(super::shutdown_signal())
+        .await
+        .context("the registry server failed")
+}

@@ -1,0 +1,46 @@
+//! Kafka plumbing the commands share: client settings from the configuration, and topic creation.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+
+/// A librdkafka configuration with the brokers and the configured extra properties.
+pub(crate) fn client_config(config: &Config) -> anyhow::Result<ClientConfig> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", config.brokers()?.as_str());
+    for (k, v) in &config.kafka.properties {
+        client.set(k, v);
+    }
+    Ok(client)
+}
+
+/// Creates `topic` with `partitions` partitions and the broker's default replication, unless
+/// it exists.
+pub(crate) async fn ensure_topic(
+    config: &Config,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)?
+        .create()
+        .context("cannot create a Kafka admin client")?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let results = admin
+        .create_topics([&new], &options)
+        .await
+        .with_context(|| format!("cannot create topic {topic}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}

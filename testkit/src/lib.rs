@@ -1,0 +1,261 @@
+//! Real services for tests, never mocks: Apache Kafka, `clickhouse-server` and `redis-server`,
+//! each installed if missing and started on free 127.0.0.1 ports under a temporary directory by
+//! `scripts/services.sh run`, which this crate drives.
+//!
+//! [`Service::start`] gives a test its own instance, stopped when dropped. [`shared`] gives all
+//! tests of one test binary one instance (they isolate themselves by topic or database name),
+//! stopped when the binary exits: the script is spawned with `PR_SET_PDEATHSIG`, from a thread
+//! that lives as long as the process, so the kernel stops it even if the binary crashes.
+//!
+//! ```no_run
+//! let kafka = testkit::shared(testkit::Kind::Kafka);
+//! println!("bootstrap: {}", kafka.address());
+//! ```
+
+// Installing the parent-death signal needs `pre_exec`, which is unsafe by signature; nothing
+// else here is.
+#![allow(unsafe_code)]
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test helper: failing loudly is its job
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// A service the scripts know how to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Apache Kafka, one KRaft broker and controller.
+    Kafka,
+    /// `clickhouse-server`.
+    ClickHouse,
+    /// `redis-server`.
+    Redis,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Kafka => "kafka",
+            Kind::ClickHouse => "clickhouse",
+            Kind::Redis => "redis",
+        }
+    }
+}
+
+/// The repository's root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .to_path_buf()
+}
+
+/// A running service.
+pub struct Service {
+    kind: Kind,
+    address: String,
+    dir: PathBuf,
+    child: Child,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Service {
+    /// Starts a private instance under a new temporary directory.
+    pub fn start(kind: Kind) -> Service {
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("fleetpulse-{}-", kind.name()))
+            .tempdir()
+            .expect("temporary directory");
+        let mut service = Service::start_in(kind, temp.path());
+        service._temp = Some(temp);
+        service
+    }
+
+    /// Starts an instance in `dir`; a directory used before keeps its data and ports, so a
+    /// test can stop a service and start it again where it was.
+    pub fn start_in(kind: Kind, dir: &Path) -> Service {
+        let child = spawn_keeper().spawn(kind, dir);
+        let mut child = child.expect("cannot run scripts/services.sh");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut address = None;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix(&format!("READY {} ", kind.name())) {
+                address = Some(rest.trim().to_string());
+                break;
+            }
+        }
+        let Some(address) = address else {
+            let status = child.wait();
+            panic!(
+                "{} did not start ({status:?}); its log is in {}",
+                kind.name(),
+                dir.display()
+            );
+        };
+        Service {
+            kind,
+            address,
+            dir: dir.to_path_buf(),
+            child,
+            _temp: None,
+        }
+    }
+
+    /// Where clients connect: `127.0.0.1:PORT` for Kafka, `http://127.0.0.1:PORT` for
+    /// ClickHouse, `redis://127.0.0.1:PORT` for Redis.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The directory holding the service's data, configuration and log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the service cleanly and waits for it.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on the pid of a child we have not reaped.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("kind", &self.kind)
+            .field("address", &self.address)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+type SpawnRequest = (Kind, PathBuf, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns children from one thread that never exits, so the parent-death signal fires when the
+/// process ends, not when the test thread that asked for the service does.
+struct Keeper(Mutex<mpsc::Sender<SpawnRequest>>);
+
+impl Keeper {
+    fn spawn(&self, kind: Kind, dir: &Path) -> std::io::Result<Child> {
+        let (reply, answer) = mpsc::channel();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((kind, dir.to_path_buf(), reply))
+            .expect("keeper thread alive");
+        answer.recv().expect("keeper thread answers")
+    }
+}
+
+fn spawn_keeper() -> &'static Keeper {
+    static KEEPER: OnceLock<Keeper> = OnceLock::new();
+    KEEPER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("testkit-keeper".into())
+            .spawn(move || {
+                for (kind, dir, reply) in incoming {
+                    let script = workspace_root().join("scripts/services.sh");
+                    let mut command = Command::new("bash");
+                    command
+                        .arg(script)
+                        .arg("run")
+                        .arg(kind.name())
+                        .arg("--dir")
+                        .arg(&dir)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::inherit());
+                    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+                    unsafe {
+                        command.pre_exec(|| {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(command.spawn());
+                }
+                // Keep the thread (and so the parent-death signal) alive until the process exits.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("keeper thread");
+        Keeper(Mutex::new(requests))
+    })
+}
+
+/// One instance of `kind` for the whole test binary, started on first use.
+pub fn shared(kind: Kind) -> &'static Service {
+    static KAFKA: OnceLock<Service> = OnceLock::new();
+    static CLICKHOUSE: OnceLock<Service> = OnceLock::new();
+    static REDIS: OnceLock<Service> = OnceLock::new();
+    let cell = match kind {
+        Kind::Kafka => &KAFKA,
+        Kind::ClickHouse => &CLICKHOUSE,
+        Kind::Redis => &REDIS,
+    };
+    cell.get_or_init(|| {
+        // Leaked on purpose: statics are never dropped, and the parent-death signal stops the
+        // server; the directory is under the system temp dir.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("fleetpulse-shared-{}-", kind.name()))
+            .tempdir()
+            .expect("temporary directory")
+            .keep();
+        Service::start_in(kind, &dir)
+    })
+}
+
+/// A unique name for a test's topic, group or database, so tests sharing a service never meet.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// The Python interpreter of a virtual environment with Confluent's client and its Avro
+/// serializer, created (outside the repository) by `scripts/python-env.sh` if missing.
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(workspace_root().join("scripts/python-env.sh"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("cannot run scripts/python-env.sh");
+            assert!(out.status.success(), "scripts/python-env.sh failed");
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            PathBuf::from(path)
+        })
+        .clone()
+}
+
+/// Waits up to `timeout` for `check` to hold, polling.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}

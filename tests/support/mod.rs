@@ -1,0 +1,140 @@
+//! What the end-to-end tests share: running the `fleetpulse` binary and reading a topic back.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use generator::{Event, Fleet, GeneratorConfig, MessageFormat};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use schemas::Codec;
+
+/// The binary under test.
+pub fn fleetpulse() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetpulse"));
+    command
+        .env_remove("FLEETPULSE_CONFIG")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs the binary to completion; panics with its output if it fails.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fleetpulse");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A message as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub timestamp: Option<i64>,
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived or `timeout` passed.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "fleetpulse-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(expected);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let m = message.expect("consume");
+            out.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                timestamp: m.timestamp().to_millis(),
+            });
+        }
+    }
+    // Anything beyond what was expected would be a duplicate: give it a moment to show up.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                timestamp: m.timestamp().to_millis(),
+            });
+        }
+    }
+    out
+}
+
+/// The messages a fleet sends, as (key, value, record timestamp), in order.
+pub fn expected_messages(
+    config: &GeneratorConfig,
+    start_ms: i64,
+    codec: &Codec,
+) -> Vec<(Event, Vec<u8>)> {
+    Fleet::new(config, start_ms)
+        .take(config.events as usize)
+        .map(|event| {
+            let mut value = Vec::new();
+            generator::encode(&event, config.format, codec, &mut value).expect("encode");
+            (event, value)
+        })
+        .collect()
+}
+
+/// Groups values by key, keeping order.
+pub fn by_key<'a>(
+    items: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
+    let mut map: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for (k, v) in items {
+        map.entry(k.to_vec()).or_default().push(v.to_vec());
+    }
+    map
+}
+
+/// The default fleet with a fixed start, as tests use it.
+pub fn fleet(events: u64, devices: u32, seed: u64, format: MessageFormat) -> GeneratorConfig {
+    GeneratorConfig {
+        events,
+        devices,
+        seed,
+        format,
+        start_ms: Some(START_MS),
+        ..GeneratorConfig::default()
+    }
+}
+
+/// Event time of the first reading in tests.
+pub const START_MS: i64 = 1_700_000_000_000;
