@@ -379,6 +379,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment's own error
 mod tests {
     use super::*;
     use figment::Jail;

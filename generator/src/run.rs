@@ -92,7 +92,7 @@ pub fn run(
             Tag::Future => summary.future += 1,
             Tag::Normal => {}
         }
-        if summary.events % 256 == 0 {
+        if summary.events.is_multiple_of(256) {
             bar.set_position(summary.events);
             if config.rate > 0.0 {
                 let due = Duration::from_secs_f64(summary.events as f64 / config.rate);

@@ -26,7 +26,7 @@ enum FileFormat {
     Ndjson(BufWriter<File>),
     /// An Avro object container file of readings. A container holds only well-formed records,
     /// so every malformed message is written as its reading with a value out of range.
-    Avro(apache_avro::Writer<'static, BufWriter<File>>),
+    Avro(Box<apache_avro::Writer<'static, BufWriter<File>>>),
 }
 
 /// An NDJSON (`.ndjson`, `.jsonl`) or Avro object container (`.avro`) file of readings.
@@ -69,9 +69,9 @@ impl FileSink {
             "ndjson" | "jsonl" => FileFormat::Ndjson(file()?),
             "avro" => {
                 let schema = telemetry_schema().map_err(|e| file_error(path, e))?;
-                FileFormat::Avro(
-                    apache_avro::Writer::new(schema, file()?).map_err(|e| file_error(path, e))?,
-                )
+                let writer =
+                    apache_avro::Writer::new(schema, file()?).map_err(|e| file_error(path, e))?;
+                FileFormat::Avro(Box::new(writer))
             }
             _ => {
                 return Err(file_error(

@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: [(&str, fn(&mut Telemetry)); 9] = [
+        type Breaker = fn(&mut Telemetry);
+        let cases: [(&str, Breaker); 9] = [
             ("tenant_id", |t| t.tenant_id.clear()),
             ("device_id", |t| t.device_id.clear()),
             ("ts", |t| t.ts = -1),

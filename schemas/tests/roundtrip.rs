@@ -261,7 +261,8 @@ fn each_decode_error_has_its_own_variant() {
     trailing.push(0);
     assert!(matches!(decode(&trailing), Some(DecodeError::Avro(_))));
 
-    let invalid: [(&str, fn(&mut Telemetry)); 4] = [
+    type Breaker = fn(&mut Telemetry);
+    let invalid: [(&str, Breaker); 4] = [
         ("ts", |t| t.ts = TS_MAX_MS + 1),
         ("response_time_ms", |t| t.response_time_ms = Some(-3.0)),
         ("battery_pct", |t| t.battery_pct = Some(150.0)),

@@ -115,8 +115,9 @@ pub(crate) async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
         if let (Err(schemas::DecodeError::UnknownSchemaId(id)), Some(client)) =
             (&decoded, &registry)
         {
-            if client.fetch_into(&mut codec, *id).await.is_ok() {
-                decoded = decode_any(&codec, kind, bytes);
+            match client.fetch_into(&mut codec, *id).await {
+                Ok(_) => decoded = decode_any(&codec, kind, bytes),
+                Err(e) => tracing::warn!(id, error = %e, "cannot fetch the writer schema"),
             }
         }
         let key = message.key().map(String::from_utf8_lossy);
