@@ -11,8 +11,18 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Environment variables with the `FLEETPULSE_` prefix that are not configuration keys.
-const NOT_KEYS: [&str; 2] = ["config", "cache"];
+/// Environment variables with the `FLEETPULSE_` prefix that are not configuration keys: the
+/// config file's path, and the settings of `scripts/services.sh`. Any other is a key, so a
+/// misspelt one fails start-up instead of being ignored.
+const NOT_KEYS: [&str; 7] = [
+    "config",
+    "cache",
+    "services_dir",
+    "kafka_version",
+    "kafka_heap",
+    "kafka_java_opts",
+    "ready_timeout",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
