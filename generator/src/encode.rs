@@ -71,8 +71,22 @@ pub fn encode(
 mod tests {
     use super::*;
     use crate::config::GeneratorConfig;
-    use crate::fleet::Fleet;
+    use crate::fleet::{Event, Fleet};
     use schemas::{DeadLetterReason, InputFormat};
+
+    /// Every message of a fleet, encoded in both formats.
+    fn encoded(config: GeneratorConfig) -> Vec<(MessageFormat, Event, Vec<u8>)> {
+        let codec = Codec::builtin();
+        let mut out = Vec::new();
+        for format in [MessageFormat::Avro, MessageFormat::Json] {
+            for event in Fleet::new(&config, 1_700_000_000_000).take(500) {
+                let mut buf = Vec::new();
+                encode(&event, format, &codec, &mut buf).expect("encodes");
+                out.push((format, event, buf));
+            }
+        }
+        out
+    }
 
     /// Every malformation is rejected by the codec, with the reason its kind implies.
     #[test]
@@ -82,28 +96,24 @@ mod tests {
             ..GeneratorConfig::default()
         };
         let codec = Codec::builtin();
-        for format in [MessageFormat::Avro, MessageFormat::Json] {
-            for event in Fleet::new(&config, 1_700_000_000_000).take(500) {
-                let mut buf = Vec::new();
-                encode(&event, format, &codec, &mut buf).expect("encodes");
-                let reason = codec
-                    .decode_telemetry(&buf, InputFormat::Auto)
-                    .expect_err("malformed must not decode")
-                    .reason();
-                let Body::Malformed(m) = &event.body else {
-                    panic!("not malformed")
-                };
-                let expected = match m {
-                    Malformation::InvalidField(_) => Some(DeadLetterReason::InvalidField),
-                    Malformation::WrongSchema(_) => Some(DeadLetterReason::Schema),
-                    Malformation::BadFraming(_) | Malformation::Truncated(_) => {
-                        Some(DeadLetterReason::Undecodable)
-                    }
-                    Malformation::Garbage(_) => None,
-                };
-                if let Some(expected) = expected {
-                    assert_eq!(reason, expected, "{format:?} {m:?}");
+        for (format, event, buf) in encoded(config) {
+            let reason = codec
+                .decode_telemetry(&buf, InputFormat::Auto)
+                .expect_err("malformed must not decode")
+                .reason();
+            let Body::Malformed(m) = &event.body else {
+                panic!("not malformed")
+            };
+            let expected = match m {
+                Malformation::InvalidField(_) => Some(DeadLetterReason::InvalidField),
+                Malformation::WrongSchema(_) => Some(DeadLetterReason::Schema),
+                Malformation::BadFraming(_) | Malformation::Truncated(_) => {
+                    Some(DeadLetterReason::Undecodable)
                 }
+                Malformation::Garbage(_) => None,
+            };
+            if let Some(expected) = expected {
+                assert_eq!(reason, expected, "{format:?} {m:?}");
             }
         }
     }
@@ -115,18 +125,14 @@ mod tests {
             ..GeneratorConfig::default()
         };
         let codec = Codec::builtin();
-        for format in [MessageFormat::Avro, MessageFormat::Json] {
-            for event in Fleet::new(&config, 1_700_000_000_000).take(500) {
-                let mut buf = Vec::new();
-                encode(&event, format, &codec, &mut buf).expect("encodes");
-                let Body::Reading(t) = &event.body else {
-                    panic!("malformed")
-                };
-                assert_eq!(
-                    codec.decode_telemetry(&buf, InputFormat::Auto).as_ref(),
-                    Ok(t)
-                );
-            }
+        for (_, event, buf) in encoded(config) {
+            let Body::Reading(t) = &event.body else {
+                panic!("malformed")
+            };
+            assert_eq!(
+                codec.decode_telemetry(&buf, InputFormat::Auto).as_ref(),
+                Ok(t)
+            );
         }
     }
 }

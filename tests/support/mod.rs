@@ -47,6 +47,18 @@ pub struct Read {
     pub timestamp: Option<i64>,
 }
 
+impl From<&rdkafka::message::BorrowedMessage<'_>> for Read {
+    fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Read {
+        Read {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or_default().to_vec(),
+            value: m.payload().unwrap_or_default().to_vec(),
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
+}
+
 /// Reads `topic` from the beginning until `expected` messages arrived or `timeout` passed.
 pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Read> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -71,27 +83,14 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration
     let mut out = Vec::with_capacity(expected);
     while out.len() < expected && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let m = message.expect("consume");
-            out.push(Read {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().unwrap_or_default().to_vec(),
-                value: m.payload().unwrap_or_default().to_vec(),
-                timestamp: m.timestamp().to_millis(),
-            });
+            out.push(Read::from(&message.expect("consume")));
         }
     }
     // Anything beyond what was expected would be a duplicate: give it a moment to show up.
     let settle = Instant::now() + Duration::from_secs(2);
     while Instant::now() < settle {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(Read {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().unwrap_or_default().to_vec(),
-                value: m.payload().unwrap_or_default().to_vec(),
-                timestamp: m.timestamp().to_millis(),
-            });
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            out.push(Read::from(&message.expect("consume")));
         }
     }
     out

@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 use crate::cli::KafkaArgs;
 use crate::config::Config;
 
+/// How long to wait for the topic to appear.
+const TOPIC_WAIT: Duration = Duration::from_secs(30);
+
 /// Flags of `tail`.
 #[derive(Debug, Args)]
 pub struct TailArgs {
@@ -77,20 +80,33 @@ pub(crate) async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
         .set("enable.auto.commit", "false")
         .create()
         .context("cannot create a Kafka consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(30))
-        .with_context(|| format!("cannot read the metadata of topic {topic}"))?;
-    let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let start = if args.from_beginning {
-                Offset::Beginning
-            } else {
-                Offset::End
-            };
-            assignment.add_partition_offset(t.name(), p.id(), start)?;
+    // A producer started at the same time may not have created the topic yet: wait for it.
+    let deadline = std::time::Instant::now() + TOPIC_WAIT;
+    let assignment = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .with_context(|| format!("cannot read the metadata of topic {topic}"))?;
+        let start = if args.from_beginning {
+            Offset::Beginning
+        } else {
+            Offset::End
+        };
+        let mut assignment = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                assignment.add_partition_offset(t.name(), p.id(), start)?;
+            }
         }
-    }
+        if assignment.count() > 0 {
+            break assignment;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "topic {topic} does not exist (waited {} s)",
+            TOPIC_WAIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     consumer.assign(&assignment)?;
     let idle = args.idle_exit_ms.map(Duration::from_millis);
     let mut last = std::time::Instant::now();
