@@ -1,0 +1,414 @@
+//! `[pipeline]`: event-time settings, window sizes, presence, health and anomaly thresholds, with
+//! overrides per tenant and device class.
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the dataflow. Times are milliseconds of event time unless named otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Tumbling window sizes; the largest is the periodic health check.
+    pub windows_ms: Vec<i64>,
+    /// How far behind its partition's newest reading a reading may be stamped and still count.
+    pub out_of_orderness_ms: i64,
+    /// Wall-clock time after which a silent partition stops holding the watermark back.
+    pub idle_timeout_ms: i64,
+    /// How far ahead of its Kafka record timestamp a reading may be stamped.
+    pub max_future_skew_ms: i64,
+    /// Granularity of the sources' capabilities: progress is tracked in steps of this size.
+    pub watermark_step_ms: i64,
+    /// Share of a tenant's online devices that, going offline within `mass_offline_window_ms`,
+    /// raises one tenant-level `mass_offline` anomaly.
+    pub mass_offline_share: f64,
+    /// The fewest devices going offline together that count as a mass offline.
+    pub mass_offline_min_devices: u32,
+    /// The period over which offline transitions count as simultaneous.
+    pub mass_offline_window_ms: i64,
+    /// Health score inputs.
+    pub health: HealthConfig,
+    /// Thresholds of every device unless an override matches.
+    pub thresholds: Thresholds,
+    /// Baseline (statistical) anomaly settings.
+    pub baseline: BaselineConfig,
+    /// Overrides of `thresholds` for a tenant, a device class, or both; the most specific match
+    /// wins (tenant and class, then tenant, then class).
+    pub overrides: Vec<Override>,
+}
+
+/// What the health score compares a window with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Response-time objective: a window whose p95 is within it scores full marks for speed.
+    pub rt_slo_ms: f64,
+}
+
+/// Per-device limits; every field may be overridden per tenant and device class.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Silence after the last reading before a device is offline.
+    pub offline_timeout_ms: i64,
+    /// `rt_mean_high` fires when the mean of the last readings exceeds this.
+    pub rt_mean_ms: f64,
+    /// How many recent readings `rt_mean_high` averages.
+    pub rt_mean_readings: u32,
+    /// The fewest readings `rt_mean_high` judges.
+    pub rt_mean_min_readings: u32,
+    /// `error_rate_high` fires when a window's error rate exceeds this (0 to 1).
+    pub error_rate: f64,
+    /// `battery_low` fires below this percentage.
+    pub battery_low_pct: f64,
+    /// A firing threshold rule resolves only once the value is back past the threshold by this
+    /// share of it (hysteresis), so a value hovering at the limit does not flap.
+    pub resolve_margin: f64,
+    /// After an anomaly resolves, the same kind cannot fire again on the device for this long.
+    pub cooldown_ms: i64,
+    /// `flapping` fires at this many status transitions within `flapping_period_ms`.
+    pub flapping_transitions: u32,
+    /// Period over which transitions count towards `flapping`.
+    pub flapping_period_ms: i64,
+    /// `prolonged_offline` fires after this long offline.
+    pub prolonged_offline_ms: i64,
+}
+
+/// Per-device baselines: an EWMA of window p95 and error rate and of their variance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// EWMA weight of the newest window (0 to 1).
+    pub alpha: f64,
+    /// Fire when a window is more than `k` deviations above the baseline...
+    pub k: f64,
+    /// ...for this many consecutive windows.
+    pub m: u32,
+    /// Windows observed before the baseline is trusted.
+    pub warmup_windows: u32,
+}
+
+/// Threshold overrides for devices of a tenant and/or class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    /// Tenant the override applies to; unset means every tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Device class the override applies to; unset means every class.
+    #[serde(default)]
+    pub device_class: Option<String>,
+    /// See [`Thresholds::offline_timeout_ms`].
+    #[serde(default)]
+    pub offline_timeout_ms: Option<i64>,
+    /// See [`Thresholds::rt_mean_ms`].
+    #[serde(default)]
+    pub rt_mean_ms: Option<f64>,
+    /// See [`Thresholds::error_rate`].
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// See [`Thresholds::battery_low_pct`].
+    #[serde(default)]
+    pub battery_low_pct: Option<f64>,
+    /// See [`Thresholds::prolonged_offline_ms`].
+    #[serde(default)]
+    pub prolonged_offline_ms: Option<i64>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            windows_ms: vec![60_000, 300_000],
+            out_of_orderness_ms: 5_000,
+            idle_timeout_ms: 10_000,
+            max_future_skew_ms: 300_000,
+            watermark_step_ms: 100,
+            mass_offline_share: 0.5,
+            mass_offline_min_devices: 20,
+            mass_offline_window_ms: 60_000,
+            health: HealthConfig::default(),
+            thresholds: Thresholds::default(),
+            baseline: BaselineConfig::default(),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { rt_slo_ms: 500.0 }
+    }
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            offline_timeout_ms: 60_000,
+            rt_mean_ms: 1_000.0,
+            rt_mean_readings: 10,
+            rt_mean_min_readings: 5,
+            error_rate: 0.10,
+            battery_low_pct: 20.0,
+            resolve_margin: 0.2,
+            cooldown_ms: 300_000,
+            flapping_transitions: 6,
+            flapping_period_ms: 600_000,
+            prolonged_offline_ms: 900_000,
+        }
+    }
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig {
+            alpha: 0.2,
+            k: 3.0,
+            m: 3,
+            warmup_windows: 5,
+        }
+    }
+}
+
+fn positive(key: &'static str, v: i64) -> Result<(), (String, &'static str)> {
+    if v > 0 {
+        Ok(())
+    } else {
+        Err((key.to_string(), "a positive number of milliseconds"))
+    }
+}
+
+fn share(key: &'static str, v: f64) -> Result<(), (String, &'static str)> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err((key.to_string(), "a share between 0 and 1"))
+    }
+}
+
+impl Thresholds {
+    fn validate(&self, prefix: &str) -> Result<(), (String, &'static str)> {
+        let key = |k: &str| format!("{prefix}{k}");
+        let ms = |k: &str, v: i64| {
+            if v > 0 {
+                Ok(())
+            } else {
+                Err((key(k), "a positive number of milliseconds"))
+            }
+        };
+        ms("offline_timeout_ms", self.offline_timeout_ms)?;
+        ms("cooldown_ms", self.cooldown_ms)?;
+        ms("flapping_period_ms", self.flapping_period_ms)?;
+        ms("prolonged_offline_ms", self.prolonged_offline_ms)?;
+        if !(self.rt_mean_ms.is_finite() && self.rt_mean_ms > 0.0) {
+            return Err((key("rt_mean_ms"), "a positive number of milliseconds"));
+        }
+        if self.rt_mean_readings == 0 || self.rt_mean_readings > 1_000 {
+            return Err((key("rt_mean_readings"), "between 1 and 1000"));
+        }
+        if self.rt_mean_min_readings == 0 || self.rt_mean_min_readings > self.rt_mean_readings {
+            return Err((
+                key("rt_mean_min_readings"),
+                "between 1 and rt_mean_readings",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err((key("error_rate"), "a share between 0 and 1"));
+        }
+        if !(0.0..=100.0).contains(&self.battery_low_pct) {
+            return Err((key("battery_low_pct"), "a percentage between 0 and 100"));
+        }
+        if !(0.0..1.0).contains(&self.resolve_margin) {
+            return Err((key("resolve_margin"), "a share between 0 and 1 (exclusive)"));
+        }
+        if self.flapping_transitions < 2 {
+            return Err((key("flapping_transitions"), "at least 2"));
+        }
+        Ok(())
+    }
+
+    /// These thresholds with the fields an override sets replaced.
+    fn with(mut self, o: &Override) -> Thresholds {
+        if let Some(v) = o.offline_timeout_ms {
+            self.offline_timeout_ms = v;
+        }
+        if let Some(v) = o.rt_mean_ms {
+            self.rt_mean_ms = v;
+        }
+        if let Some(v) = o.error_rate {
+            self.error_rate = v;
+        }
+        if let Some(v) = o.battery_low_pct {
+            self.battery_low_pct = v;
+        }
+        if let Some(v) = o.prolonged_offline_ms {
+            self.prolonged_offline_ms = v;
+        }
+        self
+    }
+}
+
+impl PipelineConfig {
+    /// Checks what serde cannot; returns the offending key (relative to `[pipeline]`) and what it
+    /// should be.
+    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+        if self.windows_ms.is_empty() || self.windows_ms.iter().any(|w| *w <= 0) {
+            return Err((
+                "windows_ms".into(),
+                "a non-empty list of positive window sizes in milliseconds",
+            ));
+        }
+        let mut sorted = self.windows_ms.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.windows_ms.len() {
+            return Err(("windows_ms".into(), "window sizes without repeats"));
+        }
+        if self.out_of_orderness_ms < 0 {
+            return Err((
+                "out_of_orderness_ms".into(),
+                "zero or a positive number of milliseconds",
+            ));
+        }
+        positive("idle_timeout_ms", self.idle_timeout_ms)?;
+        positive("max_future_skew_ms", self.max_future_skew_ms)?;
+        positive("watermark_step_ms", self.watermark_step_ms)?;
+        positive("mass_offline_window_ms", self.mass_offline_window_ms)?;
+        share("mass_offline_share", self.mass_offline_share)?;
+        if !(self.health.rt_slo_ms.is_finite() && self.health.rt_slo_ms > 0.0) {
+            return Err((
+                "health.rt_slo_ms".into(),
+                "a positive number of milliseconds",
+            ));
+        }
+        if !(self.baseline.alpha > 0.0 && self.baseline.alpha <= 1.0) {
+            return Err(("baseline.alpha".into(), "a weight in (0, 1]"));
+        }
+        if !(self.baseline.k.is_finite() && self.baseline.k > 0.0) {
+            return Err(("baseline.k".into(), "a positive number of deviations"));
+        }
+        if self.baseline.m == 0 {
+            return Err(("baseline.m".into(), "at least 1"));
+        }
+        self.thresholds.validate("thresholds.")?;
+        for (i, o) in self.overrides.iter().enumerate() {
+            if o.tenant.is_none() && o.device_class.is_none() {
+                return Err((
+                    format!("overrides[{i}]"),
+                    "an override naming a tenant, a device_class or both",
+                ));
+            }
+            self.thresholds
+                .with(o)
+                .validate(&format!("overrides[{i}]."))?;
+        }
+        Ok(())
+    }
+
+    /// The thresholds of a device of `tenant` and `class`.
+    pub fn thresholds_for(&self, tenant: &str, class: Option<&str>) -> Thresholds {
+        let rank = |o: &Override| -> Option<u8> {
+            let tenant_ok = o.tenant.as_deref().is_none_or(|t| t == tenant);
+            let class_ok = o.device_class.as_deref().is_none_or(|c| Some(c) == class);
+            if !(tenant_ok && class_ok) {
+                return None;
+            }
+            Some(match (&o.tenant, &o.device_class) {
+                (Some(_), Some(_)) => 3,
+                (Some(_), None) => 2,
+                _ => 1,
+            })
+        };
+        let mut matching: Vec<(u8, usize)> = self
+            .overrides
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| rank(o).map(|r| (r, i)))
+            .collect();
+        // Less specific first, so more specific overrides are applied last and win; among equals
+        // the later one in the file wins, as in every layered configuration.
+        matching.sort_unstable();
+        matching
+            .into_iter()
+            .fold(self.thresholds, |t, (_, i)| t.with(&self.overrides[i]))
+    }
+
+    /// The smallest window size: the one threshold and baseline rules judge.
+    pub fn rule_window_ms(&self) -> i64 {
+        self.windows_ms.iter().copied().min().unwrap_or(60_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(PipelineConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_mistake_names_its_key() {
+        type Mistake = Box<dyn Fn(&mut PipelineConfig)>;
+        let cases: Vec<(Mistake, &str)> = vec![
+            (Box::new(|c| c.windows_ms.clear()), "windows_ms"),
+            (
+                Box::new(|c| c.windows_ms = vec![60_000, 60_000]),
+                "windows_ms",
+            ),
+            (Box::new(|c| c.watermark_step_ms = 0), "watermark_step_ms"),
+            (
+                Box::new(|c| c.mass_offline_share = 1.5),
+                "mass_offline_share",
+            ),
+            (Box::new(|c| c.health.rt_slo_ms = -1.0), "health.rt_slo_ms"),
+            (Box::new(|c| c.baseline.alpha = 0.0), "baseline.alpha"),
+            (
+                Box::new(|c| c.thresholds.rt_mean_min_readings = 11),
+                "thresholds.rt_mean_min_readings",
+            ),
+            (
+                Box::new(|c| {
+                    c.overrides.push(Override {
+                        tenant: Some("t".into()),
+                        device_class: None,
+                        offline_timeout_ms: Some(0),
+                        rt_mean_ms: None,
+                        error_rate: None,
+                        battery_low_pct: None,
+                        prolonged_offline_ms: None,
+                    })
+                }),
+                "overrides[0].offline_timeout_ms",
+            ),
+        ];
+        for (mutate, key) in cases {
+            let mut c = PipelineConfig::default();
+            mutate(&mut c);
+            assert_eq!(c.validate().map_err(|e| e.0), Err(key.to_string()));
+        }
+    }
+
+    #[test]
+    fn the_most_specific_override_wins() {
+        let o = |tenant: Option<&str>, class: Option<&str>, timeout: i64| Override {
+            tenant: tenant.map(Into::into),
+            device_class: class.map(Into::into),
+            offline_timeout_ms: Some(timeout),
+            rt_mean_ms: None,
+            error_rate: None,
+            battery_low_pct: None,
+            prolonged_offline_ms: None,
+        };
+        let c = PipelineConfig {
+            overrides: vec![
+                o(Some("a"), Some("gw"), 3),
+                o(None, Some("gw"), 1),
+                o(Some("a"), None, 2),
+            ],
+            ..PipelineConfig::default()
+        };
+        assert_eq!(c.thresholds_for("a", Some("gw")).offline_timeout_ms, 3);
+        assert_eq!(c.thresholds_for("a", Some("sensor")).offline_timeout_ms, 2);
+        assert_eq!(c.thresholds_for("b", Some("gw")).offline_timeout_ms, 1);
+        assert_eq!(c.thresholds_for("b", None).offline_timeout_ms, 60_000);
+    }
+}

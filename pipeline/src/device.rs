@@ -1,0 +1,459 @@
+//! Everything the pipeline knows about one device: its open windows, presence and anomaly rules,
+//! driven in event-time order by readings and by its own timers (window ends, offline deadline,
+//! prolonged offline, flapping decay).
+//!
+//! At one millisecond the order is: windows ending there close, then readings stamped there, then
+//! the offline deadline, then rule timers. A reading exactly at `last_seen + timeout` therefore
+//! keeps the device online, and a window never sees a reading stamped at its end.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use schemas::{AnomalyKind, DeviceStatus, StatusTransition, TransitionReason};
+
+use crate::anomaly::{self, Baseline, Observation, Switches};
+use crate::config::{PipelineConfig, Thresholds};
+use crate::event_id;
+use crate::output::Output;
+use crate::reading::Reading;
+use crate::window::WindowState;
+
+/// When something is due: event time, then the order of kinds at one millisecond.
+pub type Due = (i64, u8);
+/// Windows ending at a time close first.
+pub const CLOSE: u8 = 0;
+/// Readings come next.
+pub const READING: u8 = 1;
+/// Then the offline deadline.
+pub const DEADLINE: u8 = 2;
+/// Then rule timers.
+pub const RULE: u8 = 3;
+
+/// What a device's processing needs from its surroundings.
+pub struct Ctx<'a> {
+    /// The pipeline's settings.
+    pub cfg: &'a PipelineConfig,
+    /// Where records go.
+    pub out: &'a mut Vec<Output>,
+    /// The largest event time telemetry itself (not idleness) has moved any partition's
+    /// watermark to; deadlines beyond it passed only because the input was idle.
+    pub data_watermark: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Online,
+    Offline { prolonged_fired: bool },
+}
+
+/// One device's state.
+#[derive(Debug)]
+pub struct Device {
+    tenant: Rc<str>,
+    id: Box<str>,
+    class: Option<Rc<str>>,
+    thresholds: Thresholds,
+    windows: Vec<Option<WindowState>>,
+    presence: Option<Presence>,
+    since: i64,
+    last_seen: i64,
+    recent_rt: VecDeque<f64>,
+    flaps: VecDeque<i64>,
+    p95_baseline: Baseline,
+    error_baseline: Baseline,
+    switches: Switches,
+    /// The due time the owner's timer queue holds for this device, if any.
+    pub scheduled: Option<Due>,
+}
+
+impl Device {
+    /// A device not seen before.
+    pub fn new(tenant: Rc<str>, id: &str, cfg: &PipelineConfig) -> Device {
+        Device {
+            thresholds: cfg.thresholds_for(&tenant, None),
+            tenant,
+            id: id.into(),
+            class: None,
+            windows: vec![None; cfg.windows_ms.len()],
+            presence: None,
+            since: 0,
+            last_seen: 0,
+            recent_rt: VecDeque::new(),
+            flaps: VecDeque::new(),
+            p95_baseline: Baseline::default(),
+            error_baseline: Baseline::default(),
+            switches: Switches::default(),
+            scheduled: None,
+        }
+    }
+
+    /// Whether the device has an open window (for the open-windows gauge).
+    pub fn open_windows(&self) -> usize {
+        self.windows.iter().filter(|w| w.is_some()).count()
+    }
+
+    /// The next thing due on this device.
+    pub fn next_due(&self) -> Option<Due> {
+        let windows = self.windows.iter().flatten().map(|w| (w.end, CLOSE));
+        let presence = match self.presence {
+            Some(Presence::Online) => Some((
+                self.last_seen + self.thresholds.offline_timeout_ms,
+                DEADLINE,
+            )),
+            Some(Presence::Offline {
+                prolonged_fired: false,
+            }) => Some((self.since + self.thresholds.prolonged_offline_ms, RULE)),
+            _ => None,
+        };
+        let flapping = self
+            .switches
+            .is_firing(AnomalyKind::Flapping)
+            .then(|| {
+                self.flaps
+                    .front()
+                    .map(|t| (t + self.thresholds.flapping_period_ms, RULE))
+            })
+            .flatten();
+        windows.chain(presence).chain(flapping).min()
+    }
+
+    /// Processes everything due strictly before `until`.
+    pub fn advance(&mut self, until: Due, ctx: &mut Ctx<'_>) {
+        while let Some(due) = self.next_due().filter(|d| *d < until) {
+            match due.1 {
+                CLOSE => self.close_windows(due.0, ctx),
+                DEADLINE => self.go_offline(due.0, ctx),
+                _ => self.rule_timer(due.0, ctx),
+            }
+        }
+    }
+
+    /// Closes every open window, whatever its end: the input is exhausted. Rules do not judge
+    /// these windows; they are judged only up to the input's last watermark.
+    pub fn close_all(&mut self, ctx: &mut Ctx<'_>) {
+        for i in 0..self.windows.len() {
+            if let Some(w) = self.windows[i].take() {
+                self.emit_window(w, false, ctx);
+            }
+        }
+    }
+
+    /// A reading, after [`Device::advance`] to `(r.ts, READING)`.
+    pub fn reading(&mut self, r: &Reading, ctx: &mut Ctx<'_>) {
+        if let Some(class) = r.device_class.as_deref()
+            && self.class.as_deref() != Some(class)
+        {
+            self.class = Some(class.into());
+            self.thresholds = ctx.cfg.thresholds_for(&self.tenant, Some(class));
+        }
+        let ts = r.ts;
+        for (i, size) in ctx.cfg.windows_ms.iter().enumerate() {
+            self.windows[i].get_or_insert_with(|| WindowState::open(ts, *size));
+        }
+        match self.presence {
+            None => self.transition(
+                DeviceStatus::Online,
+                None,
+                ts,
+                TransitionReason::FirstSeen,
+                ctx,
+            ),
+            Some(Presence::Offline { prolonged_fired }) => {
+                let since = self.since;
+                for w in self.windows.iter_mut().flatten() {
+                    w.add_offline(since, ts);
+                }
+                self.transition(
+                    DeviceStatus::Online,
+                    Some(DeviceStatus::Offline),
+                    ts,
+                    TransitionReason::Resumed,
+                    ctx,
+                );
+                if prolonged_fired {
+                    let obs = Observation {
+                        observed: (ts - since) as f64,
+                        threshold: self.thresholds.prolonged_offline_ms as f64,
+                        baseline: None,
+                        message: format!("back online after {} s offline", (ts - since) / 1000),
+                    };
+                    self.change(AnomalyKind::ProlongedOffline, false, true, ts, obs, ctx);
+                }
+            }
+            Some(Presence::Online) => {}
+        }
+        self.last_seen = ts;
+        for w in self.windows.iter_mut().flatten() {
+            w.add(r);
+        }
+        if let Some(rt) = r.response_time_ms {
+            self.rt_rule(rt, ts, ctx);
+        }
+        if let Some(b) = r.battery_pct {
+            let t = self.thresholds;
+            let obs = Observation {
+                observed: b,
+                threshold: t.battery_low_pct,
+                baseline: None,
+                message: format!("battery at {b:.0} %, limit {:.0} %", t.battery_low_pct),
+            };
+            let resolve = b >= t.battery_low_pct * (1.0 + t.resolve_margin);
+            self.change(
+                AnomalyKind::BatteryLow,
+                b < t.battery_low_pct,
+                resolve,
+                ts,
+                obs,
+                ctx,
+            );
+        }
+    }
+
+    fn rt_rule(&mut self, rt: f64, ts: i64, ctx: &mut Ctx<'_>) {
+        let t = self.thresholds;
+        if self.recent_rt.len() >= t.rt_mean_readings as usize {
+            self.recent_rt.pop_front();
+        }
+        self.recent_rt.push_back(rt);
+        let n = self.recent_rt.len();
+        let mean = self.recent_rt.iter().sum::<f64>() / n as f64;
+        let fire = n >= t.rt_mean_min_readings as usize && mean > t.rt_mean_ms;
+        let resolve = mean < t.rt_mean_ms * (1.0 - t.resolve_margin);
+        let obs = Observation {
+            observed: mean,
+            threshold: t.rt_mean_ms,
+            baseline: None,
+            message: format!(
+                "mean response time of the last {n} readings is {mean:.0} ms, limit {:.0} ms",
+                t.rt_mean_ms
+            ),
+        };
+        self.change(AnomalyKind::RtMeanHigh, fire, resolve, ts, obs, ctx);
+    }
+
+    fn close_windows(&mut self, end: i64, ctx: &mut Ctx<'_>) {
+        for i in 0..self.windows.len() {
+            if self.windows[i].as_ref().is_some_and(|w| w.end == end)
+                && let Some(w) = self.windows[i].take()
+            {
+                self.emit_window(w, true, ctx);
+            }
+        }
+    }
+
+    /// Emits a closed window; `judge` lets the rules see it (a complete window, not one cut
+    /// short by the end of the input).
+    fn emit_window(&mut self, mut w: WindowState, judge: bool, ctx: &mut Ctx<'_>) {
+        if let Some(Presence::Offline { .. }) = self.presence {
+            w.add_offline(self.since, w.end);
+        }
+        if judge && w.end - w.start == ctx.cfg.rule_window_ms() {
+            self.window_rules(&w, ctx);
+        }
+        ctx.out.push(Output::Aggregate(w.finish(
+            &self.tenant,
+            &self.id,
+            self.class.as_deref(),
+            ctx.cfg.health.rt_slo_ms,
+        )));
+    }
+
+    fn window_rules(&mut self, w: &WindowState, ctx: &mut Ctx<'_>) {
+        let t = self.thresholds;
+        let ts = w.end;
+        let rate = w.error_rate();
+        let obs = Observation {
+            observed: rate,
+            threshold: t.error_rate,
+            baseline: None,
+            message: format!(
+                "{:.1} % of readings failed in the window, limit {:.1} %",
+                rate * 100.0,
+                t.error_rate * 100.0
+            ),
+        };
+        let resolve = rate < t.error_rate * (1.0 - t.resolve_margin);
+        self.change(
+            AnomalyKind::ErrorRateHigh,
+            rate > t.error_rate,
+            resolve,
+            ts,
+            obs,
+            ctx,
+        );
+
+        if let Some(p95) = w.rt_quantile(0.95) {
+            let firing = self.switches.is_firing(AnomalyKind::RtP95Baseline);
+            let floor = (0.05 * p95).max(1.0);
+            let v = self
+                .p95_baseline
+                .observe(p95, &ctx.cfg.baseline, floor, firing);
+            let obs = Observation {
+                observed: p95,
+                threshold: v.limit,
+                baseline: Some(v.mean),
+                message: format!(
+                    "window p95 {p95:.0} ms against a baseline of {:.0} ms",
+                    v.mean
+                ),
+            };
+            self.change(AnomalyKind::RtP95Baseline, v.fire, v.resolve, ts, obs, ctx);
+        }
+        let firing = self.switches.is_firing(AnomalyKind::ErrorRateBaseline);
+        let v = self
+            .error_baseline
+            .observe(rate, &ctx.cfg.baseline, 0.02, firing);
+        let obs = Observation {
+            observed: rate,
+            threshold: v.limit,
+            baseline: Some(v.mean),
+            message: format!(
+                "window error rate {:.1} % against a baseline of {:.1} %",
+                rate * 100.0,
+                v.mean * 100.0
+            ),
+        };
+        self.change(
+            AnomalyKind::ErrorRateBaseline,
+            v.fire,
+            v.resolve,
+            ts,
+            obs,
+            ctx,
+        );
+    }
+
+    fn go_offline(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        let reason = if ts < ctx.data_watermark {
+            TransitionReason::Timeout
+        } else {
+            TransitionReason::InputIdle
+        };
+        self.transition(
+            DeviceStatus::Offline,
+            Some(DeviceStatus::Online),
+            ts,
+            reason,
+            ctx,
+        );
+    }
+
+    fn rule_timer(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        if let Some(Presence::Offline {
+            prolonged_fired: false,
+        }) = self.presence
+            && ts >= self.since + self.thresholds.prolonged_offline_ms
+        {
+            self.presence = Some(Presence::Offline {
+                prolonged_fired: true,
+            });
+            let obs = Observation {
+                observed: (ts - self.last_seen) as f64,
+                threshold: self.thresholds.prolonged_offline_ms as f64,
+                baseline: None,
+                message: format!("offline for {} s", (ts - self.since) / 1000),
+            };
+            self.change(AnomalyKind::ProlongedOffline, true, false, ts, obs, ctx);
+        }
+        if self.switches.is_firing(AnomalyKind::Flapping) {
+            self.flapping(ts, ctx);
+        }
+    }
+
+    fn transition(
+        &mut self,
+        status: DeviceStatus,
+        previous: Option<DeviceStatus>,
+        ts: i64,
+        reason: TransitionReason,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let time_in_previous_ms = previous.map(|_| ts - self.since);
+        ctx.out.push(Output::Status(StatusTransition {
+            tenant_id: self.tenant.to_string(),
+            device_id: self.id.to_string(),
+            device_class: self.class.as_deref().map(str::to_string),
+            status,
+            previous,
+            ts,
+            last_seen: if previous.is_none() {
+                ts
+            } else {
+                self.last_seen
+            },
+            reason,
+            time_in_previous_ms,
+            event_id: event_id::status(&self.tenant, &self.id, status, ts),
+        }));
+        self.since = ts;
+        self.presence = Some(match status {
+            DeviceStatus::Online => Presence::Online,
+            DeviceStatus::Offline => Presence::Offline {
+                prolonged_fired: false,
+            },
+        });
+        if previous.is_some() {
+            let cap = self.thresholds.flapping_transitions as usize;
+            if self.flaps.len() >= cap {
+                self.flaps.pop_front();
+            }
+            self.flaps.push_back(ts);
+            self.flapping(ts, ctx);
+        }
+    }
+
+    /// Counts transitions within the flapping period ending at `now`.
+    fn flapping(&mut self, now: i64, ctx: &mut Ctx<'_>) {
+        let t = self.thresholds;
+        while self
+            .flaps
+            .front()
+            .is_some_and(|f| *f <= now - t.flapping_period_ms)
+        {
+            self.flaps.pop_front();
+        }
+        let n = self.flaps.len() as u32;
+        let obs = Observation {
+            observed: f64::from(n),
+            threshold: f64::from(t.flapping_transitions),
+            baseline: None,
+            message: format!(
+                "{n} status changes in the last {} s, limit {}",
+                t.flapping_period_ms / 1000,
+                t.flapping_transitions
+            ),
+        };
+        let fire = n >= t.flapping_transitions;
+        let resolve = n <= t.flapping_transitions / 2;
+        self.change(AnomalyKind::Flapping, fire, resolve, now, obs, ctx);
+    }
+
+    fn change(
+        &mut self,
+        kind: AnomalyKind,
+        fire: bool,
+        resolve: bool,
+        ts: i64,
+        obs: Observation,
+        ctx: &mut Ctx<'_>,
+    ) {
+        // A prolonged offline ends with the device's return; a cooldown would only hide the
+        // next outage.
+        let cooldown = if kind == AnomalyKind::ProlongedOffline {
+            0
+        } else {
+            self.thresholds.cooldown_ms
+        };
+        if let Some(state) = self.switches.update(kind, ts, fire, resolve, cooldown) {
+            ctx.out.push(Output::Anomaly(anomaly::record(
+                &self.tenant,
+                &self.id,
+                self.class.as_deref(),
+                kind,
+                state,
+                ts,
+                obs,
+            )));
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Running the job: one dataflow per timely worker, each with its share of the input and its own
+//! sink, until a bounded input is consumed or the job is stopped.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use schemas::Codec;
+
+use crate::config::PipelineConfig;
+use crate::dataflow;
+use crate::sink::SinkFactory;
+use crate::source::file::FileInput;
+use crate::source::kafka::{KafkaInput, KafkaSettings};
+use crate::source::memory::{MemoryInput, MemoryRecord};
+use crate::source::{Clock, Input, SourceSettings};
+use crate::watermark::Bounds;
+
+/// What the job reads.
+#[derive(Clone)]
+pub enum InputSpec {
+    /// A Kafka topic.
+    Kafka(KafkaSettings),
+    /// An NDJSON or Avro object container file.
+    File(PathBuf),
+    /// In-memory partitions.
+    Memory(Arc<Vec<Vec<MemoryRecord>>>),
+}
+
+/// Everything a run needs.
+#[derive(Clone)]
+pub struct Job {
+    /// Dataflow settings.
+    pub cfg: Arc<PipelineConfig>,
+    /// The input.
+    pub input: InputSpec,
+    /// Decoder of wire values.
+    pub codec: Arc<Codec>,
+    /// Wall clock (idleness).
+    pub clock: Clock,
+    /// Set to stop an unbounded run.
+    pub stop: Arc<AtomicBool>,
+    /// Per-worker sinks.
+    pub sinks: SinkFactory,
+}
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Timely could not start (bad worker or process settings).
+    #[error("cannot start the workers: {0}")]
+    Timely(String),
+    /// A worker failed.
+    #[error("worker {worker}: {detail}")]
+    Worker {
+        /// Which.
+        worker: usize,
+        /// What happened.
+        detail: String,
+    },
+}
+
+fn open(input: &InputSpec, index: usize, peers: usize) -> Result<Box<dyn Input>, String> {
+    Ok(match input {
+        InputSpec::Kafka(settings) => {
+            Box::new(KafkaInput::new(settings, index, peers).map_err(|e| e.to_string())?)
+        }
+        InputSpec::File(path) => Box::new(FileInput::open(path, index).map_err(|e| e.to_string())?),
+        InputSpec::Memory(partitions) => {
+            Box::new(MemoryInput::new(Arc::clone(partitions), index, peers))
+        }
+    })
+}
+
+/// Runs `job` on the workers `timely` describes and waits for them.
+pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
+    let guards = timely::execute(timely, move |worker| -> Result<(), String> {
+        let index = worker.index();
+        let peers = worker.peers();
+        let input = open(&job.input, index, peers)?;
+        let bounded = input.bounded();
+        let settings = SourceSettings {
+            bounds: Bounds {
+                out_of_orderness_ms: job.cfg.out_of_orderness_ms,
+                idle_timeout_ms: (!bounded).then_some(job.cfg.idle_timeout_ms),
+                max_future_skew_ms: job.cfg.max_future_skew_ms,
+            },
+            step_ms: job.cfg.watermark_step_ms,
+            clock: Arc::clone(&job.clock),
+            codec: Arc::clone(&job.codec),
+            stop: Arc::clone(&job.stop),
+        };
+        let sink = Rc::new(RefCell::new((job.sinks)(index).map_err(|e| e.to_string())?));
+        let cfg = Arc::clone(&job.cfg);
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            dataflow::build(scope, input, settings, cfg, Rc::clone(&sink))
+        });
+        while !probe.done() {
+            worker.step_or_park(None);
+        }
+        sink.borrow_mut().flush().map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .map_err(RunError::Timely)?;
+    for (worker, result) in guards.join().into_iter().enumerate() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(detail)) | Err(detail) => return Err(RunError::Worker { worker, detail }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! File replay: NDJSON (one telemetry object per line) or Avro object container files, read as
+//! one partition (partition 0, offset = record number) by worker 0, for backfills and benchmarks.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use schemas::{DeadLetterReason, Record, Telemetry};
+
+use super::{Input, Payload, RawRecord, SourceError};
+
+enum Reader {
+    Ndjson(BufReader<File>),
+    Avro(Box<apache_avro::Reader<'static, BufReader<File>>>),
+}
+
+/// A file read by one worker.
+pub struct FileInput {
+    name: String,
+    path: PathBuf,
+    reader: Option<Reader>,
+    partitions: Vec<i32>,
+    offset: i64,
+    finished: Vec<i32>,
+}
+
+fn file_error(path: &Path, e: impl ToString) -> SourceError {
+    SourceError::File {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+impl FileInput {
+    /// Opens `path` for worker `index`: worker 0 reads it, the others own nothing. The format
+    /// follows the extension: `.avro` is an object container file, anything else NDJSON.
+    pub fn open(path: &Path, index: usize) -> Result<FileInput, SourceError> {
+        let name = path.display().to_string();
+        if index != 0 {
+            return Ok(FileInput {
+                name,
+                path: path.to_path_buf(),
+                reader: None,
+                partitions: Vec::new(),
+                offset: 0,
+                finished: Vec::new(),
+            });
+        }
+        let file = File::open(path).map_err(|e| file_error(path, e))?;
+        let buffered = BufReader::with_capacity(1 << 20, file);
+        let reader = if path.extension().is_some_and(|e| e == "avro") {
+            let r = apache_avro::Reader::new(buffered).map_err(|e| file_error(path, e))?;
+            Reader::Avro(Box::new(r))
+        } else {
+            Reader::Ndjson(buffered)
+        };
+        Ok(FileInput {
+            name,
+            path: path.to_path_buf(),
+            reader: Some(reader),
+            partitions: vec![0],
+            offset: 0,
+            finished: Vec::new(),
+        })
+    }
+}
+
+fn parse_avro(value: Result<apache_avro::types::Value, apache_avro::Error>) -> Payload {
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => {
+            return Payload::Parsed {
+                result: Err((DeadLetterReason::Undecodable, e.to_string())),
+                raw: Vec::new(),
+            };
+        }
+    };
+    let raw = serde_json::to_vec(&apache_avro::from_value::<serde_json::Value>(&value).ok())
+        .unwrap_or_default();
+    let result = apache_avro::from_value::<Telemetry>(&value)
+        .map_err(|e| (DeadLetterReason::Schema, e.to_string()))
+        .and_then(|t| match t.validate() {
+            Ok(()) => Ok(t),
+            Err(e) => Err((DeadLetterReason::InvalidField, e.to_string())),
+        });
+    Payload::Parsed { result, raw }
+}
+
+impl Input for FileInput {
+    fn topic(&self) -> &str {
+        &self.name
+    }
+
+    fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    fn bounded(&self) -> bool {
+        true
+    }
+
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(());
+        };
+        let mut ended = false;
+        while out.len() < max {
+            let payload = match reader {
+                Reader::Ndjson(lines) => {
+                    let mut line = Vec::new();
+                    let n = lines
+                        .read_until(b'\n', &mut line)
+                        .map_err(|e| file_error(&self.path, e))?;
+                    if n == 0 {
+                        ended = true;
+                        break;
+                    }
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    Payload::Wire(line)
+                }
+                Reader::Avro(values) => match values.next() {
+                    Some(v) => parse_avro(v),
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                },
+            };
+            out.push(RawRecord {
+                partition: 0,
+                offset: self.offset,
+                record_ts: None,
+                key: None,
+                payload,
+            });
+            self.offset += 1;
+        }
+        if ended {
+            self.reader = None;
+            self.finished.push(0);
+        }
+        Ok(())
+    }
+
+    fn take_finished(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.finished)
+    }
+}

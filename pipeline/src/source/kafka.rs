@@ -1,0 +1,176 @@
+//! The Kafka input: a worker's deterministic share of the topic's partitions (partition `p`
+//! belongs to global worker `p % peers`), assigned by hand, never through group rebalancing, so
+//! which worker reads what is a function of the topic alone.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Input, Payload, RawRecord, SourceError};
+
+/// Where and how to read.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// librdkafka properties: `bootstrap.servers` and anything configured.
+    pub properties: HashMap<String, String>,
+    /// The telemetry topic.
+    pub topic: String,
+    /// Stop at the end offsets found at start-up instead of running forever.
+    pub until_end: bool,
+    /// How long to wait for the topic to appear.
+    pub topic_wait: Duration,
+}
+
+/// One worker's partitions of the telemetry topic.
+pub struct KafkaInput {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+    /// Bounded runs: the offset each partition ends at, removed once reached.
+    ends: HashMap<i32, i64>,
+    until_end: bool,
+    finished: Vec<i32>,
+}
+
+fn client(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("group.id", "fleetpulse-pipeline")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.min.bytes", "1")
+        .set("fetch.wait.max.ms", "50")
+        .set("queued.max.messages.kbytes", "262144");
+    for (k, v) in &settings.properties {
+        config.set(k, v);
+    }
+    config.create()
+}
+
+impl KafkaInput {
+    /// Connects worker `index` of `peers` and assigns its partitions from the beginning.
+    pub fn new(
+        settings: &KafkaSettings,
+        index: usize,
+        peers: usize,
+    ) -> Result<KafkaInput, SourceError> {
+        let consumer = client(settings)?;
+        let deadline = Instant::now() + settings.topic_wait;
+        let count = loop {
+            let metadata = consumer.fetch_metadata(Some(&settings.topic), Duration::from_secs(5));
+            let found = metadata.ok().and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == settings.topic && t.error().is_none())
+                    .map(|t| t.partitions().len())
+                    .filter(|n| *n > 0)
+            });
+            match found {
+                Some(n) => break n,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                None => return Err(SourceError::NoTopic(settings.topic.clone())),
+            }
+        };
+        let partitions: Vec<i32> = (0..count)
+            .filter(|p| p % peers.max(1) == index)
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect();
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        let mut finished = Vec::new();
+        for p in &partitions {
+            assignment.add_partition_offset(&settings.topic, *p, Offset::Beginning)?;
+            if settings.until_end {
+                let (low, high) =
+                    consumer.fetch_watermarks(&settings.topic, *p, Duration::from_secs(10))?;
+                if high <= low {
+                    finished.push(*p);
+                } else {
+                    ends.insert(*p, high);
+                }
+            }
+        }
+        consumer.assign(&assignment)?;
+        Ok(KafkaInput {
+            consumer,
+            topic: settings.topic.clone(),
+            partitions,
+            ends,
+            until_end: settings.until_end,
+            finished,
+        })
+    }
+
+    fn reached(&mut self, partition: i32, next_offset: i64) {
+        if self.until_end
+            && self
+                .ends
+                .get(&partition)
+                .is_some_and(|end| next_offset >= *end)
+        {
+            self.ends.remove(&partition);
+            self.finished.push(partition);
+        }
+    }
+}
+
+impl Input for KafkaInput {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    fn bounded(&self) -> bool {
+        self.until_end
+    }
+
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError> {
+        if self.partitions.is_empty() || (self.until_end && self.ends.is_empty()) {
+            return Ok(());
+        }
+        while out.len() < max {
+            let Some(result) = self.consumer.poll(Duration::ZERO) else {
+                break;
+            };
+            let (partition, next) = match result {
+                Ok(m) => {
+                    out.push(RawRecord {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        record_ts: m.timestamp().to_millis(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: Payload::Wire(m.payload().map(<[u8]>::to_vec).unwrap_or_default()),
+                    });
+                    (m.partition(), m.offset() + 1)
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    let position = self
+                        .consumer
+                        .position()
+                        .ok()
+                        .and_then(|tpl| {
+                            tpl.find_partition(&self.topic, p)
+                                .and_then(|e| e.offset().to_raw())
+                        })
+                        .unwrap_or(0);
+                    (p, position)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.reached(partition, next);
+        }
+        Ok(())
+    }
+
+    fn take_finished(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.finished)
+    }
+}

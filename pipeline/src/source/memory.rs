@@ -1,0 +1,91 @@
+//! An in-memory input: partitions of records held in memory, for tests and benchmarks that must
+//! not depend on a broker. Bounded: each partition ends after its last record.
+
+use std::sync::Arc;
+
+use super::{Input, Payload, RawRecord, SourceError};
+
+/// One record of an in-memory partition.
+#[derive(Debug, Clone)]
+pub struct MemoryRecord {
+    /// Record timestamp, if the record has one.
+    pub record_ts: Option<i64>,
+    /// Wire bytes.
+    pub value: Vec<u8>,
+}
+
+/// A worker's share of in-memory partitions (partition `p` belongs to worker `p % peers`).
+pub struct MemoryInput {
+    partitions: Arc<Vec<Vec<MemoryRecord>>>,
+    mine: Vec<i32>,
+    next: Vec<usize>,
+    finished: Vec<i32>,
+    reported: Vec<bool>,
+}
+
+impl MemoryInput {
+    /// The share of worker `index` of `peers`.
+    pub fn new(partitions: Arc<Vec<Vec<MemoryRecord>>>, index: usize, peers: usize) -> MemoryInput {
+        let mine: Vec<i32> = (0..partitions.len())
+            .filter(|p| p % peers.max(1) == index)
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect();
+        let n = mine.len();
+        MemoryInput {
+            partitions,
+            mine,
+            next: vec![0; n],
+            finished: Vec::new(),
+            reported: vec![false; n],
+        }
+    }
+}
+
+impl Input for MemoryInput {
+    fn topic(&self) -> &str {
+        "memory"
+    }
+
+    fn partitions(&self) -> &[i32] {
+        &self.mine
+    }
+
+    fn bounded(&self) -> bool {
+        true
+    }
+
+    /// Reads partitions round-robin, a few records at a time, so they interleave.
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError> {
+        const CHUNK: usize = 7;
+        while out.len() < max {
+            let mut progressed = false;
+            for (i, p) in self.mine.iter().enumerate() {
+                let records = &self.partitions[*p as usize];
+                let end = (self.next[i] + CHUNK).min(records.len());
+                for (offset, r) in records.iter().enumerate().take(end).skip(self.next[i]) {
+                    out.push(RawRecord {
+                        partition: *p,
+                        offset: offset as i64,
+                        record_ts: r.record_ts,
+                        key: None,
+                        payload: Payload::Wire(r.value.clone()),
+                    });
+                    progressed = true;
+                }
+                self.next[i] = end;
+                if end == records.len() && !self.reported[i] {
+                    self.reported[i] = true;
+                    self.finished.push(*p);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn take_finished(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.finished)
+    }
+}

@@ -1,0 +1,301 @@
+//! The source operator: reads a worker's partitions (Kafka, a file, or memory in tests), decodes
+//! and judges each record, and sends accepted readings at the worker's event-time capability.
+//!
+//! It has three outputs: readings (to be exchanged by device), marks (broadcast: how far data has
+//! moved event time, and, for bounded inputs, where the input ended), and dead letters.
+
+pub mod file;
+pub mod kafka;
+pub mod memory;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use schemas::{Codec, DeadLetter, DeadLetterReason, InputFormat, Telemetry};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::event_id;
+use crate::metrics;
+use crate::reading::Reading;
+use crate::watermark::{Bounds, Verdict, Watermarks};
+
+/// Records read per activation at most, so one busy source cannot starve the other operators.
+const BATCH: usize = 8_192;
+/// How long a source with nothing to read waits before polling again.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
+/// The wall clock, in ms since the epoch; tests inject their own.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+/// A record's value as read.
+#[derive(Debug)]
+pub enum Payload {
+    /// Wire bytes: Confluent-framed Avro or JSON.
+    Wire(Vec<u8>),
+    /// Already parsed by the reader (Avro object container files), with its bytes for the DLQ.
+    Parsed {
+        /// The reading, or why it is unusable.
+        result: Result<Telemetry, (DeadLetterReason, String)>,
+        /// What to keep in the DLQ.
+        raw: Vec<u8>,
+    },
+}
+
+/// One record of one partition.
+#[derive(Debug)]
+pub struct RawRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka record timestamp; files have none, so the future check does not apply to them.
+    pub record_ts: Option<i64>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Payload,
+}
+
+/// Errors of an input.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Kafka refused or failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A file could not be read.
+    #[error("{path}: {detail}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The topic does not exist (yet).
+    #[error("topic {0} does not exist")]
+    NoTopic(String),
+}
+
+/// What one worker reads.
+pub trait Input {
+    /// The topic (or file) name, for dead letters and metrics.
+    fn topic(&self) -> &str;
+    /// The partitions this worker owns.
+    fn partitions(&self) -> &[i32];
+    /// Whether the input ends (files, `--until-end`) rather than runs forever.
+    fn bounded(&self) -> bool;
+    /// Appends up to `max` records to `out`. Transient failures are retried by the caller.
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError>;
+    /// Partitions read to their end since the last call (bounded inputs only).
+    fn take_finished(&mut self) -> Vec<i32>;
+}
+
+/// Broadcast progress information from a source worker.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Mark {
+    /// The largest watermark data has produced in this worker's partitions.
+    Data(i64),
+    /// This worker's bounded input ended; the least data watermark of its partitions, if any
+    /// had data.
+    Final(Option<i64>),
+}
+
+/// Settings of the source operator.
+#[derive(Clone)]
+pub struct SourceSettings {
+    /// Event-time bounds.
+    pub bounds: Bounds,
+    /// Capability step, ms.
+    pub step_ms: i64,
+    /// Wall clock for idleness.
+    pub clock: Clock,
+    /// Decoder of wire values.
+    pub codec: Arc<Codec>,
+    /// Set to stop an unbounded input (without closing windows).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The three streams of a source.
+pub struct SourceStreams<'scope> {
+    /// Accepted readings.
+    pub readings: StreamVec<'scope, u64, Reading>,
+    /// Progress marks.
+    pub marks: StreamVec<'scope, u64, Mark>,
+    /// Rejected records.
+    pub dead: StreamVec<'scope, u64, DeadLetter>,
+}
+
+fn to_time(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+/// Builds the source operator over `input`.
+pub fn source<'scope>(
+    scope: Scope<'scope, u64>,
+    mut input: Box<dyn Input>,
+    settings: SourceSettings,
+) -> SourceStreams<'scope> {
+    let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address);
+    let (readings_out, readings) = builder.new_output();
+    let (marks_out, marks) = builder.new_output();
+    let (dead_out, dead) = builder.new_output();
+    let mut readings_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Reading>>>::from(readings_out);
+    let mut marks_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Mark>>>::from(marks_out);
+    let mut dead_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+
+    builder.build(move |caps| {
+        let mut caps = Some(caps);
+        let clock = settings.clock;
+        let mut wm = Watermarks::new(settings.bounds, input.partitions(), clock());
+        let mut buf = Vec::with_capacity(BATCH);
+        let mut sent_data: Option<i64> = None;
+        let mut failures = 0u32;
+        let topic = input.topic().to_string();
+        let in_counter = metrics::records_in(&topic);
+        move |_frontiers| {
+            let Some(held) = caps.as_mut() else {
+                return;
+            };
+            if settings.stop.load(Ordering::Relaxed) {
+                caps = None;
+                return;
+            }
+            let now = clock();
+            buf.clear();
+            if let Err(e) = input.poll(&mut buf, BATCH) {
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis(100 * 2u64.saturating_pow(failures.min(6)));
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "source cannot read");
+                metrics::source_up(false);
+                activator.activate_after(backoff);
+                return;
+            }
+            if failures > 0 {
+                failures = 0;
+                metrics::source_up(true);
+            }
+            let got = buf.len();
+            in_counter.increment(got as u64);
+            {
+                let mut readings = readings_out.activate();
+                let mut dead = dead_out.activate();
+                let mut readings = readings.session(&held[0]);
+                let mut dead = dead.session(&held[2]);
+                for rec in buf.drain(..) {
+                    let (result, raw) = match rec.payload {
+                        Payload::Wire(bytes) => (
+                            settings
+                                .codec
+                                .decode_telemetry(&bytes, InputFormat::Auto)
+                                .map_err(|e| (e.reason(), e.to_string())),
+                            bytes,
+                        ),
+                        Payload::Parsed { result, raw } => (result, raw),
+                    };
+                    let rejected = match result {
+                        Ok(t) => match wm.observe(rec.partition, t.ts, rec.record_ts, now) {
+                            Verdict::Accept => {
+                                readings.give(Reading::new(t, rec.partition, rec.offset));
+                                None
+                            }
+                            Verdict::Reject(reason) => Some((reason, rejection(reason, &t, rec.record_ts))),
+                            },
+                        Err(why) => {
+                            wm.touch(rec.partition, now);
+                            Some(why)
+                        }
+                    };
+                    if let Some((reason, detail)) = rejected {
+                        metrics::dead_letter(reason);
+                        dead.give(DeadLetter {
+                            event_id: event_id::dead_letter(&topic, rec.partition, rec.offset),
+                            source_topic: topic.clone(),
+                            source_partition: rec.partition,
+                            source_offset: rec.offset,
+                            key: rec.key,
+                            raw,
+                            reason,
+                            detail,
+                            record_ts: rec.record_ts,
+                        });
+                    }
+                }
+            }
+            for p in input.take_finished() {
+                wm.finish(p);
+            }
+            wm.tick(now);
+            let data = wm.data_max();
+            let step = settings.step_ms;
+            if let Some(d) = data
+                && sent_data.is_none_or(|s| d >= s + step)
+            {
+                sent_data = Some(d);
+                marks_out.activate().session(&held[1]).give(Mark::Data(d));
+            }
+            if input.bounded() && wm.all_finished() {
+                marks_out
+                    .activate()
+                    .session(&held[1])
+                    .give(Mark::Final(wm.data_min()));
+                caps = None;
+                return;
+            }
+            match wm.hold() {
+                None => {
+                    caps = None;
+                    return;
+                }
+                Some(Some(w)) => {
+                    let t = to_time(w.div_euclid(step) * step);
+                    if t > *held[0].time() {
+                        for c in held.iter_mut() {
+                            c.downgrade(&t);
+                        }
+                        metrics::watermark(w, now);
+                    }
+                }
+                Some(None) => {}
+            }
+            if got > 0 {
+                activator.activate();
+            } else {
+                activator.activate_after(IDLE_POLL);
+            }
+        }
+    });
+    SourceStreams {
+        readings,
+        marks,
+        dead,
+    }
+}
+
+fn rejection(reason: DeadLetterReason, t: &Telemetry, record_ts: Option<i64>) -> String {
+    match reason {
+        DeadLetterReason::Future => format!(
+            "ts {} is more than the allowed skew ahead of the record timestamp {}",
+            t.ts,
+            record_ts.unwrap_or_default()
+        ),
+        _ => format!("ts {} is behind its partition's watermark", t.ts),
+    }
+}

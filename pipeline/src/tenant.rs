@@ -1,0 +1,202 @@
+//! Tenant-level presence: one `mass_offline` anomaly when a large share of a tenant's online
+//! devices goes offline together, instead of a flood nobody reads.
+//!
+//! "Together" is judged in event time, not in frontier steps (which depend on timing): offline
+//! transitions within `mass_offline_window_ms` of each other, of devices still offline, against
+//! the devices online just before. It fires when more than `mass_offline_share` of them (and at
+//! least `mass_offline_min_devices`) went offline, and resolves once three quarters of the share
+//! that went away (with the default half: 75 % of the tenant) is back online. Transitions are
+//! applied a millisecond at a time, so the verdict never depends on their order within one.
+
+use std::collections::{HashMap, VecDeque};
+
+use schemas::{AnomalyKind, AnomalyState, DeviceStatus, StatusTransition};
+
+use crate::anomaly::{self, Observation};
+use crate::config::PipelineConfig;
+use crate::output::Output;
+
+#[derive(Debug, Default)]
+struct Tenant {
+    online: i64,
+    /// Offline transitions within the window: (time, device).
+    recent: VecDeque<(i64, String)>,
+    /// Devices online before the outage, while `mass_offline` fires.
+    firing_baseline: Option<i64>,
+}
+
+/// Presence counts per tenant.
+#[derive(Debug, Default)]
+pub struct Tenants {
+    tenants: HashMap<String, Tenant>,
+}
+
+impl Tenants {
+    /// Applies all transitions of one millisecond (all of one tenant or not), then judges the
+    /// tenants they touched.
+    pub fn apply(
+        &mut self,
+        ts: i64,
+        batch: &[StatusTransition],
+        cfg: &PipelineConfig,
+        out: &mut Vec<Output>,
+    ) {
+        let mut touched: Vec<&str> = Vec::new();
+        for t in batch {
+            let tenant = self.tenants.entry(t.tenant_id.clone()).or_default();
+            match t.status {
+                DeviceStatus::Online => {
+                    tenant.online += 1;
+                    tenant.recent.retain(|(_, d)| *d != t.device_id);
+                }
+                DeviceStatus::Offline => {
+                    tenant.online -= 1;
+                    tenant.recent.push_back((ts, t.device_id.clone()));
+                }
+            }
+            if !touched.contains(&t.tenant_id.as_str()) {
+                touched.push(&t.tenant_id);
+            }
+        }
+        touched.sort_unstable();
+        for name in touched {
+            if let Some(tenant) = self.tenants.get_mut(name) {
+                judge(name, tenant, ts, cfg, out);
+            }
+        }
+    }
+}
+
+fn judge(name: &str, t: &mut Tenant, ts: i64, cfg: &PipelineConfig, out: &mut Vec<Output>) {
+    while t
+        .recent
+        .front()
+        .is_some_and(|(at, _)| *at <= ts - cfg.mass_offline_window_ms)
+    {
+        t.recent.pop_front();
+    }
+    let gone = t.recent.len() as i64;
+    let before = t.online + gone;
+    let share = cfg.mass_offline_share;
+    let (state, observed) = match t.firing_baseline {
+        None => {
+            let fire = gone >= i64::from(cfg.mass_offline_min_devices)
+                && before > 0
+                && gone as f64 > share * before as f64;
+            if !fire {
+                return;
+            }
+            t.firing_baseline = Some(before);
+            (AnomalyState::Firing, gone as f64 / before as f64)
+        }
+        Some(baseline) => {
+            let back = t.online as f64 >= (1.0 - share / 2.0) * baseline as f64;
+            if !back {
+                return;
+            }
+            t.firing_baseline = None;
+            (
+                AnomalyState::Resolved,
+                t.online as f64 / baseline.max(1) as f64,
+            )
+        }
+    };
+    let message = match state {
+        AnomalyState::Firing => format!(
+            "{gone} of {before} online devices went offline within {} s",
+            cfg.mass_offline_window_ms / 1000
+        ),
+        AnomalyState::Resolved => format!("{} devices back online", t.online),
+    };
+    out.push(Output::Anomaly(anomaly::record(
+        name,
+        "",
+        None,
+        AnomalyKind::MassOffline,
+        state,
+        ts,
+        Observation {
+            observed,
+            threshold: share,
+            baseline: None,
+            message,
+        },
+    )));
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::TransitionReason;
+
+    use super::*;
+
+    fn tr(device: usize, status: DeviceStatus, ts: i64) -> StatusTransition {
+        StatusTransition {
+            tenant_id: "t".into(),
+            device_id: format!("d{device}"),
+            device_class: None,
+            status,
+            previous: None,
+            ts,
+            last_seen: ts,
+            reason: TransitionReason::FirstSeen,
+            time_in_previous_ms: None,
+            event_id: String::new(),
+        }
+    }
+
+    fn kinds(out: &[Output]) -> Vec<(AnomalyState, i64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Anomaly(a) => Some((a.state, a.ts)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mass_outage_fires_once_and_resolves_once() {
+        let cfg = PipelineConfig::default();
+        let mut tenants = Tenants::default();
+        let mut out = Vec::new();
+        let online: Vec<_> = (0..40).map(|d| tr(d, DeviceStatus::Online, 0)).collect();
+        tenants.apply(0, &online, &cfg, &mut out);
+        // 30 of 40 go offline over 30 s, one per second.
+        for d in 0..30 {
+            let ts = 1_000 * (d as i64 + 1);
+            tenants.apply(ts, &[tr(d, DeviceStatus::Offline, ts)], &cfg, &mut out);
+        }
+        assert_eq!(kinds(&out), vec![(AnomalyState::Firing, 21_000)]);
+        // They come back; it resolves once 75 % (30 of 40) are online again.
+        for d in 0..30 {
+            let ts = 100_000 + d as i64;
+            tenants.apply(ts, &[tr(d, DeviceStatus::Online, ts)], &cfg, &mut out);
+        }
+        assert_eq!(
+            kinds(&out),
+            vec![
+                (AnomalyState::Firing, 21_000),
+                (AnomalyState::Resolved, 100_019)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_slow_trickle_or_a_small_tenant_does_not_fire() {
+        let cfg = PipelineConfig::default();
+        let mut tenants = Tenants::default();
+        let mut out = Vec::new();
+        let online: Vec<_> = (0..40).map(|d| tr(d, DeviceStatus::Online, 0)).collect();
+        tenants.apply(0, &online, &cfg, &mut out);
+        for d in 0..30 {
+            let ts = 61_000 * (d as i64 + 1);
+            tenants.apply(ts, &[tr(d, DeviceStatus::Offline, ts)], &cfg, &mut out);
+        }
+        let mut small = Tenants::default();
+        let online: Vec<_> = (0..10).map(|d| tr(d, DeviceStatus::Online, 0)).collect();
+        small.apply(0, &online, &cfg, &mut out);
+        let offline: Vec<_> = (0..10).map(|d| tr(d, DeviceStatus::Offline, 5)).collect();
+        small.apply(5, &offline, &cfg, &mut out);
+        assert_eq!(kinds(&out), vec![]);
+    }
+}

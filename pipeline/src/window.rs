@@ -1,0 +1,207 @@
+//! One device's tumbling window: what its readings add up to, and the aggregate it yields when
+//! event time passes its end.
+
+use schemas::WindowAggregate;
+
+use crate::reading::Reading;
+
+use crate::digest::RtDigest;
+use crate::event_id;
+use crate::health::{self, HealthInputs};
+
+/// An open window of one device.
+#[derive(Debug, Clone)]
+pub struct WindowState {
+    /// Inclusive start, ms.
+    pub start: i64,
+    /// Exclusive end, ms.
+    pub end: i64,
+    count: i64,
+    errors: i64,
+    rt: RtDigest,
+    rt_sum: f64,
+    rt_min: Option<f64>,
+    rt_max: Option<f64>,
+    battery_last: Option<f64>,
+    battery_min: Option<f64>,
+    signal_sum: f64,
+    signal_count: u32,
+    offline_ms: i64,
+}
+
+/// The start of the window of size `size` holding `ts`.
+pub fn window_start(ts: i64, size: i64) -> i64 {
+    ts.div_euclid(size) * size
+}
+
+fn fmin(a: Option<f64>, b: f64) -> Option<f64> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+fn fmax(a: Option<f64>, b: f64) -> Option<f64> {
+    Some(a.map_or(b, |a| a.max(b)))
+}
+
+impl WindowState {
+    /// The window of size `size` holding `ts`.
+    pub fn open(ts: i64, size: i64) -> WindowState {
+        let start = window_start(ts, size);
+        WindowState {
+            start,
+            end: start + size,
+            count: 0,
+            errors: 0,
+            rt: RtDigest::default(),
+            rt_sum: 0.0,
+            rt_min: None,
+            rt_max: None,
+            battery_last: None,
+            battery_min: None,
+            signal_sum: 0.0,
+            signal_count: 0,
+            offline_ms: 0,
+        }
+    }
+
+    /// Adds a reading; readings arrive in event-time order.
+    pub fn add(&mut self, r: &Reading) {
+        self.count += 1;
+        if !r.ok {
+            self.errors += 1;
+        }
+        if let Some(rt) = r.response_time_ms {
+            self.rt.add(rt);
+            self.rt_sum += rt;
+            self.rt_min = fmin(self.rt_min, rt);
+            self.rt_max = fmax(self.rt_max, rt);
+        }
+        if let Some(b) = r.battery_pct {
+            self.battery_last = Some(b);
+            self.battery_min = fmin(self.battery_min, b);
+        }
+        if let Some(s) = r.signal_dbm {
+            self.signal_sum += s;
+            self.signal_count += 1;
+        }
+    }
+
+    /// Records that the device was offline during `[from, to)`; only the overlap counts.
+    pub fn add_offline(&mut self, from: i64, to: i64) {
+        let overlap = to.min(self.end) - from.max(self.start);
+        if overlap > 0 {
+            self.offline_ms += overlap;
+        }
+    }
+
+    /// Errors over readings.
+    pub fn error_rate(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.count as f64
+        }
+    }
+
+    /// A response-time quantile of the window.
+    pub fn rt_quantile(&self, q: f64) -> Option<f64> {
+        self.rt.quantile(q)
+    }
+
+    /// The aggregate of the window.
+    pub fn finish(
+        &self,
+        tenant: &str,
+        device: &str,
+        class: Option<&str>,
+        rt_slo_ms: f64,
+    ) -> WindowAggregate {
+        let rt_count = self.rt.count();
+        let rt_mean = (rt_count > 0).then(|| self.rt_sum / rt_count as f64);
+        let rt_p95 = self.rt.quantile(0.95);
+        let signal_mean =
+            (self.signal_count > 0).then(|| self.signal_sum / f64::from(self.signal_count));
+        let size = self.end - self.start;
+        let error_rate = self.error_rate();
+        let health_score = health::score(
+            &HealthInputs {
+                error_rate,
+                rt_p95,
+                battery_pct: self.battery_last,
+                signal_dbm: signal_mean,
+                online_share: 1.0 - self.offline_ms as f64 / size as f64,
+            },
+            rt_slo_ms,
+        );
+        WindowAggregate {
+            tenant_id: tenant.to_string(),
+            device_id: device.to_string(),
+            device_class: class.map(str::to_string),
+            window_start: self.start,
+            window_end: self.end,
+            count: self.count,
+            errors: self.errors,
+            error_rate,
+            rt_min: self.rt_min,
+            rt_mean,
+            rt_p50: self.rt.quantile(0.5),
+            rt_p95,
+            rt_p99: self.rt.quantile(0.99),
+            rt_max: self.rt_max,
+            battery_last: self.battery_last,
+            battery_min: self.battery_min,
+            signal_mean,
+            health_score,
+            event_id: event_id::aggregate(tenant, device, size, self.start),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::Telemetry;
+
+    use super::*;
+
+    #[test]
+    fn windows_are_aligned_to_the_epoch() {
+        assert_eq!(window_start(59_999, 60_000), 0);
+        assert_eq!(window_start(60_000, 60_000), 60_000);
+        let w = WindowState::open(61_000, 60_000);
+        assert_eq!((w.start, w.end), (60_000, 120_000));
+    }
+
+    #[test]
+    fn aggregates_what_it_saw() {
+        let mut w = WindowState::open(0, 60_000);
+        let r = |rt: f64, ok: bool, b: f64| Telemetry {
+            ts: 1,
+            response_time_ms: Some(rt),
+            ok,
+            battery_pct: Some(b),
+            signal_dbm: Some(-60.0),
+            ..Telemetry::example()
+        };
+        let r = |rt: f64, ok: bool, b: f64| Reading::new(r(rt, ok, b), 0, 0);
+        w.add(&r(10.0, true, 90.0));
+        w.add(&r(30.0, false, 80.0));
+        w.add(&Reading {
+            response_time_ms: None,
+            battery_pct: None,
+            signal_dbm: None,
+            ..r(0.0, true, 0.0)
+        });
+        w.add_offline(30_000, 90_000);
+        let a = w.finish("t", "d", Some("sensor"), 500.0);
+        assert_eq!((a.count, a.errors), (3, 1));
+        assert_eq!(a.rt_min, Some(10.0));
+        assert_eq!(a.rt_max, Some(30.0));
+        assert_eq!(a.rt_mean, Some(20.0));
+        assert_eq!(a.battery_last, Some(80.0));
+        assert_eq!(a.battery_min, Some(80.0));
+        assert_eq!(a.signal_mean, Some(-60.0));
+        assert!((a.error_rate - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(a.event_id, "agg/t/d/60000/0");
+        // Half the window offline costs half the presence share.
+        assert!(a.health_score < 100.0);
+    }
+}
