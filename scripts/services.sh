@@ -402,6 +402,9 @@ num.recovery.threads.per.data.dir=1
 log.cleaner.threads=1
 log.cleaner.dedupe.buffer.size=33554432
 log.retention.check.interval.ms=60000
+# Tests and the demo replay fleets stamped in the past (2023): with the default 7-day
+# retention by record timestamp the broker deletes them within a retention check.
+log.retention.ms=-1
 # After a kill -9 the restarted broker cannot register until the controller expires the
 # old registration (DUPLICATE_BROKER_REGISTRATION): the default 9 s session made a
 # restart take about 15 s.

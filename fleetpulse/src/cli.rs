@@ -30,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Send a synthetic fleet's telemetry to Kafka or to a file.
     Generate(commands::generate::GenerateArgs),
+    /// Run the dataflow: telemetry in, aggregates, anomalies, status and dead letters out.
+    Pipeline(commands::pipeline::PipelineArgs),
     /// Serve the built-in schemas over the Confluent Schema Registry REST API.
     Registry(commands::registry::RegistryArgs),
     /// Print the records of a topic as JSON lines, decoded.
@@ -92,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Generate(args) => args.overrides(&mut overrides),
         Command::Registry(args) => args.overrides(&mut overrides),
+        Command::Pipeline(args) => args.overrides(&mut overrides),
         Command::Tail(args) => args.kafka.overrides(&mut overrides),
         Command::Bench(bench) => bench.overrides(&mut overrides),
         Command::Config => {}
@@ -104,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => runtime.block_on(commands::generate::run(&config, args)),
         Command::Registry(_) => runtime.block_on(commands::registry::run(&config)),
+        Command::Pipeline(args) => runtime.block_on(commands::pipeline::run(&config, args)),
         Command::Tail(args) => runtime.block_on(commands::tail::run(&config, args)),
         Command::Bench(bench) => runtime.block_on(commands::bench::run(&config, bench)),
         Command::Config => {

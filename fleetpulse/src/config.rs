@@ -43,6 +43,9 @@ pub struct Config {
     /// `[generate]`: the synthetic fleet.
     #[serde(default)]
     pub generate: generator::GeneratorConfig,
+    /// `[pipeline]`: the dataflow.
+    #[serde(default)]
+    pub pipeline: pipeline::PipelineConfig,
     /// `[log]`: logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -365,6 +368,9 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
         .map_err(|e| ConfigError::Keys(describe(e)))?;
     if let Err((key, expected)) = config.generate.validate() {
         return Err(ConfigError::invalid(&format!("generate.{key}"), expected));
+    }
+    if let Err((key, expected)) = config.pipeline.validate() {
+        return Err(ConfigError::invalid(&format!("pipeline.{key}"), expected));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::Keys(vec![ConfigError::key(

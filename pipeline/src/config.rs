@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks a free one.
+    pub listen: std::net::SocketAddr,
     /// Tumbling window sizes; the largest is the periodic health check.
     pub windows_ms: Vec<i64>,
     /// How far behind its partition's newest reading a reading may be stamped and still count.
@@ -116,6 +118,7 @@ pub struct Override {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
             windows_ms: vec![60_000, 300_000],
             out_of_orderness_ms: 5_000,
             idle_timeout_ms: 10_000,

@@ -18,6 +18,7 @@ pub mod event_id;
 pub mod health;
 pub mod metrics;
 pub mod output;
+pub mod readiness;
 pub mod reading;
 pub mod run;
 pub mod sink;
@@ -28,4 +29,5 @@ pub mod window;
 
 pub use config::PipelineConfig;
 pub use output::Output;
-pub use run::{InputSpec, Job, RunError, run};
+pub use readiness::Readiness;
+pub use run::{InputSpec, Job, RunError, run, timely_config};

@@ -11,6 +11,7 @@ use schemas::Codec;
 
 use crate::config::PipelineConfig;
 use crate::dataflow;
+use crate::readiness::Readiness;
 use crate::sink::SinkFactory;
 use crate::source::file::FileInput;
 use crate::source::kafka::{KafkaInput, KafkaSettings};
@@ -44,6 +45,8 @@ pub struct Job {
     pub stop: Arc<AtomicBool>,
     /// Per-worker sinks.
     pub sinks: SinkFactory,
+    /// Shared with the HTTP server.
+    pub readiness: Arc<Readiness>,
 }
 
 /// Errors of a run.
@@ -91,6 +94,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             clock: Arc::clone(&job.clock),
             codec: Arc::clone(&job.codec),
             stop: Arc::clone(&job.stop),
+            readiness: Arc::clone(&job.readiness),
         };
         let sink = Rc::new(RefCell::new((job.sinks)(index).map_err(|e| e.to_string())?));
         let cfg = Arc::clone(&job.cfg);
@@ -111,4 +115,46 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         }
     }
     Ok(())
+}
+
+/// Timely's configuration for `workers` threads in each of `processes` processes, this one being
+/// number `process`; `addresses` lists every process's `host:port` (default: consecutive ports
+/// from 2101 on localhost, as timely's own examples use).
+pub fn timely_config(
+    workers: usize,
+    processes: usize,
+    process: usize,
+    addresses: Option<Vec<String>>,
+) -> Result<timely::Config, RunError> {
+    let workers = workers.max(1);
+    let communication = if processes <= 1 {
+        if workers == 1 {
+            timely::CommunicationConfig::Thread
+        } else {
+            timely::CommunicationConfig::Process(workers)
+        }
+    } else {
+        let addresses = addresses.unwrap_or_else(|| {
+            (0..processes)
+                .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                .collect()
+        });
+        if addresses.len() != processes || process >= processes {
+            return Err(RunError::Timely(format!(
+                "{} addresses for {processes} processes, this one number {process}",
+                addresses.len()
+            )));
+        }
+        timely::CommunicationConfig::Cluster {
+            threads: workers,
+            process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        }
+    };
+    Ok(timely::Config {
+        communication,
+        worker: timely::WorkerConfig::default(),
+    })
 }

@@ -79,7 +79,9 @@ impl Watermarks {
             return Verdict::Accept;
         };
         p.last_activity = now;
-        if record_ts.is_some_and(|r| ts > r.saturating_add(bounds.max_future_skew_ms)) {
+        // Without a record timestamp (files), the partition's newest reading is the reference.
+        let reference = record_ts.or(p.data.map(|d| d + bounds.out_of_orderness_ms));
+        if reference.is_some_and(|r| ts > r.saturating_add(bounds.max_future_skew_ms)) {
             return Verdict::Reject(DeadLetterReason::Future);
         }
         if p.wm.is_some_and(|wm| ts < wm) {

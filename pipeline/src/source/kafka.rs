@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Input, Payload, RawRecord, SourceError};
@@ -26,9 +28,22 @@ pub struct KafkaSettings {
     pub topic_wait: Duration,
 }
 
+/// Logs librdkafka's errors except the end-of-partition events this input asks for.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(%error, reason, "kafka consumer");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// One worker's partitions of the telemetry topic.
 pub struct KafkaInput {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Quiet>,
     topic: String,
     partitions: Vec<i32>,
     /// Bounded runs: the offset each partition ends at, removed once reached.
@@ -37,7 +52,7 @@ pub struct KafkaInput {
     finished: Vec<i32>,
 }
 
-fn client(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
+fn client(settings: &KafkaSettings) -> Result<BaseConsumer<Quiet>, KafkaError> {
     let mut config = ClientConfig::new();
     config
         .set("group.id", "fleetpulse-pipeline")
@@ -49,7 +64,7 @@ fn client(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
     for (k, v) in &settings.properties {
         config.set(k, v);
     }
-    config.create()
+    config.create_with_context(Quiet)
 }
 
 impl KafkaInput {
@@ -96,6 +111,7 @@ impl KafkaInput {
             }
         }
         consumer.assign(&assignment)?;
+        tracing::info!(worker = index, peers, ?partitions, ?ends, ?finished, topic = %settings.topic, "reading");
         Ok(KafkaInput {
             consumer,
             topic: settings.topic.clone(),

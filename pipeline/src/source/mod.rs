@@ -21,6 +21,7 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::event_id;
 use crate::metrics;
+use crate::readiness::Readiness;
 use crate::reading::Reading;
 use crate::watermark::{Bounds, Verdict, Watermarks};
 
@@ -127,6 +128,8 @@ pub struct SourceSettings {
     pub codec: Arc<Codec>,
     /// Set to stop an unbounded input (without closing windows).
     pub stop: Arc<AtomicBool>,
+    /// Where the source reports whether it can read.
+    pub readiness: Arc<Readiness>,
 }
 
 /// The three streams of a source.
@@ -168,8 +171,10 @@ pub fn source<'scope>(
         let mut buf = Vec::with_capacity(BATCH);
         let mut sent_data: Option<i64> = None;
         let mut failures = 0u32;
+        let mut read = 0u64;
         let topic = input.topic().to_string();
         let in_counter = metrics::records_in(&topic);
+        settings.readiness.started();
         move |_frontiers| {
             let Some(held) = caps.as_mut() else {
                 return;
@@ -181,6 +186,9 @@ pub fn source<'scope>(
             let now = clock();
             buf.clear();
             if let Err(e) = input.poll(&mut buf, BATCH) {
+                if failures == 0 {
+                    settings.readiness.failing(true);
+                }
                 failures = failures.saturating_add(1);
                 let backoff = Duration::from_millis(100 * 2u64.saturating_pow(failures.min(6)));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "source cannot read");
@@ -190,6 +198,7 @@ pub fn source<'scope>(
             }
             if failures > 0 {
                 failures = 0;
+                settings.readiness.failing(false);
                 metrics::source_up(true);
             }
             let got = buf.len();
@@ -251,7 +260,9 @@ pub fn source<'scope>(
                 sent_data = Some(d);
                 marks_out.activate().session(&held[1]).give(Mark::Data(d));
             }
+            read = read.saturating_add(got as u64);
             if input.bounded() && wm.all_finished() {
+                tracing::info!(records = read, topic = %topic, "input read to its end");
                 marks_out
                     .activate()
                     .session(&held[1])

@@ -1,0 +1,195 @@
+//! `fleetpulse pipeline`: the dataflow from the telemetry topic (or a file) to the derived topics,
+//! with `/metrics`, `/healthz` and `/readyz`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Args;
+use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
+use pipeline::source::kafka::KafkaSettings;
+use pipeline::{InputSpec, Job, Readiness};
+use schemas::RecordKind;
+
+use crate::config::{Config, Override};
+
+/// Flags of `pipeline`.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    kafka: crate::cli::KafkaArgs,
+    /// Replay this file (NDJSON, or Avro object container when it ends in `.avro`) instead of
+    /// reading the telemetry topic; the run ends with the file.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Read the telemetry topic up to the end offsets it has at start-up, then finish (close
+    /// every window and exit), as a file replay does.
+    #[arg(long)]
+    until_end: bool,
+    /// Worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// Number of processes.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    processes: usize,
+    /// This process's number, 0 to n-1.
+    #[arg(short = 'p', long, default_value_t = 0)]
+    process: usize,
+    /// File with one `host:port` per process (default: 127.0.0.1 from port 2101 on).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (`pipeline.listen`).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+impl PipelineArgs {
+    pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
+        self.kafka.overrides(into);
+        if let Some(l) = &self.listen {
+            into.push(("pipeline.listen".into(), toml::Value::String(l.clone())));
+        }
+    }
+}
+
+fn properties(config: &Config) -> anyhow::Result<HashMap<String, String>> {
+    let mut p: HashMap<String, String> = config
+        .kafka
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    p.insert(
+        "bootstrap.servers".into(),
+        config.brokers()?.as_str().into(),
+    );
+    Ok(p)
+}
+
+async fn serve(config: &Config, readiness: Arc<Readiness>) -> anyhow::Result<()> {
+    let metrics = crate::observability::metrics()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route(
+            "/readyz",
+            get(move || {
+                std::future::ready(if readiness.ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "source not reading")
+                })
+            }),
+        );
+    let listen = config.pipeline.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (pipeline.listen)"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "pipeline metrics listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server failed");
+        }
+    });
+    Ok(())
+}
+
+pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<()> {
+    let addresses = match &args.hostfile {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the hostfile {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ),
+        None => None,
+    };
+    let timely = pipeline::timely_config(args.workers, args.processes, args.process, addresses)?;
+    let properties = properties(config)?;
+    let input = match &args.input {
+        Some(path) => InputSpec::File(path.clone()),
+        None => InputSpec::Kafka(KafkaSettings {
+            properties: properties.clone(),
+            topic: config.topics.telemetry.as_str().into(),
+            until_end: args.until_end,
+            topic_wait: Duration::from_secs(30),
+        }),
+    };
+    let topics = Topics {
+        aggregates: config.topics.aggregates.as_str().into(),
+        anomalies: config.topics.anomalies.as_str().into(),
+        status: config.topics.status.as_str().into(),
+        dlq: config.topics.dlq.as_str().into(),
+    };
+    for topic in [
+        &topics.aggregates,
+        &topics.anomalies,
+        &topics.status,
+        &topics.dlq,
+    ] {
+        crate::kafka::ensure_topic(config, topic, 4).await?;
+    }
+    let codec = Arc::new(
+        super::codec(
+            config,
+            &[
+                RecordKind::WindowAggregate,
+                RecordKind::Anomaly,
+                RecordKind::StatusTransition,
+                RecordKind::DeadLetter,
+            ],
+        )
+        .await?,
+    );
+    let output = KafkaOutput::new(&properties, Arc::clone(&codec), topics)?;
+    let readiness = Arc::new(Readiness::default());
+    serve(config, Arc::clone(&readiness)).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = Arc::clone(&stop);
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("stopping");
+        stopper.store(true, Ordering::Relaxed);
+    });
+    let sinks_output = Arc::clone(&output);
+    let sinks: SinkFactory = Arc::new(move |_| Ok(sinks_output.sink()));
+    let job = Job {
+        cfg: Arc::new(config.pipeline.clone()),
+        input,
+        codec,
+        clock: pipeline::source::system_clock(),
+        stop,
+        sinks,
+        readiness,
+    };
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || pipeline::run(timely, job))
+        .await
+        .context("the pipeline thread failed")??;
+    let w = &output.written;
+    println!(
+        "{}",
+        serde_json::json!({
+            "aggregates": w.aggregates.load(Ordering::Relaxed),
+            "anomalies": w.anomalies.load(Ordering::Relaxed),
+            "status": w.status.load(Ordering::Relaxed),
+            "dead_letters": w.dead_letters.load(Ordering::Relaxed),
+            "seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}

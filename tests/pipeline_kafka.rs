@@ -1,0 +1,269 @@
+//! `fleetpulse pipeline` against a real Apache Kafka broker: `generate`, then the pipeline (one
+//! worker, four workers, two processes of two workers), then the derived topics read back and
+//! compared with the reference model's output for the telemetry actually on the topic, dead
+//! letters for the malformed, late and future readings included. And a file replay gives what a
+//! one-partition topic holding the same records gives.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+#[path = "support/model.rs"]
+mod model;
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use pipeline::PipelineConfig;
+use pipeline::output::Output;
+use pipeline::source::memory::MemoryRecord;
+use schemas::{Anomaly, Codec, DeadLetter, StatusTransition, WindowAggregate};
+use support::*;
+use testkit::{Kind, shared, unique};
+
+const EVENTS: u64 = 40_000;
+
+fn generate(brokers: &str, topic: &str, extra: &[&str]) {
+    let mut args = vec![
+        "generate",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--devices",
+        "400",
+        "--seed",
+        "11",
+        "--no-progress",
+        "--set",
+        "generate.silence_rate=0.003",
+    ];
+    args.extend_from_slice(extra);
+    let start = START_MS.to_string();
+    args.extend_from_slice(&["--start-ms", &start]);
+    run_ok(fleetpulse().args(&args));
+}
+
+/// `--set` flags naming the derived topics after `prefix`.
+fn derived_topics(prefix: &str) -> Vec<String> {
+    ["aggregates", "anomalies", "status", "dlq"]
+        .iter()
+        .flat_map(|k| ["--set".to_string(), format!("topics.{k}={prefix}-{k}")])
+        .collect()
+}
+
+/// Records written, from the JSON summary on the last line of stdout (timely's cluster set-up
+/// prints its own lines before it).
+fn total(stdout: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON summary");
+    let summary: serde_json::Value = serde_json::from_str(last).unwrap();
+    ["aggregates", "anomalies", "status", "dead_letters"]
+        .iter()
+        .map(|k| summary[k].as_u64().unwrap() as usize)
+        .sum()
+}
+
+fn pipeline(brokers: &str, telemetry: &str, prefix: &str, extra: &[&str]) -> usize {
+    let output = run_ok(
+        fleetpulse()
+            .args(["pipeline", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(derived_topics(prefix))
+            .args(extra),
+    );
+    total(&output.stdout)
+}
+
+/// Reads the four derived topics of `prefix` back as outputs.
+fn derived(brokers: &str, prefix: &str, expected: usize) -> Vec<Output> {
+    let codec = Codec::builtin();
+    let mut out = Vec::new();
+    for kind in ["aggregates", "anomalies", "status", "dlq"] {
+        let topic = format!("{prefix}-{kind}");
+        let remaining = expected - out.len();
+        for m in read_topic(brokers, &topic, remaining, Duration::from_secs(5)) {
+            out.push(match kind {
+                "aggregates" => {
+                    Output::Aggregate(codec.decode::<WindowAggregate>(&m.value).unwrap())
+                }
+                "anomalies" => Output::Anomaly(codec.decode::<Anomaly>(&m.value).unwrap()),
+                "status" => Output::Status(codec.decode::<StatusTransition>(&m.value).unwrap()),
+                _ => Output::DeadLetter(codec.decode::<DeadLetter>(&m.value).unwrap()),
+            });
+        }
+    }
+    out
+}
+
+/// The telemetry topic as the model's input: each partition's records in offset order.
+fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>> {
+    let mut read = read_topic(brokers, topic, EVENTS as usize, Duration::from_secs(60));
+    read.sort_by_key(|m| (m.partition, m.offset));
+    let partitions = read.iter().map(|m| m.partition).max().unwrap_or(0) as usize + 1;
+    let mut out = vec![Vec::new(); partitions];
+    for m in read {
+        out[m.partition as usize].push(MemoryRecord {
+            record_ts: m.timestamp,
+            value: m.value,
+        });
+    }
+    out
+}
+
+fn assert_same(got: Vec<Output>, want: &[Output], what: &str) {
+    let got = model::normalise(got);
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: as many records as the model"
+    );
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g, w, "{what}");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_pipeline_agrees_with_the_model_on_one_four_and_two_by_two_workers() {
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let telemetry = unique("telemetry");
+    generate(brokers, &telemetry, &["--events", &EVENTS.to_string()]);
+
+    let input = topic_as_partitions(brokers, &telemetry);
+    let want = model::normalise(model::model(&telemetry, &input, &PipelineConfig::default()));
+    let kinds = |f: fn(&Output) -> bool| want.iter().filter(|o| f(o)).count();
+    assert!(
+        kinds(|o| matches!(o, Output::DeadLetter(_))) > 50,
+        "malformed, late and future readings"
+    );
+    assert!(
+        kinds(|o| matches!(o, Output::Status(s) if s.previous.is_some())) > 10,
+        "silences"
+    );
+    assert!(kinds(|o| matches!(o, Output::Anomaly(_))) > 10, "anomalies");
+
+    let one = unique("one");
+    let n = pipeline(brokers, &telemetry, &one, &["--until-end"]);
+    assert_same(derived(brokers, &one, n), &want, "one worker");
+
+    let four = unique("four");
+    let n = pipeline(brokers, &telemetry, &four, &["--until-end", "-w", "4"]);
+    assert_same(derived(brokers, &four, n), &want, "four workers");
+
+    let two = unique("two-by-two");
+    let hostfile = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        hostfile.path(),
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            fleetpulse()
+                .args([
+                    "pipeline",
+                    "--brokers",
+                    brokers,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--until-end",
+                ])
+                .args(["-w", "2", "-n", "2", "-p", &p.to_string()])
+                .arg("--hostfile")
+                .arg(hostfile.path())
+                .args(["--set", &format!("topics.telemetry={telemetry}")])
+                .args(derived_topics(&two))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut n = 0;
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        n += total(&output.stdout);
+    }
+    assert_same(
+        derived(brokers, &two, n),
+        &want,
+        "two processes of two workers",
+    );
+}
+
+#[test]
+fn a_file_gives_what_a_one_partition_topic_gives() {
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.ndjson");
+    // A file has no record timestamps to judge "future" by: the fleet sends none.
+    let fleet = [
+        "--events",
+        "20000",
+        "--format",
+        "json",
+        "--set",
+        "generate.future_fraction=0",
+    ];
+    let mut args = fleet.to_vec();
+    args.extend(["--output", file.to_str().unwrap()]);
+    generate(brokers, "unused", &args);
+    let telemetry = unique("telemetry-one");
+    let mut args = fleet.to_vec();
+    args.extend(["--partitions", "1"]);
+    generate(brokers, &telemetry, &args);
+
+    let from_topic = unique("from-topic");
+    let n = pipeline(
+        brokers,
+        &telemetry,
+        &from_topic,
+        &["--until-end", "-w", "2"],
+    );
+    let topic_out = derived(brokers, &from_topic, n);
+    let from_file = unique("from-file");
+    let n = pipeline(
+        brokers,
+        &telemetry,
+        &from_file,
+        &["--input", file.to_str().unwrap()],
+    );
+    let file_out = derived(brokers, &from_file, n);
+
+    // Dead letters name their source; everything else must be identical.
+    let rename = |mut out: Vec<Output>| {
+        for o in &mut out {
+            if let Output::DeadLetter(d) = o {
+                d.source_topic = "source".into();
+                d.record_ts = None;
+                d.event_id =
+                    pipeline::event_id::dead_letter("source", d.source_partition, d.source_offset);
+            }
+        }
+        model::normalise(out)
+    };
+    let topic_out = rename(topic_out);
+    assert!(topic_out.iter().any(|o| matches!(o, Output::DeadLetter(_))));
+    assert_same(rename(file_out), &topic_out, "file against topic");
+}
