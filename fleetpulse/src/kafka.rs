@@ -1,5 +1,6 @@
 //! Kafka plumbing the commands share: client settings from the configuration, and topic creation.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +19,21 @@ pub(crate) fn client_config(config: &Config) -> anyhow::Result<ClientConfig> {
         client.set(k, v);
     }
     Ok(client)
+}
+
+/// The brokers and configured properties as a map, for the clients the pipeline builds itself.
+pub(crate) fn properties(config: &Config) -> anyhow::Result<HashMap<String, String>> {
+    let mut p: HashMap<String, String> = config
+        .kafka
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    p.insert(
+        "bootstrap.servers".into(),
+        config.brokers()?.as_str().into(),
+    );
+    Ok(p)
 }
 
 /// Creates `topic` with `partitions` partitions and the broker's default replication, unless

@@ -32,6 +32,11 @@ use crate::source::{Input, Mark, SourceSettings, source};
 use crate::tenant::Tenants;
 
 const GAUGE_EVERY: Duration = Duration::from_secs(1);
+/// Records the device operator emits per activation at most, unless a job says otherwise. When
+/// every device's window ends at the same time, one frontier step releases a window per device;
+/// emitting them in slices lets the sink drain each before the next is made, instead of holding
+/// them all in memory at once.
+pub const BURST: usize = 8_192;
 
 /// Builds the whole graph in `scope` and returns the probe that tells when the sink is done.
 pub fn build(
@@ -40,11 +45,14 @@ pub fn build(
     settings: SourceSettings,
     cfg: Arc<PipelineConfig>,
     sink: Rc<RefCell<Box<dyn OutputSink>>>,
+    burst: usize,
 ) -> Handle<u64> {
-    let streams = source(scope, input, settings);
+    let processed = Handle::new();
+    let streams = source(scope, input, settings, processed.clone());
     let readings = streams.readings.exchange(|r: &Reading| r.route());
     let marks = streams.marks.broadcast();
-    let devices = devices(readings, marks, Arc::clone(&cfg), scope.index());
+    let devices =
+        devices(readings, marks, Arc::clone(&cfg), scope.index(), burst).probe_with(&processed);
     let statuses = devices
         .clone()
         .flat_map(|o| match o {
@@ -63,6 +71,15 @@ fn first(f: &timely::progress::frontier::MutableAntichain<u64>) -> Option<u64> {
     f.frontier().first().copied()
 }
 
+/// Gives back the memory of a burst (every device's first status, every window at once) so the
+/// job does not keep its peak for ever.
+fn shrink(out: &mut Vec<Output>) {
+    const KEEP: usize = 4_096;
+    if out.capacity() > 4 * KEEP {
+        out.shrink_to(KEEP);
+    }
+}
+
 fn as_ms(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
@@ -72,17 +89,23 @@ fn devices<'s>(
     marks: StreamVec<'s, u64, Mark>,
     cfg: Arc<PipelineConfig>,
     worker: usize,
+    burst: usize,
 ) -> StreamVec<'s, u64, Output> {
+    let scope = readings.scope();
     readings.binary_frontier::<_, CapacityContainerBuilder<Vec<Output>>, _, _, _, _>(
         marks,
         Pipeline,
         Pipeline,
         "Devices",
-        move |cap, _info| {
+        move |cap, info| {
+            let activator = scope.activator_for(info.address);
             let mut cap = Some(cap);
             let mut engine = Engine::new(cfg);
             let mut out = Vec::new();
-            let mut finals: Option<Option<i64>> = None;
+            // Every source worker sends one final mark when its bounded input ends; a worker
+            // stopped by an error sends none, and then nothing is finished.
+            let sources = scope.peers();
+            let mut finals: (usize, Option<i64>) = (0, None);
             let mut gauges = Instant::now();
             move |(readings, f1), (marks, f2), output| {
                 readings.for_each(|_, data| {
@@ -95,9 +118,9 @@ fn devices<'s>(
                         match m {
                             Mark::Data(wm) => engine.data_watermark(wm),
                             Mark::Final(wm) => {
-                                let seen = finals.get_or_insert(None);
+                                finals.0 += 1;
                                 if let Some(wm) = wm {
-                                    *seen = Some(seen.map_or(wm, |s: i64| s.min(wm)));
+                                    finals.1 = Some(finals.1.map_or(wm, |s: i64| s.min(wm)));
                                 }
                             }
                         }
@@ -112,19 +135,33 @@ fn devices<'s>(
                 };
                 match frontier {
                     Some(f) if f > *held.time() => {
-                        engine.advance(as_ms(f), &mut out);
+                        let done = engine.advance(as_ms(f), &mut out, burst);
                         output.session(held).give_iterator(out.drain(..));
-                        held.downgrade(&f);
+                        shrink(&mut out);
+                        if done {
+                            held.downgrade(&f);
+                        } else {
+                            activator.activate();
+                        }
                     }
                     Some(_) => {}
                     None => {
                         // Finals arrive only when a bounded input ended; a stopped unbounded
                         // one leaves its windows open rather than emit partial ones.
-                        if let Some(last) = finals {
-                            engine.finish(last, &mut out);
-                            output.session(held).give_iterator(out.drain(..));
+                        let done = match finals {
+                            (n, last) if n == sources => {
+                                let done = engine.finish(last, &mut out, burst);
+                                output.session(held).give_iterator(out.drain(..));
+                                shrink(&mut out);
+                                done
+                            }
+                            _ => true,
+                        };
+                        if done {
+                            cap = None;
+                        } else {
+                            activator.activate();
                         }
-                        cap = None;
                     }
                 }
                 if gauges.elapsed() >= GAUGE_EVERY {
@@ -177,6 +214,7 @@ fn tenants<'s>(
                     tenants.apply(ts, &batch, &cfg, &mut out);
                 }
                 output.session(held).give_iterator(out.drain(..));
+                shrink(&mut out);
                 match limit {
                     Some(f) => held.downgrade(&f),
                     None => cap = None,
@@ -197,6 +235,11 @@ fn write<'s>(
                 for record in data.iter() {
                     let mut backoff = Duration::from_millis(100);
                     while let Err(e) = sink.write(record) {
+                        if e.is_permanent() {
+                            metrics::write_error();
+                            tracing::error!(error = %e, event_id = record.event_id(), "a derived record cannot be written");
+                            break;
+                        }
                         tracing::warn!(error = %e, "cannot write a derived record; retrying");
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(5));

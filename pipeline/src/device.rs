@@ -6,7 +6,7 @@
 //! the offline deadline, then rule timers. A reading exactly at `last_seen + timeout` therefore
 //! keeps the device online, and a window never sees a reading stamped at its end.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use schemas::{AnomalyKind, DeviceStatus, StatusTransition, TransitionReason};
@@ -29,10 +29,49 @@ pub const DEADLINE: u8 = 2;
 /// Then rule timers.
 pub const RULE: u8 = 3;
 
+/// A tenant and a device class.
+type ProfileKey = (Rc<str>, Option<Rc<str>>);
+
+/// The thresholds of each (tenant, class) pair, resolved once and shared by its devices.
+#[derive(Debug, Default)]
+pub struct Profiles {
+    resolved: HashMap<ProfileKey, Rc<Thresholds>>,
+    classes: HashSet<Rc<str>>,
+}
+
+impl Profiles {
+    /// The one shared copy of a device class name.
+    pub fn class(&mut self, name: &str) -> Rc<str> {
+        if let Some(c) = self.classes.get(name) {
+            return Rc::clone(c);
+        }
+        let c: Rc<str> = name.into();
+        self.classes.insert(Rc::clone(&c));
+        c
+    }
+
+    /// The thresholds of devices of `tenant` and `class`.
+    pub fn get(
+        &mut self,
+        cfg: &PipelineConfig,
+        tenant: &Rc<str>,
+        class: Option<&Rc<str>>,
+    ) -> Rc<Thresholds> {
+        let key = (Rc::clone(tenant), class.cloned());
+        Rc::clone(
+            self.resolved
+                .entry(key)
+                .or_insert_with(|| Rc::new(cfg.thresholds_for(tenant, class.map(|c| &**c)))),
+        )
+    }
+}
+
 /// What a device's processing needs from its surroundings.
 pub struct Ctx<'a> {
     /// The pipeline's settings.
     pub cfg: &'a PipelineConfig,
+    /// Resolved thresholds.
+    pub profiles: &'a mut Profiles,
     /// Where records go.
     pub out: &'a mut Vec<Output>,
     /// The largest event time telemetry itself (not idleness) has moved any partition's
@@ -50,15 +89,20 @@ enum Presence {
 #[derive(Debug)]
 pub struct Device {
     tenant: Rc<str>,
-    id: Box<str>,
+    id: Rc<str>,
     class: Option<Rc<str>>,
-    thresholds: Thresholds,
+    thresholds: Rc<Thresholds>,
     windows: Vec<Option<WindowState>>,
     presence: Option<Presence>,
     since: i64,
     last_seen: i64,
-    recent_rt: VecDeque<f64>,
-    flaps: VecDeque<i64>,
+    /// The last response times, as `f32`: half the memory, and 7 significant digits are plenty
+    /// for a mean compared with a threshold.
+    recent_rt: VecDeque<f32>,
+    /// Recent transition times; boxed because most devices never change status, and an empty
+    /// `VecDeque` costs 32 bytes in each of a million devices where `None` costs 8.
+    #[allow(clippy::box_collection)]
+    flaps: Option<Box<VecDeque<i64>>>,
     p95_baseline: Baseline,
     error_baseline: Baseline,
     switches: Switches,
@@ -68,18 +112,18 @@ pub struct Device {
 
 impl Device {
     /// A device not seen before.
-    pub fn new(tenant: Rc<str>, id: &str, cfg: &PipelineConfig) -> Device {
+    pub fn new(tenant: Rc<str>, id: Rc<str>, ctx: &mut Ctx<'_>) -> Device {
         Device {
-            thresholds: cfg.thresholds_for(&tenant, None),
+            thresholds: ctx.profiles.get(ctx.cfg, &tenant, None),
             tenant,
-            id: id.into(),
+            id,
             class: None,
-            windows: vec![None; cfg.windows_ms.len()],
+            windows: vec![None; ctx.cfg.windows_ms.len()],
             presence: None,
             since: 0,
             last_seen: 0,
             recent_rt: VecDeque::new(),
-            flaps: VecDeque::new(),
+            flaps: None,
             p95_baseline: Baseline::default(),
             error_baseline: Baseline::default(),
             switches: Switches::default(),
@@ -110,7 +154,8 @@ impl Device {
             .is_firing(AnomalyKind::Flapping)
             .then(|| {
                 self.flaps
-                    .front()
+                    .as_ref()
+                    .and_then(|f| f.front())
                     .map(|t| (t + self.thresholds.flapping_period_ms, RULE))
             })
             .flatten();
@@ -143,8 +188,9 @@ impl Device {
         if let Some(class) = r.device_class.as_deref()
             && self.class.as_deref() != Some(class)
         {
-            self.class = Some(class.into());
-            self.thresholds = ctx.cfg.thresholds_for(&self.tenant, Some(class));
+            let class = ctx.profiles.class(class);
+            self.thresholds = ctx.profiles.get(ctx.cfg, &self.tenant, Some(&class));
+            self.class = Some(class);
         }
         let ts = r.ts;
         for (i, size) in ctx.cfg.windows_ms.iter().enumerate() {
@@ -190,7 +236,7 @@ impl Device {
             self.rt_rule(rt, ts, ctx);
         }
         if let Some(b) = r.battery_pct {
-            let t = self.thresholds;
+            let t = Rc::clone(&self.thresholds);
             let obs = Observation {
                 observed: b,
                 threshold: t.battery_low_pct,
@@ -210,13 +256,16 @@ impl Device {
     }
 
     fn rt_rule(&mut self, rt: f64, ts: i64, ctx: &mut Ctx<'_>) {
-        let t = self.thresholds;
+        let t = Rc::clone(&self.thresholds);
         if self.recent_rt.len() >= t.rt_mean_readings as usize {
             self.recent_rt.pop_front();
         }
-        self.recent_rt.push_back(rt);
+        if self.recent_rt.capacity() == 0 {
+            self.recent_rt.reserve_exact(t.rt_mean_readings as usize);
+        }
+        self.recent_rt.push_back(rt as f32);
         let n = self.recent_rt.len();
-        let mean = self.recent_rt.iter().sum::<f64>() / n as f64;
+        let mean = self.recent_rt.iter().map(|v| f64::from(*v)).sum::<f64>() / n as f64;
         let fire = n >= t.rt_mean_min_readings as usize && mean > t.rt_mean_ms;
         let resolve = mean < t.rt_mean_ms * (1.0 - t.resolve_margin);
         let obs = Observation {
@@ -259,7 +308,7 @@ impl Device {
     }
 
     fn window_rules(&mut self, w: &WindowState, ctx: &mut Ctx<'_>) {
-        let t = self.thresholds;
+        let t = Rc::clone(&self.thresholds);
         let ts = w.end;
         let rate = w.error_rate();
         let obs = Observation {
@@ -394,25 +443,30 @@ impl Device {
         });
         if previous.is_some() {
             let cap = self.thresholds.flapping_transitions as usize;
-            if self.flaps.len() >= cap {
-                self.flaps.pop_front();
+            let flaps = self.flaps.get_or_insert_with(Box::default);
+            if flaps.len() >= cap {
+                flaps.pop_front();
             }
-            self.flaps.push_back(ts);
+            flaps.push_back(ts);
             self.flapping(ts, ctx);
         }
     }
 
     /// Counts transitions within the flapping period ending at `now`.
     fn flapping(&mut self, now: i64, ctx: &mut Ctx<'_>) {
-        let t = self.thresholds;
-        while self
-            .flaps
-            .front()
-            .is_some_and(|f| *f <= now - t.flapping_period_ms)
-        {
-            self.flaps.pop_front();
-        }
-        let n = self.flaps.len() as u32;
+        let t = Rc::clone(&self.thresholds);
+        let n = match self.flaps.as_mut() {
+            Some(flaps) => {
+                while flaps
+                    .front()
+                    .is_some_and(|f| *f <= now - t.flapping_period_ms)
+                {
+                    flaps.pop_front();
+                }
+                flaps.len() as u32
+            }
+            None => 0,
+        };
         let obs = Observation {
             observed: f64::from(n),
             threshold: f64::from(t.flapping_transitions),

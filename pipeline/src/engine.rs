@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::PipelineConfig;
-use crate::device::{Ctx, Device, Due, READING};
+use crate::device::{Ctx, Device, Due, Profiles, READING};
 use crate::output::Output;
 use crate::reading::Reading;
 
@@ -34,10 +34,13 @@ impl Ord for Pending {
 pub struct Engine {
     cfg: Arc<PipelineConfig>,
     devices: Vec<Device>,
-    index: HashMap<Rc<str>, HashMap<Box<str>, u32>>,
+    index: HashMap<Rc<str>, HashMap<Rc<str>, u32>>,
     timers: BinaryHeap<Reverse<(Due, u32)>>,
     pending: BinaryHeap<Reverse<Pending>>,
     data_watermark: i64,
+    profiles: Profiles,
+    /// Devices whose windows the end of input has closed.
+    closed: usize,
 }
 
 impl Engine {
@@ -50,6 +53,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             pending: BinaryHeap::new(),
             data_watermark: i64::MIN,
+            profiles: Profiles::default(),
+            closed: 0,
         }
     }
 
@@ -78,36 +83,62 @@ impl Engine {
         self.data_watermark = self.data_watermark.max(wm);
     }
 
-    /// Processes every queued reading and every timer strictly before `frontier`.
-    pub fn advance(&mut self, frontier: i64, out: &mut Vec<Output>) {
-        self.run(frontier, frontier, out);
+    /// Processes queued readings and timers strictly before `frontier`, stopping once `out`
+    /// holds `budget` records; returns whether everything before `frontier` was processed.
+    pub fn advance(&mut self, frontier: i64, out: &mut Vec<Output>, budget: usize) -> bool {
+        self.run(frontier, frontier, out, budget)
     }
 
     /// The input is exhausted: processes every queued reading, timers only before `last_watermark`
-    /// (a backfill must not declare the whole fleet offline), then closes every window.
-    pub fn finish(&mut self, last_watermark: Option<i64>, out: &mut Vec<Output>) {
+    /// (a backfill must not declare the whole fleet offline), then closes every window. Stops
+    /// once `out` holds `budget` records; returns whether it is done (call again until it is).
+    pub fn finish(
+        &mut self,
+        last_watermark: Option<i64>,
+        out: &mut Vec<Output>,
+        budget: usize,
+    ) -> bool {
         // Everything left was moved by data, not by idleness.
         self.data_watermark = i64::MAX;
-        self.run(i64::MAX, last_watermark.unwrap_or(i64::MIN), out);
+        if !self.run(i64::MAX, last_watermark.unwrap_or(i64::MIN), out, budget) {
+            return false;
+        }
         let cfg = Arc::clone(&self.cfg);
         let mut ctx = Ctx {
             cfg: &cfg,
+            profiles: &mut self.profiles,
             out,
             data_watermark: self.data_watermark,
         };
-        for d in &mut self.devices {
+        while let Some(d) = self.devices.get_mut(self.closed) {
+            if ctx.out.len() >= budget {
+                return false;
+            }
             d.close_all(&mut ctx);
+            self.closed += 1;
         }
+        true
     }
 
-    fn run(&mut self, reading_limit: i64, timer_limit: i64, out: &mut Vec<Output>) {
+    fn run(
+        &mut self,
+        reading_limit: i64,
+        timer_limit: i64,
+        out: &mut Vec<Output>,
+        budget: usize,
+    ) -> bool {
         let cfg = Arc::clone(&self.cfg);
+        let mut profiles = std::mem::take(&mut self.profiles);
         let mut ctx = Ctx {
             cfg: &cfg,
+            profiles: &mut profiles,
             out,
             data_watermark: self.data_watermark,
         };
-        loop {
+        let done = loop {
+            if ctx.out.len() >= budget {
+                break false;
+            }
             let reading = self
                 .pending
                 .peek()
@@ -119,12 +150,12 @@ impl Engine {
                 .map(|Reverse((due, _))| *due)
                 .filter(|due| due.0 < timer_limit);
             match (reading, timer) {
-                (None, None) => break,
+                (None, None) => break true,
                 (Some(ts), Some(due)) if due < (ts, READING) => self.fire_timer(&mut ctx),
                 (None, Some(_)) => self.fire_timer(&mut ctx),
                 _ => {
                     if let Some(Reverse(Pending(r))) = self.pending.pop() {
-                        let slot = self.slot(&r);
+                        let slot = self.slot(&r, &mut ctx);
                         let device = &mut self.devices[slot as usize];
                         device.advance((r.ts, READING), &mut ctx);
                         device.reading(&r, &mut ctx);
@@ -132,7 +163,15 @@ impl Engine {
                     }
                 }
             }
+        };
+        self.profiles = profiles;
+        // The queue swells while a partition has yet to deliver its first record (nothing can be
+        // processed until it does); give that memory back once it has drained.
+        let (len, cap) = (self.pending.len(), self.pending.capacity());
+        if cap > 65_536 && len < cap / 4 {
+            self.pending.shrink_to(len * 2);
         }
+        done
     }
 
     fn fire_timer(&mut self, ctx: &mut Ctx<'_>) {
@@ -143,22 +182,26 @@ impl Engine {
         if device.scheduled != Some(due) {
             return;
         }
+        device.scheduled = None;
         device.advance((due.0, due.1 + 1), ctx);
         self.reschedule(slot);
     }
 
+    /// Keeps one timer entry per device, at or before its next due time: a later due (the usual
+    /// case: every reading pushes the offline deadline back) leaves the earlier entry in place,
+    /// and that entry reschedules when it fires, so the queue never fills with stale entries.
     fn reschedule(&mut self, slot: u32) {
         let device = &mut self.devices[slot as usize];
-        let next = device.next_due();
-        if next != device.scheduled {
-            device.scheduled = next;
-            if let Some(due) = next {
-                self.timers.push(Reverse((due, slot)));
-            }
+        let Some(next) = device.next_due() else {
+            return;
+        };
+        if device.scheduled.is_none_or(|s| next < s) {
+            device.scheduled = Some(next);
+            self.timers.push(Reverse((next, slot)));
         }
     }
 
-    fn slot(&mut self, r: &Reading) -> u32 {
+    fn slot(&mut self, r: &Reading, ctx: &mut Ctx<'_>) -> u32 {
         if let Some(slot) = self
             .index
             .get(r.tenant_id.as_str())
@@ -171,12 +214,16 @@ impl Engine {
             None => Rc::from(r.tenant_id.as_str()),
         };
         let slot = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
+        if self.devices.len() == self.devices.capacity() {
+            // Grow by a quarter, not double: with a hundred thousand devices a doubling leaves
+            // tens of megabytes reserved and unused.
+            self.devices
+                .reserve_exact((self.devices.len() / 4).max(1_024));
+        }
+        let id: Rc<str> = r.device_id.as_str().into();
         self.devices
-            .push(Device::new(Rc::clone(&tenant), &r.device_id, &self.cfg));
-        self.index
-            .entry(tenant)
-            .or_default()
-            .insert(r.device_id.as_str().into(), slot);
+            .push(Device::new(Rc::clone(&tenant), Rc::clone(&id), ctx));
+        self.index.entry(tenant).or_default().insert(id, slot);
         slot
     }
 }

@@ -41,3 +41,8 @@ pub fn worker_state(worker: usize, devices: usize, open_windows: usize, pending:
 pub fn delivery_error() {
     counter!("fleetpulse_pipeline_delivery_errors_total").increment(1);
 }
+
+/// A derived record that can never be written (it cannot be encoded, or it is too large).
+pub fn write_error() {
+    counter!("fleetpulse_pipeline_write_errors_total").increment(1);
+}

@@ -1,5 +1,7 @@
-//! What `/readyz` reports: whether every source worker can read its input.
+//! What `/readyz` reports: whether every source worker can read its input; and the error that
+//! stopped the job, if one did.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Source workers that are failing to read, shared by a process's workers and its HTTP server.
@@ -7,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct Readiness {
     failing: AtomicUsize,
     started: AtomicUsize,
+    fatal: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -24,8 +27,22 @@ impl Readiness {
         }
     }
 
-    /// Ready: at least one source connected and none is failing.
+    /// A worker met an error that stops the job; the first one is kept.
+    pub fn fatal(&self, error: String) {
+        if let Ok(mut slot) = self.fatal.lock() {
+            slot.get_or_insert(error);
+        }
+    }
+
+    /// The error that stopped the job, if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|slot| slot.clone())
+    }
+
+    /// Ready: at least one source connected, none is failing, and nothing stopped the job.
     pub fn ready(&self) -> bool {
-        self.started.load(Ordering::Relaxed) > 0 && self.failing.load(Ordering::Relaxed) == 0
+        self.started.load(Ordering::Relaxed) > 0
+            && self.failing.load(Ordering::Relaxed) == 0
+            && self.fatal_error().is_none()
     }
 }

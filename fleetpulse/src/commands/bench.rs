@@ -15,6 +15,8 @@ use crate::config::{Config, Override};
 pub enum BenchCommand {
     /// `fleetpulse generate` into Kafka beside a raw rdkafka produce of the same messages.
     Generate(GenerateBench),
+    /// `fleetpulse pipeline` from a loaded topic beside a raw consume and decode of it.
+    Pipeline(super::bench_pipeline::PipelineBench),
 }
 
 /// Flags of `bench generate`.
@@ -40,6 +42,7 @@ impl BenchCommand {
     pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
         match self {
             BenchCommand::Generate(b) => b.kafka.overrides(into),
+            BenchCommand::Pipeline(b) => b.kafka.overrides(into),
         }
     }
 }
@@ -47,6 +50,7 @@ impl BenchCommand {
 pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Generate(args) => generate(config, args).await,
+        BenchCommand::Pipeline(args) => super::bench_pipeline::run(config, args).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what several of them share.
 
 pub(crate) mod bench;
+pub(crate) mod bench_pipeline;
 pub(crate) mod generate;
 pub(crate) mod pipeline;
 pub(crate) mod registry;

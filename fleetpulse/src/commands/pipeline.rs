@@ -1,7 +1,6 @@
 //! `fleetpulse pipeline`: the dataflow from the telemetry topic (or a file) to the derived topics,
 //! with `/metrics`, `/healthz` and `/readyz`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,20 +57,6 @@ impl PipelineArgs {
     }
 }
 
-fn properties(config: &Config) -> anyhow::Result<HashMap<String, String>> {
-    let mut p: HashMap<String, String> = config
-        .kafka
-        .properties
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    p.insert(
-        "bootstrap.servers".into(),
-        config.brokers()?.as_str().into(),
-    );
-    Ok(p)
-}
-
 async fn serve(config: &Config, readiness: Arc<Readiness>) -> anyhow::Result<()> {
     let metrics = crate::observability::metrics()?;
     let app = Router::new()
@@ -118,7 +103,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         None => None,
     };
     let timely = pipeline::timely_config(args.workers, args.processes, args.process, addresses)?;
-    let properties = properties(config)?;
+    let properties = crate::kafka::properties(config)?;
     let input = match &args.input {
         Some(path) => InputSpec::File(path.clone()),
         None => InputSpec::Kafka(KafkaSettings {
@@ -146,6 +131,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         super::codec(
             config,
             &[
+                RecordKind::Telemetry,
                 RecordKind::WindowAggregate,
                 RecordKind::Anomaly,
                 RecordKind::StatusTransition,
@@ -175,11 +161,17 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         stop,
         sinks,
         readiness,
+        burst: pipeline::dataflow::BURST,
     };
     let started = Instant::now();
     tokio::task::spawn_blocking(move || pipeline::run(timely, job))
         .await
         .context("the pipeline thread failed")??;
+    let undelivered = output.undelivered();
+    anyhow::ensure!(
+        undelivered == 0,
+        "{undelivered} derived records were not acknowledged by Kafka (see the log)"
+    );
     let w = &output.written;
     println!(
         "{}",

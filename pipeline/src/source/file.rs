@@ -65,16 +65,7 @@ impl FileInput {
     }
 }
 
-fn parse_avro(value: Result<apache_avro::types::Value, apache_avro::Error>) -> Payload {
-    let value = match value {
-        Ok(v) => v,
-        Err(e) => {
-            return Payload::Parsed {
-                result: Err((DeadLetterReason::Undecodable, e.to_string())),
-                raw: Vec::new(),
-            };
-        }
-    };
+fn parse_avro(value: apache_avro::types::Value) -> Payload {
     let raw = serde_json::to_vec(&apache_avro::from_value::<serde_json::Value>(&value).ok())
         .unwrap_or_default();
     let result = apache_avro::from_value::<Telemetry>(&value)
@@ -124,7 +115,10 @@ impl Input for FileInput {
                     Payload::Wire(line)
                 }
                 Reader::Avro(values) => match values.next() {
-                    Some(v) => parse_avro(v),
+                    // The reader stops for good after an error: the rest of the file is lost to
+                    // it, so the job fails rather than end as if the file were complete.
+                    Some(Err(e)) => return Err(file_error(&self.path, e)),
+                    Some(Ok(v)) => parse_avro(v),
                     None => {
                         ended = true;
                         break;

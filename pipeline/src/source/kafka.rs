@@ -46,10 +46,15 @@ pub struct KafkaInput {
     consumer: BaseConsumer<Quiet>,
     topic: String,
     partitions: Vec<i32>,
-    /// Bounded runs: the offset each partition ends at, removed once reached.
+    /// Bounded runs: the offset each partition ends at.
     ends: HashMap<i32, i64>,
+    /// Bounded runs: partitions read to their end (paused: records produced since start-up are
+    /// not this run's).
+    done: Vec<i32>,
     until_end: bool,
     finished: Vec<i32>,
+    /// An error met after records were taken, returned by the next poll.
+    deferred: Option<KafkaError>,
 }
 
 fn client(settings: &KafkaSettings) -> Result<BaseConsumer<Quiet>, KafkaError> {
@@ -58,9 +63,13 @@ fn client(settings: &KafkaSettings) -> Result<BaseConsumer<Quiet>, KafkaError> {
         .set("group.id", "fleetpulse-pipeline")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        // Records deleted by retention before the job read them are gone either way; starting
+        // from the earliest kept one loses no more than that (librdkafka's default jumps to the
+        // end and would skip everything kept).
+        .set("auto.offset.reset", "earliest")
         .set("fetch.min.bytes", "1")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.max.messages.kbytes", "262144");
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &settings.properties {
         config.set(k, v);
     }
@@ -97,40 +106,62 @@ impl KafkaInput {
             .collect();
         let mut assignment = TopicPartitionList::new();
         let mut ends = HashMap::new();
-        let mut finished = Vec::new();
         for p in &partitions {
             assignment.add_partition_offset(&settings.topic, *p, Offset::Beginning)?;
             if settings.until_end {
                 let (low, high) =
                     consumer.fetch_watermarks(&settings.topic, *p, Duration::from_secs(10))?;
-                if high <= low {
-                    finished.push(*p);
-                } else {
-                    ends.insert(*p, high);
-                }
+                ends.insert(*p, if high <= low { -1 } else { high });
             }
         }
         consumer.assign(&assignment)?;
-        tracing::info!(worker = index, peers, ?partitions, ?ends, ?finished, topic = %settings.topic, "reading");
-        Ok(KafkaInput {
+        tracing::info!(worker = index, peers, ?partitions, topic = %settings.topic, "reading");
+        let mut input = KafkaInput {
             consumer,
             topic: settings.topic.clone(),
             partitions,
             ends,
+            done: Vec::new(),
             until_end: settings.until_end,
-            finished,
-        })
+            finished: Vec::new(),
+            deferred: None,
+        };
+        // Partitions empty at start-up are done before they begin.
+        let empty: Vec<i32> = input
+            .ends
+            .iter()
+            .filter(|(_, end)| **end < 0)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in empty {
+            input.reached(p, 0);
+        }
+        Ok(input)
+    }
+
+    /// Whether a bounded run is past `partition`'s end at `offset`.
+    fn beyond_end(&self, partition: i32, offset: i64) -> bool {
+        self.until_end
+            && (self.done.contains(&partition)
+                || self.ends.get(&partition).is_some_and(|end| offset >= *end))
     }
 
     fn reached(&mut self, partition: i32, next_offset: i64) {
-        if self.until_end
-            && self
-                .ends
-                .get(&partition)
-                .is_some_and(|end| next_offset >= *end)
+        if !self.until_end || self.done.contains(&partition) {
+            return;
+        }
+        if self
+            .ends
+            .get(&partition)
+            .is_some_and(|end| next_offset >= *end)
         {
-            self.ends.remove(&partition);
+            self.done.push(partition);
             self.finished.push(partition);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::debug!(error = %e, partition, "cannot pause a finished partition");
+            }
         }
     }
 }
@@ -149,7 +180,12 @@ impl Input for KafkaInput {
     }
 
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError> {
-        if self.partitions.is_empty() || (self.until_end && self.ends.is_empty()) {
+        if let Some(e) = self.deferred.take() {
+            return Err(e.into());
+        }
+        if self.partitions.is_empty()
+            || (self.until_end && self.done.len() == self.partitions.len())
+        {
             return Ok(());
         }
         while out.len() < max {
@@ -157,6 +193,9 @@ impl Input for KafkaInput {
                 break;
             };
             let (partition, next) = match result {
+                Ok(m) if self.beyond_end(m.partition(), m.offset()) => {
+                    (m.partition(), m.offset() + 1)
+                }
                 Ok(m) => {
                     out.push(RawRecord {
                         partition: m.partition(),
@@ -179,7 +218,12 @@ impl Input for KafkaInput {
                         .unwrap_or(0);
                     (p, position)
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) if out.is_empty() => return Err(e.into()),
+                // Records already taken are processed first; the error is reported next poll.
+                Err(e) => {
+                    self.deferred = Some(e);
+                    break;
+                }
             };
             self.reached(partition, next);
         }

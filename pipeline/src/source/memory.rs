@@ -1,5 +1,5 @@
-//! An in-memory input: partitions of records held in memory, for tests and benchmarks that must
-//! not depend on a broker. Bounded: each partition ends after its last record.
+//! An in-memory input: partitions of records held in memory, for tests that must not depend on a
+//! broker. Bounded (each partition ends after its last record) or, to exercise idleness, not.
 
 use std::sync::Arc;
 
@@ -21,11 +21,17 @@ pub struct MemoryInput {
     next: Vec<usize>,
     finished: Vec<i32>,
     reported: Vec<bool>,
+    bounded: bool,
 }
 
 impl MemoryInput {
-    /// The share of worker `index` of `peers`.
-    pub fn new(partitions: Arc<Vec<Vec<MemoryRecord>>>, index: usize, peers: usize) -> MemoryInput {
+    /// The share of worker `index` of `peers`; an unbounded input never ends, like a topic.
+    pub fn new(
+        partitions: Arc<Vec<Vec<MemoryRecord>>>,
+        index: usize,
+        peers: usize,
+        bounded: bool,
+    ) -> MemoryInput {
         let mine: Vec<i32> = (0..partitions.len())
             .filter(|p| p % peers.max(1) == index)
             .filter_map(|p| i32::try_from(p).ok())
@@ -37,6 +43,7 @@ impl MemoryInput {
             next: vec![0; n],
             finished: Vec::new(),
             reported: vec![false; n],
+            bounded,
         }
     }
 }
@@ -51,7 +58,7 @@ impl Input for MemoryInput {
     }
 
     fn bounded(&self) -> bool {
-        true
+        self.bounded
     }
 
     /// Reads partitions round-robin, a few records at a time, so they interleave.
@@ -73,7 +80,7 @@ impl Input for MemoryInput {
                     progressed = true;
                 }
                 self.next[i] = end;
-                if end == records.len() && !self.reported[i] {
+                if self.bounded && end == records.len() && !self.reported[i] {
                     self.reported[i] = true;
                     self.finished.push(*p);
                 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::probe::Handle;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::event_id;
@@ -29,6 +30,13 @@ use crate::watermark::{Bounds, Verdict, Watermarks};
 const BATCH: usize = 8_192;
 /// How long a source with nothing to read waits before polling again.
 const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How many capability steps a source may run ahead of what the device operators have
+/// processed before it stops reading: without this bound a fast source fills memory with
+/// readings the operators cannot take yet.
+const MAX_STEPS_AHEAD: i64 = 8;
+/// The most of a rejected value a dead letter carries, so the dead letter itself stays within
+/// the broker's message size limit.
+const MAX_RAW: usize = 256 * 1024;
 
 /// The wall clock, in ms since the epoch; tests inject their own.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -64,7 +72,8 @@ pub struct RawRecord {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// Kafka record timestamp; files have none, so the future check does not apply to them.
+    /// Kafka record timestamp; files have none (the future check then compares with the
+    /// partition's newest reading).
     pub record_ts: Option<i64>,
     /// Key.
     pub key: Option<Vec<u8>>,
@@ -91,6 +100,15 @@ pub enum SourceError {
     NoTopic(String),
 }
 
+impl SourceError {
+    /// Whether retrying cannot help: a file that cannot be read (or whose Avro container is
+    /// corrupt, which makes the rest of it unreadable) fails the job rather than end it early
+    /// as if it were complete.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SourceError::File { .. })
+    }
+}
+
 /// What one worker reads.
 pub trait Input {
     /// The topic (or file) name, for dead letters and metrics.
@@ -99,7 +117,8 @@ pub trait Input {
     fn partitions(&self) -> &[i32];
     /// Whether the input ends (files, `--until-end`) rather than runs forever.
     fn bounded(&self) -> bool;
-    /// Appends up to `max` records to `out`. Transient failures are retried by the caller.
+    /// Appends up to `max` records to `out`. A failure is returned only when nothing was
+    /// appended (records already taken are never dropped); the caller retries with backoff.
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError>;
     /// Partitions read to their end since the last call (bounded inputs only).
     fn take_finished(&mut self) -> Vec<i32>;
@@ -151,6 +170,7 @@ pub fn source<'scope>(
     scope: Scope<'scope, u64>,
     mut input: Box<dyn Input>,
     settings: SourceSettings,
+    processed: Handle<u64>,
 ) -> SourceStreams<'scope> {
     let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
     let info = builder.operator_info();
@@ -183,9 +203,22 @@ pub fn source<'scope>(
                 caps = None;
                 return;
             }
+            let ahead_limit = (MAX_STEPS_AHEAD * settings.step_ms).unsigned_abs();
+            let behind = processed.with_frontier(|f| f.first().copied());
+            if behind.is_some_and(|b| *held[0].time() > b.saturating_add(ahead_limit)) {
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
             let now = clock();
             buf.clear();
             if let Err(e) = input.poll(&mut buf, BATCH) {
+                if e.is_fatal() {
+                    tracing::error!(error = %e, "the input cannot be read");
+                    settings.readiness.fatal(e.to_string());
+                    settings.stop.store(true, Ordering::Relaxed);
+                    caps = None;
+                    return;
+                }
                 if failures == 0 {
                     settings.readiness.failing(true);
                 }
@@ -232,8 +265,16 @@ pub fn source<'scope>(
                             Some(why)
                         }
                     };
-                    if let Some((reason, detail)) = rejected {
+                    if let Some((reason, mut detail)) = rejected {
                         metrics::dead_letter(reason);
+                        let mut raw = raw;
+                        if raw.len() > MAX_RAW {
+                            detail.push_str(&format!(
+                                " (raw value truncated from {} bytes; the source offset has it whole)",
+                                raw.len()
+                            ));
+                            raw.truncate(MAX_RAW);
+                        }
                         dead.give(DeadLetter {
                             event_id: event_id::dead_letter(&topic, rec.partition, rec.offset),
                             source_topic: topic.clone(),
@@ -252,10 +293,11 @@ pub fn source<'scope>(
                 wm.finish(p);
             }
             wm.tick(now);
-            let data = wm.data_max();
+            // Every increase is sent, before the capability moves past it: a device operator must
+            // know, for any deadline the frontier passes, whether data got there first.
             let step = settings.step_ms;
-            if let Some(d) = data
-                && sent_data.is_none_or(|s| d >= s + step)
+            if let Some(d) = wm.data_max()
+                && sent_data.is_none_or(|s| d > s)
             {
                 sent_data = Some(d);
                 marks_out.activate().session(&held[1]).give(Mark::Data(d));

@@ -1,0 +1,332 @@
+//! `fleetpulse bench pipeline`: the dataflow end to end (telemetry topic to derived topics) beside
+//! a raw rdkafka consume and Avro decode of the same topic, in one run, plus a file replay of the
+//! same events and the memory the job holds per tracked device.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use generator::{FileSink, GeneratorConfig, KafkaSink};
+use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
+use pipeline::source::kafka::KafkaSettings;
+use pipeline::{InputSpec, Job, Readiness};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::{Codec, InputFormat};
+
+use crate::cli::KafkaArgs;
+use crate::config::Config;
+
+const START_MS: i64 = 1_700_000_000_000;
+
+/// Flags of `bench pipeline`.
+#[derive(Debug, Args)]
+pub struct PipelineBench {
+    #[command(flatten)]
+    pub(crate) kafka: KafkaArgs,
+    /// Telemetry events to load.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Devices in the fleet.
+    #[arg(long, default_value_t = 100_000)]
+    devices: u32,
+    /// How often each device reports, ms of event time.
+    #[arg(long, default_value_t = 10_000)]
+    interval_ms: u64,
+    /// Partitions of the telemetry topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    /// NDJSON file of the same events; written unless it exists.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+fn fleet(args: &PipelineBench, config: &Config) -> GeneratorConfig {
+    GeneratorConfig {
+        devices: args.devices,
+        tenants: config.generate.tenants.min(args.devices),
+        events: args.events,
+        rate: 0.0,
+        start_ms: Some(START_MS),
+        interval_ms: args.interval_ms,
+        format: generator::MessageFormat::Avro,
+        ..config.generate.clone()
+    }
+}
+
+fn consumer(config: &Config) -> anyhow::Result<BaseConsumer> {
+    let mut client = crate::kafka::client_config(config)?;
+    client
+        .set("group.id", "fleetpulse-bench")
+        .set("enable.auto.commit", "false");
+    Ok(client.create()?)
+}
+
+/// Messages on `topic` (sum of its partitions' offsets ranges), or 0 when it does not exist.
+fn messages_on(config: &Config, topic: &str) -> anyhow::Result<u64> {
+    let c = consumer(config)?;
+    let metadata = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
+        for p in t.partitions() {
+            let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            total += u64::try_from(high - low).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// The baseline: one consumer reads every partition to its end and decodes every value.
+fn raw_consume(config: &Config, topic: &str) -> anyhow::Result<(u64, f64)> {
+    let c = consumer(config)?;
+    let codec = Codec::builtin();
+    let metadata = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            ends.insert(p.id(), high);
+        }
+    }
+    c.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut read, mut decoded) = (0u64, 0u64);
+    ends.retain(|_, end| *end > 0);
+    while !ends.is_empty() {
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        read += 1;
+        if codec
+            .decode_telemetry(m.payload().unwrap_or_default(), InputFormat::Auto)
+            .is_ok()
+        {
+            decoded += 1;
+        }
+        if ends
+            .get(&m.partition())
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
+            ends.remove(&m.partition());
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(decoded, "raw consume");
+    Ok((read, seconds))
+}
+
+/// Loads `fleet` into its own topic unless it is there already; returns the topic.
+async fn load(
+    config: &Config,
+    args: &PipelineBench,
+    fleet: &GeneratorConfig,
+) -> anyhow::Result<String> {
+    let topic = format!(
+        "bench-pipeline-{}-{}-{}",
+        fleet.events, fleet.devices, fleet.interval_ms
+    );
+    crate::kafka::ensure_topic(config, &topic, args.partitions).await?;
+    let present = messages_on(config, &topic)?;
+    anyhow::ensure!(
+        present == 0 || present >= fleet.events,
+        "{topic} holds {present} of {} events (an interrupted load?): delete it and run again",
+        fleet.events
+    );
+    if present < fleet.events {
+        let started = Instant::now();
+        let mut sink = KafkaSink::new(
+            config.brokers()?.as_str(),
+            &topic,
+            &config.kafka.properties,
+            Codec::builtin(),
+            fleet.format,
+        )?;
+        let stop = AtomicBool::new(false);
+        tokio::task::block_in_place(|| generator::run(fleet, &mut sink, &stop, false))?;
+        println!(
+            "loaded {} events from {} devices into {topic} in {:.0} s",
+            fleet.events,
+            fleet.devices,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(topic)
+}
+
+/// Runs `fleetpulse pipeline --until-end` on `topic` as a child process and reads its resident set
+/// when it has assigned its partitions and when its input has been read to the end (every device
+/// tracked, its windows open, before the end of input closes them at once). A process of its
+/// own, so nothing this benchmark did before counts.
+fn child_memory(config: &Config, topic: &str) -> anyhow::Result<(u64, u64)> {
+    use std::io::BufRead;
+    let id = format!("bench-{}-memory", std::process::id());
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["pipeline", "--until-end", "--listen", "127.0.0.1:0"])
+        .args(["--brokers", config.brokers()?.as_str()])
+        .args(["--set", &format!("topics.telemetry={topic}")])
+        .args(
+            ["aggregates", "anomalies", "status", "dlq"]
+                .iter()
+                .flat_map(|k| ["--set".to_string(), format!("topics.{k}={id}-{k}")]),
+        )
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run fleetpulse pipeline")?;
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let pid = child.id();
+    let (mut start, mut tracked) = (0, 0);
+    if let Some(stderr) = child.stderr.take() {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line?;
+            if line.contains(" reading ") && start == 0 {
+                start = rss(pid);
+            }
+            if line.contains("input read to its end") {
+                tracked = rss(pid);
+            }
+        }
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "the measured pipeline failed: {status}");
+    Ok((start, tracked))
+}
+
+/// Runs the job on `input` with `workers` threads into fresh derived topics; returns seconds.
+async fn run_pipeline(
+    config: &Config,
+    input: InputSpec,
+    workers: usize,
+    tag: &str,
+) -> anyhow::Result<f64> {
+    let properties = crate::kafka::properties(config)?;
+    let id = format!("bench-{}-{tag}", std::process::id());
+    let topics = Topics {
+        aggregates: format!("{id}-aggregates"),
+        anomalies: format!("{id}-anomalies"),
+        status: format!("{id}-status"),
+        dlq: format!("{id}-dlq"),
+    };
+    for t in [
+        &topics.aggregates,
+        &topics.anomalies,
+        &topics.status,
+        &topics.dlq,
+    ] {
+        crate::kafka::ensure_topic(config, t, 4).await?;
+    }
+    let codec = Arc::new(Codec::builtin());
+    let output = KafkaOutput::new(&properties, Arc::clone(&codec), topics)?;
+    let sinks: SinkFactory = Arc::new(move |_| Ok(output.sink()));
+    let job = Job {
+        cfg: Arc::new(config.pipeline.clone()),
+        input,
+        codec,
+        clock: pipeline::source::system_clock(),
+        stop: Arc::new(AtomicBool::new(false)),
+        sinks,
+        readiness: Arc::new(Readiness::default()),
+        burst: pipeline::dataflow::BURST,
+    };
+    let timely = pipeline::timely_config(workers, 1, 0, None)?;
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || pipeline::run(timely, job))
+        .await
+        .context("the pipeline thread failed")??;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+pub(crate) async fn run(config: &Config, args: PipelineBench) -> anyhow::Result<()> {
+    let fleet = fleet(&args, config);
+    let topic = load(config, &args, &fleet).await?;
+    // A fleet a hundred times smaller, for the memory a device adds beyond fixed buffers.
+    let small = GeneratorConfig {
+        devices: (args.devices / 100).max(1),
+        events: (args.events / 10).max(1),
+        tenants: fleet.tenants.min((args.devices / 100).max(1)),
+        ..fleet.clone()
+    };
+    let small_topic = load(config, &args, &small).await?;
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("{topic}.ndjson")));
+    if !file.exists() {
+        let mut sink = FileSink::create(&file)?;
+        let stop = AtomicBool::new(false);
+        tokio::task::block_in_place(|| generator::run(&fleet, &mut sink, &stop, false))?;
+    }
+    let events = messages_on(config, &topic)?;
+    println!(
+        "bench pipeline: {events} events, {} devices reporting every {} s, {} partitions",
+        args.devices,
+        args.interval_ms / 1000,
+        args.partitions
+    );
+
+    let (read, raw_s) = tokio::task::block_in_place(|| raw_consume(config, &topic))?;
+    let raw_rate = read as f64 / raw_s;
+    println!("raw consume + Avro decode       {raw_rate:>10.0} events/s");
+    for workers in &args.workers {
+        let input = InputSpec::Kafka(KafkaSettings {
+            properties: crate::kafka::properties(config)?,
+            topic: topic.clone(),
+            until_end: true,
+            topic_wait: Duration::from_secs(30),
+        });
+        let tag = format!("w{workers}");
+        let seconds = run_pipeline(config, input, *workers, &tag).await?;
+        let rate = events as f64 / seconds;
+        println!(
+            "pipeline, {workers} worker(s)            {rate:>10.0} events/s   ratio b/a {:.2}",
+            rate / raw_rate,
+        );
+    }
+    let seconds = run_pipeline(config, InputSpec::File(file.clone()), 1, "file").await?;
+    println!(
+        "pipeline from {} (1 worker) {:>10.0} events/s",
+        file.display(),
+        args.events as f64 / seconds
+    );
+    let (start_kb, tracked_kb) = tokio::task::block_in_place(|| child_memory(config, &topic))?;
+    let (_, small_kb) = tokio::task::block_in_place(|| child_memory(config, &small_topic))?;
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    println!(
+        "resident memory of a `fleetpulse pipeline` process: {:.0} MB at start, {:.0} MB with {} devices tracked, {:.0} MB with {}",
+        mb(start_kb),
+        mb(tracked_kb),
+        args.devices,
+        mb(small_kb),
+        small.devices
+    );
+    println!(
+        "memory per tracked device: {:.0} B (difference between the two fleets), {:.0} B (all growth over start / devices)",
+        (tracked_kb.saturating_sub(small_kb) * 1024) as f64
+            / f64::from(args.devices.saturating_sub(small.devices)).max(1.0),
+        (tracked_kb.saturating_sub(start_kb) * 1024) as f64 / f64::from(args.devices)
+    );
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Idleness on an injected clock: a topic that stops receiving data still closes its windows and
+//! declares its devices offline once the wall clock passes the idle timeout, with the reason
+//! `input_idle`; and not before.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use pipeline::output::Output;
+use pipeline::sink::{Collector, SinkFactory};
+use pipeline::source::memory::MemoryRecord;
+use pipeline::{InputSpec, Job, PipelineConfig, Readiness};
+use schemas::{Codec, DeviceStatus, Telemetry, TransitionReason};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn wait_for(collector: &Collector, what: impl Fn(&[Output]) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if collector.0.lock().map(|v| what(&v)).unwrap_or(false) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn an_idle_input_follows_the_clock_and_says_so() {
+    let codec = Codec::builtin();
+    // Partition 0: one device, 30 s of readings; partition 1: nothing, ever.
+    let readings: Vec<MemoryRecord> = (0..30)
+        .map(|i| {
+            let t = Telemetry {
+                ts: T0 + i * 1_000,
+                ..Telemetry::example()
+            };
+            MemoryRecord {
+                record_ts: Some(t.ts),
+                value: codec.encode(&t).expect("encodes"),
+            }
+        })
+        .collect();
+    let clock = Arc::new(AtomicI64::new(T0 + 30_000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = Collector::default();
+    let c = collector.clone();
+    let sinks: SinkFactory = Arc::new(move |_| Ok(Box::new(c.clone())));
+    let now = Arc::clone(&clock);
+    let job = Job {
+        cfg: Arc::new(PipelineConfig::default()),
+        input: InputSpec::Memory {
+            partitions: Arc::new(vec![readings, Vec::new()]),
+            bounded: false,
+        },
+        codec: Arc::new(Codec::builtin()),
+        clock: Arc::new(move || now.load(Ordering::Relaxed)),
+        stop: Arc::clone(&stop),
+        sinks,
+        readiness: Arc::new(Readiness::default()),
+        burst: pipeline::dataflow::BURST,
+    };
+    let run = std::thread::spawn(move || pipeline::run(timely::Config::process(2), job));
+
+    // The clock stands still: the empty partition holds the frontier back, nothing is released.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        collector.0.lock().map(|v| v.is_empty()).unwrap_or(false),
+        "nothing is released while the clock stands still"
+    );
+
+    // Ten minutes later on the wall clock both partitions are idle and follow it.
+    clock.store(T0 + 600_000, Ordering::Relaxed);
+    let offline = |v: &[Output]| {
+        v.iter().any(|o| {
+            matches!(o, Output::Status(s) if s.status == DeviceStatus::Offline
+                && s.reason == TransitionReason::InputIdle
+                && s.ts == T0 + 29_000 + 60_000)
+        })
+    };
+    assert!(
+        wait_for(&collector, offline),
+        "the device went offline, input_idle"
+    );
+    let windows = collector
+        .0
+        .lock()
+        .map(|v| {
+            v.iter()
+                .filter(|o| matches!(o, Output::Aggregate(_)))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(windows, 2, "its 1 min and 5 min windows closed");
+    stop.store(true, Ordering::Relaxed);
+    assert!(run.join().is_ok_and(|r| r.is_ok()));
+}
