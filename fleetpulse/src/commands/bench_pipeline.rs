@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use generator::{FileSink, GeneratorConfig, KafkaSink};
-use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
+use pipeline::sink::{SinkFactory, Topics};
 use pipeline::source::kafka::KafkaSettings;
 use pipeline::{InputSpec, Job, Readiness};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -222,7 +222,6 @@ async fn run_pipeline(
     workers: usize,
     tag: &str,
 ) -> anyhow::Result<f64> {
-    let properties = crate::kafka::properties(config)?;
     let id = format!("bench-{}-{tag}", std::process::id());
     let topics = Topics {
         aggregates: format!("{id}-aggregates"),
@@ -230,16 +229,8 @@ async fn run_pipeline(
         status: format!("{id}-status"),
         dlq: format!("{id}-dlq"),
     };
-    for t in [
-        &topics.aggregates,
-        &topics.anomalies,
-        &topics.status,
-        &topics.dlq,
-    ] {
-        crate::kafka::ensure_topic(config, t, 4).await?;
-    }
     let codec = Arc::new(Codec::builtin());
-    let output = KafkaOutput::new(&properties, Arc::clone(&codec), topics)?;
+    let output = super::pipeline::output(config, topics, Arc::clone(&codec)).await?;
     let sinks: SinkFactory = Arc::new(move |_| Ok(output.sink()));
     let job = Job {
         cfg: Arc::new(config.pipeline.clone()),

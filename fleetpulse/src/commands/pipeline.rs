@@ -14,7 +14,7 @@ use clap::Args;
 use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
 use pipeline::source::kafka::KafkaSettings;
 use pipeline::{InputSpec, Job, Readiness};
-use schemas::RecordKind;
+use schemas::{Codec, RecordKind};
 
 use crate::config::{Config, Override};
 
@@ -89,6 +89,25 @@ async fn serve(config: &Config, readiness: Arc<Readiness>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Creates the derived topics (4 partitions) unless they exist, and the producer that writes
+/// them.
+pub(crate) async fn output(
+    config: &Config,
+    topics: Topics,
+    codec: Arc<Codec>,
+) -> anyhow::Result<Arc<KafkaOutput>> {
+    for topic in [
+        &topics.aggregates,
+        &topics.anomalies,
+        &topics.status,
+        &topics.dlq,
+    ] {
+        crate::kafka::ensure_topic(config, topic, 4).await?;
+    }
+    let properties = crate::kafka::properties(config)?;
+    Ok(KafkaOutput::new(&properties, codec, topics)?)
+}
+
 pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<()> {
     let addresses = match &args.hostfile {
         Some(path) => Some(
@@ -103,11 +122,10 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         None => None,
     };
     let timely = pipeline::timely_config(args.workers, args.processes, args.process, addresses)?;
-    let properties = crate::kafka::properties(config)?;
     let input = match &args.input {
         Some(path) => InputSpec::File(path.clone()),
         None => InputSpec::Kafka(KafkaSettings {
-            properties: properties.clone(),
+            properties: crate::kafka::properties(config)?,
             topic: config.topics.telemetry.as_str().into(),
             until_end: args.until_end,
             topic_wait: Duration::from_secs(30),
@@ -119,14 +137,6 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         status: config.topics.status.as_str().into(),
         dlq: config.topics.dlq.as_str().into(),
     };
-    for topic in [
-        &topics.aggregates,
-        &topics.anomalies,
-        &topics.status,
-        &topics.dlq,
-    ] {
-        crate::kafka::ensure_topic(config, topic, 4).await?;
-    }
     let codec = Arc::new(
         super::codec(
             config,
@@ -140,7 +150,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         )
         .await?,
     );
-    let output = KafkaOutput::new(&properties, Arc::clone(&codec), topics)?;
+    let output = output(config, topics, Arc::clone(&codec)).await?;
     let readiness = Arc::new(Readiness::default());
     serve(config, Arc::clone(&readiness)).await?;
 
