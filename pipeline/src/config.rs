@@ -170,6 +170,9 @@ impl Default for BaselineConfig {
     }
 }
 
+/// The largest window size: a window's offline time is kept in 32 bits.
+const DAY_MS: i64 = 86_400_000;
+
 fn positive(key: &'static str, v: i64) -> Result<(), (String, &'static str)> {
     if v > 0 {
         Ok(())
@@ -252,10 +255,10 @@ impl PipelineConfig {
     /// Checks what serde cannot; returns the offending key (relative to `[pipeline]`) and what it
     /// should be.
     pub fn validate(&self) -> Result<(), (String, &'static str)> {
-        if self.windows_ms.is_empty() || self.windows_ms.iter().any(|w| *w <= 0) {
+        if self.windows_ms.is_empty() || self.windows_ms.iter().any(|w| !(1..=DAY_MS).contains(w)) {
             return Err((
                 "windows_ms".into(),
-                "a non-empty list of positive window sizes in milliseconds",
+                "a non-empty list of window sizes in milliseconds, each at most a day",
             ));
         }
         let mut sorted = self.windows_ms.clone();

@@ -179,10 +179,10 @@ impl Engine {
             return;
         };
         let device = &mut self.devices[slot as usize];
-        if device.scheduled != Some(due) {
+        if device.scheduled() != Some(due) {
             return;
         }
-        device.scheduled = None;
+        device.set_scheduled(None);
         device.advance((due.0, due.1 + 1), ctx);
         self.reschedule(slot);
     }
@@ -195,8 +195,8 @@ impl Engine {
         let Some(next) = device.next_due() else {
             return;
         };
-        if device.scheduled.is_none_or(|s| next < s) {
-            device.scheduled = Some(next);
+        if device.scheduled().is_none_or(|s| next < s) {
+            device.set_scheduled(Some(next));
             self.timers.push(Reverse((next, slot)));
         }
     }

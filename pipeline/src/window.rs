@@ -16,15 +16,18 @@ pub struct WindowState {
     pub start: i64,
     /// Exclusive end, ms.
     pub end: i64,
-    count: i64,
-    errors: i64,
+    // Narrow fields and NaN for "no battery value": this struct exists once per window size in
+    // every tracked device, so its bytes are the job's memory.
+    count: u32,
+    errors: u32,
     rt: RtDigest,
     rt_sum: f64,
-    battery_last: Option<f64>,
-    battery_min: Option<f64>,
+    battery_last: f64,
+    battery_min: f64,
     signal_sum: f64,
     signal_count: u32,
-    offline_ms: i64,
+    /// At most the window's size, which configuration bounds to a day.
+    offline_ms: i32,
 }
 
 /// The start of the window of size `size` holding `ts`.
@@ -32,8 +35,8 @@ pub fn window_start(ts: i64, size: i64) -> i64 {
     ts.div_euclid(size) * size
 }
 
-fn fmin(a: Option<f64>, b: f64) -> Option<f64> {
-    Some(a.map_or(b, |a| a.min(b)))
+fn known(x: f64) -> Option<f64> {
+    (!x.is_nan()).then_some(x)
 }
 
 impl WindowState {
@@ -47,8 +50,8 @@ impl WindowState {
             errors: 0,
             rt: RtDigest::default(),
             rt_sum: 0.0,
-            battery_last: None,
-            battery_min: None,
+            battery_last: f64::NAN,
+            battery_min: f64::NAN,
             signal_sum: 0.0,
             signal_count: 0,
             offline_ms: 0,
@@ -66,8 +69,9 @@ impl WindowState {
             self.rt_sum += rt;
         }
         if let Some(b) = r.battery_pct {
-            self.battery_last = Some(b);
-            self.battery_min = fmin(self.battery_min, b);
+            self.battery_last = b;
+            // `f64::min` ignores the NaN of "none yet".
+            self.battery_min = self.battery_min.min(b);
         }
         if let Some(s) = r.signal_dbm {
             self.signal_sum += s;
@@ -79,7 +83,9 @@ impl WindowState {
     pub fn add_offline(&mut self, from: i64, to: i64) {
         let overlap = to.min(self.end) - from.max(self.start);
         if overlap > 0 {
-            self.offline_ms += overlap;
+            self.offline_ms = self
+                .offline_ms
+                .saturating_add(i32::try_from(overlap).unwrap_or(i32::MAX));
         }
     }
 
@@ -88,7 +94,7 @@ impl WindowState {
         if self.count == 0 {
             0.0
         } else {
-            self.errors as f64 / self.count as f64
+            f64::from(self.errors) / f64::from(self.count)
         }
     }
 
@@ -116,9 +122,9 @@ impl WindowState {
             &HealthInputs {
                 error_rate,
                 rt_p95,
-                battery_pct: self.battery_last,
+                battery_pct: known(self.battery_last),
                 signal_dbm: signal_mean,
-                online_share: 1.0 - self.offline_ms as f64 / size as f64,
+                online_share: 1.0 - f64::from(self.offline_ms) / size as f64,
             },
             rt_slo_ms,
         );
@@ -128,8 +134,8 @@ impl WindowState {
             device_class: class.map(str::to_string),
             window_start: self.start,
             window_end: self.end,
-            count: self.count,
-            errors: self.errors,
+            count: i64::from(self.count),
+            errors: i64::from(self.errors),
             error_rate,
             rt_min: self.rt.quantile(0.0),
             rt_mean,
@@ -137,8 +143,8 @@ impl WindowState {
             rt_p95,
             rt_p99: self.rt.quantile(0.99),
             rt_max: self.rt.quantile(1.0),
-            battery_last: self.battery_last,
-            battery_min: self.battery_min,
+            battery_last: known(self.battery_last),
+            battery_min: known(self.battery_min),
             signal_mean,
             health_score,
             event_id: event_id::aggregate(tenant, device, size, self.start),
