@@ -267,3 +267,57 @@ fn a_file_gives_what_a_one_partition_topic_gives() {
     assert!(topic_out.iter().any(|o| matches!(o, Output::DeadLetter(_))));
     assert_same(rename(file_out), &topic_out, "file against topic");
 }
+
+#[test]
+fn serves_metrics_and_readiness_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let telemetry = unique("telemetry-live");
+    generate(brokers, &telemetry, &["--events", "3000"]);
+    let mut child = fleetpulse()
+        .args(["pipeline", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+        .args(["--set", &format!("topics.telemetry={telemetry}")])
+        .args(derived_topics(&unique("live")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = stdout
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("metrics on"))
+        .expect("the pipeline says where its metrics are");
+    let url = line.rsplit(' ').next().unwrap().to_string();
+
+    assert!(
+        testkit::wait_for(Duration::from_secs(30), || {
+            http_text(&url, "GET", "/readyz", None).0 == 200
+        }),
+        "ready once its source reads"
+    );
+    assert_eq!(http_text(&url, "GET", "/healthz", None).0, 200);
+    let metrics_show = |name: &str| http_text(&url, "GET", "/metrics", None).1.contains(name);
+    assert!(
+        testkit::wait_for(Duration::from_secs(30), || {
+            metrics_show("fleetpulse_pipeline_records_in_total")
+                && metrics_show("fleetpulse_pipeline_watermark_ms")
+                && metrics_show("fleetpulse_pipeline_devices_tracked")
+        }),
+        "records in, watermark and devices tracked are exported"
+    );
+
+    // SIGTERM: the job stops cleanly and says what it wrote.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = stdout.map_while(Result::ok).collect();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "a clean exit on SIGTERM: {exit}");
+    let summary: serde_json::Value = serde_json::from_str(rest.last().expect("a summary")).unwrap();
+    assert!(summary["status"].as_u64().is_some());
+}

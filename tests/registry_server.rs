@@ -8,28 +8,8 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+use support::http;
 use support::registry::RegistryProcess;
-
-/// A minimal HTTP/1.1 exchange, so the test does not need an HTTP client of its own.
-fn http(url: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let address = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).unwrap();
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let json = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-    )
-}
 
 #[test]
 fn serves_builtins_and_keeps_registrations_across_restarts() {

@@ -5,6 +5,8 @@
 pub mod registry;
 
 use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -133,6 +135,34 @@ pub fn fleet(events: u64, devices: u32, seed: u64, format: MessageFormat) -> Gen
         start_ms: Some(START_MS),
         ..GeneratorConfig::default()
     }
+}
+
+/// A minimal HTTP/1.1 exchange, so the tests do not need an HTTP client of their own: the
+/// status and the body as text.
+pub fn http_text(url: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let address = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let text = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, text)
+}
+
+/// The same, with the body as JSON (`Null` when it is not JSON).
+pub fn http(url: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let (status, text) = http_text(url, method, path, body);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Event time of the first reading in tests.

@@ -81,6 +81,8 @@ async fn serve(config: &Config, readiness: Arc<Readiness>) -> anyhow::Result<()>
         .with_context(|| format!("cannot listen on {listen} (pipeline.listen)"))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "pipeline metrics listening");
+    // Scripts and tests read the address from here when they asked for port 0.
+    println!("fleetpulse pipeline metrics on http://{address}");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics server failed");
