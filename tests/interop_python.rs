@@ -171,3 +171,51 @@ fn rust_generator_to_python_avro_deserializer() {
         "Python decoded something else than the fleet sent"
     );
 }
+
+#[test]
+fn the_pipeline_fetches_a_newer_writer_schema_instead_of_dead_lettering() {
+    let kafka = shared(Kind::Kafka);
+    let registry = RegistryProcess::start(&[]);
+    let topic = unique("py-telemetry-pipeline");
+    let id = python_produce(kafka.address(), &topic, &registry.url, 100, true);
+    assert!(id > 6, "a schema the pipeline has never seen, got id {id}");
+
+    let prefix = unique("py-derived");
+    let mut command = fleetpulse();
+    command
+        .args(["pipeline", "--brokers", kafka.address(), "--until-end"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--set", &format!("schema_registry.url={}", registry.url)])
+        .args(["--set", &format!("topics.telemetry={topic}")]);
+    for kind in ["aggregates", "anomalies", "status", "dlq"] {
+        command.args(["--set", &format!("topics.{kind}={prefix}-{kind}")]);
+    }
+    let output = run_ok(&mut command);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .expect("a summary"),
+    )
+    .unwrap();
+    assert_eq!(
+        summary["dead_letters"], 0,
+        "every record decoded: {summary}"
+    );
+    let aggregates = summary["aggregates"].as_u64().unwrap() as usize;
+    let codec = Codec::builtin();
+    let counted: i64 = read_topic(
+        kafka.address(),
+        &format!("{prefix}-aggregates"),
+        aggregates,
+        std::time::Duration::from_secs(30),
+    )
+    .iter()
+    .map(|m| codec.decode::<schemas::WindowAggregate>(&m.value).unwrap())
+    .filter(|a| a.window_end - a.window_start == 60_000)
+    .map(|a| a.count)
+    .sum();
+    assert_eq!(counted, 100, "each of the 100 readings in one 1 min window");
+}

@@ -16,7 +16,7 @@ use crate::sink::SinkFactory;
 use crate::source::file::FileInput;
 use crate::source::kafka::{KafkaInput, KafkaSettings};
 use crate::source::memory::{MemoryInput, MemoryRecord};
-use crate::source::{Clock, Input, SourceSettings};
+use crate::source::{Clock, Input, SchemaFetcher, SourceSettings};
 use crate::watermark::Bounds;
 
 /// What the job reads.
@@ -44,6 +44,8 @@ pub struct Job {
     pub input: InputSpec,
     /// Decoder of wire values.
     pub codec: Arc<Codec>,
+    /// Where unknown writer schemas come from, when a registry is configured.
+    pub fetcher: Option<Arc<dyn SchemaFetcher>>,
     /// Wall clock (idleness).
     pub clock: Clock,
     /// Set to stop an unbounded run.
@@ -118,6 +120,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             step_ms: job.cfg.watermark_step_ms,
             clock: Arc::clone(&job.clock),
             codec: Arc::clone(&job.codec),
+            fetcher: job.fetcher.clone(),
             stop: Arc::clone(&job.stop),
             readiness: Arc::clone(&job.readiness),
         };

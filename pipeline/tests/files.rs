@@ -20,6 +20,7 @@ fn replay(path: &Path) -> Vec<Output> {
         cfg: Arc::new(PipelineConfig::default()),
         input: InputSpec::File(path.to_path_buf()),
         codec: Arc::new(Codec::builtin()),
+        fetcher: None,
         clock: Arc::new(|| 0),
         stop: Arc::new(AtomicBool::new(false)),
         sinks,

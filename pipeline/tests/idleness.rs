@@ -54,6 +54,7 @@ fn an_idle_input_follows_the_clock_and_says_so() {
             bounded: false,
         },
         codec: Arc::new(Codec::builtin()),
+        fetcher: None,
         clock: Arc::new(move || now.load(Ordering::Relaxed)),
         stop: Arc::clone(&stop),
         sinks,

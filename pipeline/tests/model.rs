@@ -32,6 +32,7 @@ fn dataflow(partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig, workers: usi
             bounded: true,
         },
         codec: Arc::new(Codec::builtin()),
+        fetcher: None,
         clock: Arc::new(|| 0),
         stop: Arc::new(AtomicBool::new(false)),
         sinks,

@@ -236,6 +236,7 @@ async fn run_pipeline(
         cfg: Arc::new(config.pipeline.clone()),
         input,
         codec,
+        fetcher: None,
         clock: pipeline::source::system_clock(),
         stop: Arc::new(AtomicBool::new(false)),
         sinks,

@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
 use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
+use pipeline::source::SchemaFetcher;
 use pipeline::source::kafka::KafkaSettings;
 use pipeline::{InputSpec, Job, Readiness};
 use schemas::{Codec, RecordKind};
@@ -89,6 +90,32 @@ async fn serve(config: &Config, readiness: Arc<Readiness>) -> anyhow::Result<()>
         }
     });
     Ok(())
+}
+
+/// Fetches unknown writer schemas from the configured registry, from the timely worker threads
+/// (plain threads, so blocking on the runtime is allowed there).
+struct RegistryFetcher {
+    client: registry::client::RegistryClient,
+    runtime: tokio::runtime::Handle,
+}
+
+impl SchemaFetcher for RegistryFetcher {
+    fn fetch_into(&self, codec: &mut Codec, id: u32) -> Result<(), String> {
+        self.runtime
+            .block_on(self.client.fetch_into(codec, id))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn fetcher(config: &Config) -> anyhow::Result<Option<Arc<dyn SchemaFetcher>>> {
+    let Some(registry) = &config.schema_registry else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(RegistryFetcher {
+        client: registry::client::RegistryClient::new(registry)?,
+        runtime: tokio::runtime::Handle::current(),
+    })))
 }
 
 /// Creates the derived topics (4 partitions) unless they exist, and the producer that writes
@@ -169,6 +196,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         cfg: Arc::new(config.pipeline.clone()),
         input,
         codec,
+        fetcher: fetcher(config)?,
         clock: pipeline::source::system_clock(),
         stop,
         sinks,

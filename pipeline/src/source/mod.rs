@@ -8,11 +8,12 @@ pub mod file;
 pub mod kafka;
 pub mod memory;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use schemas::{Codec, DeadLetter, DeadLetterReason, InputFormat, Telemetry};
+use schemas::{Codec, DeadLetter, DeadLetterReason, DecodeError, InputFormat, Telemetry};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
@@ -134,6 +135,17 @@ pub enum Mark {
     Final(Option<i64>),
 }
 
+/// Fetches a writer schema the codec does not know, by id, from a schema registry, so telemetry
+/// from a producer with an older or newer schema is resolved instead of dead-lettered.
+pub trait SchemaFetcher: Send + Sync {
+    /// Adds schema `id` to `codec`, or says why it could not.
+    fn fetch_into(&self, codec: &mut Codec, id: u32) -> Result<(), String>;
+}
+
+/// How long an id the registry could not give is not asked for again (its records go to the
+/// DLQ meanwhile, with reason `schema`).
+const REFETCH_AFTER: Duration = Duration::from_secs(60);
+
 /// Settings of the source operator.
 #[derive(Clone)]
 pub struct SourceSettings {
@@ -145,6 +157,8 @@ pub struct SourceSettings {
     pub clock: Clock,
     /// Decoder of wire values.
     pub codec: Arc<Codec>,
+    /// Where unknown writer schemas come from, when a registry is configured.
+    pub fetcher: Option<Arc<dyn SchemaFetcher>>,
     /// Set to stop an unbounded input (without closing windows).
     pub stop: Arc<AtomicBool>,
     /// Where the source reports whether it can read.
@@ -194,6 +208,8 @@ pub fn source<'scope>(
         let mut read = 0u64;
         let topic = input.topic().to_string();
         let in_counter = metrics::records_in(&topic);
+        let mut codec = (*settings.codec).clone();
+        let mut refused: HashMap<u32, Instant> = HashMap::new();
         settings.readiness.started();
         move |_frontiers| {
             let Some(held) = caps.as_mut() else {
@@ -244,9 +260,7 @@ pub fn source<'scope>(
                 for rec in buf.drain(..) {
                     let (result, raw) = match rec.payload {
                         Payload::Wire(bytes) => (
-                            settings
-                                .codec
-                                .decode_telemetry(&bytes, InputFormat::Auto)
+                            decode(&mut codec, &bytes, settings.fetcher.as_deref(), &mut refused)
                                 .map_err(|e| (e.reason(), e.to_string())),
                             bytes,
                         ),
@@ -339,6 +353,38 @@ pub fn source<'scope>(
         readings,
         marks,
         dead,
+    }
+}
+
+/// Decodes a wire value, fetching its writer schema first when the id is unknown and a registry
+/// is configured.
+fn decode(
+    codec: &mut Codec,
+    bytes: &[u8],
+    fetcher: Option<&dyn SchemaFetcher>,
+    refused: &mut HashMap<u32, Instant>,
+) -> Result<Telemetry, DecodeError> {
+    let result = codec.decode_telemetry(bytes, InputFormat::Auto);
+    let (Err(DecodeError::UnknownSchemaId(id)), Some(fetcher)) = (&result, fetcher) else {
+        return result;
+    };
+    let id = *id;
+    if refused
+        .get(&id)
+        .is_some_and(|at| at.elapsed() < REFETCH_AFTER)
+    {
+        return result;
+    }
+    match fetcher.fetch_into(codec, id) {
+        Ok(()) => {
+            tracing::info!(id, "fetched a writer schema from the registry");
+            codec.decode_telemetry(bytes, InputFormat::Auto)
+        }
+        Err(e) => {
+            tracing::warn!(id, error = %e, "cannot fetch a writer schema; its records go to the DLQ");
+            refused.insert(id, Instant::now());
+            result
+        }
     }
 }
 
