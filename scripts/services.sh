@@ -5,7 +5,7 @@
 # port or a machine-wide service.
 #
 #   services.sh install [kafka|clickhouse|redis ...]   install what is missing (no args = all)
-#   services.sh run SERVICE --dir DIR                   foreground: start, print one line
+#   services.sh run SERVICE --dir DIR [--remove-on-exit] foreground: start, print one line
 #                                                       "READY <service> <address>" on stdout,
 #                                                       stop the server on SIGTERM/SIGINT
 #   services.sh up [SERVICE ...]                        start in the background (no args = all),
@@ -33,7 +33,7 @@ die() { log "error: $*"; exit 1; }
 usage() {
   cat >&2 <<'EOF'
 usage: services.sh install [kafka|clickhouse|redis ...]
-       services.sh run (kafka|clickhouse|redis) --dir DIR
+       services.sh run (kafka|clickhouse|redis) --dir DIR [--remove-on-exit]
        services.sh up [kafka|clickhouse|redis ...]
        services.sh down DIR
 EOF
@@ -578,6 +578,7 @@ redis_ready() {
 CHILD=""
 RUN_SVC=""
 RUN_DIR=""
+RUN_REMOVE=0
 STOPPING=0
 
 stop_child() {
@@ -609,7 +610,14 @@ on_signal() {
   log "$RUN_SVC: got SIG$1, stopping the server"
   stop_child
   remove_pid_files
-  log "$RUN_SVC: stopped"
+  # A throwaway instance (tests' shared services) leaves nothing behind once stopped; one that
+  # failed to start keeps its log (this path is only taken on a stop signal).
+  if ((RUN_REMOVE)); then
+    rm -rf "$RUN_DIR"
+    log "$RUN_SVC: stopped and removed $RUN_DIR"
+  else
+    log "$RUN_SVC: stopped"
+  fi
   exit 0
 }
 
@@ -638,6 +646,7 @@ cmd_run() {
     case "$1" in
       --dir) dir="${2:-}"; shift 2 || usage ;;
       --dir=*) dir="${1#--dir=}"; shift ;;
+      --remove-on-exit) RUN_REMOVE=1; shift ;;
       *) usage ;;
     esac
   done

@@ -78,7 +78,12 @@ impl Service {
     /// Starts an instance in `dir`; a directory used before keeps its data and ports, so a
     /// test can stop a service and start it again where it was.
     pub fn start_in(kind: Kind, dir: &Path) -> Service {
-        let child = spawn_keeper().spawn(kind, dir);
+        Service::launch(kind, dir, false)
+    }
+
+    /// Starts an instance in `dir`, removing `dir` when it stops if `remove`.
+    fn launch(kind: Kind, dir: &Path, remove: bool) -> Service {
+        let child = spawn_keeper().spawn(kind, dir, remove);
         let mut child = child.expect("cannot run scripts/services.sh");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut address = None;
@@ -145,19 +150,20 @@ impl std::fmt::Debug for Service {
     }
 }
 
-type SpawnRequest = (Kind, PathBuf, mpsc::Sender<std::io::Result<Child>>);
+/// What to run, where, whether to remove the directory when it stops, and where to answer.
+type SpawnRequest = (Kind, PathBuf, bool, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns children from one thread that never exits, so the parent-death signal fires when the
 /// process ends, not when the test thread that asked for the service does.
 struct Keeper(Mutex<mpsc::Sender<SpawnRequest>>);
 
 impl Keeper {
-    fn spawn(&self, kind: Kind, dir: &Path) -> std::io::Result<Child> {
+    fn spawn(&self, kind: Kind, dir: &Path, remove: bool) -> std::io::Result<Child> {
         let (reply, answer) = mpsc::channel();
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send((kind, dir.to_path_buf(), reply))
+            .send((kind, dir.to_path_buf(), remove, reply))
             .expect("keeper thread alive");
         answer.recv().expect("keeper thread answers")
     }
@@ -170,7 +176,7 @@ fn spawn_keeper() -> &'static Keeper {
         std::thread::Builder::new()
             .name("testkit-keeper".into())
             .spawn(move || {
-                for (kind, dir, reply) in incoming {
+                for (kind, dir, remove, reply) in incoming {
                     let script = workspace_root().join("scripts/services.sh");
                     let mut command = Command::new("bash");
                     command
@@ -179,6 +185,7 @@ fn spawn_keeper() -> &'static Keeper {
                         .arg(kind.name())
                         .arg("--dir")
                         .arg(&dir)
+                        .args(remove.then_some("--remove-on-exit"))
                         .stdin(Stdio::null())
                         .stdout(Stdio::piped())
                         .stderr(Stdio::inherit());
@@ -212,14 +219,14 @@ pub fn shared(kind: Kind) -> &'static Service {
         Kind::Redis => &REDIS,
     };
     cell.get_or_init(|| {
-        // Leaked on purpose: statics are never dropped, and the parent-death signal stops the
-        // server; the directory is under the system temp dir.
+        // Statics are never dropped: the parent-death signal stops the server, and the script
+        // then removes the directory.
         let dir = tempfile::Builder::new()
             .prefix(&format!("fleetpulse-shared-{}-", kind.name()))
             .tempdir()
             .expect("temporary directory")
             .keep();
-        Service::start_in(kind, &dir)
+        Service::launch(kind, &dir, true)
     })
 }
 
