@@ -237,7 +237,11 @@ fn write<'s>(
                     while let Err(e) = sink.write(record) {
                         if e.is_permanent() {
                             metrics::write_error();
-                            tracing::error!(error = %e, event_id = record.event_id(), "a derived record cannot be written");
+                            tracing::error!(
+                                error = %e,
+                                event_id = record.event_id(),
+                                "a derived record cannot be written"
+                            );
                             break;
                         }
                         tracing::warn!(error = %e, "cannot write a derived record; retrying");

@@ -240,7 +240,11 @@ pub fn source<'scope>(
                 }
                 failures = failures.saturating_add(1);
                 let backoff = Duration::from_millis(100 * 2u64.saturating_pow(failures.min(6)));
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "source cannot read");
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "source cannot read"
+                );
                 metrics::source_up(false);
                 activator.activate_after(backoff);
                 return;
@@ -272,8 +276,10 @@ pub fn source<'scope>(
                                 readings.give(Reading::new(t, rec.partition, rec.offset));
                                 None
                             }
-                            Verdict::Reject(reason) => Some((reason, rejection(reason, &t, rec.record_ts))),
-                            },
+                            Verdict::Reject(reason) => {
+                                Some((reason, rejection(reason, &t, rec.record_ts)))
+                            }
+                        },
                         Err(why) => {
                             wm.touch(rec.partition, now);
                             Some(why)
@@ -381,7 +387,11 @@ fn decode(
             codec.decode_telemetry(bytes, InputFormat::Auto)
         }
         Err(e) => {
-            tracing::warn!(id, error = %e, "cannot fetch a writer schema; its records go to the DLQ");
+            tracing::warn!(
+                id,
+                error = %e,
+                "cannot fetch a writer schema; its records go to the DLQ"
+            );
             refused.insert(id, Instant::now());
             result
         }
