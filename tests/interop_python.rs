@@ -190,16 +190,7 @@ fn the_pipeline_fetches_a_newer_writer_schema_instead_of_dead_lettering() {
     for kind in ["aggregates", "anomalies", "status", "dlq"] {
         command.args(["--set", &format!("topics.{kind}={prefix}-{kind}")]);
     }
-    let output = run_ok(&mut command);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary: serde_json::Value = serde_json::from_str(
-        stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .expect("a summary"),
-    )
-    .unwrap();
+    let summary = summary(&run_ok(&mut command).stdout);
     assert_eq!(
         summary["dead_letters"], 0,
         "every record decoded: {summary}"

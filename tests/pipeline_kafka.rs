@@ -53,16 +53,9 @@ fn derived_topics(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Records written, from the JSON summary on the last line of stdout (timely's cluster set-up
-/// prints its own lines before it).
+/// Records written, from the JSON summary.
 fn total(stdout: &[u8]) -> usize {
-    let text = String::from_utf8_lossy(stdout);
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .expect("a JSON summary");
-    let summary: serde_json::Value = serde_json::from_str(last).unwrap();
+    let summary = summary(stdout);
     ["aggregates", "anomalies", "status", "dead_letters"]
         .iter()
         .map(|k| summary[k].as_u64().unwrap() as usize)
@@ -318,6 +311,9 @@ fn serves_metrics_and_readiness_and_stops_on_sigterm() {
     let rest: Vec<String> = stdout.map_while(Result::ok).collect();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "a clean exit on SIGTERM: {exit}");
-    let summary: serde_json::Value = serde_json::from_str(rest.last().expect("a summary")).unwrap();
-    assert!(summary["status"].as_u64().is_some());
+    assert!(
+        summary(rest.join("\n").as_bytes())["status"]
+            .as_u64()
+            .is_some()
+    );
 }

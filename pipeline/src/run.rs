@@ -58,6 +58,29 @@ pub struct Job {
     pub burst: usize,
 }
 
+impl Job {
+    /// A job with the usual defaults: no registry, the system clock, its own stop flag and
+    /// readiness, output in slices of [`dataflow::BURST`].
+    pub fn new(
+        cfg: Arc<PipelineConfig>,
+        input: InputSpec,
+        codec: Arc<Codec>,
+        sinks: SinkFactory,
+    ) -> Job {
+        Job {
+            cfg,
+            input,
+            codec,
+            fetcher: None,
+            clock: crate::source::system_clock(),
+            stop: Arc::new(AtomicBool::new(false)),
+            sinks,
+            readiness: Arc::new(Readiness::default()),
+            burst: dataflow::BURST,
+        }
+    }
+}
+
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

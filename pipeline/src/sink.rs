@@ -214,6 +214,19 @@ impl OutputSink for KafkaSink {
 #[derive(Clone, Default)]
 pub struct Collector(pub Arc<Mutex<Vec<Output>>>);
 
+impl Collector {
+    /// Sinks for every worker that all collect here.
+    pub fn factory(&self) -> SinkFactory {
+        let me = self.clone();
+        Arc::new(move |_| Ok(Box::new(me.clone())))
+    }
+
+    /// What was collected so far.
+    pub fn records(&self) -> Vec<Output> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
 impl OutputSink for Collector {
     fn write(&mut self, record: &Output) -> Result<(), SinkError> {
         if let Ok(mut v) = self.0.lock() {

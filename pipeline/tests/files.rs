@@ -8,29 +8,22 @@ use std::sync::atomic::AtomicBool;
 
 use generator::{FileSink, GeneratorConfig};
 use pipeline::output::Output;
-use pipeline::sink::{Collector, SinkFactory};
-use pipeline::{InputSpec, Job, PipelineConfig, Readiness};
+use pipeline::sink::Collector;
+use pipeline::{InputSpec, Job, PipelineConfig};
 use schemas::Codec;
 
 fn replay(path: &Path) -> Vec<Output> {
     let collector = Collector::default();
-    let c = collector.clone();
-    let sinks: SinkFactory = Arc::new(move |_| Ok(Box::new(c.clone())));
-    let job = Job {
-        cfg: Arc::new(PipelineConfig::default()),
-        input: InputSpec::File(path.to_path_buf()),
-        codec: Arc::new(Codec::builtin()),
-        fetcher: None,
-        clock: Arc::new(|| 0),
-        stop: Arc::new(AtomicBool::new(false)),
-        sinks,
-        readiness: Arc::new(Readiness::default()),
-        burst: pipeline::dataflow::BURST,
-    };
+    let job = Job::new(
+        Arc::new(PipelineConfig::default()),
+        InputSpec::File(path.to_path_buf()),
+        Arc::new(Codec::builtin()),
+        collector.factory(),
+    );
     if let Err(e) = pipeline::run(timely::Config::process(2), job) {
         panic!("the replay of {} failed: {e}", path.display());
     }
-    let mut out = collector.0.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut out = collector.records();
     for o in &mut out {
         if let Output::DeadLetter(d) = o {
             // Where it came from and how the format broke it differ; the position does not.

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use pipeline::output::Output;
-use pipeline::sink::{Collector, SinkFactory};
+use pipeline::sink::Collector;
 use pipeline::source::memory::MemoryRecord;
-use pipeline::{InputSpec, Job, PipelineConfig, Readiness};
+use pipeline::{InputSpec, Job, PipelineConfig};
 use schemas::{Codec, DeviceStatus, Telemetry, TransitionReason};
 
 const T0: i64 = 1_700_000_000_000;
@@ -17,7 +17,7 @@ const T0: i64 = 1_700_000_000_000;
 fn wait_for(collector: &Collector, what: impl Fn(&[Output]) -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if collector.0.lock().map(|v| what(&v)).unwrap_or(false) {
+        if what(&collector.records()) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -44,29 +44,26 @@ fn an_idle_input_follows_the_clock_and_says_so() {
     let clock = Arc::new(AtomicI64::new(T0 + 30_000));
     let stop = Arc::new(AtomicBool::new(false));
     let collector = Collector::default();
-    let c = collector.clone();
-    let sinks: SinkFactory = Arc::new(move |_| Ok(Box::new(c.clone())));
     let now = Arc::clone(&clock);
     let job = Job {
-        cfg: Arc::new(PipelineConfig::default()),
-        input: InputSpec::Memory {
-            partitions: Arc::new(vec![readings, Vec::new()]),
-            bounded: false,
-        },
-        codec: Arc::new(Codec::builtin()),
-        fetcher: None,
         clock: Arc::new(move || now.load(Ordering::Relaxed)),
         stop: Arc::clone(&stop),
-        sinks,
-        readiness: Arc::new(Readiness::default()),
-        burst: pipeline::dataflow::BURST,
+        ..Job::new(
+            Arc::new(PipelineConfig::default()),
+            InputSpec::Memory {
+                partitions: Arc::new(vec![readings, Vec::new()]),
+                bounded: false,
+            },
+            Arc::new(Codec::builtin()),
+            collector.factory(),
+        )
     };
     let run = std::thread::spawn(move || pipeline::run(timely::Config::process(2), job));
 
     // The clock stands still: the empty partition holds the frontier back, nothing is released.
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        collector.0.lock().map(|v| v.is_empty()).unwrap_or(false),
+        collector.records().is_empty(),
         "nothing is released while the clock stands still"
     );
 

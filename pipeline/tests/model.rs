@@ -6,12 +6,11 @@
 mod reference;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use pipeline::output::Output;
-use pipeline::sink::{Collector, SinkFactory};
+use pipeline::sink::Collector;
 use pipeline::source::memory::MemoryRecord;
-use pipeline::{InputSpec, Job, PipelineConfig, Readiness};
+use pipeline::{InputSpec, Job, PipelineConfig};
 use proptest::prelude::*;
 use reference::normalise;
 use schemas::{AnomalyKind, Codec, Telemetry};
@@ -23,22 +22,19 @@ fn model(partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig) -> Vec<Output> 
 /// Runs the dataflow over the same partitions on `workers` threads.
 fn dataflow(partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig, workers: usize) -> Vec<Output> {
     let collector = Collector::default();
-    let c = collector.clone();
-    let sinks: SinkFactory = Arc::new(move |_| Ok(Box::new(c.clone())));
     let job = Job {
-        cfg: Arc::new(cfg.clone()),
-        input: InputSpec::Memory {
-            partitions: Arc::new(partitions.to_vec()),
-            bounded: true,
-        },
-        codec: Arc::new(Codec::builtin()),
-        fetcher: None,
         clock: Arc::new(|| 0),
-        stop: Arc::new(AtomicBool::new(false)),
-        sinks,
-        readiness: Arc::new(Readiness::default()),
         // Tiny slices, so the property tests cover an operator that yields mid-step.
         burst: 3,
+        ..Job::new(
+            Arc::new(cfg.clone()),
+            InputSpec::Memory {
+                partitions: Arc::new(partitions.to_vec()),
+                bounded: true,
+            },
+            Arc::new(Codec::builtin()),
+            collector.factory(),
+        )
     };
     let config = if workers == 1 {
         timely::Config::thread()
@@ -48,7 +44,7 @@ fn dataflow(partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig, workers: usi
     if let Err(e) = pipeline::run(config, job) {
         panic!("the dataflow failed: {e}");
     }
-    collector.0.lock().map(|v| v.clone()).unwrap_or_default()
+    collector.records()
 }
 
 /// The settings the random streams are shaped for: small windows and timeouts, so a short

@@ -165,5 +165,17 @@ pub fn http(url: &str, method: &str, path: &str, body: Option<&str>) -> (u16, se
     )
 }
 
+/// The JSON summary a command prints on the last line of its stdout (after anything else it
+/// printed, such as timely's cluster set-up).
+pub fn summary(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON summary");
+    serde_json::from_str(last).unwrap()
+}
+
 /// Event time of the first reading in tests.
 pub const START_MS: i64 = 1_700_000_000_000;

@@ -13,7 +13,7 @@ use clap::Args;
 use generator::{FileSink, GeneratorConfig, KafkaSink};
 use pipeline::sink::{SinkFactory, Topics};
 use pipeline::source::kafka::KafkaSettings;
-use pipeline::{InputSpec, Job, Readiness};
+use pipeline::{InputSpec, Job};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -232,17 +232,7 @@ async fn run_pipeline(
     let codec = Arc::new(Codec::builtin());
     let output = super::pipeline::output(config, topics, Arc::clone(&codec)).await?;
     let sinks: SinkFactory = Arc::new(move |_| Ok(output.sink()));
-    let job = Job {
-        cfg: Arc::new(config.pipeline.clone()),
-        input,
-        codec,
-        fetcher: None,
-        clock: pipeline::source::system_clock(),
-        stop: Arc::new(AtomicBool::new(false)),
-        sinks,
-        readiness: Arc::new(Readiness::default()),
-        burst: pipeline::dataflow::BURST,
-    };
+    let job = Job::new(Arc::new(config.pipeline.clone()), input, codec, sinks);
     let timely = pipeline::timely_config(workers, 1, 0, None)?;
     let started = Instant::now();
     tokio::task::spawn_blocking(move || pipeline::run(timely, job))

@@ -193,15 +193,10 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
     let sinks_output = Arc::clone(&output);
     let sinks: SinkFactory = Arc::new(move |_| Ok(sinks_output.sink()));
     let job = Job {
-        cfg: Arc::new(config.pipeline.clone()),
-        input,
-        codec,
         fetcher: fetcher(config)?,
-        clock: pipeline::source::system_clock(),
         stop,
-        sinks,
         readiness,
-        burst: pipeline::dataflow::BURST,
+        ..Job::new(Arc::new(config.pipeline.clone()), input, codec, sinks)
     };
     let started = Instant::now();
     tokio::task::spawn_blocking(move || pipeline::run(timely, job))
