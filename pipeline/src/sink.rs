@@ -121,7 +121,10 @@ impl KafkaOutput {
             .set("batch.size", "1000000")
             // A bounded queue: when a window boundary releases a record per device, the sink
             // waits for the broker instead of holding them all.
-            .set("queue.buffering.max.kbytes", "32768");
+            .set("queue.buffering.max.kbytes", "32768")
+            // While the broker is away the producer keeps retrying (0: no delivery deadline);
+            // the queue fills, the sink waits, the source stops reading: nothing is dropped.
+            .set("message.timeout.ms", "0");
         for (k, v) in properties {
             config.set(k, v);
         }

@@ -277,7 +277,7 @@ pub(crate) async fn run(config: &Config, args: PipelineBench) -> anyhow::Result<
             properties: crate::kafka::properties(config)?,
             topic: topic.clone(),
             until_end: true,
-            topic_wait: Duration::from_secs(30),
+            topic_wait: Some(Duration::from_secs(30)),
         });
         let tag = format!("w{workers}");
         let seconds = run_pipeline(config, input, *workers, &tag).await?;

@@ -157,7 +157,8 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
             properties: crate::kafka::properties(config)?,
             topic: config.topics.telemetry.as_str().into(),
             until_end: args.until_end,
-            topic_wait: Duration::from_secs(30),
+            // A bounded run has nothing to wait for; a long-running job outwaits a late broker.
+            topic_wait: args.until_end.then_some(Duration::from_secs(30)),
         }),
     };
     let topics = Topics {

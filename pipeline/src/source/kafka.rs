@@ -24,8 +24,9 @@ pub struct KafkaSettings {
     pub topic: String,
     /// Stop at the end offsets found at start-up instead of running forever.
     pub until_end: bool,
-    /// How long to wait for the topic to appear.
-    pub topic_wait: Duration,
+    /// How long to wait for the broker and the topic; `None` waits as long as it takes (a
+    /// long-running job started before its broker or its producers).
+    pub topic_wait: Option<Duration>,
 }
 
 /// Logs librdkafka's errors except the end-of-partition events this input asks for.
@@ -84,7 +85,9 @@ impl KafkaInput {
         peers: usize,
     ) -> Result<KafkaInput, SourceError> {
         let consumer = client(settings)?;
-        let deadline = Instant::now() + settings.topic_wait;
+        let started = Instant::now();
+        let mut said = started;
+        let mut backoff = Duration::from_millis(200);
         let count = loop {
             let metadata = consumer.fetch_metadata(Some(&settings.topic), Duration::from_secs(5));
             let found = metadata.ok().and_then(|m| {
@@ -96,8 +99,20 @@ impl KafkaInput {
             });
             match found {
                 Some(n) => break n,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                None => return Err(SourceError::NoTopic(settings.topic.clone())),
+                None if settings
+                    .topic_wait
+                    .is_some_and(|wait| started.elapsed() >= wait) =>
+                {
+                    return Err(SourceError::NoTopic(settings.topic.clone()));
+                }
+                None => {
+                    if said.elapsed() >= Duration::from_secs(10) {
+                        said = Instant::now();
+                        tracing::warn!(topic = %settings.topic, waited_s = started.elapsed().as_secs(), "waiting for the broker and the topic");
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         };
         let partitions: Vec<i32> = (0..count)
