@@ -2,6 +2,7 @@
 //! cooldowns after a resolve, and the per-device baselines of the statistical rules.
 
 use schemas::{Anomaly, AnomalyKind, AnomalyState, Severity};
+use serde::{Deserialize, Serialize};
 
 use crate::config::BaselineConfig;
 use crate::event_id;
@@ -26,7 +27,7 @@ fn bit(kind: AnomalyKind) -> u16 {
 }
 
 /// Which anomaly kinds fire on one device, and until when each may not fire again.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Switches {
     firing: u16,
     /// Boxed: most devices never resolve an anomaly, and an empty `Vec` costs 24 bytes in each
@@ -120,7 +121,7 @@ pub fn record(
 }
 
 /// An exponentially weighted mean and variance of one per-window statistic of one device.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Baseline {
     mean: f64,
     var: f64,

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct PipelineConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks a free one.
     pub listen: std::net::SocketAddr,
+    /// Where checkpoints are kept: the job resumes from the latest complete one and writes one
+    /// when stopped (SIGTERM). Unset: no checkpoints.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Tumbling window sizes; the largest is the periodic health check.
     pub windows_ms: Vec<i64>,
     /// How far behind its partition's newest reading a reading may be stamped and still count.
@@ -119,6 +122,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+            checkpoint_dir: None,
             windows_ms: vec![60_000, 300_000],
             out_of_orderness_ms: 5_000,
             idle_timeout_ms: 10_000,

@@ -22,8 +22,9 @@ use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Exchange, Probe};
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::checkpoint::{WorkerPart, owned};
 use crate::config::PipelineConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineState};
 use crate::metrics;
 use crate::output::Output;
 use crate::reading::{Reading, route};
@@ -38,6 +39,20 @@ const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// them all in memory at once.
 pub const BURST: usize = 8_192;
 
+/// What a worker's operators start from (a checkpoint's parts: each operator keeps its share)
+/// and where they leave their state when the job stops.
+#[derive(Default)]
+pub struct WorkerState {
+    /// Every part's devices and pending readings.
+    pub engines: Vec<EngineState>,
+    /// Every part's tenants.
+    pub tenants: Vec<Tenants>,
+    /// Every part's unapplied status transitions.
+    pub transitions: Vec<StatusTransition>,
+    /// Filled by the operators as they stop.
+    pub snapshot: Rc<RefCell<WorkerPart>>,
+}
+
 /// Builds the whole graph in `scope` and returns the probe that tells when the sink is done.
 pub fn build(
     scope: Scope<'_, u64>,
@@ -46,13 +61,25 @@ pub fn build(
     cfg: Arc<PipelineConfig>,
     sink: Rc<RefCell<Box<dyn OutputSink>>>,
     burst: usize,
+    state: WorkerState,
 ) -> Handle<u64> {
     let processed = Handle::new();
-    let streams = source(scope, input, settings, processed.clone());
+    let snapshot = Rc::clone(&state.snapshot);
+    let streams = source(
+        scope,
+        input,
+        settings,
+        processed.clone(),
+        Rc::clone(&snapshot),
+    );
     let readings = streams.readings.exchange(|r: &Reading| r.route());
     let marks = streams.marks.broadcast();
+    let restored = Restored {
+        engines: state.engines,
+        snapshot: Rc::clone(&snapshot),
+    };
     let devices =
-        devices(readings, marks, Arc::clone(&cfg), scope.index(), burst).probe_with(&processed);
+        devices(readings, marks, Arc::clone(&cfg), burst, restored).probe_with(&processed);
     let statuses = devices
         .clone()
         .flat_map(|o| match o {
@@ -60,7 +87,7 @@ pub fn build(
             _ => None,
         })
         .exchange(|s: &StatusTransition| route(&s.tenant_id));
-    let tenants = tenants(statuses, cfg);
+    let tenants = tenants(statuses, cfg, state.tenants, state.transitions, snapshot);
     let dead = streams.dead.map(Output::DeadLetter);
     let all = scope.concatenate([devices, tenants, dead]);
     let (probe, _) = write(all, sink).probe();
@@ -84,14 +111,21 @@ fn as_ms(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
+/// The device operator's restored engines and where it leaves its state.
+struct Restored {
+    engines: Vec<EngineState>,
+    snapshot: Rc<RefCell<WorkerPart>>,
+}
+
 fn devices<'s>(
     readings: StreamVec<'s, u64, Reading>,
     marks: StreamVec<'s, u64, Mark>,
     cfg: Arc<PipelineConfig>,
-    worker: usize,
     burst: usize,
+    restored: Restored,
 ) -> StreamVec<'s, u64, Output> {
     let scope = readings.scope();
+    let (worker, peers) = (scope.index(), scope.peers());
     readings.binary_frontier::<_, CapacityContainerBuilder<Vec<Output>>, _, _, _, _>(
         marks,
         Pipeline,
@@ -101,11 +135,18 @@ fn devices<'s>(
             let activator = scope.activator_for(info.address);
             let mut cap = Some(cap);
             let mut engine = Engine::new(cfg);
+            for state in restored.engines {
+                engine.restore(state, |device| owned(device, worker, peers));
+            }
+            let snapshot = restored.snapshot;
             let mut out = Vec::new();
-            // Every source worker sends one final mark when its bounded input ends; a worker
-            // stopped by an error sends none, and then nothing is finished.
+            // Every source worker says when it is done: finished (a bounded input read to its
+            // end) or stopped. Only when all finished does the input end. Meanwhile a stopped
+            // source's hold caps the frontier, and a finished one's last watermark caps timers.
             let sources = scope.peers();
-            let mut finals: (usize, Option<i64>) = (0, None);
+            let mut finished = 0usize;
+            let mut last: Option<i64> = None;
+            let mut floor: Option<u64> = None;
             let mut gauges = Instant::now();
             move |(readings, f1), (marks, f2), output| {
                 readings.for_each(|_, data| {
@@ -117,25 +158,36 @@ fn devices<'s>(
                     for m in data.drain(..) {
                         match m {
                             Mark::Data(wm) => engine.data_watermark(wm),
-                            Mark::Final(wm) => {
-                                finals.0 += 1;
-                                if let Some(wm) = wm {
-                                    finals.1 = Some(finals.1.map_or(wm, |s: i64| s.min(wm)));
+                            Mark::Done {
+                                hold,
+                                finished: f,
+                                last: l,
+                            } => {
+                                if let Some(hold) = hold {
+                                    floor = Some(floor.map_or(hold, |x| x.min(hold)));
+                                }
+                                if f {
+                                    finished += 1;
+                                }
+                                if let Some(l) = l {
+                                    last = Some(last.map_or(l, |x| x.min(l)));
                                 }
                             }
                         }
                     }
                 });
-                let frontier = match (first(f1), first(f2)) {
+                let input = match (first(f1), first(f2)) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                let frontier = input.map(|f| floor.map_or(f, |x| f.min(x)));
+                let timers = |f: i64| last.map_or(f, |l| f.min(l));
                 let Some(held) = cap.as_mut() else {
                     return;
                 };
                 match frontier {
                     Some(f) if f > *held.time() => {
-                        let done = engine.advance(as_ms(f), &mut out, burst);
+                        let done = engine.advance(as_ms(f), timers(as_ms(f)), &mut out, burst);
                         output.session(held).give_iterator(out.drain(..));
                         shrink(&mut out);
                         if done {
@@ -148,14 +200,15 @@ fn devices<'s>(
                     None => {
                         // Finals arrive only when a bounded input ended; a stopped unbounded
                         // one leaves its windows open rather than emit partial ones.
-                        let done = match finals {
-                            (n, last) if n == sources => {
-                                let done = engine.finish(last, &mut out, burst);
-                                output.session(held).give_iterator(out.drain(..));
-                                shrink(&mut out);
-                                done
-                            }
-                            _ => true,
+                        let done = if finished == sources {
+                            let done = engine.finish(last, &mut out, burst);
+                            output.session(held).give_iterator(out.drain(..));
+                            shrink(&mut out);
+                            done
+                        } else {
+                            // Stopped: the state goes into the checkpoint, unfinished.
+                            snapshot.borrow_mut().engine = engine.take_state();
+                            true
                         };
                         if done {
                             cap = None;
@@ -181,14 +234,29 @@ fn devices<'s>(
 fn tenants<'s>(
     statuses: StreamVec<'s, u64, StatusTransition>,
     cfg: Arc<PipelineConfig>,
+    restored: Vec<Tenants>,
+    transitions: Vec<StatusTransition>,
+    snapshot: Rc<RefCell<WorkerPart>>,
 ) -> StreamVec<'s, u64, Output> {
+    let scope = statuses.scope();
+    let (worker, peers) = (scope.index(), scope.peers());
     statuses.unary_frontier::<CapacityContainerBuilder<Vec<Output>>, _, _, _>(
         Pipeline,
         "Tenants",
         move |cap, _info| {
             let mut cap = Some(cap);
             let mut tenants = Tenants::default();
+            for mut t in restored {
+                t.retain(|name| owned(name, worker, peers));
+                tenants.absorb(t);
+            }
             let mut pending: BTreeMap<i64, Vec<StatusTransition>> = BTreeMap::new();
+            for s in transitions
+                .into_iter()
+                .filter(|s| owned(&s.tenant_id, worker, peers))
+            {
+                pending.entry(s.ts).or_default().push(s);
+            }
             let mut out = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|_, data| {
@@ -217,7 +285,12 @@ fn tenants<'s>(
                 shrink(&mut out);
                 match limit {
                     Some(f) => held.downgrade(&f),
-                    None => cap = None,
+                    None => {
+                        // All transitions before the devices' last frontier are in and applied;
+                        // what a checkpoint needs is the counts.
+                        snapshot.borrow_mut().tenants = std::mem::take(&mut tenants);
+                        cap = None;
+                    }
                 }
             }
         },

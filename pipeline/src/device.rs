@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use schemas::{AnomalyKind, DeviceStatus, StatusTransition, TransitionReason};
+use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{self, Baseline, Observation, Switches};
 use crate::config::{PipelineConfig, Thresholds};
@@ -79,18 +80,20 @@ pub struct Ctx<'a> {
     pub data_watermark: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Presence {
     Online,
     Offline { prolonged_fired: bool },
 }
 
-/// One device's state.
-#[derive(Debug)]
+/// One device's state; checkpoints keep it whole, except the thresholds, which are resolved
+/// again from the configuration on restore (it may have changed).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Device {
     tenant: Rc<str>,
     id: Rc<str>,
     class: Option<Rc<str>>,
+    #[serde(skip)]
     thresholds: Rc<Thresholds>,
     windows: Box<[Option<WindowState>]>,
     presence: Option<Presence>,
@@ -141,6 +144,24 @@ impl Device {
             switches: Switches::default(),
             scheduled: UNSCHEDULED,
         }
+    }
+
+    /// The device as restored from a checkpoint: thresholds resolved from the current
+    /// configuration, nothing scheduled yet.
+    pub fn restored(mut self, ctx: &mut Ctx<'_>) -> Device {
+        self.thresholds = ctx.profiles.get(ctx.cfg, &self.tenant, self.class.as_ref());
+        self.scheduled = UNSCHEDULED;
+        self
+    }
+
+    /// The device id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Tenant and device id, shared.
+    pub fn key(&self) -> (Rc<str>, Rc<str>) {
+        (Rc::clone(&self.tenant), Rc::clone(&self.id))
     }
 
     /// The due time the owner's timer queue holds for this device, if any.

@@ -11,6 +11,7 @@
 //! 6e-8, far inside the sketch's 1 %) and given back as the shortest decimal that reads back to
 //! the same `f32`, so 87.3 comes out as 87.3, not 87.30000305175781.
 
+use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
 
 /// Relative accuracy of the sketch: a reported quantile is within this share of the true value at
@@ -22,7 +23,7 @@ const MAX_BINS: u32 = 2048;
 const MIN_VALUE: f64 = 1e-3;
 
 /// A quantile summary of response times.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub enum RtDigest {
     /// No values yet.
     #[default]

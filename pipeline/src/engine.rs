@@ -6,6 +6,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::PipelineConfig;
 use crate::device::{Ctx, Device, Due, Profiles, READING};
 use crate::output::Output;
@@ -28,6 +30,18 @@ impl Ord for Pending {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.order_key().cmp(&other.0.order_key())
     }
+}
+
+/// What a checkpoint keeps of an engine: every device, the readings not yet processed, and how
+/// far data has moved event time.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct EngineState {
+    /// The devices.
+    pub devices: Vec<Device>,
+    /// Readings waiting for the frontier.
+    pub pending: Vec<Reading>,
+    /// See [`Ctx::data_watermark`].
+    pub data_watermark: i64,
 }
 
 /// Devices, their timers and the readings not yet processed.
@@ -73,6 +87,48 @@ impl Engine {
         self.pending.len()
     }
 
+    /// Hands the state over to a checkpoint, leaving the engine empty.
+    pub fn take_state(&mut self) -> EngineState {
+        self.index.clear();
+        self.timers.clear();
+        EngineState {
+            devices: std::mem::take(&mut self.devices),
+            pending: std::mem::take(&mut self.pending)
+                .into_iter()
+                .map(|Reverse(Pending(r))| r)
+                .collect(),
+            data_watermark: self.data_watermark,
+        }
+    }
+
+    /// Takes over the devices and readings of a checkpoint part that `keep` says are this
+    /// worker's (by device id).
+    pub fn restore(&mut self, state: EngineState, keep: impl Fn(&str) -> bool) {
+        self.data_watermark = self.data_watermark.max(state.data_watermark);
+        let cfg = Arc::clone(&self.cfg);
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            cfg: &cfg,
+            profiles: &mut self.profiles,
+            out: &mut out,
+            data_watermark: self.data_watermark,
+        };
+        let mut restored = Vec::new();
+        for device in state.devices.into_iter().filter(|d| keep(d.id())) {
+            restored.push(device.restored(&mut ctx));
+        }
+        for device in restored {
+            let slot = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
+            let (tenant, id) = device.key();
+            self.index.entry(tenant).or_default().insert(id, slot);
+            self.devices.push(device);
+            self.reschedule(slot);
+        }
+        for r in state.pending.into_iter().filter(|r| keep(&r.device_id)) {
+            self.push(r);
+        }
+    }
+
     /// Queues a reading until the frontier passes its `ts`.
     pub fn push(&mut self, r: Reading) {
         self.pending.push(Reverse(Pending(r)));
@@ -83,10 +139,17 @@ impl Engine {
         self.data_watermark = self.data_watermark.max(wm);
     }
 
-    /// Processes queued readings and timers strictly before `frontier`, stopping once `out`
-    /// holds `budget` records; returns whether everything before `frontier` was processed.
-    pub fn advance(&mut self, frontier: i64, out: &mut Vec<Output>, budget: usize) -> bool {
-        self.run(frontier, frontier, out, budget)
+    /// Processes queued readings strictly before `frontier` and timers strictly before
+    /// `timer_limit` (at most `frontier`), stopping once `out` holds `budget` records; returns
+    /// whether everything was processed.
+    pub fn advance(
+        &mut self,
+        frontier: i64,
+        timer_limit: i64,
+        out: &mut Vec<Output>,
+        budget: usize,
+    ) -> bool {
+        self.run(frontier, timer_limit.min(frontier), out, budget)
     }
 
     /// The input is exhausted: processes every queued reading, timers only before `last_watermark`

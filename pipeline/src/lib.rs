@@ -9,6 +9,7 @@
 //! records the decisions the design left open.
 
 pub mod anomaly;
+pub mod checkpoint;
 pub mod config;
 pub mod dataflow;
 pub mod device;

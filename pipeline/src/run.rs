@@ -2,6 +2,7 @@
 //! sink, until a bounded input is consumed or the job is stopped.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -9,15 +10,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use schemas::Codec;
 
+use crate::checkpoint::{Checkpoint, Store};
 use crate::config::PipelineConfig;
-use crate::dataflow;
+use crate::dataflow::{self, WorkerState};
 use crate::readiness::Readiness;
 use crate::sink::SinkFactory;
 use crate::source::file::FileInput;
 use crate::source::kafka::{KafkaInput, KafkaSettings};
 use crate::source::memory::{MemoryInput, MemoryRecord};
 use crate::source::{Clock, Input, SchemaFetcher, SourceSettings};
-use crate::watermark::Bounds;
+use crate::watermark::{Bounds, PartitionClock};
 
 /// What the job reads.
 #[derive(Clone)]
@@ -56,6 +58,11 @@ pub struct Job {
     pub readiness: Arc<Readiness>,
     /// Records the device operator emits per activation at most ([`dataflow::BURST`]).
     pub burst: usize,
+    /// Where checkpoints live: the job resumes from the latest complete one and, stopped
+    /// (SIGTERM), writes the next. `None`: no checkpoints.
+    pub checkpoints: Option<Store>,
+    /// Ignore existing checkpoints (they are still written on stop).
+    pub from_scratch: bool,
 }
 
 impl Job {
@@ -77,6 +84,8 @@ impl Job {
             sinks,
             readiness: Arc::new(Readiness::default()),
             burst: dataflow::BURST,
+            checkpoints: None,
+            from_scratch: false,
         }
     }
 }
@@ -90,6 +99,9 @@ pub enum RunError {
     /// The input could not be read.
     #[error("cannot read the input: {0}")]
     Input(String),
+    /// A checkpoint could not be read or written.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A worker failed.
     #[error("worker {worker}: {detail}")]
     Worker {
@@ -100,12 +112,20 @@ pub enum RunError {
     },
 }
 
-fn open(input: &InputSpec, index: usize, peers: usize) -> Result<Box<dyn Input>, String> {
+fn open(
+    input: &InputSpec,
+    index: usize,
+    peers: usize,
+    start: &HashMap<i32, i64>,
+) -> Result<Box<dyn Input>, String> {
     Ok(match input {
         InputSpec::Kafka(settings) => {
-            Box::new(KafkaInput::new(settings, index, peers).map_err(|e| e.to_string())?)
+            Box::new(KafkaInput::new(settings, index, peers, start).map_err(|e| e.to_string())?)
         }
-        InputSpec::File(path) => Box::new(FileInput::open(path, index).map_err(|e| e.to_string())?),
+        InputSpec::File(path) => Box::new(
+            FileInput::open(path, index, start.get(&0).copied().unwrap_or(0))
+                .map_err(|e| e.to_string())?,
+        ),
         InputSpec::Memory {
             partitions,
             bounded,
@@ -114,17 +134,49 @@ fn open(input: &InputSpec, index: usize, peers: usize) -> Result<Box<dyn Input>,
             index,
             peers,
             *bounded,
+            start,
         )),
     })
+}
+
+/// Splits a checkpoint into what the source and the operators of one worker start from.
+fn resume(checkpoint: Option<Checkpoint>) -> (HashMap<i32, i64>, Vec<PartitionClock>, WorkerState) {
+    let Some(checkpoint) = checkpoint else {
+        return (HashMap::new(), Vec::new(), WorkerState::default());
+    };
+    let positions = checkpoint.positions().into_iter().collect();
+    let clocks = checkpoint.clocks();
+    let mut state = WorkerState::default();
+    for part in checkpoint.parts {
+        state.engines.push(part.engine);
+        state.tenants.push(part.tenants);
+        state.transitions.extend(part.transitions);
+    }
+    (positions, clocks, state)
 }
 
 /// Runs `job` on the workers `timely` describes and waits for them.
 pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
     let job_readiness = Arc::clone(&job.readiness);
+    // One place decides which checkpoint the workers resume from; each worker then reads it
+    // for itself and keeps its share.
+    let generation = match (&job.checkpoints, job.from_scratch) {
+        (Some(store), false) => store.latest().map(|c| c.generation),
+        _ => None,
+    };
+    if let (Some(g), Some(store)) = (generation, &job.checkpoints) {
+        tracing::info!(generation = g, dir = %store.dir().display(), "resuming from a checkpoint");
+    }
     let guards = timely::execute(timely, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
-        let input = match open(&job.input, index, peers) {
+        let checkpoint = match (generation, &job.checkpoints) {
+            (Some(g), Some(store)) => Some(store.load(g)?),
+            _ => None,
+        };
+        let (start, clocks, state) = resume(checkpoint);
+        let snapshot = Rc::clone(&state.snapshot);
+        let input = match open(&job.input, index, peers, &start) {
             Ok(input) => input,
             Err(e) => {
                 // The other workers would wait for this one's partitions for ever: stop them.
@@ -146,16 +198,34 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             fetcher: job.fetcher.clone(),
             stop: Arc::clone(&job.stop),
             readiness: Arc::clone(&job.readiness),
+            clocks,
         };
         let sink = Rc::new(RefCell::new((job.sinks)(index).map_err(|e| e.to_string())?));
         let cfg = Arc::clone(&job.cfg);
         let probe = worker.dataflow::<u64, _, _>(|scope| {
-            dataflow::build(scope, input, settings, cfg, Rc::clone(&sink), job.burst)
+            dataflow::build(
+                scope,
+                input,
+                settings,
+                cfg,
+                Rc::clone(&sink),
+                job.burst,
+                state,
+            )
         });
         while !probe.done() {
             worker.step_or_park(None);
         }
+        // Outputs first: a checkpoint is only written once what preceded it is acknowledged.
         sink.borrow_mut().flush().map_err(|e| e.to_string())?;
+        let stopped = job.stop.load(Ordering::Relaxed) && job.readiness.fatal_error().is_none();
+        if let (true, Some(store)) = (stopped, &job.checkpoints) {
+            let next = generation.map_or(1, |g| g + 1);
+            store
+                .write_part(next, index, peers, &snapshot.borrow())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(generation = next, worker = index, "checkpoint written");
+        }
         Ok(())
     })
     .map_err(RunError::Timely)?;

@@ -11,12 +11,13 @@
 use std::collections::{HashMap, VecDeque};
 
 use schemas::{AnomalyKind, AnomalyState, DeviceStatus, StatusTransition};
+use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{self, Observation};
 use crate::config::PipelineConfig;
 use crate::output::Output;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Tenant {
     online: i64,
     /// Offline transitions within the window: (time, device).
@@ -26,12 +27,22 @@ struct Tenant {
 }
 
 /// Presence counts per tenant.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Tenants {
     tenants: HashMap<String, Tenant>,
 }
 
 impl Tenants {
+    /// Keeps only the tenants `keep` accepts (a restored worker's share).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.tenants.retain(|name, _| keep(name));
+    }
+
+    /// Takes over another worker's tenants (restoring a checkpoint).
+    pub fn absorb(&mut self, other: Tenants) {
+        self.tenants.extend(other.tenants);
+    }
+
     /// Applies all transitions of one millisecond (all of one tenant or not), then judges the
     /// tenants they touched.
     pub fn apply(

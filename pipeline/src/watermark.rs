@@ -10,6 +10,7 @@
 //! output, never depends on which partition finished first.
 
 use schemas::DeadLetterReason;
+use serde::{Deserialize, Serialize};
 
 /// The event-time settings a tracker needs.
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +23,10 @@ pub struct Bounds {
     pub max_future_skew_ms: i64,
 }
 
-#[derive(Debug, Clone)]
-struct Partition {
+/// One partition's event-time state; checkpoints keep it so lateness is judged after a restart
+/// exactly as it would have been.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionClock {
     id: i32,
     /// Watermark from data alone.
     data: Option<i64>,
@@ -46,7 +49,7 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Watermarks {
     bounds: Bounds,
-    partitions: Vec<Partition>,
+    partitions: Vec<PartitionClock>,
 }
 
 impl Watermarks {
@@ -56,7 +59,7 @@ impl Watermarks {
             bounds,
             partitions: partitions
                 .iter()
-                .map(|id| Partition {
+                .map(|id| PartitionClock {
                     id: *id,
                     data: None,
                     wm: None,
@@ -67,7 +70,7 @@ impl Watermarks {
         }
     }
 
-    fn partition(&mut self, id: i32) -> Option<&mut Partition> {
+    fn partition(&mut self, id: i32) -> Option<&mut PartitionClock> {
         self.partitions.iter_mut().find(|p| p.id == id)
     }
 
@@ -91,6 +94,23 @@ impl Watermarks {
         p.data = Some(p.data.map_or(data, |d| d.max(data)));
         p.wm = Some(p.wm.map_or(data, |w| w.max(data)));
         Verdict::Accept
+    }
+
+    /// The partitions' states, for a checkpoint.
+    pub fn export(&self) -> Vec<PartitionClock> {
+        self.partitions.clone()
+    }
+
+    /// Takes over the saved states of this tracker's partitions (others are not ours now); the
+    /// partitions read on from where they stopped, active as of `now`.
+    pub fn restore(&mut self, saved: &[PartitionClock], now: i64) {
+        for p in &mut self.partitions {
+            if let Some(s) = saved.iter().find(|s| s.id == p.id) {
+                p.data = s.data;
+                p.wm = s.wm;
+                p.last_activity = now;
+            }
+        }
     }
 
     /// Counts a record that was not a usable reading as activity: the partition is not idle.

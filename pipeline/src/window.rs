@@ -2,6 +2,7 @@
 //! event time passes its end.
 
 use schemas::WindowAggregate;
+use serde::{Deserialize, Serialize};
 
 use crate::reading::Reading;
 
@@ -10,7 +11,7 @@ use crate::event_id;
 use crate::health::{self, HealthInputs};
 
 /// An open window of one device.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowState {
     /// Inclusive start, ms.
     pub start: i64,

@@ -11,6 +11,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
+use pipeline::checkpoint::Store;
 use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
 use pipeline::source::SchemaFetcher;
 use pipeline::source::kafka::KafkaSettings;
@@ -47,6 +48,12 @@ pub struct PipelineArgs {
     /// Address of `/metrics`, `/healthz` and `/readyz` (`pipeline.listen`).
     #[arg(long)]
     listen: Option<String>,
+    /// Directory of checkpoints (`pipeline.checkpoint_dir`).
+    #[arg(long)]
+    checkpoint_dir: Option<String>,
+    /// Ignore existing checkpoints and read the input from its beginning.
+    #[arg(long)]
+    from_scratch: bool,
 }
 
 impl PipelineArgs {
@@ -54,6 +61,12 @@ impl PipelineArgs {
         self.kafka.overrides(into);
         if let Some(l) = &self.listen {
             into.push(("pipeline.listen".into(), toml::Value::String(l.clone())));
+        }
+        if let Some(d) = &self.checkpoint_dir {
+            into.push((
+                "pipeline.checkpoint_dir".into(),
+                toml::Value::String(d.clone()),
+            ));
         }
     }
 }
@@ -197,6 +210,8 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         fetcher: fetcher(config)?,
         stop,
         readiness,
+        checkpoints: config.pipeline.checkpoint_dir.as_deref().map(Store::new),
+        from_scratch: args.from_scratch,
         ..Job::new(Arc::new(config.pipeline.clone()), input, codec, sinks)
     };
     let started = Instant::now();

@@ -21,6 +21,8 @@ pub struct FileInput {
     reader: Option<Reader>,
     partitions: Vec<i32>,
     offset: i64,
+    /// Records to pass over first: the part a checkpoint says was read.
+    skip: i64,
     finished: Vec<i32>,
 }
 
@@ -34,7 +36,7 @@ fn file_error(path: &Path, e: impl ToString) -> SourceError {
 impl FileInput {
     /// Opens `path` for worker `index`: worker 0 reads it, the others own nothing. The format
     /// follows the extension: `.avro` is an object container file, anything else NDJSON.
-    pub fn open(path: &Path, index: usize) -> Result<FileInput, SourceError> {
+    pub fn open(path: &Path, index: usize, skip: i64) -> Result<FileInput, SourceError> {
         let name = path.display().to_string();
         if index != 0 {
             return Ok(FileInput {
@@ -43,6 +45,7 @@ impl FileInput {
                 reader: None,
                 partitions: Vec::new(),
                 offset: 0,
+                skip,
                 finished: Vec::new(),
             });
         }
@@ -60,6 +63,7 @@ impl FileInput {
             reader: Some(reader),
             partitions: vec![0],
             offset: 0,
+            skip,
             finished: Vec::new(),
         })
     }
@@ -125,6 +129,10 @@ impl Input for FileInput {
                     }
                 },
             };
+            if self.offset < self.skip {
+                self.offset += 1;
+                continue;
+            }
             out.push(RawRecord {
                 partition: 0,
                 offset: self.offset,
@@ -143,5 +151,9 @@ impl Input for FileInput {
 
     fn take_finished(&mut self) -> Vec<i32> {
         std::mem::take(&mut self.finished)
+    }
+
+    fn positions(&self) -> Vec<(i32, i64)> {
+        self.partitions.iter().map(|p| (*p, self.offset)).collect()
     }
 }

@@ -56,6 +56,8 @@ pub struct KafkaInput {
     finished: Vec<i32>,
     /// An error met after records were taken, returned by the next poll.
     deferred: Option<KafkaError>,
+    /// The next offset to read per partition, once one was read or restored.
+    next: HashMap<i32, i64>,
 }
 
 fn client(settings: &KafkaSettings) -> Result<BaseConsumer<Quiet>, KafkaError> {
@@ -83,6 +85,7 @@ impl KafkaInput {
         settings: &KafkaSettings,
         index: usize,
         peers: usize,
+        start: &HashMap<i32, i64>,
     ) -> Result<KafkaInput, SourceError> {
         let consumer = client(settings)?;
         let started = Instant::now();
@@ -122,7 +125,10 @@ impl KafkaInput {
         let mut assignment = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for p in &partitions {
-            assignment.add_partition_offset(&settings.topic, *p, Offset::Beginning)?;
+            let from = start
+                .get(p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            assignment.add_partition_offset(&settings.topic, *p, from)?;
             if settings.until_end {
                 let (low, high) =
                     consumer.fetch_watermarks(&settings.topic, *p, Duration::from_secs(10))?;
@@ -131,6 +137,11 @@ impl KafkaInput {
         }
         consumer.assign(&assignment)?;
         tracing::info!(worker = index, peers, ?partitions, topic = %settings.topic, "reading");
+        let next = start
+            .iter()
+            .filter(|(p, _)| partitions.contains(p))
+            .map(|(p, o)| (*p, *o))
+            .collect();
         let mut input = KafkaInput {
             consumer,
             topic: settings.topic.clone(),
@@ -140,6 +151,7 @@ impl KafkaInput {
             until_end: settings.until_end,
             finished: Vec::new(),
             deferred: None,
+            next,
         };
         // Partitions empty at start-up are done before they begin.
         let empty: Vec<i32> = input
@@ -212,6 +224,7 @@ impl Input for KafkaInput {
                     (m.partition(), m.offset() + 1)
                 }
                 Ok(m) => {
+                    self.next.insert(m.partition(), m.offset() + 1);
                     out.push(RawRecord {
                         partition: m.partition(),
                         offset: m.offset(),
@@ -247,5 +260,11 @@ impl Input for KafkaInput {
 
     fn take_finished(&mut self) -> Vec<i32> {
         std::mem::take(&mut self.finished)
+    }
+
+    fn positions(&self) -> Vec<(i32, i64)> {
+        let mut p: Vec<(i32, i64)> = self.next.iter().map(|(p, o)| (*p, *o)).collect();
+        p.sort_unstable();
+        p
     }
 }

@@ -1,6 +1,7 @@
 //! An in-memory input: partitions of records held in memory, for tests that must not depend on a
 //! broker. Bounded (each partition ends after its last record) or, to exercise idleness, not.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Input, Payload, RawRecord, SourceError};
@@ -31,16 +32,21 @@ impl MemoryInput {
         index: usize,
         peers: usize,
         bounded: bool,
+        start: &HashMap<i32, i64>,
     ) -> MemoryInput {
         let mine: Vec<i32> = (0..partitions.len())
             .filter(|p| p % peers.max(1) == index)
             .filter_map(|p| i32::try_from(p).ok())
             .collect();
         let n = mine.len();
+        let next = mine
+            .iter()
+            .map(|p| start.get(p).map_or(0, |o| usize::try_from(*o).unwrap_or(0)))
+            .collect();
         MemoryInput {
             partitions,
             mine,
-            next: vec![0; n],
+            next,
             finished: Vec::new(),
             reported: vec![false; n],
             bounded,
@@ -94,5 +100,13 @@ impl Input for MemoryInput {
 
     fn take_finished(&mut self) -> Vec<i32> {
         std::mem::take(&mut self.finished)
+    }
+
+    fn positions(&self) -> Vec<(i32, i64)> {
+        self.mine
+            .iter()
+            .zip(&self.next)
+            .map(|(p, n)| (*p, *n as i64))
+            .collect()
     }
 }

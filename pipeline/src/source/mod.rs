@@ -8,7 +8,9 @@ pub mod file;
 pub mod kafka;
 pub mod memory;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,11 +23,12 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::probe::Handle;
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::checkpoint::WorkerPart;
 use crate::event_id;
 use crate::metrics;
 use crate::readiness::Readiness;
 use crate::reading::Reading;
-use crate::watermark::{Bounds, Verdict, Watermarks};
+use crate::watermark::{Bounds, PartitionClock, Verdict, Watermarks};
 
 /// Records read per activation at most, so one busy source cannot starve the other operators.
 const BATCH: usize = 8_192;
@@ -123,6 +126,8 @@ pub trait Input {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError>;
     /// Partitions read to their end since the last call (bounded inputs only).
     fn take_finished(&mut self) -> Vec<i32>;
+    /// The next offset to read in each partition, for a checkpoint.
+    fn positions(&self) -> Vec<(i32, i64)>;
 }
 
 /// Broadcast progress information from a source worker.
@@ -130,9 +135,20 @@ pub trait Input {
 pub enum Mark {
     /// The largest watermark data has produced in this worker's partitions.
     Data(i64),
-    /// This worker's bounded input ended; the least data watermark of its partitions, if any
-    /// had data.
-    Final(Option<i64>),
+    /// This worker's source sends nothing more: its bounded input ended (`finished`), or the job
+    /// is stopping. A stopped source gives `hold`, its last capability: operators must not take
+    /// the frontier past it on the strength of this worker having dropped its capability (that
+    /// would run ahead of partitions it did not read to the end). A finished one gives `last`,
+    /// the least final data watermark of its partitions (if any had data): no timer may fire at
+    /// or beyond it, since the input's last watermark can only be lower.
+    Done {
+        /// A stopped source's last capability.
+        hold: Option<u64>,
+        /// Read to the end, rather than stopped.
+        finished: bool,
+        /// The least final data watermark of its partitions.
+        last: Option<i64>,
+    },
 }
 
 /// Fetches a writer schema the codec does not know, by id, from a schema registry, so telemetry
@@ -163,6 +179,8 @@ pub struct SourceSettings {
     pub stop: Arc<AtomicBool>,
     /// Where the source reports whether it can read.
     pub readiness: Arc<Readiness>,
+    /// Partition clocks restored from a checkpoint.
+    pub clocks: Vec<PartitionClock>,
 }
 
 /// The three streams of a source.
@@ -185,6 +203,7 @@ pub fn source<'scope>(
     mut input: Box<dyn Input>,
     settings: SourceSettings,
     processed: Handle<u64>,
+    snapshot: Rc<RefCell<WorkerPart>>,
 ) -> SourceStreams<'scope> {
     let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
     let info = builder.operator_info();
@@ -202,6 +221,7 @@ pub fn source<'scope>(
         let mut caps = Some(caps);
         let clock = settings.clock;
         let mut wm = Watermarks::new(settings.bounds, input.partitions(), clock());
+        wm.restore(&settings.clocks, clock());
         let mut buf = Vec::with_capacity(BATCH);
         let mut sent_data: Option<i64> = None;
         let mut failures = 0u32;
@@ -216,6 +236,16 @@ pub fn source<'scope>(
                 return;
             };
             if settings.stop.load(Ordering::Relaxed) {
+                // Where this worker stopped, for the checkpoint the job writes on its way out.
+                let mut part = snapshot.borrow_mut();
+                part.positions = input.positions();
+                part.clocks = wm.export();
+                let done = Mark::Done {
+                    hold: Some(*held[0].time()),
+                    finished: false,
+                    last: None,
+                };
+                marks_out.activate().session(&held[1]).give(done);
                 caps = None;
                 return;
             }
@@ -325,10 +355,12 @@ pub fn source<'scope>(
             read = read.saturating_add(got as u64);
             if input.bounded() && wm.all_finished() {
                 tracing::info!(records = read, topic = %topic, "input read to its end");
-                marks_out
-                    .activate()
-                    .session(&held[1])
-                    .give(Mark::Final(wm.data_min()));
+                let done = Mark::Done {
+                    hold: None,
+                    finished: true,
+                    last: wm.data_min(),
+                };
+                marks_out.activate().session(&held[1]).give(done);
                 caps = None;
                 return;
             }

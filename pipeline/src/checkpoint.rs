@@ -1,0 +1,284 @@
+//! Checkpoints on disk: what each worker hands over when the job stops on SIGTERM (its sources'
+//! positions and watermarks, its devices, its tenants), and how a start finds the latest
+//! complete checkpoint, skipping partial or corrupt ones with a warning.
+//!
+//! Layout: `<dir>/gen-<generation>/part-<worker>-of-<workers>.bin`, each file written to a
+//! temporary name, fsynced and renamed, then the directory fsynced. A generation is complete
+//! when every worker's part is there and reads back (magic, length and checksum). A job that
+//! resumed from generation `g` writes `g + 1`, so every process of a cluster agrees on the name.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use schemas::StatusTransition;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineState;
+use crate::reading::route;
+use crate::tenant::Tenants;
+use crate::watermark::PartitionClock;
+
+const MAGIC: &[u8; 8] = b"FPCKPT01";
+
+/// One worker's part of a checkpoint.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WorkerPart {
+    /// Next offset to read, per partition the worker read.
+    pub positions: Vec<(i32, i64)>,
+    /// Those partitions' event-time state.
+    pub clocks: Vec<PartitionClock>,
+    /// The worker's devices and the readings they had not processed.
+    pub engine: EngineState,
+    /// The worker's tenants.
+    pub tenants: Tenants,
+    /// Status transitions the tenant operator had not applied.
+    pub transitions: Vec<StatusTransition>,
+}
+
+/// A complete checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Its generation.
+    pub generation: u64,
+    /// Every worker's part, in worker order.
+    pub parts: Vec<WorkerPart>,
+}
+
+impl Checkpoint {
+    /// Where the checkpoint's partitions were: the union of every part's positions.
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.positions.iter().copied())
+            .collect()
+    }
+
+    /// Every part's partition clocks.
+    pub fn clocks(&self) -> Vec<PartitionClock> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.clocks.iter().cloned())
+            .collect()
+    }
+}
+
+/// Whether `key` belongs to worker `index` of `peers`, by the routing the dataflow exchanges
+/// with: a checkpoint written by one number of workers restores onto another.
+pub fn owned(key: &str, index: usize, peers: usize) -> bool {
+    route(key) % (peers.max(1) as u64) == index as u64
+}
+
+/// Errors of the checkpoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        source: std::io::Error,
+    },
+    /// A part could not be encoded.
+    #[error("cannot encode a checkpoint part: {0}")]
+    Encode(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The checkpoints of one job.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Store {
+    /// The store under `dir` (created when first written).
+    pub fn new(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn generation_dir(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("gen-{generation:012}"))
+    }
+
+    /// Writes worker `worker`'s part of generation `generation` atomically.
+    pub fn write_part(
+        &self,
+        generation: u64,
+        worker: usize,
+        workers: usize,
+        part: &WorkerPart,
+    ) -> Result<(), CheckpointError> {
+        let dir = self.generation_dir(generation);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let payload =
+            bincode::serialize(part).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        let path = dir.join(format!("part-{worker}-of-{workers}.bin"));
+        let temp = dir.join(format!(".part-{worker}-of-{workers}.tmp"));
+        let mut file = File::create(&temp).map_err(io(&temp))?;
+        file.write_all(MAGIC).map_err(io(&temp))?;
+        file.write_all(&(payload.len() as u64).to_le_bytes())
+            .map_err(io(&temp))?;
+        file.write_all(&checksum(&payload).to_le_bytes())
+            .map_err(io(&temp))?;
+        file.write_all(&payload).map_err(io(&temp))?;
+        file.sync_all().map_err(io(&temp))?;
+        fs::rename(&temp, &path).map_err(io(&path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        Ok(())
+    }
+
+    fn read_part(path: &Path) -> Result<WorkerPart, String> {
+        let bytes = fs::read(path).map_err(|e| e.to_string())?;
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return Err("not a checkpoint part".into());
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[8..16]);
+        let mut sum = [0u8; 8];
+        sum.copy_from_slice(&bytes[16..24]);
+        let payload = &bytes[24..];
+        if u64::from_le_bytes(len) != payload.len() as u64 {
+            return Err("cut short".into());
+        }
+        if u64::from_le_bytes(sum) != checksum(payload) {
+            return Err("checksum mismatch".into());
+        }
+        bincode::deserialize(payload).map_err(|e| e.to_string())
+    }
+
+    fn generations(&self) -> Vec<u64> {
+        let mut found: Vec<u64> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("gen-"))
+                    .and_then(|g| g.parse().ok())
+            })
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads generation `generation` whole, or says what is wrong with it.
+    pub fn load(&self, generation: u64) -> Result<Checkpoint, String> {
+        let dir = self.generation_dir(generation);
+        let names: Vec<String> = fs::read_dir(&dir)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| n.starts_with("part-"))
+            .collect();
+        let workers = names
+            .first()
+            .and_then(|n| n.rsplit("-of-").next())
+            .and_then(|n| n.strip_suffix(".bin"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or("no parts")?;
+        let mut parts = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            let path = dir.join(format!("part-{worker}-of-{workers}.bin"));
+            let part =
+                Store::read_part(&path).map_err(|e| format!("part {worker} of {workers}: {e}"))?;
+            parts.push(part);
+        }
+        Ok(Checkpoint { generation, parts })
+    }
+
+    /// The newest complete checkpoint, if any. Newer generations that are partial or corrupt are
+    /// reported and removed, older complete ones too (superseded); the one returned is kept.
+    pub fn latest(&self) -> Option<Checkpoint> {
+        let generations = self.generations();
+        let mut chosen = None;
+        for generation in generations.iter().rev() {
+            match self.load(*generation) {
+                Ok(c) => {
+                    chosen = Some(c);
+                    break;
+                }
+                Err(e) => tracing::warn!(
+                    generation,
+                    error = %e,
+                    dir = %self.dir.display(),
+                    "skipping an incomplete or corrupt checkpoint"
+                ),
+            }
+        }
+        let keep = chosen.as_ref().map(|c| c.generation);
+        for generation in generations {
+            if Some(generation) != keep {
+                let _ = fs::remove_dir_all(self.generation_dir(generation));
+            }
+        }
+        chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(offset: i64) -> WorkerPart {
+        WorkerPart {
+            positions: vec![(0, offset)],
+            ..WorkerPart::default()
+        }
+    }
+
+    #[test]
+    fn the_latest_complete_generation_wins_and_damage_is_skipped() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::new(dir.path());
+        assert!(store.latest().is_none());
+        store.write_part(1, 0, 2, &part(10)).expect("written");
+        store.write_part(1, 1, 2, &part(11)).expect("written");
+        // Generation 2 is partial: one of two parts.
+        store.write_part(2, 0, 2, &part(20)).expect("written");
+        let c = store.latest().expect("generation 1");
+        assert_eq!(c.generation, 1);
+        assert_eq!(c.positions(), vec![(0, 10), (0, 11)]);
+        assert!(
+            !dir.path().join("gen-000000000002").exists(),
+            "the partial one is removed"
+        );
+
+        // Generation 3 is complete but a byte of it flips: back to 1.
+        store.write_part(3, 0, 1, &part(30)).expect("written");
+        let file = dir.path().join("gen-000000000003/part-0-of-1.bin");
+        let mut bytes = fs::read(&file).expect("readable");
+        if let Some(last) = bytes.last_mut() {
+            *last ^= 0xff;
+        }
+        fs::write(&file, bytes).expect("writable");
+        assert_eq!(store.latest().map(|c| c.generation), Some(1));
+
+        store.write_part(4, 0, 1, &part(40)).expect("written");
+        assert_eq!(store.latest().map(|c| c.positions()), Some(vec![(0, 40)]));
+        assert!(!dir.path().join("gen-000000000001").exists(), "superseded");
+    }
+}
