@@ -442,7 +442,11 @@ EOF
   fi
 
   if [[ ! -f "$data/meta.properties" ]]; then
-    cluster_id="$("$(python_bin)" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' 2>/dev/null ||
+    # An id starting with "-" reads as an option to kafka-storage (one start in 64 failed so);
+    # Kafka's own generator avoids those too.
+    cluster_id="$("$(python_bin)" -c 'import base64,uuid
+while (s := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(s)' 2>/dev/null ||
       "$java" -cp "$home/lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null)"
     log "kafka: formatting $data (cluster id $cluster_id)"
     if ! "$java" -Xmx256m -Dlog4j2.configurationFile="$kdir/log4j2.properties" -cp "$home/lib/*" \
