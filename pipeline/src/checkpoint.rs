@@ -15,7 +15,7 @@ use schemas::StatusTransition;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineState;
-use crate::reading::route;
+use crate::reading::{fnv1a as checksum, route};
 use crate::tenant::Tenants;
 use crate::watermark::PartitionClock;
 
@@ -96,12 +96,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
-}
-
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 impl Store {

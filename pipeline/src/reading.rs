@@ -60,7 +60,12 @@ impl Reading {
 /// A stable hash of a device id (FNV-1a): the routing must not change between runs, processes or
 /// Rust versions, as the standard hasher may.
 pub fn route(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    fnv1a(key.as_bytes())
+}
+
+/// FNV-1a over bytes: stable everywhere, which the routing and the checkpoint checksum need.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }

@@ -345,7 +345,6 @@ pub fn source<'scope>(
             wm.tick(now);
             // Every increase is sent, before the capability moves past it: a device operator must
             // know, for any deadline the frontier passes, whether data got there first.
-            let step = settings.step_ms;
             if let Some(d) = wm.data_max()
                 && sent_data.is_none_or(|s| d > s)
             {
@@ -370,6 +369,7 @@ pub fn source<'scope>(
                     return;
                 }
                 Some(Some(w)) => {
+                    let step = settings.step_ms;
                     let t = to_time(w.div_euclid(step) * step);
                     if t > *held[0].time() {
                         for c in held.iter_mut() {
