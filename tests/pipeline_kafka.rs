@@ -11,14 +11,13 @@ mod support;
 #[path = "support/model.rs"]
 mod model;
 
-use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
 
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
 use pipeline::source::memory::MemoryRecord;
-use schemas::{Anomaly, Codec, DeadLetter, StatusTransition, WindowAggregate};
+use schemas::Codec;
 use support::*;
 use testkit::{Kind, shared, unique};
 
@@ -43,14 +42,6 @@ fn generate(brokers: &str, topic: &str, extra: &[&str]) {
     let start = START_MS.to_string();
     args.extend_from_slice(&["--start-ms", &start]);
     run_ok(fleetpulse().args(&args));
-}
-
-/// `--set` flags naming the derived topics after `prefix`.
-fn derived_topics(prefix: &str) -> Vec<String> {
-    ["aggregates", "anomalies", "status", "dlq"]
-        .iter()
-        .flat_map(|k| ["--set".to_string(), format!("topics.{k}={prefix}-{k}")])
-        .collect()
 }
 
 /// Records written, from the JSON summary.
@@ -81,14 +72,7 @@ fn derived(brokers: &str, prefix: &str, expected: usize) -> Vec<Output> {
         let topic = format!("{prefix}-{kind}");
         let remaining = expected - out.len();
         for m in read_topic(brokers, &topic, remaining, Duration::from_secs(5)) {
-            out.push(match kind {
-                "aggregates" => {
-                    Output::Aggregate(codec.decode::<WindowAggregate>(&m.value).unwrap())
-                }
-                "anomalies" => Output::Anomaly(codec.decode::<Anomaly>(&m.value).unwrap()),
-                "status" => Output::Status(codec.decode::<StatusTransition>(&m.value).unwrap()),
-                _ => Output::DeadLetter(codec.decode::<DeadLetter>(&m.value).unwrap()),
-            });
+            out.push(decode_output(&codec, kind, &m.value));
         }
     }
     out
@@ -119,14 +103,6 @@ fn assert_same(got: Vec<Output>, want: &[Output], what: &str) {
     for (g, w) in got.iter().zip(want) {
         assert_eq!(g, w, "{what}");
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -1,11 +1,14 @@
-//! Checkpoints on disk: what each worker hands over when the job stops on SIGTERM (its sources'
-//! positions and watermarks, its devices, its tenants), and how a start finds the latest
-//! complete checkpoint, skipping partial or corrupt ones with a warning.
+//! Checkpoints on disk: what each worker hands over at a cut while running (see [`crate::cut`])
+//! or when the job stops on SIGTERM (its sources' positions and watermarks, its devices, its
+//! tenants), and how a start finds the latest complete checkpoint, skipping partial or corrupt
+//! ones with a warning.
 //!
 //! Layout: `<dir>/gen-<generation>/part-<worker>-of-<workers>.bin`, each file written to a
 //! temporary name, fsynced and renamed, then the directory fsynced. A generation is complete
-//! when every worker's part is there and reads back (magic, length and checksum). A job that
-//! resumed from generation `g` writes `g + 1`, so every process of a cluster agrees on the name.
+//! when every worker's part is there, reads back (magic, length and checksum) and was cut at the
+//! same event time as the others (a run that crashed while writing generation `g` leaves parts a
+//! later run's `g` must not be mixed with). Worker 0 numbers the cuts on from the generation the
+//! job resumed from, and a stop takes the next number, so every process agrees on the names.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -19,21 +22,36 @@ use crate::reading::{fnv1a as checksum, route};
 use crate::tenant::Tenants;
 use crate::watermark::PartitionClock;
 
-const MAGIC: &[u8; 8] = b"FPCKPT01";
+const MAGIC: &[u8; 8] = b"FPCKPT02";
+/// Generations kept besides the newest: if the newest turns out partial (a crash while its
+/// parts were written), the one before is complete.
+const KEEP: u64 = 2;
 
 /// One worker's part of a checkpoint.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct WorkerPart {
-    /// Next offset to read, per partition the worker read.
+    /// The event time the checkpoint was cut at: everything before it is in the state, nothing
+    /// at or after it; the source replays from `positions` and skips accepted readings before
+    /// it. `None`: written on stop, with everything each partition had read.
+    pub cut: Option<i64>,
+    /// Everything before this event time is in the state: the cut, or, on stop, where the
+    /// device operator had got to. A resumed job never cuts before it (the state is already
+    /// past it).
+    pub through: i64,
+    /// Next offset to read, per partition (a partition not listed starts at its beginning).
     pub positions: Vec<(i32, i64)>,
     /// Those partitions' event-time state.
     pub clocks: Vec<PartitionClock>,
-    /// The worker's devices and the readings they had not processed.
-    pub engine: EngineState,
+    /// The worker's devices and the readings they had not processed: an [`EngineState`] as
+    /// [`crate::engine::Engine::encode`] wrote it.
+    pub engine: Vec<u8>,
     /// The worker's tenants.
     pub tenants: Tenants,
     /// Status transitions the tenant operator had not applied.
     pub transitions: Vec<StatusTransition>,
+    /// Why this part cannot be written: an operator could not encode its state.
+    #[serde(skip)]
+    pub broken: Option<String>,
 }
 
 /// A complete checkpoint.
@@ -46,6 +64,24 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The event time it was cut at (`None`: written on stop).
+    pub fn cut(&self) -> Option<i64> {
+        self.parts.first().and_then(|p| p.cut)
+    }
+
+    /// Everything before this event time is in the state (every part).
+    pub fn through(&self) -> i64 {
+        self.parts.iter().map(|p| p.through).max().unwrap_or(0)
+    }
+
+    /// Every part's devices and pending readings.
+    pub fn engines(&self) -> Result<Vec<EngineState>, String> {
+        self.parts
+            .iter()
+            .map(|p| bincode::deserialize(&p.engine).map_err(|e| format!("devices: {e}")))
+            .collect()
+    }
+
     /// Where the checkpoint's partitions were: the union of every part's positions.
     pub fn positions(&self) -> Vec<(i32, i64)> {
         self.parts
@@ -201,7 +237,19 @@ impl Store {
                 Store::read_part(&path).map_err(|e| format!("part {worker} of {workers}: {e}"))?;
             parts.push(part);
         }
+        if parts.iter().any(|p| p.cut != parts[0].cut) {
+            return Err("its parts were cut at different times (left by a crashed run)".into());
+        }
         Ok(Checkpoint { generation, parts })
+    }
+
+    /// Removes generations older than the last [`KEEP`] before `newest` (just written).
+    pub fn prune(&self, newest: u64) {
+        for generation in self.generations() {
+            if generation + KEEP < newest {
+                let _ = fs::remove_dir_all(self.generation_dir(generation));
+            }
+        }
     }
 
     /// The newest complete checkpoint, if any. Newer generations that are partial or corrupt are

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 pub struct PipelineConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks a free one.
     pub listen: std::net::SocketAddr,
-    /// Where checkpoints are kept: the job resumes from the latest complete one and writes one
-    /// when stopped (SIGTERM). Unset: no checkpoints.
+    /// Where checkpoints are kept: the job resumes from the latest complete one, takes one every
+    /// `checkpoint_interval_ms` and one when stopped (SIGTERM). Unset: no checkpoints.
     pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Wall-clock time between checkpoints while the job runs (with `checkpoint_dir`).
+    pub checkpoint_interval_ms: i64,
     /// Tumbling window sizes; the largest is the periodic health check.
     pub windows_ms: Vec<i64>,
     /// How far behind its partition's newest reading a reading may be stamped and still count.
@@ -123,6 +125,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
             checkpoint_dir: None,
+            checkpoint_interval_ms: 10_000,
             windows_ms: vec![60_000, 300_000],
             out_of_orderness_ms: 5_000,
             idle_timeout_ms: 10_000,
@@ -280,6 +283,7 @@ impl PipelineConfig {
         positive("idle_timeout_ms", self.idle_timeout_ms)?;
         positive("max_future_skew_ms", self.max_future_skew_ms)?;
         positive("watermark_step_ms", self.watermark_step_ms)?;
+        positive("checkpoint_interval_ms", self.checkpoint_interval_ms)?;
         positive("mass_offline_window_ms", self.mass_offline_window_ms)?;
         share("mass_offline_share", self.mass_offline_share)?;
         if !(self.health.rt_slo_ms.is_finite() && self.health.rt_slo_ms > 0.0) {
@@ -365,6 +369,10 @@ mod tests {
                 "windows_ms",
             ),
             (Box::new(|c| c.watermark_step_ms = 0), "watermark_step_ms"),
+            (
+                Box::new(|c| c.checkpoint_interval_ms = 0),
+                "checkpoint_interval_ms",
+            ),
             (
                 Box::new(|c| c.mass_offline_share = 1.5),
                 "mass_offline_share",

@@ -24,6 +24,7 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::checkpoint::{WorkerPart, owned};
 use crate::config::PipelineConfig;
+use crate::cut::Cuts;
 use crate::engine::{Engine, EngineState};
 use crate::metrics;
 use crate::output::Output;
@@ -31,6 +32,7 @@ use crate::reading::{Reading, route};
 use crate::sink::OutputSink;
 use crate::source::{Input, Mark, SourceSettings, source};
 use crate::tenant::Tenants;
+use crate::watermark::Watermarks;
 
 const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// Records the device operator emits per activation at most, unless a job says otherwise. When
@@ -51,6 +53,10 @@ pub struct WorkerState {
     pub transitions: Vec<StatusTransition>,
     /// Filled by the operators as they stop.
     pub snapshot: Rc<RefCell<WorkerPart>>,
+    /// Checkpoints cut while running, filled by the operators as they pass each cut.
+    pub cuts: Rc<RefCell<Cuts>>,
+    /// Everything before this event time is in the restored state.
+    pub through: i64,
 }
 
 /// Builds the whole graph in `scope` and returns the probe that tells when the sink is done.
@@ -77,6 +83,9 @@ pub fn build(
     let restored = Restored {
         engines: state.engines,
         snapshot: Rc::clone(&snapshot),
+        cuts: Rc::clone(&state.cuts),
+        clocks: streams.clocks,
+        through: state.through,
     };
     let devices =
         devices(readings, marks, Arc::clone(&cfg), burst, restored).probe_with(&processed);
@@ -87,7 +96,16 @@ pub fn build(
             _ => None,
         })
         .exchange(|s: &StatusTransition| route(&s.tenant_id));
-    let tenants = tenants(statuses, cfg, state.tenants, state.transitions, snapshot);
+    let tenants = tenants(
+        statuses,
+        cfg,
+        TenantsRestored {
+            tenants: state.tenants,
+            transitions: state.transitions,
+            snapshot,
+            cuts: state.cuts,
+        },
+    );
     let dead = streams.dead.map(Output::DeadLetter);
     let all = scope.concatenate([devices, tenants, dead]);
     let (probe, _) = write(all, sink).probe();
@@ -115,6 +133,11 @@ fn as_ms(t: u64) -> i64 {
 struct Restored {
     engines: Vec<EngineState>,
     snapshot: Rc<RefCell<WorkerPart>>,
+    cuts: Rc<RefCell<Cuts>>,
+    /// The worker's source positions at each cut.
+    clocks: Rc<RefCell<Watermarks>>,
+    /// Everything before this event time is in the restored engines.
+    through: i64,
 }
 
 fn devices<'s>(
@@ -138,7 +161,8 @@ fn devices<'s>(
             for state in restored.engines {
                 engine.restore(state, |device| owned(device, worker, peers));
             }
-            let snapshot = restored.snapshot;
+            let (snapshot, cuts, clocks) = (restored.snapshot, restored.cuts, restored.clocks);
+            let through = restored.through;
             let mut out = Vec::new();
             // Every source worker says when it is done: finished (a bounded input read to its
             // end) or stopped. Only when all finished does the input end. Meanwhile a stopped
@@ -158,6 +182,9 @@ fn devices<'s>(
                     for m in data.drain(..) {
                         match m {
                             Mark::Data(wm) => engine.data_watermark(wm),
+                            Mark::Cut { at, generation } => {
+                                cuts.borrow_mut().announce(at, generation);
+                            }
                             Mark::Done {
                                 hold,
                                 finished: f,
@@ -187,13 +214,26 @@ fn devices<'s>(
                 };
                 match frontier {
                     Some(f) if f > *held.time() => {
-                        let done = engine.advance(as_ms(f), timers(as_ms(f)), &mut out, burst);
+                        // A cut first: the state it keeps is what events before it produced.
+                        let cut = cuts.borrow().next_for_devices(as_ms(f));
+                        let target = cut.map_or(f, |at| u64::try_from(at).unwrap_or(0));
+                        let done =
+                            engine.advance(as_ms(target), timers(as_ms(target)), &mut out, burst);
                         output.session(held).give_iterator(out.drain(..));
                         shrink(&mut out);
-                        if done {
-                            held.downgrade(&f);
-                        } else {
+                        if !done {
                             activator.activate();
+                        } else {
+                            if let Some(at) = cut {
+                                let exact = target >= *held.time() && at >= through;
+                                save_cut(&engine, &cuts, &clocks, at, exact);
+                            }
+                            if target > *held.time() {
+                                held.downgrade(&target);
+                            }
+                            if target < f {
+                                activator.activate();
+                            }
                         }
                     }
                     Some(_) => {}
@@ -207,7 +247,12 @@ fn devices<'s>(
                             done
                         } else {
                             // Stopped: the state goes into the checkpoint, unfinished.
-                            snapshot.borrow_mut().engine = engine.take_state();
+                            let mut part = snapshot.borrow_mut();
+                            part.through = as_ms(*held.time());
+                            match engine.encode(false) {
+                                Ok(bytes) => part.engine = bytes,
+                                Err(e) => part.broken = Some(format!("devices: {e}")),
+                            }
                             true
                         };
                         if done {
@@ -231,12 +276,45 @@ fn devices<'s>(
     )
 }
 
+/// Saves the device operator's share of cut `at`, which it has processed up to exactly (unless
+/// `exact` is false: it had already passed it, or the state it resumed from had, which a cut
+/// announced ahead of every operator and after the resumed state rules out; the cut is then
+/// given up rather than saved wrong).
+fn save_cut(
+    engine: &Engine,
+    cuts: &RefCell<Cuts>,
+    clocks: &RefCell<Watermarks>,
+    at: i64,
+    exact: bool,
+) {
+    let encoded = if exact {
+        engine.encode(true).map_err(|e| e.to_string())
+    } else {
+        Err("the device operator had already passed it".to_string())
+    };
+    match encoded {
+        Ok(bytes) => cuts
+            .borrow_mut()
+            .devices_done(at, clocks.borrow().cut(at), bytes),
+        Err(e) => {
+            tracing::error!(cut = at, error = %e, "a checkpoint cut is given up");
+            cuts.borrow_mut().abandon(at);
+        }
+    }
+}
+
+/// The tenant operator's restored state and where it leaves its state.
+struct TenantsRestored {
+    tenants: Vec<Tenants>,
+    transitions: Vec<StatusTransition>,
+    snapshot: Rc<RefCell<WorkerPart>>,
+    cuts: Rc<RefCell<Cuts>>,
+}
+
 fn tenants<'s>(
     statuses: StreamVec<'s, u64, StatusTransition>,
     cfg: Arc<PipelineConfig>,
-    restored: Vec<Tenants>,
-    transitions: Vec<StatusTransition>,
-    snapshot: Rc<RefCell<WorkerPart>>,
+    restored: TenantsRestored,
 ) -> StreamVec<'s, u64, Output> {
     let scope = statuses.scope();
     let (worker, peers) = (scope.index(), scope.peers());
@@ -245,6 +323,12 @@ fn tenants<'s>(
         "Tenants",
         move |cap, _info| {
             let mut cap = Some(cap);
+            let TenantsRestored {
+                tenants: restored,
+                transitions,
+                snapshot,
+                cuts,
+            } = restored;
             let mut tenants = Tenants::default();
             for mut t in restored {
                 t.retain(|name| owned(name, worker, peers));
@@ -268,6 +352,19 @@ fn tenants<'s>(
                     return;
                 };
                 let limit = first(frontier);
+                let next_cut = || cuts.borrow().next_for_tenants(limit.map(as_ms));
+                while let Some(at) = next_cut() {
+                    let later = pending.split_off(&at);
+                    for (ts, batch) in std::mem::replace(&mut pending, later) {
+                        tenants.apply(ts, &batch, &cfg, &mut out);
+                    }
+                    output.session(held).give_iterator(out.drain(..));
+                    cuts.borrow_mut().tenants_done(at, tenants.clone());
+                    let at = u64::try_from(at).unwrap_or(0);
+                    if at > *held.time() {
+                        held.downgrade(&at);
+                    }
+                }
                 if limit.is_some_and(|f| f <= *held.time()) {
                     return;
                 }

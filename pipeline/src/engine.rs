@@ -33,7 +33,7 @@ impl Ord for Pending {
 }
 
 /// What a checkpoint keeps of an engine: every device, the readings not yet processed, and how
-/// far data has moved event time.
+/// far data has moved event time (see [`Engine::encode`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct EngineState {
     /// The devices.
@@ -87,22 +87,31 @@ impl Engine {
         self.pending.len()
     }
 
-    /// Hands the state over to a checkpoint, leaving the engine empty.
-    pub fn take_state(&mut self) -> EngineState {
-        self.index.clear();
-        self.timers.clear();
-        EngineState {
-            devices: std::mem::take(&mut self.devices),
-            pending: std::mem::take(&mut self.pending)
-                .into_iter()
-                .map(|Reverse(Pending(r))| r)
-                .collect(),
-            data_watermark: self.data_watermark,
+    /// Encodes the state for a checkpoint: every device, the readings not yet processed unless
+    /// `without_pending` (a cut's part, whose source replays them), and the data watermark. The
+    /// bytes decode as an [`EngineState`]; encoding from borrows spares a copy of every device.
+    pub fn encode(&self, without_pending: bool) -> Result<Vec<u8>, bincode::Error> {
+        /// [`EngineState`]'s layout over borrowed data (bincode writes a slice as a `Vec`).
+        #[derive(Serialize)]
+        struct View<'a> {
+            devices: &'a [Device],
+            pending: Vec<&'a Reading>,
+            data_watermark: i64,
         }
+        let pending = if without_pending {
+            Vec::new()
+        } else {
+            self.pending.iter().map(|Reverse(Pending(r))| r).collect()
+        };
+        bincode::serialize(&View {
+            devices: &self.devices,
+            pending,
+            data_watermark: self.data_watermark,
+        })
     }
 
-    /// Takes over the devices and readings of a checkpoint part that `keep` says are this
-    /// worker's (by device id).
+    /// Takes over the devices and readings of a checkpoint part (as [`Engine::encode`] wrote
+    /// it) that `keep` says are this worker's (by device id).
     pub fn restore(&mut self, state: EngineState, keep: impl Fn(&str) -> bool) {
         self.data_watermark = self.data_watermark.max(state.data_watermark);
         let cfg = Arc::clone(&self.cfg);

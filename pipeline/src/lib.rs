@@ -11,6 +11,7 @@
 pub mod anomaly;
 pub mod checkpoint;
 pub mod config;
+pub mod cut;
 pub mod dataflow;
 pub mod device;
 pub mod digest;

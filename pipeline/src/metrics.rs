@@ -18,6 +18,11 @@ pub fn dead_letter(reason: DeadLetterReason) {
     counter!("fleetpulse_pipeline_dead_letters_total", "reason" => reason.as_str()).increment(1);
 }
 
+/// Whether the brokers answer (1) or not (0).
+pub fn brokers_up(up: bool) {
+    gauge!("fleetpulse_pipeline_brokers_up").set(if up { 1.0 } else { 0.0 });
+}
+
 /// Whether the source can read its input (1) or is retrying (0).
 pub fn source_up(up: bool) {
     gauge!("fleetpulse_pipeline_source_up").set(if up { 1.0 } else { 0.0 });

@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use schemas::Codec;
 
-use crate::checkpoint::{Checkpoint, Store};
+use crate::checkpoint::{Checkpoint, Store, WorkerPart};
 use crate::config::PipelineConfig;
 use crate::dataflow::{self, WorkerState};
 use crate::readiness::Readiness;
-use crate::sink::SinkFactory;
+use crate::sink::{OutputSink, SinkFactory};
 use crate::source::file::FileInput;
 use crate::source::kafka::{KafkaInput, KafkaSettings};
 use crate::source::memory::{MemoryInput, MemoryRecord};
@@ -58,8 +59,8 @@ pub struct Job {
     pub readiness: Arc<Readiness>,
     /// Records the device operator emits per activation at most ([`dataflow::BURST`]).
     pub burst: usize,
-    /// Where checkpoints live: the job resumes from the latest complete one and, stopped
-    /// (SIGTERM), writes the next. `None`: no checkpoints.
+    /// Where checkpoints live: the job resumes from the latest complete one, writes one every
+    /// `cfg.checkpoint_interval_ms` and, stopped (SIGTERM), one more. `None`: no checkpoints.
     pub checkpoints: Option<Store>,
     /// Ignore existing checkpoints (they are still written on stop).
     pub from_scratch: bool,
@@ -139,20 +140,55 @@ fn open(
     })
 }
 
+/// What one worker starts from.
+#[derive(Default)]
+struct Resumed {
+    /// Next offset per partition.
+    positions: HashMap<i32, i64>,
+    /// Partition clocks.
+    clocks: Vec<PartitionClock>,
+    /// The cut the checkpoint was taken at.
+    cut: Option<i64>,
+    /// The operators' state.
+    state: WorkerState,
+}
+
 /// Splits a checkpoint into what the source and the operators of one worker start from.
-fn resume(checkpoint: Option<Checkpoint>) -> (HashMap<i32, i64>, Vec<PartitionClock>, WorkerState) {
+fn resume(checkpoint: Option<Checkpoint>) -> Result<Resumed, String> {
     let Some(checkpoint) = checkpoint else {
-        return (HashMap::new(), Vec::new(), WorkerState::default());
+        return Ok(Resumed::default());
     };
-    let positions = checkpoint.positions().into_iter().collect();
-    let clocks = checkpoint.clocks();
-    let mut state = WorkerState::default();
+    let mut state = WorkerState {
+        engines: checkpoint.engines()?,
+        through: checkpoint.through(),
+        ..WorkerState::default()
+    };
+    let (positions, clocks, cut) = (
+        checkpoint.positions().into_iter().collect(),
+        checkpoint.clocks(),
+        checkpoint.cut(),
+    );
     for part in checkpoint.parts {
-        state.engines.push(part.engine);
         state.tenants.push(part.tenants);
         state.transitions.extend(part.transitions);
     }
-    (positions, clocks, state)
+    Ok(Resumed {
+        positions,
+        clocks,
+        cut,
+        state,
+    })
+}
+
+/// Waits until Kafka has acknowledged everything written so far: a checkpoint must not get
+/// ahead of the outputs that precede it. A broker that is away is waited for.
+fn flush(sink: &RefCell<Box<dyn OutputSink>>) {
+    let mut backoff = Duration::from_millis(100);
+    while let Err(e) = sink.borrow_mut().flush() {
+        tracing::warn!(error = %e, "outputs not yet acknowledged; the checkpoint waits");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Runs `job` on the workers `timely` describes and waits for them.
@@ -167,6 +203,18 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
     if let (Some(g), Some(store)) = (generation, &job.checkpoints) {
         tracing::info!(generation = g, dir = %store.dir().display(), "resuming from a checkpoint");
     }
+    let finished = Arc::new(AtomicBool::new(false));
+    let watch = match &job.input {
+        InputSpec::Kafka(settings) => Some(
+            crate::source::kafka::watch_brokers(
+                settings,
+                Arc::clone(&job.readiness),
+                Arc::clone(&finished),
+            )
+            .map_err(|e| RunError::Input(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let guards = timely::execute(timely, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
@@ -174,8 +222,14 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             (Some(g), Some(store)) => Some(store.load(g)?),
             _ => None,
         };
-        let (start, clocks, state) = resume(checkpoint);
+        let Resumed {
+            positions: start,
+            clocks,
+            cut,
+            state,
+        } = resume(checkpoint)?;
         let snapshot = Rc::clone(&state.snapshot);
+        let cuts = Rc::clone(&state.cuts);
         let input = match open(&job.input, index, peers, &start) {
             Ok(input) => input,
             Err(e) => {
@@ -199,6 +253,13 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             stop: Arc::clone(&job.stop),
             readiness: Arc::clone(&job.readiness),
             clocks,
+            replay_below: cut,
+            through: state.through,
+            checkpoint_every: job
+                .checkpoints
+                .as_ref()
+                .map(|_| Duration::from_millis(job.cfg.checkpoint_interval_ms.unsigned_abs())),
+            generation: generation.unwrap_or(0),
         };
         let sink = Rc::new(RefCell::new((job.sinks)(index).map_err(|e| e.to_string())?));
         let cfg = Arc::clone(&job.cfg);
@@ -213,24 +274,71 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
                 state,
             )
         });
+        let write = |generation: u64, part: &WorkerPart| -> Result<(), String> {
+            let Some(store) = &job.checkpoints else {
+                return Ok(());
+            };
+            if let Some(why) = &part.broken {
+                return Err(format!("checkpoint {generation} cannot be written: {why}"));
+            }
+            // Outputs first: a checkpoint is only written once what preceded it is acknowledged.
+            flush(&sink);
+            store
+                .write_part(generation, index, peers, part)
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(
+                generation,
+                worker = index,
+                cut = part.cut,
+                "checkpoint part written"
+            );
+            if index == 0 {
+                store.prune(generation);
+            }
+            Ok(())
+        };
+        let written = |probe: &timely::dataflow::ProbeHandle<u64>| -> Result<(), String> {
+            loop {
+                let ready = cuts
+                    .borrow_mut()
+                    .take_ready(|at| !probe.less_than(&u64::try_from(at).unwrap_or(0)));
+                let Some((generation, part)) = ready else {
+                    return Ok(());
+                };
+                write(generation, &part)?;
+            }
+        };
         while !probe.done() {
             worker.step_or_park(None);
+            written(&probe)?;
         }
-        // Outputs first: a checkpoint is only written once what preceded it is acknowledged.
-        sink.borrow_mut().flush().map_err(|e| e.to_string())?;
+        flush(&sink);
         let stopped = job.stop.load(Ordering::Relaxed) && job.readiness.fatal_error().is_none();
-        if let (true, Some(store)) = (stopped, &job.checkpoints) {
-            let next = generation.map_or(1, |g| g + 1);
-            store
-                .write_part(next, index, peers, &snapshot.borrow())
-                .map_err(|e| e.to_string())?;
-            tracing::info!(generation = next, worker = index, "checkpoint written");
+        if stopped && job.checkpoints.is_some() {
+            let next = generation.unwrap_or(0).max(cuts.borrow().last_generation()) + 1;
+            write(next, &snapshot.borrow())?;
+            tracing::info!(
+                generation = next,
+                worker = index,
+                "checkpoint written on stop"
+            );
         }
         Ok(())
-    })
-    .map_err(RunError::Timely)?;
+    });
+    let guards = match guards {
+        Ok(guards) => guards,
+        Err(e) => {
+            finished.store(true, Ordering::Relaxed);
+            return Err(RunError::Timely(e));
+        }
+    };
     let readiness = Arc::clone(&job_readiness);
-    for (worker, result) in guards.join().into_iter().enumerate() {
+    let results = guards.join();
+    finished.store(true, Ordering::Relaxed);
+    if let Some(watch) = watch {
+        let _ = watch.join();
+    }
+    for (worker, result) in results.into_iter().enumerate() {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(detail)) | Err(detail) => return Err(RunError::Worker { worker, detail }),

@@ -17,7 +17,7 @@ use crate::anomaly::{self, Observation};
 use crate::config::PipelineConfig;
 use crate::output::Output;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Tenant {
     online: i64,
     /// Offline transitions within the window: (time, device).
@@ -27,7 +27,7 @@ struct Tenant {
 }
 
 /// Presence counts per tenant.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tenants {
     tenants: HashMap<String, Tenant>,
 }

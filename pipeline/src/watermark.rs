@@ -8,6 +8,11 @@
 //! in bounded runs (files, `--until-end`) there is no idleness, and a partition that has been read
 //! to its end holds its last watermark until every partition has, so the frontier, and hence the
 //! output, never depends on which partition finished first.
+//!
+//! For checkpoints taken while running, each partition also remembers where it stood when its
+//! event time first reached each point of a grid (see [`Watermarks::cut`]).
+
+use std::collections::VecDeque;
 
 use schemas::DeadLetterReason;
 use serde::{Deserialize, Serialize};
@@ -45,11 +50,37 @@ pub enum Verdict {
     Reject(DeadLetterReason),
 }
 
+/// Where one partition stood at a checkpoint cut: the offset to read from on resume (`None`:
+/// the beginning) and the event-time state to judge those records with.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The partition.
+    pub partition: i32,
+    /// The first offset to replay.
+    pub next: Option<i64>,
+    /// The partition's state just before that offset.
+    pub clock: PartitionClock,
+}
+
+/// A partition's progress through the cut grid.
+#[derive(Debug, Clone, Default)]
+struct History {
+    /// The offset after the last record read.
+    next: Option<i64>,
+    /// The largest grid point reached so far.
+    level: Option<i64>,
+    /// `(grid point, where the partition stood just before reaching it)`, oldest first.
+    points: VecDeque<(i64, Option<i64>, PartitionClock)>,
+}
+
 /// The partitions one source worker reads.
 #[derive(Debug, Clone)]
 pub struct Watermarks {
     bounds: Bounds,
     partitions: Vec<PartitionClock>,
+    history: Vec<History>,
+    /// Spacing of the cut grid, ms; `None` when the job takes no checkpoints while running.
+    grid: Option<i64>,
 }
 
 impl Watermarks {
@@ -67,33 +98,117 @@ impl Watermarks {
                     finished: false,
                 })
                 .collect(),
+            history: vec![History::default(); partitions.len()],
+            grid: None,
         }
     }
 
-    fn partition(&mut self, id: i32) -> Option<&mut PartitionClock> {
-        self.partitions.iter_mut().find(|p| p.id == id)
+    /// Starts remembering, every `grid_ms` of event time, where each partition stood, so that a
+    /// checkpoint can be cut at any grid point the job has not yet passed; `positions` are the
+    /// offsets the partitions start reading at.
+    pub fn record_cuts(&mut self, grid_ms: i64, positions: &[(i32, i64)]) {
+        self.grid = Some(grid_ms.max(1));
+        for (p, h) in self.partitions.iter().zip(&mut self.history) {
+            h.next = positions
+                .iter()
+                .find(|(id, _)| *id == p.id)
+                .map(|(_, o)| *o);
+        }
     }
 
-    /// Judges a reading stamped `ts` in partition `id` whose record timestamp is `record_ts`, and
-    /// moves the partition's watermark if it is accepted.
-    pub fn observe(&mut self, id: i32, ts: i64, record_ts: Option<i64>, now: i64) -> Verdict {
+    fn index(&self, id: i32) -> Option<usize> {
+        self.partitions.iter().position(|p| p.id == id)
+    }
+
+    /// Notes that the partition at `i` reached event time `at` with its state `before` and its
+    /// next offset `next`, if that passes a new grid point.
+    fn reach(
+        &mut self,
+        i: usize,
+        at: i64,
+        next: Option<i64>,
+        before: impl FnOnce() -> PartitionClock,
+    ) {
+        let Some(grid) = self.grid else {
+            return;
+        };
+        let point = at.div_euclid(grid) * grid;
+        let h = &mut self.history[i];
+        if h.level.is_none_or(|l| point > l) {
+            h.level = Some(point);
+            h.points.push_back((point, next, before()));
+        }
+    }
+
+    /// Judges a reading stamped `ts` at `offset` in partition `id` whose record timestamp is
+    /// `record_ts`, and moves the partition's watermark if it is accepted.
+    pub fn observe(
+        &mut self,
+        id: i32,
+        offset: i64,
+        ts: i64,
+        record_ts: Option<i64>,
+        now: i64,
+    ) -> Verdict {
         let bounds = self.bounds;
-        let Some(p) = self.partition(id) else {
+        let Some(i) = self.index(id) else {
             return Verdict::Accept;
         };
-        p.last_activity = now;
-        // Without a record timestamp (files), the partition's newest reading is the reference.
-        let reference = record_ts.or(p.data.map(|d| d + bounds.out_of_orderness_ms));
-        if reference.is_some_and(|r| ts > r.saturating_add(bounds.max_future_skew_ms)) {
-            return Verdict::Reject(DeadLetterReason::Future);
+        let verdict = {
+            let p = &self.partitions[i];
+            // Without a record timestamp (files), the partition's newest reading is the reference.
+            let reference = record_ts.or(p.data.map(|d| d + bounds.out_of_orderness_ms));
+            if reference.is_some_and(|r| ts > r.saturating_add(bounds.max_future_skew_ms)) {
+                Verdict::Reject(DeadLetterReason::Future)
+            } else if p.wm.is_some_and(|wm| ts < wm) {
+                Verdict::Reject(DeadLetterReason::Late)
+            } else {
+                Verdict::Accept
+            }
+        };
+        if verdict == Verdict::Accept {
+            let before = self.partitions[i].clone();
+            self.reach(i, ts, Some(offset), || before);
+            let p = &mut self.partitions[i];
+            let data = ts - bounds.out_of_orderness_ms;
+            p.data = Some(p.data.map_or(data, |d| d.max(data)));
+            p.wm = Some(p.wm.map_or(data, |w| w.max(data)));
         }
-        if p.wm.is_some_and(|wm| ts < wm) {
-            return Verdict::Reject(DeadLetterReason::Late);
+        self.partitions[i].last_activity = now;
+        self.history[i].next = Some(offset + 1);
+        verdict
+    }
+
+    /// Where every partition stood when its event time first reached `at` (a grid point the job
+    /// has not passed): the first record at or after `at`, or, for a partition not there yet,
+    /// where it stands now. Replaying from there, and skipping accepted readings before `at`,
+    /// gives what followed the cut exactly as it came the first time.
+    pub fn cut(&self, at: i64) -> Vec<Resume> {
+        self.partitions
+            .iter()
+            .zip(&self.history)
+            .map(|(p, h)| {
+                let (next, clock) = h
+                    .points
+                    .iter()
+                    .find(|(point, _, _)| *point >= at)
+                    .map_or((h.next, p), |(_, next, clock)| (*next, clock));
+                Resume {
+                    partition: p.id,
+                    next,
+                    clock: clock.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets grid points before `time`: no checkpoint can be cut there any more.
+    pub fn prune(&mut self, time: i64) {
+        for h in &mut self.history {
+            while h.points.front().is_some_and(|(point, _, _)| *point < time) {
+                h.points.pop_front();
+            }
         }
-        let data = ts - bounds.out_of_orderness_ms;
-        p.data = Some(p.data.map_or(data, |d| d.max(data)));
-        p.wm = Some(p.wm.map_or(data, |w| w.max(data)));
-        Verdict::Accept
     }
 
     /// The partitions' states, for a checkpoint.
@@ -113,17 +228,19 @@ impl Watermarks {
         }
     }
 
-    /// Counts a record that was not a usable reading as activity: the partition is not idle.
-    pub fn touch(&mut self, id: i32, now: i64) {
-        if let Some(p) = self.partition(id) {
-            p.last_activity = now;
+    /// Counts the record at `offset` that was not a usable reading as activity: the partition is
+    /// not idle.
+    pub fn touch(&mut self, id: i32, offset: i64, now: i64) {
+        if let Some(i) = self.index(id) {
+            self.partitions[i].last_activity = now;
+            self.history[i].next = Some(offset + 1);
         }
     }
 
     /// Marks partition `id` as read to its end (bounded runs).
     pub fn finish(&mut self, id: i32) {
-        if let Some(p) = self.partition(id) {
-            p.finished = true;
+        if let Some(i) = self.index(id) {
+            self.partitions[i].finished = true;
         }
     }
 
@@ -138,9 +255,12 @@ impl Watermarks {
             return;
         };
         let follow = now - self.bounds.out_of_orderness_ms;
-        for p in &mut self.partitions {
-            if !p.finished && now - p.last_activity >= idle {
-                p.wm = Some(p.wm.map_or(follow, |w| w.max(follow)));
+        for i in 0..self.partitions.len() {
+            let p = &mut self.partitions[i];
+            if !p.finished && now - p.last_activity >= idle && p.wm.is_none_or(|w| follow > w) {
+                p.wm = Some(follow);
+                let (after, next) = (p.clone(), self.history[i].next);
+                self.reach(i, follow, next, || after);
             }
         }
     }
@@ -190,16 +310,16 @@ mod tests {
     #[test]
     fn late_and_future_readings_are_rejected_per_partition() {
         let mut w = Watermarks::new(B, &[0, 1], 0);
-        assert_eq!(w.observe(0, 100, None, 0), Verdict::Accept);
-        assert_eq!(w.observe(0, 95, None, 0), Verdict::Accept);
+        assert_eq!(w.observe(0, 0, 100, None, 0), Verdict::Accept);
+        assert_eq!(w.observe(0, 0, 95, None, 0), Verdict::Accept);
         assert_eq!(
-            w.observe(0, 94, None, 0),
+            w.observe(0, 0, 94, None, 0),
             Verdict::Reject(DeadLetterReason::Late)
         );
         // Partition 1 is judged on its own.
-        assert_eq!(w.observe(1, 10, None, 0), Verdict::Accept);
+        assert_eq!(w.observe(1, 0, 10, None, 0), Verdict::Accept);
         assert_eq!(
-            w.observe(1, 2_000, Some(999), 0),
+            w.observe(1, 0, 2_000, Some(999), 0),
             Verdict::Reject(DeadLetterReason::Future)
         );
         assert_eq!(
@@ -214,7 +334,7 @@ mod tests {
     fn idle_partitions_follow_the_clock_and_finished_ones_hold() {
         let mut w = Watermarks::new(B, &[0, 1], 0);
         assert_eq!(w.hold(), Some(None));
-        w.observe(0, 1_000, None, 50);
+        w.observe(0, 0, 1_000, None, 50);
         w.tick(120);
         // Partition 1 never spoke and is idle: it follows the clock (120 - 5).
         assert_eq!(w.hold(), Some(Some(115)));
@@ -228,7 +348,7 @@ mod tests {
             &[0, 1, 2],
             0,
         );
-        b.observe(0, 50, None, 0);
+        b.observe(0, 0, 50, None, 0);
         b.finish(0);
         b.finish(2);
         b.tick(10_000);
@@ -237,14 +357,72 @@ mod tests {
             Some(None),
             "partition 1 still holds everything back"
         );
-        b.observe(1, 90, None, 0);
+        b.observe(1, 0, 90, None, 0);
         assert_eq!(b.hold(), Some(Some(45)));
         b.finish(1);
         assert!(b.all_finished());
         assert_eq!(b.data_min(), Some(45));
     }
 
+    #[test]
+    fn a_cut_resumes_each_partition_where_it_first_reached_the_cut() {
+        let mut w = Watermarks::new(B, &[0, 1, 2], 0);
+        w.record_cuts(100, &[(0, 7)]);
+        w.observe(0, 7, 150, None, 0);
+        w.observe(0, 8, 320, None, 0);
+        w.observe(0, 9, 250, None, 0);
+        w.observe(1, 0, 90, None, 0);
+        let cut = w.cut(200);
+        // Partition 0 first reached 200 at offset 8, with the state 150 had left.
+        assert_eq!(cut[0].next, Some(8));
+        assert_eq!(cut[0].clock.data, Some(145));
+        // Partition 1 is not there yet: it resumes after what it read; 2 read nothing.
+        assert_eq!(cut[1].next, Some(1));
+        assert_eq!(cut[2].next, None);
+        // An idle partition reaches the cut by the clock.
+        w.tick(400);
+        assert_eq!(w.cut(300)[2].clock.wm, Some(395));
+        w.prune(300);
+        assert_eq!(
+            w.cut(200)[0].next,
+            Some(8),
+            "still the first point at or after 200"
+        );
+    }
+
     proptest! {
+        /// Replaying each partition from where a cut says, with the state it gives, judges every
+        /// replayed record as the first pass did, and replays every reading accepted at or after
+        /// the cut: nothing after a cut is lost, nothing is judged differently.
+        #[test]
+        fn replay_from_a_cut_judges_as_the_first_pass(
+            events in prop::collection::vec((0i32..3, 0i64..5_000), 1..300),
+            at in 0i64..60,
+        ) {
+            let bounds = Bounds { idle_timeout_ms: None, ..B };
+            let mut w = Watermarks::new(bounds, &[0, 1, 2], 0);
+            w.record_cuts(100, &[]);
+            let mut offsets = [0i64; 3];
+            let mut first = Vec::new();
+            for (p, ts) in &events {
+                let o = offsets[*p as usize];
+                offsets[*p as usize] += 1;
+                first.push((*p, o, *ts, w.observe(*p, o, *ts, None, 0)));
+            }
+            let at = at * 100;
+            let cut = w.cut(at);
+            let mut replay = Watermarks::new(bounds, &[0, 1, 2], 0);
+            replay.restore(&cut.iter().map(|r| r.clock.clone()).collect::<Vec<_>>(), 0);
+            for (p, o, ts, verdict) in &first {
+                let from = cut[*p as usize].next.unwrap_or(0);
+                if *o < from {
+                    prop_assert!(!(*verdict == Verdict::Accept && *ts >= at), "lost {p}/{o}");
+                    continue;
+                }
+                prop_assert_eq!(replay.observe(*p, *o, *ts, None, 0), *verdict);
+            }
+        }
+
         /// Whatever the order, an accepted reading is never behind the worker's hold, and the
         /// hold never goes back.
         #[test]
@@ -260,7 +438,7 @@ mod tests {
                 let hold = w.hold().flatten().unwrap_or(i64::MIN);
                 prop_assert!(hold >= last);
                 last = hold;
-                if w.observe(p, ts, None, now) == Verdict::Accept {
+                if w.observe(p, 0, ts, None, now) == Verdict::Accept {
                     prop_assert!(ts >= hold);
                 }
             }

@@ -1,8 +1,10 @@
 //! Stop and resume: a job stopped at an arbitrary moment (as SIGTERM stops it) writes a
 //! checkpoint; a job started from it, even with another number of workers, finishes the input;
-//! together they emit exactly what one uninterrupted run emits, and nothing twice.
+//! together they emit exactly what one uninterrupted run emits, and nothing twice. A job that
+//! dies instead resumes from the last checkpoint it cut while running: it repeats some records,
+//! each exactly as before, and loses none.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -93,21 +95,7 @@ fn a_stopped_job_resumes_from_its_checkpoint_without_loss_or_repeats() {
             handle.join().is_ok_and(|r| r.is_ok()),
             "the first run stops cleanly"
         );
-        let c = store.latest().expect("and leaves a checkpoint");
-        eprintln!(
-            "DEBUG gen {} positions {:?} devices {:?} pending {:?} first {}",
-            c.generation,
-            c.positions(),
-            c.parts
-                .iter()
-                .map(|p| p.engine.devices.len())
-                .collect::<Vec<_>>(),
-            c.parts
-                .iter()
-                .map(|p| p.engine.pending.len())
-                .collect::<Vec<_>>(),
-            first.records().len()
-        );
+        assert!(store.latest().is_some(), "and leaves a checkpoint");
 
         // Second run: three workers this time, from the checkpoint to the end of the input.
         let second = Collector::default();
@@ -140,4 +128,123 @@ fn a_stopped_job_resumes_from_its_checkpoint_without_loss_or_repeats() {
             "stopped after {stop_after}: a payload differs"
         );
     }
+}
+
+/// The checkpoint generations in `dir`.
+fn generations(dir: &std::path::Path) -> BTreeSet<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Runs `job` until it has emitted `records` and written a new checkpoint into `dir` (or a
+/// minute passed), then stops it.
+fn run_until(job: Job, collector: &Collector, records: usize, dir: &std::path::Path) {
+    let before = generations(dir);
+    let stop = Arc::clone(&job.stop);
+    let handle = std::thread::spawn(move || pipeline::run(timely::Config::process(2), job));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cut = || generations(dir).difference(&before).next().is_some();
+    while (collector.records().len() < records || !cut()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        handle.join().is_ok_and(|r| r.is_ok()),
+        "the run stops cleanly"
+    );
+}
+
+#[test]
+fn a_crashed_job_resumes_from_its_last_cut_and_repeats_only_identical_records() {
+    let input = input();
+    let whole = Collector::default();
+    assert!(pipeline::run(timely::Config::process(2), job(&input, true, &whole)).is_ok());
+    let reference: BTreeMap<String, Output> = whole
+        .records()
+        .into_iter()
+        .map(|o| (o.event_id().to_string(), o))
+        .collect();
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::new(dir.path());
+    let cfg = Arc::new(PipelineConfig {
+        checkpoint_interval_ms: 1,
+        ..PipelineConfig::default()
+    });
+    let mut emitted = Vec::new();
+    let mut resumed: Option<i64> = None;
+    // Three lives: each dies (its checkpoint on stop is thrown away, as a SIGKILL would leave
+    // none) and the next starts from the last cut the previous one took while running.
+    for (life, stop_after) in [reference.len() / 4, reference.len() / 2, usize::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let collector = Collector::default();
+        let running = Job {
+            cfg: Arc::clone(&cfg),
+            checkpoints: Some(store.clone()),
+            ..job(&input, stop_after == usize::MAX, &collector)
+        };
+        if stop_after == usize::MAX {
+            assert!(pipeline::run(timely::Config::process(3), running).is_ok());
+        } else {
+            run_until(running, &collector, stop_after, dir.path());
+            // The newest generation is the one written on stop (`latest` would prune the rest).
+            let newest = generations(dir.path()).pop_last().expect("checkpoints");
+            std::fs::remove_dir_all(newest).expect("the stop checkpoint removed");
+            // A resumed run never cuts before the state it resumed from: that state is already
+            // past it.
+            for g in generations(dir.path()) {
+                let name = g.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let number = name.trim_start_matches("gen-").parse().unwrap_or(0);
+                if let Ok(c) = store.load(number) {
+                    assert!(
+                        c.cut() >= resumed,
+                        "life {life} cut at {:?} < {resumed:?}",
+                        c.cut()
+                    );
+                }
+            }
+            resumed = store.latest().and_then(|c| c.cut());
+            assert!(
+                resumed.is_some(),
+                "life {life} cut a checkpoint while running"
+            );
+        }
+        emitted.extend(collector.records());
+    }
+
+    let mut seen: BTreeMap<String, Output> = BTreeMap::new();
+    let mut repeated = 0;
+    for o in emitted {
+        let id = o.event_id().to_string();
+        if let Some(before) = seen.get(&id) {
+            assert!(*before == o, "{id} emitted with two payloads");
+            repeated += 1;
+        }
+        seen.insert(id, o);
+    }
+    assert!(repeated > 0, "a resumed run repeats what followed its cut");
+    let missing: Vec<_> = reference
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = seen
+        .keys()
+        .filter(|k| !reference.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    assert!(
+        seen == reference,
+        "a payload differs from the uninterrupted run"
+    );
 }

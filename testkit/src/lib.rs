@@ -46,12 +46,22 @@ impl Kind {
     }
 }
 
-/// The repository's root.
+/// The repository's root: the nearest directory above the working directory (cargo runs tests
+/// in their package's directory) that has `scripts/services.sh`. The path compiled in is only
+/// the fallback: cargo shares a cached build between clones at different paths, so it may name
+/// another checkout.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit lives in the workspace")
-        .to_path_buf()
+    let here = std::env::current_dir().ok();
+    here.iter()
+        .flat_map(|d| d.ancestors())
+        .find(|d| d.join("scripts/services.sh").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("testkit lives in the workspace")
+                .to_path_buf()
+        })
 }
 
 /// A running service.
@@ -128,6 +138,24 @@ impl Service {
             // SAFETY: kill(2) on the pid of a child we have not reaped.
             unsafe {
                 libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    /// Kills the server with SIGKILL, as a crash would, and waits for it; its directory (data,
+    /// ports) stays, so [`Service::start_in`] starts it again where it was.
+    pub fn kill(&mut self) {
+        let pid =
+            std::fs::read_to_string(self.dir.join(format!("{}.server.pid", self.kind.name())))
+                .ok()
+                .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) on the server the script started; the script then exits.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
             }
         }
         let _ = self.child.wait();

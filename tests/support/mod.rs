@@ -6,14 +6,15 @@ pub mod registry;
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use generator::{Event, Fleet, GeneratorConfig, MessageFormat};
+use pipeline::output::Output as Derived;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use schemas::Codec;
+use schemas::{Anomaly, Codec, DeadLetter, StatusTransition, WindowAggregate};
 
 /// The binary under test.
 pub fn fleetpulse() -> Command {
@@ -179,3 +180,95 @@ pub fn summary(stdout: &[u8]) -> serde_json::Value {
 
 /// Event time of the first reading in tests.
 pub const START_MS: i64 = 1_700_000_000_000;
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--set` flags naming the derived topics after `prefix`.
+pub fn derived_topics(prefix: &str) -> Vec<String> {
+    DERIVED
+        .iter()
+        .flat_map(|k| ["--set".to_string(), format!("topics.{k}={prefix}-{k}")])
+        .collect()
+}
+
+/// The kinds of derived topic, as `derived_topics` names them.
+pub const DERIVED: [&str; 4] = ["aggregates", "anomalies", "status", "dlq"];
+
+/// A derived record read from the topic of `kind`.
+pub fn decode_output(codec: &Codec, kind: &str, value: &[u8]) -> Derived {
+    match kind {
+        "aggregates" => Derived::Aggregate(codec.decode::<WindowAggregate>(value).unwrap()),
+        "anomalies" => Derived::Anomaly(codec.decode::<Anomaly>(value).unwrap()),
+        "status" => Derived::Status(codec.decode::<StatusTransition>(value).unwrap()),
+        _ => Derived::DeadLetter(codec.decode::<DeadLetter>(value).unwrap()),
+    }
+}
+
+/// Everything in `topic` now: read from the beginning to each partition's end offset.
+pub fn read_all(brokers: &str, topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "fleetpulse-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(30))
+                .expect("watermarks");
+            if high > low {
+                ends.insert(p.id(), high);
+                assignment
+                    .add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .expect("partition");
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let read = Read::from(&message.expect("consume"));
+            if ends
+                .get(&read.partition)
+                .is_some_and(|end| read.offset + 1 >= *end)
+            {
+                ends.remove(&read.partition);
+            }
+            out.push(read);
+        }
+    }
+    assert!(ends.is_empty(), "{topic}: not read to its end in time");
+    out
+}
+
+/// Every record in the derived topics of `prefix`.
+pub fn derived_all(brokers: &str, prefix: &str) -> Vec<Derived> {
+    let codec = Codec::builtin();
+    DERIVED
+        .iter()
+        .flat_map(|kind| {
+            read_all(brokers, &format!("{prefix}-{kind}"))
+                .into_iter()
+                .map(|m| decode_output(&codec, kind, &m.value))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

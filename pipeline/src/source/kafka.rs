@@ -3,6 +3,8 @@
 //! which worker reads what is a function of the topic alone.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -14,6 +16,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Input, Payload, RawRecord, SourceError};
+use crate::metrics;
+use crate::readiness::Readiness;
 
 /// Where and how to read.
 #[derive(Debug, Clone)]
@@ -77,6 +81,40 @@ fn client(settings: &KafkaSettings) -> Result<BaseConsumer<Quiet>, KafkaError> {
         config.set(k, v);
     }
     config.create_with_context(Quiet)
+}
+
+/// Asks the brokers for the topic's metadata every second and tells `readiness` whether they
+/// answer, until `done`. librdkafka retries a lost broker by itself and only logs it, so without
+/// this a job waiting for its broker would still look ready.
+pub fn watch_brokers(
+    settings: &KafkaSettings,
+    readiness: Arc<Readiness>,
+    done: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, SourceError> {
+    let consumer = client(settings)?;
+    let topic = settings.topic.clone();
+    std::thread::Builder::new()
+        .name("broker-watch".into())
+        .spawn(move || {
+            let mut up = true;
+            while !done.load(Ordering::Relaxed) {
+                let now = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .is_ok();
+                if now != up {
+                    up = now;
+                    if up {
+                        tracing::info!("the brokers answer again");
+                    } else {
+                        tracing::warn!("the brokers do not answer; the job waits for them");
+                    }
+                    readiness.unreachable(!up);
+                    metrics::brokers_up(up);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .map_err(|e| SourceError::Watch(e.to_string()))
 }
 
 impl KafkaInput {

@@ -41,6 +41,9 @@ const MAX_STEPS_AHEAD: i64 = 8;
 /// The most of a rejected value a dead letter carries, so the dead letter itself stays within
 /// the broker's message size limit.
 const MAX_RAW: usize = 256 * 1024;
+/// Checkpoints are cut at whole seconds of event time: each partition remembers where it stood
+/// at each second it has reached and the job has not yet passed.
+const CUT_GRID_MS: i64 = 1_000;
 
 /// The wall clock, in ms since the epoch; tests inject their own.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -102,6 +105,9 @@ pub enum SourceError {
     /// The topic does not exist (yet).
     #[error("topic {0} does not exist")]
     NoTopic(String),
+    /// The thread that watches the brokers could not start.
+    #[error("cannot watch the brokers: {0}")]
+    Watch(String),
 }
 
 impl SourceError {
@@ -149,6 +155,14 @@ pub enum Mark {
         /// The least final data watermark of its partitions.
         last: Option<i64>,
     },
+    /// Take checkpoint `generation` at event time `at` (sent by worker 0 only, at a time no
+    /// operator has passed, so every worker's operators see it before they reach `at`).
+    Cut {
+        /// Event time of the cut.
+        at: i64,
+        /// The checkpoint's generation.
+        generation: u64,
+    },
 }
 
 /// Fetches a writer schema the codec does not know, by id, from a schema registry, so telemetry
@@ -181,6 +195,17 @@ pub struct SourceSettings {
     pub readiness: Arc<Readiness>,
     /// Partition clocks restored from a checkpoint.
     pub clocks: Vec<PartitionClock>,
+    /// Accepted readings before this event time were counted before the checkpoint the job
+    /// resumed from (it was cut there): they are judged, so lateness stays as it was, but not
+    /// sent again.
+    pub replay_below: Option<i64>,
+    /// How often worker 0 asks for a checkpoint, on the wall clock; `None`: only on stop.
+    pub checkpoint_every: Option<Duration>,
+    /// The generation the job resumed from (0 without one); cuts number on from it.
+    pub generation: u64,
+    /// Everything before this event time is in the state the job resumed from: no cut may be
+    /// at or before it.
+    pub through: i64,
 }
 
 /// The three streams of a source.
@@ -191,6 +216,9 @@ pub struct SourceStreams<'scope> {
     pub marks: StreamVec<'scope, u64, Mark>,
     /// Rejected records.
     pub dead: StreamVec<'scope, u64, DeadLetter>,
+    /// The worker's partition clocks: the device operator reads the source's positions at a
+    /// checkpoint cut from them.
+    pub clocks: Rc<RefCell<Watermarks>>,
 }
 
 fn to_time(ms: i64) -> u64 {
@@ -216,12 +244,28 @@ pub fn source<'scope>(
     let mut marks_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Mark>>>::from(marks_out);
     let mut dead_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+    let clock = settings.clock;
+    let clocks = {
+        let mut wm = Watermarks::new(settings.bounds, input.partitions(), clock());
+        wm.restore(&settings.clocks, clock());
+        if settings.checkpoint_every.is_some() {
+            wm.record_cuts(CUT_GRID_MS, &input.positions());
+        }
+        Rc::new(RefCell::new(wm))
+    };
+    let shared = Rc::clone(&clocks);
+    // Worker 0 alone proposes cuts, so every worker cuts at the same event times.
+    let mut cuts = settings
+        .checkpoint_every
+        .filter(|_| scope.index() == 0)
+        .map(|every| {
+            let through = u64::try_from(settings.through).unwrap_or(0);
+            (every, Instant::now(), settings.generation, through)
+        });
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
-        let clock = settings.clock;
-        let mut wm = Watermarks::new(settings.bounds, input.partitions(), clock());
-        wm.restore(&settings.clocks, clock());
+        let wm = shared;
         let mut buf = Vec::with_capacity(BATCH);
         let mut sent_data: Option<i64> = None;
         let mut failures = 0u32;
@@ -239,7 +283,7 @@ pub fn source<'scope>(
                 // Where this worker stopped, for the checkpoint the job writes on its way out.
                 let mut part = snapshot.borrow_mut();
                 part.positions = input.positions();
-                part.clocks = wm.export();
+                part.clocks = wm.borrow().export();
                 let done = Mark::Done {
                     hold: Some(*held[0].time()),
                     finished: false,
@@ -251,6 +295,23 @@ pub fn source<'scope>(
             }
             let ahead_limit = (MAX_STEPS_AHEAD * settings.step_ms).unsigned_abs();
             let behind = processed.with_frontier(|f| f.first().copied());
+            if let Some(b) = behind {
+                wm.borrow_mut().prune(b as i64);
+            }
+            if let Some((every, since, generation, last)) = cuts.as_mut() {
+                let at = (*held[1].time() as i64).div_euclid(CUT_GRID_MS) * CUT_GRID_MS
+                    + CUT_GRID_MS;
+                if since.elapsed() >= *every && *held[1].time() > 0 && at as u64 > *last {
+                    *since = Instant::now();
+                    *generation += 1;
+                    *last = at as u64;
+                    let cut = Mark::Cut {
+                        at,
+                        generation: *generation,
+                    };
+                    marks_out.activate().session(&held[1]).give(cut);
+                }
+            }
             if behind.is_some_and(|b| *held[0].time() > b.saturating_add(ahead_limit)) {
                 activator.activate_after(Duration::from_millis(1));
                 return;
@@ -286,6 +347,7 @@ pub fn source<'scope>(
             }
             let got = buf.len();
             in_counter.increment(got as u64);
+            let mut wm = wm.borrow_mut();
             {
                 let mut readings = readings_out.activate();
                 let mut dead = dead_out.activate();
@@ -301,9 +363,13 @@ pub fn source<'scope>(
                         Payload::Parsed { result, raw } => (result, raw),
                     };
                     let rejected = match result {
-                        Ok(t) => match wm.observe(rec.partition, t.ts, rec.record_ts, now) {
+                        Ok(t) => match wm.observe(rec.partition, rec.offset, t.ts, rec.record_ts, now)
+                        {
                             Verdict::Accept => {
-                                readings.give(Reading::new(t, rec.partition, rec.offset));
+                                // Counted before the checkpoint this run resumed from.
+                                if settings.replay_below.is_none_or(|c| t.ts >= c) {
+                                    readings.give(Reading::new(t, rec.partition, rec.offset));
+                                }
                                 None
                             }
                             Verdict::Reject(reason) => {
@@ -311,7 +377,7 @@ pub fn source<'scope>(
                             }
                         },
                         Err(why) => {
-                            wm.touch(rec.partition, now);
+                            wm.touch(rec.partition, rec.offset, now);
                             Some(why)
                         }
                     };
@@ -391,6 +457,7 @@ pub fn source<'scope>(
         readings,
         marks,
         dead,
+        clocks,
     }
 }
 
