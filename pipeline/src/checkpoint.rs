@@ -322,5 +322,15 @@ mod tests {
         store.write_part(4, 0, 1, &part(40)).expect("written");
         assert_eq!(store.latest().map(|c| c.positions()), Some(vec![(0, 40)]));
         assert!(!dir.path().join("gen-000000000001").exists(), "superseded");
+
+        // Generation 5 holds one part of a crashed run and one of the run after it: both
+        // present, intact, but cut at different times.
+        let cut = |at: i64| WorkerPart {
+            cut: Some(at),
+            ..part(50)
+        };
+        store.write_part(5, 0, 2, &cut(1_000)).expect("written");
+        store.write_part(5, 1, 2, &cut(2_000)).expect("written");
+        assert_eq!(store.latest().map(|c| c.generation), Some(4));
     }
 }

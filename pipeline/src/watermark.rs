@@ -120,24 +120,22 @@ impl Watermarks {
         self.partitions.iter().position(|p| p.id == id)
     }
 
-    /// Notes that the partition at `i` reached event time `at` with its state `before` and its
-    /// next offset `next`, if that passes a new grid point.
-    fn reach(
-        &mut self,
-        i: usize,
-        at: i64,
-        next: Option<i64>,
-        before: impl FnOnce() -> PartitionClock,
-    ) {
-        let Some(grid) = self.grid else {
-            return;
-        };
+    /// The grid point event time `at` reaches in the partition at `i`, if it is a new one.
+    fn new_point(&self, i: usize, at: i64) -> Option<i64> {
+        let grid = self.grid?;
         let point = at.div_euclid(grid) * grid;
+        self.history[i]
+            .level
+            .is_none_or(|l| point > l)
+            .then_some(point)
+    }
+
+    /// Notes that the partition at `i` reached grid point `point` with its state `clock` and its
+    /// next offset `next`.
+    fn reach(&mut self, i: usize, point: i64, next: Option<i64>, clock: PartitionClock) {
         let h = &mut self.history[i];
-        if h.level.is_none_or(|l| point > l) {
-            h.level = Some(point);
-            h.points.push_back((point, next, before()));
-        }
+        h.level = Some(point);
+        h.points.push_back((point, next, clock));
     }
 
     /// Judges a reading stamped `ts` at `offset` in partition `id` whose record timestamp is
@@ -167,8 +165,10 @@ impl Watermarks {
             }
         };
         if verdict == Verdict::Accept {
-            let before = self.partitions[i].clone();
-            self.reach(i, ts, Some(offset), || before);
+            if let Some(point) = self.new_point(i, ts) {
+                let before = self.partitions[i].clone();
+                self.reach(i, point, Some(offset), before);
+            }
             let p = &mut self.partitions[i];
             let data = ts - bounds.out_of_orderness_ms;
             p.data = Some(p.data.map_or(data, |d| d.max(data)));
@@ -259,8 +259,10 @@ impl Watermarks {
             let p = &mut self.partitions[i];
             if !p.finished && now - p.last_activity >= idle && p.wm.is_none_or(|w| follow > w) {
                 p.wm = Some(follow);
-                let (after, next) = (p.clone(), self.history[i].next);
-                self.reach(i, follow, next, || after);
+                if let Some(point) = self.new_point(i, follow) {
+                    let (after, next) = (self.partitions[i].clone(), self.history[i].next);
+                    self.reach(i, point, next, after);
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `fleetpulse bench pipeline`: the dataflow end to end (telemetry topic to derived topics) beside
-//! a raw rdkafka consume and Avro decode of the same topic, in one run, plus a file replay of the
-//! same events and the memory the job holds per tracked device.
+//! a raw rdkafka consume and Avro decode of the same topic, in one run, plus the same with
+//! checkpoints, a file replay of the same events, the memory the job holds per tracked device,
+//! and the time a restarted job takes to catch up with a backlog.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use generator::{FileSink, GeneratorConfig, KafkaSink};
+use generator::{FileSink, GeneratorConfig};
+use pipeline::checkpoint::Store;
 use pipeline::sink::{SinkFactory, Topics};
 use pipeline::source::kafka::KafkaSettings;
 use pipeline::{InputSpec, Job};
@@ -47,6 +49,9 @@ pub struct PipelineBench {
     /// NDJSON file of the same events; written unless it exists.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Readings waiting for a restarted job.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
 }
 
 fn fleet(args: &PipelineBench, config: &Config) -> GeneratorConfig {
@@ -145,15 +150,7 @@ async fn load(
     );
     if present < fleet.events {
         let started = Instant::now();
-        let mut sink = KafkaSink::new(
-            config.brokers()?.as_str(),
-            &topic,
-            &config.kafka.properties,
-            Codec::builtin(),
-            fleet.format,
-        )?;
-        let stop = AtomicBool::new(false);
-        tokio::task::block_in_place(|| generator::run(fleet, &mut sink, &stop, false))?;
+        tokio::task::block_in_place(|| super::bench_recovery::produce(config, &topic, fleet))?;
         println!(
             "loaded {} events from {} devices into {topic} in {:.0} s",
             fleet.events,
@@ -215,12 +212,14 @@ fn child_memory(config: &Config, topic: &str) -> anyhow::Result<(u64, u64)> {
     Ok((start, tracked))
 }
 
-/// Runs the job on `input` with `workers` threads into fresh derived topics; returns seconds.
+/// Runs the job on `input` with `workers` threads into fresh derived topics, with checkpoints
+/// in `checkpoints` if given; returns seconds.
 async fn run_pipeline(
     config: &Config,
     input: InputSpec,
     workers: usize,
     tag: &str,
+    checkpoints: Option<Store>,
 ) -> anyhow::Result<f64> {
     let id = format!("bench-{}-{tag}", std::process::id());
     let topics = Topics {
@@ -232,7 +231,10 @@ async fn run_pipeline(
     let codec = Arc::new(Codec::builtin());
     let output = super::pipeline::output(config, topics, Arc::clone(&codec)).await?;
     let sinks: SinkFactory = Arc::new(move |_| Ok(output.sink()));
-    let job = Job::new(Arc::new(config.pipeline.clone()), input, codec, sinks);
+    let job = Job {
+        checkpoints,
+        ..Job::new(Arc::new(config.pipeline.clone()), input, codec, sinks)
+    };
     let timely = pipeline::timely_config(workers, 1, 0, None)?;
     let started = Instant::now();
     tokio::task::spawn_blocking(move || pipeline::run(timely, job))
@@ -272,22 +274,47 @@ pub(crate) async fn run(config: &Config, args: PipelineBench) -> anyhow::Result<
     let (read, raw_s) = tokio::task::block_in_place(|| raw_consume(config, &topic))?;
     let raw_rate = read as f64 / raw_s;
     println!("raw consume + Avro decode       {raw_rate:>10.0} events/s");
+    let input = InputSpec::Kafka(KafkaSettings {
+        properties: crate::kafka::properties(config)?,
+        topic: topic.clone(),
+        until_end: true,
+        topic_wait: Some(Duration::from_secs(30)),
+    });
+    let mut one_worker = None;
     for workers in &args.workers {
-        let input = InputSpec::Kafka(KafkaSettings {
-            properties: crate::kafka::properties(config)?,
-            topic: topic.clone(),
-            until_end: true,
-            topic_wait: Some(Duration::from_secs(30)),
-        });
         let tag = format!("w{workers}");
-        let seconds = run_pipeline(config, input, *workers, &tag).await?;
+        let seconds = run_pipeline(config, input.clone(), *workers, &tag, None).await?;
         let rate = events as f64 / seconds;
+        if *workers == 1 {
+            one_worker = Some(rate);
+        }
         println!(
             "pipeline, {workers} worker(s)            {rate:>10.0} events/s   ratio b/a {:.2}",
             rate / raw_rate,
         );
     }
-    let seconds = run_pipeline(config, InputSpec::File(file.clone()), 1, "file").await?;
+    // The same job taking a checkpoint every `pipeline.checkpoint_interval_ms`.
+    let dir = std::env::temp_dir().join(format!("bench-{}-checkpoints", std::process::id()));
+    let store = Store::new(&dir);
+    let seconds = run_pipeline(config, input, 1, "w1-checkpoints", Some(store.clone())).await?;
+    let rate = events as f64 / seconds;
+    let taken = store.latest().map_or(0, |c| c.generation);
+    let size: u64 = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|g| std::fs::read_dir(g.path()).into_iter().flatten().flatten())
+        .filter_map(|f| f.metadata().ok().map(|m| m.len()))
+        .sum();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "pipeline, 1 worker, checkpoint every {} s {rate:>7.0} events/s   ratio b/a {:.2}, with/without {:.2}; {taken} checkpoints of {:.0} MB",
+        config.pipeline.checkpoint_interval_ms / 1000,
+        rate / raw_rate,
+        one_worker.map_or(f64::NAN, |w| rate / w),
+        size as f64 / 1e6,
+    );
+    let seconds = run_pipeline(config, InputSpec::File(file.clone()), 1, "file", None).await?;
     println!(
         "pipeline from {} (1 worker) {:>10.0} events/s",
         file.display(),
@@ -309,6 +336,15 @@ pub(crate) async fn run(config: &Config, args: PipelineBench) -> anyhow::Result<
         (tracked_kb.saturating_sub(small_kb) * 1024) as f64
             / f64::from(args.devices.saturating_sub(small.devices)).max(1.0),
         (tracked_kb.saturating_sub(start_kb) * 1024) as f64 / f64::from(args.devices)
+    );
+    let seconds = tokio::task::block_in_place(|| {
+        super::bench_recovery::restart_to_caught_up(config, &fleet, args.partitions, args.backlog)
+    })?;
+    println!(
+        "restart to caught up, {} readings behind a checkpoint of {} devices: {seconds:.1} s ({:.0} events/s, start-up and restore included)",
+        args.backlog,
+        args.devices,
+        args.backlog as f64 / seconds
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod bench_pipeline;
+pub(crate) mod bench_recovery;
 pub(crate) mod generate;
 pub(crate) mod pipeline;
 pub(crate) mod registry;
