@@ -215,21 +215,27 @@ impl Store {
         &self.dir
     }
 
-    /// Reads generation `generation` whole, or says what is wrong with it.
-    pub fn load(&self, generation: u64) -> Result<Checkpoint, String> {
-        let dir = self.generation_dir(generation);
-        let names: Vec<String> = fs::read_dir(&dir)
+    /// The part files of `generation` and how many workers wrote it, as the first part's name
+    /// says (`None`: no parts).
+    fn part_names(&self, generation: u64) -> Result<(Vec<String>, Option<usize>), String> {
+        let names: Vec<String> = fs::read_dir(self.generation_dir(generation))
             .map_err(|e| e.to_string())?
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| n.starts_with("part-"))
+            .filter(|n| n.starts_with("part-") && n.ends_with(".bin"))
             .collect();
         let workers = names
             .first()
             .and_then(|n| n.rsplit("-of-").next())
             .and_then(|n| n.strip_suffix(".bin"))
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or("no parts")?;
+            .and_then(|n| n.parse::<usize>().ok());
+        Ok((names, workers))
+    }
+
+    /// Reads generation `generation` whole, or says what is wrong with it.
+    pub fn load(&self, generation: u64) -> Result<Checkpoint, String> {
+        let dir = self.generation_dir(generation);
+        let workers = self.part_names(generation)?.1.ok_or("no parts")?;
         let mut parts = Vec::with_capacity(workers);
         for worker in 0..workers {
             let path = dir.join(format!("part-{worker}-of-{workers}.bin"));
@@ -243,10 +249,37 @@ impl Store {
         Ok(Checkpoint { generation, parts })
     }
 
-    /// Removes generations older than the last [`KEEP`] before `newest` (just written).
+    /// The highest generation number present, complete or not (0 if none): a job that ignores
+    /// the checkpoints numbers its own above them, so they never pass for its own.
+    pub fn highest(&self) -> u64 {
+        self.generations().last().copied().unwrap_or(0)
+    }
+
+    /// Whether every part of `generation` is there (by name; contents are checked on load).
+    fn has_all_parts(&self, generation: u64) -> bool {
+        self.part_names(generation)
+            .is_ok_and(|(names, workers)| workers.is_some_and(|w| names.len() == w))
+    }
+
+    /// Removes generations older than the last [`KEEP`] before `newest` (just written), except,
+    /// when none of those recent ones has all its parts (cuts given up, a worker still
+    /// writing), the newest older one that has.
     pub fn prune(&self, newest: u64) {
-        for generation in self.generations() {
-            if generation + KEEP < newest {
+        let generations = self.generations();
+        let recent_complete = generations
+            .iter()
+            .any(|g| *g + KEEP >= newest && *g < newest && self.has_all_parts(*g));
+        let old: Vec<u64> = generations
+            .into_iter()
+            .filter(|g| *g + KEEP < newest)
+            .collect();
+        let fallback = if recent_complete {
+            None
+        } else {
+            old.iter().rev().copied().find(|g| self.has_all_parts(*g))
+        };
+        for generation in old {
+            if Some(generation) != fallback {
                 let _ = fs::remove_dir_all(self.generation_dir(generation));
             }
         }
@@ -332,5 +365,27 @@ mod tests {
         store.write_part(5, 0, 2, &cut(1_000)).expect("written");
         store.write_part(5, 1, 2, &cut(2_000)).expect("written");
         assert_eq!(store.latest().map(|c| c.generation), Some(4));
+        assert_eq!(store.highest(), 4, "the mixed one is removed");
+    }
+
+    #[test]
+    fn pruning_keeps_the_last_three_and_a_complete_one() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::new(dir.path());
+        for g in 1..=3 {
+            store.write_part(g, 0, 1, &part(g as i64)).expect("written");
+        }
+        // 4 to 6 are partial: one part of two each.
+        for g in 4..=6 {
+            store.write_part(g, 0, 2, &part(g as i64)).expect("written");
+        }
+        store.prune(6);
+        let left: Vec<u64> = store.generations();
+        assert_eq!(left, vec![3, 4, 5, 6], "3 stays: none after it is complete");
+        store.write_part(7, 0, 1, &part(7)).expect("written");
+        store.write_part(8, 0, 1, &part(8)).expect("written");
+        store.prune(8);
+        assert_eq!(store.generations(), vec![6, 7, 8]);
+        assert_eq!(store.highest(), 8);
     }
 }

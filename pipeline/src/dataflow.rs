@@ -248,7 +248,7 @@ fn devices<'s>(
                         } else {
                             // Stopped: the state goes into the checkpoint, unfinished.
                             let mut part = snapshot.borrow_mut();
-                            part.through = as_ms(*held.time());
+                            part.through = as_ms(*held.time()).max(through);
                             match engine.encode(false) {
                                 Ok(bytes) => part.engine = bytes,
                                 Err(e) => part.broken = Some(format!("devices: {e}")),

@@ -163,6 +163,23 @@ fn resume(checkpoint: Option<Checkpoint>) -> Result<Resumed, String> {
         through: checkpoint.through(),
         ..WorkerState::default()
     };
+    // A checkpoint taken on stop holds readings and transitions not yet processed, which no
+    // source will read again: a cut must not come before them, or its part (which holds neither)
+    // would lose them.
+    let unprocessed = state
+        .engines
+        .iter()
+        .flat_map(|e| e.pending.iter().map(|r| r.ts))
+        .chain(
+            checkpoint
+                .parts
+                .iter()
+                .flat_map(|p| p.transitions.iter().map(|t| t.ts)),
+        )
+        .max();
+    if let Some(ts) = unprocessed {
+        state.through = state.through.max(ts.saturating_add(1));
+    }
     let (positions, clocks, cut) = (
         checkpoint.positions().into_iter().collect(),
         checkpoint.clocks(),
@@ -196,9 +213,14 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
     let job_readiness = Arc::clone(&job.readiness);
     // One place decides which checkpoint the workers resume from; each worker then reads it
     // for itself and keeps its share.
-    let generation = match (&job.checkpoints, job.from_scratch) {
-        (Some(store), false) => store.latest().map(|c| c.generation),
-        _ => None,
+    // `base`: the generation new checkpoints number on from, above any already there.
+    let (generation, base) = match (&job.checkpoints, job.from_scratch) {
+        (Some(store), false) => {
+            let g = store.latest().map(|c| c.generation);
+            (g, g.unwrap_or(0))
+        }
+        (Some(store), true) => (None, store.highest()),
+        (None, _) => (None, 0),
     };
     if let (Some(g), Some(store)) = (generation, &job.checkpoints) {
         tracing::info!(generation = g, dir = %store.dir().display(), "resuming from a checkpoint");
@@ -259,7 +281,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
                 .checkpoints
                 .as_ref()
                 .map(|_| Duration::from_millis(job.cfg.checkpoint_interval_ms.unsigned_abs())),
-            generation: generation.unwrap_or(0),
+            generation: base,
         };
         let sink = Rc::new(RefCell::new((job.sinks)(index).map_err(|e| e.to_string())?));
         let cfg = Arc::clone(&job.cfg);
@@ -315,7 +337,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         flush(&sink);
         let stopped = job.stop.load(Ordering::Relaxed) && job.readiness.fatal_error().is_none();
         if stopped && job.checkpoints.is_some() {
-            let next = generation.unwrap_or(0).max(cuts.borrow().last_generation()) + 1;
+            let next = base.max(cuts.borrow().last_generation()) + 1;
             write(next, &snapshot.borrow())?;
             tracing::info!(
                 generation = next,

@@ -140,15 +140,25 @@ fn generations(dir: &std::path::Path) -> BTreeSet<std::path::PathBuf> {
         .collect()
 }
 
-/// Runs `job` until it has emitted `records` and written a new checkpoint into `dir` (or a
-/// minute passed), then stops it.
-fn run_until(job: Job, collector: &Collector, records: usize, dir: &std::path::Path) {
+/// Runs `job` until it has emitted `records` (or emits nothing more: it has caught up) and, if
+/// `cut`, written a new checkpoint into `dir` (or five seconds passed: a job that has read
+/// everything takes no more cuts), then stops it.
+fn run_until(job: Job, collector: &Collector, records: usize, cut: bool, dir: &std::path::Path) {
     let before = generations(dir);
     let stop = Arc::clone(&job.stop);
     let handle = std::thread::spawn(move || pipeline::run(timely::Config::process(2), job));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let cut = || generations(dir).difference(&before).next().is_some();
-    while (collector.records().len() < records || !cut()) && Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let new_cut = || !cut || generations(dir).difference(&before).next().is_some();
+    let (mut seen, mut since) = (0, Instant::now());
+    loop {
+        let now = collector.records().len();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        }
+        let enough = now >= records || since.elapsed() > Duration::from_millis(300);
+        if (enough && new_cut()) || Instant::now() > deadline {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     stop.store(true, Ordering::Relaxed);
@@ -156,6 +166,19 @@ fn run_until(job: Job, collector: &Collector, records: usize, dir: &std::path::P
         handle.join().is_ok_and(|r| r.is_ok()),
         "the run stops cleanly"
     );
+}
+
+/// How a life of the crash test ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Life {
+    /// Killed once it emitted this many records and cut a checkpoint.
+    Crash(usize),
+    /// Stopped (SIGTERM) before it does anything.
+    StopAtStart,
+    /// Stopped (SIGTERM) once it emitted something.
+    Stop,
+    /// Reads the input to its end.
+    Finish,
 }
 
 #[test]
@@ -177,25 +200,47 @@ fn a_crashed_job_resumes_from_its_last_cut_and_repeats_only_identical_records() 
     });
     let mut emitted = Vec::new();
     let mut resumed: Option<i64> = None;
-    // Three lives: each dies (its checkpoint on stop is thrown away, as a SIGKILL would leave
-    // none) and the next starts from the last cut the previous one took while running.
-    for (life, stop_after) in [reference.len() / 4, reference.len() / 2, usize::MAX]
-        .into_iter()
-        .enumerate()
-    {
+    // Lives that die (their checkpoint on stop is thrown away, as a SIGKILL would leave none,
+    // and the next starts from the last cut they took while running), lives stopped at once
+    // (before passing the cut they resumed from, or soon after start; the next starts from
+    // their stop checkpoint), and a last one that reads to the end.
+    let quarter = reference.len() / 4;
+    let lives = [
+        Life::Crash(quarter),
+        Life::StopAtStart,
+        Life::Stop,
+        Life::Crash(quarter),
+        Life::Stop,
+        Life::Finish,
+    ];
+    for (life, kind) in lives.into_iter().enumerate() {
         let collector = Collector::default();
         let running = Job {
             cfg: Arc::clone(&cfg),
             checkpoints: Some(store.clone()),
-            ..job(&input, stop_after == usize::MAX, &collector)
+            ..job(&input, kind == Life::Finish, &collector)
         };
-        if stop_after == usize::MAX {
+        if kind == Life::Finish {
             assert!(pipeline::run(timely::Config::process(3), running).is_ok());
         } else {
-            run_until(running, &collector, stop_after, dir.path());
-            // The newest generation is the one written on stop (`latest` would prune the rest).
-            let newest = generations(dir.path()).pop_last().expect("checkpoints");
-            std::fs::remove_dir_all(newest).expect("the stop checkpoint removed");
+            let crash = if kind == Life::StopAtStart {
+                running.stop.store(true, Ordering::Relaxed);
+                assert!(pipeline::run(timely::Config::process(2), running).is_ok());
+                false
+            } else {
+                let (records, crash) = match kind {
+                    Life::Crash(records) => (records, true),
+                    _ => (1, false),
+                };
+                run_until(running, &collector, records, crash, dir.path());
+                crash
+            };
+            if crash {
+                // The newest generation is the one written on stop (`latest` would prune the
+                // rest).
+                let newest = generations(dir.path()).pop_last().expect("checkpoints");
+                std::fs::remove_dir_all(newest).expect("the stop checkpoint removed");
+            }
             // A resumed run never cuts before the state it resumed from: that state is already
             // past it.
             for g in generations(dir.path()) {
@@ -212,7 +257,7 @@ fn a_crashed_job_resumes_from_its_last_cut_and_repeats_only_identical_records() 
             resumed = store.latest().and_then(|c| c.cut());
             assert!(
                 resumed.is_some(),
-                "life {life} cut a checkpoint while running"
+                "life {life} leaves a checkpoint that remembers the cut"
             );
         }
         emitted.extend(collector.records());

@@ -284,6 +284,8 @@ pub fn source<'scope>(
                 let mut part = snapshot.borrow_mut();
                 part.positions = input.positions();
                 part.clocks = wm.borrow().export();
+                // Readings before the cut this run resumed from are still to be skipped.
+                part.cut = settings.replay_below;
                 let done = Mark::Done {
                     hold: Some(*held[0].time()),
                     finished: false,
