@@ -62,8 +62,8 @@ impl From<&rdkafka::message::BorrowedMessage<'_>> for Read {
     }
 }
 
-/// Reads `topic` from the beginning until `expected` messages arrived or `timeout` passed.
-pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Read> {
+/// A consumer of the test brokers and the partitions of `topic`.
+fn consumer_on(brokers: &str, topic: &str) -> (BaseConsumer, Vec<i32>) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "fleetpulse-tests")
@@ -73,15 +73,33 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    (consumer, partitions)
+}
+
+/// Assigns `partitions` of `topic` to `consumer`, each from its beginning.
+fn assign_from_beginning(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) {
     let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            assignment
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("partition");
-        }
+    for p in partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived or `timeout` passed.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Read> {
+    let (consumer, partitions) = consumer_on(brokers, topic);
+    assign_from_beginning(&consumer, topic, partitions);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(expected);
     while out.len() < expected && Instant::now() < deadline {
@@ -213,35 +231,21 @@ pub fn decode_output(codec: &Codec, kind: &str, value: &[u8]) -> Derived {
 
 /// Everything in `topic` now: read from the beginning to each partition's end offset.
 pub fn read_all(brokers: &str, topic: &str) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "fleetpulse-tests")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .expect("metadata");
-    let mut assignment = TopicPartitionList::new();
+    let (consumer, partitions) = consumer_on(brokers, topic);
     let mut ends = BTreeMap::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(30))
-                .expect("watermarks");
-            if high > low {
-                ends.insert(p.id(), high);
-                assignment
-                    .add_partition_offset(topic, p.id(), Offset::Beginning)
-                    .expect("partition");
-            }
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .expect("watermarks");
+        if high > low {
+            ends.insert(p, high);
         }
     }
     let mut out = Vec::new();
     if ends.is_empty() {
         return out;
     }
-    consumer.assign(&assignment).expect("assign");
+    assign_from_beginning(&consumer, topic, ends.keys().copied());
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ends.is_empty() && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
