@@ -1,0 +1,241 @@
+//! One row type per table, in the tables' column order (RowBinary, which 18.16 speaks, is
+//! positional), built from the `schemas` records. Times become `DateTime` seconds for queries,
+//! and stay exact in `*_ms` columns where the record has milliseconds.
+
+use clickhouse::Row;
+use schemas::{Anomaly, DeadLetter, StatusTransition, WindowAggregate};
+use serde::{Deserialize, Serialize};
+
+/// Seconds for a `DateTime` column; times before 1970 or after 2106 (the column's range) clamp.
+fn seconds(ms: i64) -> u32 {
+    u32::try_from(ms.div_euclid(1_000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX })
+}
+
+/// The snake_case name a `schemas` enum has on the wire (`rt_mean_high`, `offline`, ...).
+fn name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// `device_aggregates`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct AggregateRow {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Device class.
+    pub device_class: Option<String>,
+    /// Window length, ms.
+    pub window_ms: u32,
+    /// Window start, s.
+    pub window_start: u32,
+    /// Window end, s.
+    pub window_end: u32,
+    /// Readings.
+    pub count: u32,
+    /// Readings with an error.
+    pub errors: u32,
+    /// `errors / count`.
+    pub error_rate: f64,
+    /// Response time, ms.
+    pub rt_min: Option<f64>,
+    /// Response time, ms.
+    pub rt_mean: Option<f64>,
+    /// Response time, ms.
+    pub rt_p50: Option<f64>,
+    /// Response time, ms.
+    pub rt_p95: Option<f64>,
+    /// Response time, ms.
+    pub rt_p99: Option<f64>,
+    /// Response time, ms.
+    pub rt_max: Option<f64>,
+    /// Battery, %.
+    pub battery_last: Option<f64>,
+    /// Battery, %.
+    pub battery_min: Option<f64>,
+    /// Signal, dBm.
+    pub signal_mean: Option<f64>,
+    /// Health score, 0-100.
+    pub health_score: f64,
+    /// Deterministic id.
+    pub event_id: String,
+}
+
+impl From<&WindowAggregate> for AggregateRow {
+    fn from(a: &WindowAggregate) -> AggregateRow {
+        AggregateRow {
+            tenant_id: a.tenant_id.clone(),
+            device_id: a.device_id.clone(),
+            device_class: a.device_class.clone(),
+            window_ms: u32::try_from(a.window_end - a.window_start).unwrap_or(u32::MAX),
+            window_start: seconds(a.window_start),
+            window_end: seconds(a.window_end),
+            count: u32::try_from(a.count).unwrap_or(u32::MAX),
+            errors: u32::try_from(a.errors).unwrap_or(u32::MAX),
+            error_rate: a.error_rate,
+            rt_min: a.rt_min,
+            rt_mean: a.rt_mean,
+            rt_p50: a.rt_p50,
+            rt_p95: a.rt_p95,
+            rt_p99: a.rt_p99,
+            rt_max: a.rt_max,
+            battery_last: a.battery_last,
+            battery_min: a.battery_min,
+            signal_mean: a.signal_mean,
+            health_score: a.health_score,
+            event_id: a.event_id.clone(),
+        }
+    }
+}
+
+/// `device_anomalies`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct AnomalyRow {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device (empty for tenant-level anomalies).
+    pub device_id: String,
+    /// Device class.
+    pub device_class: Option<String>,
+    /// Kind (`rt_mean_high`, `mass_offline`, ...).
+    pub kind: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    /// Severity.
+    pub severity: String,
+    /// What was observed.
+    pub observed: f64,
+    /// The threshold it was judged against.
+    pub threshold: f64,
+    /// The baseline, for baseline rules.
+    pub baseline: Option<f64>,
+    /// When, s.
+    pub ts: u32,
+    /// When, ms.
+    pub ts_ms: i64,
+    /// For people.
+    pub message: String,
+    /// Deterministic id.
+    pub event_id: String,
+}
+
+impl From<&Anomaly> for AnomalyRow {
+    fn from(a: &Anomaly) -> AnomalyRow {
+        AnomalyRow {
+            tenant_id: a.tenant_id.clone(),
+            device_id: a.device_id.clone(),
+            device_class: a.device_class.clone(),
+            kind: name(&a.kind),
+            state: name(&a.state),
+            severity: name(&a.severity),
+            observed: a.observed,
+            threshold: a.threshold,
+            baseline: a.baseline,
+            ts: seconds(a.ts),
+            ts_ms: a.ts,
+            message: a.message.clone(),
+            event_id: a.event_id.clone(),
+        }
+    }
+}
+
+/// `device_status`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Device class.
+    pub device_class: Option<String>,
+    /// `online` or `offline`.
+    pub status: String,
+    /// The status before, if any.
+    pub previous: Option<String>,
+    /// When, s.
+    pub ts: u32,
+    /// When, ms.
+    pub ts_ms: i64,
+    /// The device's last reading, ms.
+    pub last_seen_ms: i64,
+    /// Why.
+    pub reason: String,
+    /// How long the previous status lasted, ms.
+    pub time_in_previous_ms: Option<i64>,
+    /// Deterministic id.
+    pub event_id: String,
+}
+
+impl From<&StatusTransition> for StatusRow {
+    fn from(s: &StatusTransition) -> StatusRow {
+        StatusRow {
+            tenant_id: s.tenant_id.clone(),
+            device_id: s.device_id.clone(),
+            device_class: s.device_class.clone(),
+            status: name(&s.status),
+            previous: s.previous.as_ref().map(name),
+            ts: seconds(s.ts),
+            ts_ms: s.ts,
+            last_seen_ms: s.last_seen,
+            reason: name(&s.reason),
+            time_in_previous_ms: s.time_in_previous_ms,
+            event_id: s.event_id.clone(),
+        }
+    }
+}
+
+/// `dead_letters`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    /// Topic (or file) the record came from.
+    pub source_topic: String,
+    /// Its partition.
+    pub source_partition: i32,
+    /// Its offset.
+    pub source_offset: i64,
+    /// Its key, as bytes.
+    #[serde(with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    /// Its value, as bytes (at most 256 KiB).
+    #[serde(with = "serde_bytes")]
+    pub raw: Vec<u8>,
+    /// Why it was rejected.
+    pub reason: String,
+    /// Details.
+    pub detail: String,
+    /// Its Kafka timestamp, ms.
+    pub record_ts_ms: Option<i64>,
+    /// Deterministic id.
+    pub event_id: String,
+}
+
+impl From<&DeadLetter> for DeadLetterRow {
+    fn from(d: &DeadLetter) -> DeadLetterRow {
+        DeadLetterRow {
+            source_topic: d.source_topic.clone(),
+            source_partition: d.source_partition,
+            source_offset: d.source_offset,
+            key: d.key.clone(),
+            raw: d.raw.clone(),
+            reason: d.reason.as_str().to_string(),
+            detail: d.detail.clone(),
+            record_ts_ms: d.record_ts,
+            event_id: d.event_id.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_clamp_to_the_datetime_range() {
+        assert_eq!(seconds(1_700_000_000_999), 1_700_000_000);
+        assert_eq!(seconds(-5), 0);
+        assert_eq!(seconds(i64::MAX), u32::MAX);
+    }
+}

@@ -1,0 +1,131 @@
+//! Against a real `clickhouse-server` (Debian's 18.16 in the tests): the tables apply, twice, and
+//! every row type goes in and comes back as it was; a record inserted twice is seen once through
+//! `FINAL`, as the documented queries read.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use clickhouse::{RowOwned, RowRead, RowWrite};
+use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
+use clickhouse_sink::server::Target;
+use clickhouse_sink::{Connection, ddl};
+use testkit::{Kind, shared, unique};
+
+async fn connect(database: &str) -> Connection {
+    let server = shared(Kind::ClickHouse);
+    let target = Target {
+        url: server.address().to_string(),
+        database: database.to_string(),
+        user: "default".into(),
+        password: String::new(),
+        validation: None,
+    };
+    let connection = Connection::open(&target).await.unwrap();
+    ddl::apply(&connection, database).await.unwrap();
+    ddl::apply(&connection, database).await.unwrap();
+    connection
+}
+
+/// Inserts `row` into `table` twice, in two inserts (a retry), and reads the table back.
+async fn twice<T>(connection: &Connection, table: &str, row: &T) -> Vec<T>
+where
+    T: RowOwned + RowRead + RowWrite,
+{
+    for _ in 0..2 {
+        let mut insert = connection.client.insert::<T>(table).await.unwrap();
+        insert.write(row).await.unwrap();
+        insert.end().await.unwrap();
+    }
+    connection
+        .client
+        .query(&format!("SELECT ?fields FROM {table} FINAL"))
+        .fetch_all::<T>()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_row_goes_in_and_comes_back_once() {
+    let connection = connect(&unique("fp_rows").replace('-', "_")).await;
+    assert_eq!(
+        (connection.version.major, connection.version.minor),
+        (18, 16)
+    );
+
+    let aggregate = AggregateRow {
+        tenant_id: "t1".into(),
+        device_id: "d1".into(),
+        device_class: Some("sensor".into()),
+        window_ms: 60_000,
+        window_start: 1_700_000_040,
+        window_end: 1_700_000_100,
+        count: 6,
+        errors: 1,
+        error_rate: 1.0 / 6.0,
+        rt_min: Some(10.5),
+        rt_mean: Some(20.25),
+        rt_p50: Some(19.0),
+        rt_p95: Some(30.0),
+        rt_p99: Some(31.0),
+        rt_max: Some(31.5),
+        battery_last: None,
+        battery_min: None,
+        signal_mean: Some(-70.0),
+        health_score: 91.5,
+        event_id: "agg/t1/d1/60000/1700000040000".into(),
+    };
+    assert_eq!(
+        twice(&connection, "device_aggregates", &aggregate).await,
+        vec![aggregate]
+    );
+
+    let anomaly = AnomalyRow {
+        tenant_id: "t1".into(),
+        device_id: "d1".into(),
+        device_class: None,
+        kind: "rt_mean_high".into(),
+        state: "firing".into(),
+        severity: "warning".into(),
+        observed: 1500.0,
+        threshold: 1000.0,
+        baseline: None,
+        ts: 1_700_000_100,
+        ts_ms: 1_700_000_100_123,
+        message: "mean response time 1500 ms".into(),
+        event_id: "anomaly/x".into(),
+    };
+    assert_eq!(
+        twice(&connection, "device_anomalies", &anomaly).await,
+        vec![anomaly]
+    );
+
+    let status = StatusRow {
+        tenant_id: "t1".into(),
+        device_id: "d1".into(),
+        device_class: Some("sensor".into()),
+        status: "offline".into(),
+        previous: Some("online".into()),
+        ts: 1_700_000_160,
+        ts_ms: 1_700_000_160_000,
+        last_seen_ms: 1_700_000_100_000,
+        reason: "timeout".into(),
+        time_in_previous_ms: Some(60_000),
+        event_id: "status/x".into(),
+    };
+    assert_eq!(
+        twice(&connection, "device_status", &status).await,
+        vec![status]
+    );
+
+    let dead = DeadLetterRow {
+        source_topic: "telemetry".into(),
+        source_partition: 3,
+        source_offset: 42,
+        key: Some(vec![0, 159, 146, 150]),
+        raw: vec![0xff, 0, 1, 2],
+        reason: "decode".into(),
+        detail: "not Avro".into(),
+        record_ts_ms: None,
+        event_id: "dlq/telemetry/3/42".into(),
+    };
+    assert_eq!(twice(&connection, "dead_letters", &dead).await, vec![dead]);
+}

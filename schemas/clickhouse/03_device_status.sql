@@ -1,0 +1,19 @@
+-- The status history of every device: one row per online/offline transition.
+CREATE TABLE IF NOT EXISTS {database}.device_status
+(
+    tenant_id String,
+    device_id String,
+    device_class Nullable(String),
+    status String,
+    previous Nullable(String),
+    ts DateTime('UTC'),
+    ts_ms Int64,
+    last_seen_ms Int64,
+    reason String,
+    time_in_previous_ms Nullable(Int64),
+    event_id String,
+    inserted_at DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(ts)
+ORDER BY (tenant_id, device_id, ts_ms, status)
