@@ -32,6 +32,9 @@ pub enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Run the dataflow: telemetry in, aggregates, anomalies, status and dead letters out.
     Pipeline(commands::pipeline::PipelineArgs),
+    /// Write the derived topics somewhere analysts query them.
+    #[command(subcommand)]
+    Sink(commands::sink::SinkCommand),
     /// Serve the built-in schemas over the Confluent Schema Registry REST API.
     Registry(commands::registry::RegistryArgs),
     /// Print the records of a topic as JSON lines, decoded.
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(args) => args.overrides(&mut overrides),
         Command::Pipeline(args) => args.overrides(&mut overrides),
         Command::Tail(args) => args.kafka.overrides(&mut overrides),
+        Command::Sink(sink) => sink.overrides(&mut overrides),
         Command::Bench(bench) => bench.overrides(&mut overrides),
         Command::Config => {}
     }
@@ -109,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(_) => runtime.block_on(commands::registry::run(&config)),
         Command::Pipeline(args) => runtime.block_on(commands::pipeline::run(&config, args)),
         Command::Tail(args) => runtime.block_on(commands::tail::run(&config, args)),
+        Command::Sink(sink) => runtime.block_on(commands::sink::run(&config, sink)),
         Command::Bench(bench) => runtime.block_on(commands::bench::run(&config, bench)),
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);

@@ -46,6 +46,9 @@ pub struct Config {
     /// `[pipeline]`: the dataflow.
     #[serde(default)]
     pub pipeline: pipeline::PipelineConfig,
+    /// `[clickhouse]`: the ClickHouse sink.
+    #[serde(default)]
+    pub clickhouse: clickhouse_sink::SinkConfig,
     /// `[log]`: logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -371,6 +374,12 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
     }
     if let Err((key, expected)) = config.pipeline.validate() {
         return Err(ConfigError::invalid(&format!("pipeline.{key}"), expected));
+    }
+    if let Err((key, expected)) = config.clickhouse.validate() {
+        return Err(ConfigError::invalid(
+            &format!("clickhouse.{key}"),
+            &expected,
+        ));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::Keys(vec![ConfigError::key(

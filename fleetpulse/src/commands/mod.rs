@@ -6,6 +6,7 @@ pub(crate) mod bench_recovery;
 pub(crate) mod generate;
 pub(crate) mod pipeline;
 pub(crate) mod registry;
+pub(crate) mod sink;
 pub(crate) mod tail;
 
 use anyhow::Context;

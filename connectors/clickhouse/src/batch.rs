@@ -1,0 +1,157 @@
+//! What the sink has consumed and not yet inserted: rows per table, and per partition the offset
+//! to commit once they are in. A batch is due by rows, bytes or age, whichever comes first.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use schemas::{Anomaly, Codec, DeadLetter, DecodeError, StatusTransition, WindowAggregate};
+
+use crate::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
+
+/// Which table a topic feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    /// `device_aggregates`.
+    Aggregates,
+    /// `device_anomalies`.
+    Anomalies,
+    /// `device_status`.
+    Status,
+    /// `dead_letters`.
+    DeadLetters,
+}
+
+impl Table {
+    /// The table's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Aggregates => "device_aggregates",
+            Table::Anomalies => "device_anomalies",
+            Table::Status => "device_status",
+            Table::DeadLetters => "dead_letters",
+        }
+    }
+}
+
+/// Rows waiting for their insert.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// `device_aggregates`.
+    pub aggregates: Vec<AggregateRow>,
+    /// `device_anomalies`.
+    pub anomalies: Vec<AnomalyRow>,
+    /// `device_status`.
+    pub status: Vec<StatusRow>,
+    /// `dead_letters`.
+    pub dead_letters: Vec<DeadLetterRow>,
+    /// Per (topic, partition), the offset after the last record taken.
+    offsets: BTreeMap<(String, i32), i64>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Batch {
+    /// Takes the record at `offset` of `topic`/`partition`, which feeds `table`. A record that
+    /// does not decode is not added (the caller counts it) but its offset is: it will never
+    /// decode, and must not hold the partition back.
+    pub fn add(
+        &mut self,
+        codec: &Codec,
+        table: Table,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        value: &[u8],
+    ) -> Result<(), DecodeError> {
+        self.since.get_or_insert_with(Instant::now);
+        self.bytes += value.len();
+        let next = self
+            .offsets
+            .entry((topic.to_string(), partition))
+            .or_insert(offset + 1);
+        *next = (*next).max(offset + 1);
+        match table {
+            Table::Aggregates => self
+                .aggregates
+                .push(AggregateRow::from(&codec.decode::<WindowAggregate>(value)?)),
+            Table::Anomalies => self
+                .anomalies
+                .push(AnomalyRow::from(&codec.decode::<Anomaly>(value)?)),
+            Table::Status => self
+                .status
+                .push(StatusRow::from(&codec.decode::<StatusTransition>(value)?)),
+            Table::DeadLetters => self
+                .dead_letters
+                .push(DeadLetterRow::from(&codec.decode::<DeadLetter>(value)?)),
+        }
+        Ok(())
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.aggregates.len() + self.anomalies.len() + self.status.len() + self.dead_letters.len()
+    }
+
+    /// Whether anything was taken (rows, or offsets of records that did not decode).
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Whether the batch should be inserted now.
+    pub fn due(&self, rows: usize, bytes: usize, age: Duration) -> bool {
+        self.rows() >= rows || self.bytes >= bytes || self.since.is_some_and(|s| s.elapsed() >= age)
+    }
+
+    /// The offsets to commit once the rows are in: per (topic, partition), the next to read.
+    pub fn offsets(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.offsets.iter().map(|((t, p), o)| (t.as_str(), *p, *o))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::DeadLetterReason;
+
+    use super::*;
+
+    #[test]
+    fn a_batch_is_due_by_rows_bytes_or_age_and_keeps_the_next_offsets() {
+        let codec = Codec::builtin();
+        let dead = DeadLetter {
+            event_id: "dlq/t/0/7".into(),
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_offset: 7,
+            key: None,
+            raw: vec![1, 2, 3],
+            reason: DeadLetterReason::Undecodable,
+            detail: "x".into(),
+            record_ts: None,
+        };
+        let value = codec.encode(&dead).unwrap_or_default();
+        let mut batch = Batch::default();
+        assert!(batch.is_empty() && !batch.due(1, 1, Duration::from_secs(60)));
+        assert!(
+            batch
+                .add(&codec, Table::DeadLetters, "dlq", 2, 10, &value)
+                .is_ok()
+        );
+        assert!(
+            batch
+                .add(&codec, Table::DeadLetters, "dlq", 2, 9, &value)
+                .is_ok()
+        );
+        assert!(
+            batch
+                .add(&codec, Table::Status, "status", 0, 4, b"junk")
+                .is_err()
+        );
+        assert_eq!(batch.rows(), 2);
+        assert!(batch.due(2, usize::MAX, Duration::from_secs(60)));
+        assert!(!batch.due(3, usize::MAX, Duration::from_secs(60)));
+        assert!(batch.due(3, 4, Duration::from_secs(60)));
+        assert!(batch.due(3, usize::MAX, Duration::ZERO));
+        let offsets: Vec<_> = batch.offsets().collect();
+        assert_eq!(offsets, vec![("dlq", 2, 11), ("status", 0, 5)]);
+    }
+}

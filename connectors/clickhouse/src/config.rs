@@ -1,0 +1,96 @@
+//! `[clickhouse]`: where the sink writes and how it batches.
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of `fleetpulse sink clickhouse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// The HTTP interface, `http://host:port`.
+    pub url: String,
+    /// The database of the tables (created if missing).
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// The `clickhouse` crate's row validation; unset: on for servers from 24.1, off before
+    /// (18.16 cannot do it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<bool>,
+    /// Kafka consumer group.
+    pub group_id: String,
+    /// A batch is inserted once it holds this many rows...
+    pub batch_rows: usize,
+    /// ...or this many bytes of records...
+    pub batch_bytes: usize,
+    /// ...or its first record has waited this long, ms.
+    pub batch_ms: u64,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks a free one.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for SinkConfig {
+    fn default() -> SinkConfig {
+        SinkConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "fleetpulse".into(),
+            user: "default".into(),
+            password: String::new(),
+            validation: None,
+            group_id: "fleetpulse-clickhouse".into(),
+            batch_rows: 100_000,
+            batch_bytes: 32 * 1024 * 1024,
+            batch_ms: 1_000,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9465)),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// Checks the values; the error names the key (within `[clickhouse]`) and what it expects.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, why: &str| Err((key.to_string(), why.to_string()));
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return fail("url", "an http:// or https:// URL of the HTTP interface");
+        }
+        let valid_name =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name(&self.database) {
+            return fail("database", "letters, digits and underscores");
+        }
+        if self.group_id.is_empty() {
+            return fail("group_id", "a consumer group name");
+        }
+        if self.batch_rows == 0 {
+            return fail("batch_rows", "at least 1");
+        }
+        if self.batch_bytes == 0 {
+            return fail("batch_bytes", "at least 1");
+        }
+        if self.batch_ms == 0 {
+            return fail("batch_ms", "at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(SinkConfig::default().validate().is_ok());
+        let bad = SinkConfig {
+            database: "drop table".into(),
+            ..SinkConfig::default()
+        };
+        assert_eq!(bad.validate().map_err(|e| e.0), Err("database".into()));
+        let bad = SinkConfig {
+            batch_rows: 0,
+            ..SinkConfig::default()
+        };
+        assert_eq!(bad.validate().map_err(|e| e.0), Err("batch_rows".into()));
+    }
+}

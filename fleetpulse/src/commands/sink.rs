@@ -1,0 +1,164 @@
+//! `fleetpulse sink clickhouse`: the derived topics into ClickHouse, with `/metrics`, `/healthz`
+//! and `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::{Args, Subcommand};
+use clickhouse_sink::batch::Table;
+use clickhouse_sink::server::Target;
+use clickhouse_sink::sink::{Health, Sink};
+use clickhouse_sink::{Connection, ddl};
+use schemas::RecordKind;
+
+use crate::cli::KafkaArgs;
+use crate::config::{Config, Override};
+
+/// The sinks.
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Consume the derived topics into ClickHouse tables (created if missing).
+    Clickhouse(ClickhouseArgs),
+}
+
+/// Flags of `sink clickhouse`.
+#[derive(Debug, Args)]
+pub struct ClickhouseArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// The HTTP interface, `http://host:port` (`clickhouse.url`).
+    #[arg(long)]
+    url: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (`clickhouse.listen`).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+impl SinkCommand {
+    pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
+        let SinkCommand::Clickhouse(args) = self;
+        args.kafka.overrides(into);
+        for (key, value) in [
+            ("clickhouse.url", &args.url),
+            ("clickhouse.listen", &args.listen),
+        ] {
+            if let Some(v) = value {
+                into.push((key.into(), toml::Value::String(v.clone())));
+            }
+        }
+    }
+}
+
+async fn serve(config: &Config, health: Arc<Health>) -> anyhow::Result<()> {
+    let metrics = crate::observability::metrics()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route(
+            "/readyz",
+            get(move || {
+                std::future::ready(match health.problem() {
+                    None => (StatusCode::OK, "ready"),
+                    Some(p) => (StatusCode::SERVICE_UNAVAILABLE, p),
+                })
+            }),
+        );
+    let listen = config.clickhouse.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (clickhouse.listen)"))?;
+    let address = listener.local_addr()?;
+    // Scripts and tests read the address from here when they asked for port 0.
+    println!("fleetpulse sink metrics on http://{address}");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server failed");
+        }
+    });
+    Ok(())
+}
+
+/// Connects and creates the tables, retrying with backoff while ClickHouse is not there yet.
+async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connection> {
+    let c = &config.clickhouse;
+    let target = Target {
+        url: c.url.clone(),
+        database: c.database.clone(),
+        user: c.user.clone(),
+        password: c.password.clone(),
+        validation: c.validation,
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let connection = Connection::open(&target).await?;
+            ddl::apply(&connection, &c.database).await?;
+            Ok::<_, clickhouse_sink::SinkError>(connection)
+        };
+        match attempt.await {
+            Ok(connection) => return Ok(connection),
+            Err(e) if !stop.load(Ordering::Relaxed) => {
+                tracing::warn!(error = %e, url = %c.url, "ClickHouse not ready; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e).context("stopped before ClickHouse was reachable"),
+        }
+    }
+}
+
+pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result<()> {
+    let SinkCommand::Clickhouse(_) = command;
+    let health = Arc::new(Health::default());
+    serve(config, Arc::clone(&health)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = Arc::clone(&stop);
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("stopping");
+        stopper.store(true, Ordering::Relaxed);
+    });
+    let connection = connect(config, &stop).await?;
+    let kinds = [
+        RecordKind::WindowAggregate,
+        RecordKind::Anomaly,
+        RecordKind::StatusTransition,
+        RecordKind::DeadLetter,
+    ];
+    let codec = Arc::new(super::codec(config, &kinds).await?);
+    let t = &config.topics;
+    let sink = Sink {
+        config: config.clickhouse.clone(),
+        kafka: crate::kafka::properties(config)?.into_iter().collect(),
+        topics: vec![
+            (t.aggregates.as_str().into(), Table::Aggregates),
+            (t.anomalies.as_str().into(), Table::Anomalies),
+            (t.status.as_str().into(), Table::Status),
+            (t.dlq.as_str().into(), Table::DeadLetters),
+        ],
+        codec,
+        stop,
+        health,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let summary = tokio::task::spawn_blocking(move || sink.run(&connection, &runtime))
+        .await
+        .context("the sink thread failed")??;
+    println!(
+        "{}",
+        serde_json::json!({
+            "rows": summary.rows,
+            "retries": summary.retries,
+            "undecodable": summary.undecodable,
+        })
+    );
+    Ok(())
+}
