@@ -145,6 +145,14 @@ fn start(
     Life { child, http }
 }
 
+impl Drop for Life {
+    /// A failed assertion must not leave the process running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Life {
     /// Whether the process is still running.
     fn running(&mut self) -> bool {
@@ -161,9 +169,8 @@ impl Life {
     }
 
     /// SIGKILL, and wait for it.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill(self) {
+        drop(self);
     }
 
     /// Waits up to `timeout` for the process to exit by itself.

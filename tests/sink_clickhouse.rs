@@ -2,6 +2,8 @@
 //! pipeline into the derived topics, the sink consumes them into Debian's `clickhouse-server`
 //! (18.16), and every table, read as the documented queries read it (`FINAL`), holds exactly the
 //! records of its topic, once each. A restarted sink adds nothing (its offsets were committed).
+//! With ClickHouse killed mid-stream and started again 30 s later, or the sink killed with
+//! SIGKILL mid-batch and started again, nothing is lost and nothing shows twice.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,14 +28,31 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A sink process, killed if a failed assertion leaves it running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the sink on the derived topics of `prefix` into `database`.
-fn sink(brokers: &str, url: &str, prefix: &str, database: &str) -> (Child, String) {
+fn sink(
+    brokers: &str,
+    url: &str,
+    prefix: &str,
+    database: &str,
+    extra: &[&str],
+) -> (Running, String) {
     let mut child = fleetpulse()
         .args(["sink", "clickhouse", "--brokers", brokers, "--url", url])
         .args(["--listen", "127.0.0.1:0"])
         .args(["--set", &format!("clickhouse.database={database}")])
         .args(["--set", &format!("clickhouse.group_id={database}")])
         .args(derived_topics(prefix))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -46,7 +65,7 @@ fn sink(brokers: &str, url: &str, prefix: &str, database: &str) -> (Child, Strin
         .find_map(|l| l.split("metrics on ").nth(1).map(str::to_string))
         .unwrap();
     std::thread::spawn(move || lines.for_each(drop));
-    (child, http)
+    (Running(child), http)
 }
 
 async fn rows<T: RowOwned + RowRead>(c: &Connection, table: &str) -> Vec<T> {
@@ -68,16 +87,30 @@ async fn count(c: &Connection, table: &str, fin: bool) -> u64 {
         .unwrap()
 }
 
-fn sorted<T, F: Fn(&T) -> String>(mut v: Vec<T>, key: F) -> Vec<T> {
-    v.sort_by_key(|x| key(x));
-    v
+const TABLES: [&str; 4] = [
+    "device_aggregates",
+    "device_anomalies",
+    "device_status",
+    "dead_letters",
+];
+
+/// What the tables must hold: the derived records as rows, each table's sorted by `event_id`.
+struct Want {
+    aggregates: Vec<AggregateRow>,
+    anomalies: Vec<AnomalyRow>,
+    status: Vec<StatusRow>,
+    dead_letters: Vec<DeadLetterRow>,
 }
 
-#[test]
-fn the_tables_hold_the_derived_topics_once_each() {
-    let kafka = shared(Kind::Kafka);
-    let clickhouse = shared(Kind::ClickHouse);
-    let brokers = kafka.address();
+impl Want {
+    fn total(&self) -> u64 {
+        (self.aggregates.len() + self.anomalies.len() + self.status.len() + self.dead_letters.len())
+            as u64
+    }
+}
+
+/// A fleet through the pipeline: the derived topics' prefix and what the tables must hold.
+fn derived_fleet(brokers: &str, events: &str) -> (String, Want) {
     let telemetry = unique("sink-telemetry");
     run_ok(fleetpulse().args([
         "generate",
@@ -88,7 +121,7 @@ fn the_tables_hold_the_derived_topics_once_each() {
         "--devices",
         "300",
         "--events",
-        "30000",
+        events,
         "--seed",
         "5",
         "--no-progress",
@@ -111,64 +144,104 @@ fn the_tables_hold_the_derived_topics_once_each() {
             .args(["--set", &format!("topics.telemetry={telemetry}")])
             .args(derived_topics(&prefix)),
     );
-    let derived = derived_all(brokers, &prefix);
-    let mut want_agg = Vec::new();
-    let mut want_anomaly = Vec::new();
-    let mut want_status = Vec::new();
-    let mut want_dead = Vec::new();
-    for o in &derived {
+    let mut want = Want {
+        aggregates: Vec::new(),
+        anomalies: Vec::new(),
+        status: Vec::new(),
+        dead_letters: Vec::new(),
+    };
+    for o in &derived_all(brokers, &prefix) {
         match o {
-            Output::Aggregate(a) => want_agg.push(AggregateRow::from(a)),
-            Output::Anomaly(a) => want_anomaly.push(AnomalyRow::from(a)),
-            Output::Status(s) => want_status.push(StatusRow::from(s)),
-            Output::DeadLetter(d) => want_dead.push(DeadLetterRow::from(d)),
+            Output::Aggregate(a) => want.aggregates.push(AggregateRow::from(a)),
+            Output::Anomaly(a) => want.anomalies.push(AnomalyRow::from(a)),
+            Output::Status(s) => want.status.push(StatusRow::from(s)),
+            Output::DeadLetter(d) => want.dead_letters.push(DeadLetterRow::from(d)),
         }
     }
-    assert!(want_agg.len() > 1_000 && !want_status.is_empty() && !want_dead.is_empty());
+    want.aggregates.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    want.anomalies.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    want.status.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    want.dead_letters
+        .sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    assert!(want.aggregates.len() > 1_000 && !want.status.is_empty());
+    assert!(!want.dead_letters.is_empty());
+    (prefix, want)
+}
 
-    let database = unique("fp_sink").replace('-', "_");
-    let (mut child, http) = sink(brokers, clickhouse.address(), &prefix, &database);
-    let rt = runtime();
+/// Connects to `database` on `url` once the sink has created its tables.
+async fn connect(url: &str, database: &str) -> Connection {
     let target = Target {
-        url: clickhouse.address().to_string(),
-        database: database.clone(),
+        url: url.to_string(),
+        database: database.to_string(),
         user: "default".into(),
         password: String::new(),
         validation: None,
     };
-    let c = rt.block_on(async {
-        // The sink creates the database; wait for it.
-        for _ in 0..100 {
-            if let Ok(c) = Connection::open(&target).await
-                && c.client
-                    .query("SELECT count() FROM dead_letters")
-                    .fetch_one::<u64>()
-                    .await
-                    .is_ok()
-            {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..300 {
+        if let Ok(c) = Connection::open(&target).await
+            && c.client
+                .query("SELECT count() FROM dead_letters")
+                .fetch_one::<u64>()
+                .await
+                .is_ok()
+        {
+            return c;
         }
-        panic!("the sink did not create its tables");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the sink did not create its tables");
+}
+
+/// Rows over all tables, deduplicated as queries see them (`FINAL`) or as stored (`raw`).
+async fn total(c: &Connection, fin: bool) -> u64 {
+    let mut n = 0;
+    for t in TABLES {
+        n += count(c, t, fin).await;
+    }
+    n
+}
+
+/// Waits until every derived record is in, then compares every table with what it must hold.
+fn check(rt: &tokio::runtime::Runtime, c: &Connection, want: &Want) {
+    let arrived = testkit::wait_for(Duration::from_secs(120), || {
+        rt.block_on(total(c, true)) >= want.total()
     });
-    let total = derived.len() as u64;
-    let arrived = testkit::wait_for(Duration::from_secs(60), || {
-        let n: u64 = rt.block_on(async {
-            let mut n = 0;
-            for t in [
-                "device_aggregates",
-                "device_anomalies",
-                "device_status",
-                "dead_letters",
-            ] {
-                n += count(&c, t, true).await;
-            }
-            n
-        });
-        n >= total
+    assert!(
+        arrived,
+        "every derived record reaches ClickHouse: {} of {} ({} stored)",
+        rt.block_on(total(c, true)),
+        want.total(),
+        rt.block_on(total(c, false))
+    );
+    rt.block_on(async {
+        assert!(rows::<AggregateRow>(c, "device_aggregates").await == want.aggregates);
+        assert!(rows::<AnomalyRow>(c, "device_anomalies").await == want.anomalies);
+        assert!(rows::<StatusRow>(c, "device_status").await == want.status);
+        assert!(rows::<DeadLetterRow>(c, "dead_letters").await == want.dead_letters);
+        assert_eq!(total(c, true).await, want.total(), "none visible twice");
     });
-    assert!(arrived, "every derived record reaches ClickHouse");
+}
+
+fn terminate(running: &mut Running) {
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(running.0.wait().unwrap().success(), "a clean stop");
+}
+
+#[test]
+fn the_tables_hold_the_derived_topics_once_each() {
+    let kafka = shared(Kind::Kafka);
+    let clickhouse = shared(Kind::ClickHouse);
+    let brokers = kafka.address();
+    let (prefix, want) = derived_fleet(brokers, "30000");
+    let database = unique("fp_sink").replace('-', "_");
+    let (mut child, http) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
+    let rt = runtime();
+    let c = rt.block_on(connect(clickhouse.address(), &database));
+    check(&rt, &c, &want);
     assert_eq!(http_text(&http, "GET", "/readyz", None).0, 200);
     let (_, metrics) = http_text(&http, "GET", "/metrics", None);
     assert!(
@@ -176,53 +249,116 @@ fn the_tables_hold_the_derived_topics_once_each() {
         "{metrics}"
     );
 
-    rt.block_on(async {
-        let by_id = |r: &AggregateRow| r.event_id.clone();
-        assert_eq!(
-            rows::<AggregateRow>(&c, "device_aggregates").await,
-            sorted(want_agg, by_id)
-        );
-        let by_id = |r: &AnomalyRow| r.event_id.clone();
-        assert_eq!(
-            rows::<AnomalyRow>(&c, "device_anomalies").await,
-            sorted(want_anomaly, by_id)
-        );
-        let by_id = |r: &StatusRow| r.event_id.clone();
-        assert_eq!(
-            rows::<StatusRow>(&c, "device_status").await,
-            sorted(want_status, by_id)
-        );
-        let by_id = |r: &DeadLetterRow| r.event_id.clone();
-        assert_eq!(
-            rows::<DeadLetterRow>(&c, "dead_letters").await,
-            sorted(want_dead, by_id)
-        );
-    });
-
     // SIGTERM: the sink stops cleanly; started again, it finds its offsets committed.
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    assert!(child.wait().unwrap().success());
-    let (mut again, _) = sink(brokers, clickhouse.address(), &prefix, &database);
+    terminate(&mut child);
+    let (mut again, _) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
     std::thread::sleep(Duration::from_secs(3));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &again.id().to_string()])
-        .status();
-    assert!(again.wait().unwrap().success());
-    let raw: u64 = rt.block_on(async {
-        let mut n = 0;
-        for t in [
-            "device_aggregates",
-            "device_anomalies",
-            "device_status",
-            "dead_letters",
-        ] {
-            n += count(&c, t, false).await;
-        }
-        n
+    terminate(&mut again);
+    assert_eq!(
+        rt.block_on(total(&c, false)),
+        want.total(),
+        "nothing inserted twice, even before merges"
+    );
+}
+
+/// Small batches, so that the stream is still flowing when the fault comes.
+const SMALL_BATCHES: [&str; 4] = [
+    "--set",
+    "clickhouse.batch_rows=100",
+    "--set",
+    "clickhouse.batch_ms=20",
+];
+
+/// Batches so small that inserting the fleet takes seconds: ClickHouse goes away mid-stream.
+const TINY_BATCHES: [&str; 4] = [
+    "--set",
+    "clickhouse.batch_rows=20",
+    "--set",
+    "clickhouse.batch_ms=10",
+];
+
+#[test]
+fn clickhouse_stopped_for_30_s_mid_stream_loses_nothing() {
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let dir = tempfile::tempdir().unwrap();
+    let ch_dir = dir.path().join("clickhouse");
+    let mut clickhouse = testkit::Service::start_in(Kind::ClickHouse, &ch_dir);
+    let url = clickhouse.address().to_string();
+    let (prefix, want) = derived_fleet(brokers, "200000");
+    let database = unique("fp_outage").replace('-', "_");
+    let (mut child, http) = sink(brokers, &url, &prefix, &database, &TINY_BATCHES);
+    let rt = runtime();
+    let c = rt.block_on(connect(&url, &database));
+    // The sink has its tables and is joining its group (Kafka holds a new group back for 3 s):
+    // the backlog meets a ClickHouse that is gone.
+    let before = rt.block_on(total(&c, true));
+    clickhouse.kill();
+    assert!(
+        before < want.total(),
+        "stopped mid-stream ({before} of {})",
+        want.total()
+    );
+    let unready = testkit::wait_for(Duration::from_secs(20), || {
+        http_text(&http, "GET", "/readyz", None).0 == 503
     });
-    assert_eq!(raw, total, "nothing inserted twice, even before merges");
+    assert!(unready, "/readyz reports ClickHouse gone");
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        matches!(child.0.try_wait(), Ok(None)),
+        "the sink waits for ClickHouse"
+    );
+    let clickhouse = testkit::Service::start_in(Kind::ClickHouse, &ch_dir);
+    assert_eq!(clickhouse.address(), url);
+    let c = rt.block_on(connect(&url, &database));
+    check(&rt, &c, &want);
+    assert!(testkit::wait_for(Duration::from_secs(20), || {
+        http_text(&http, "GET", "/readyz", None).0 == 200
+    }));
+    let (_, metrics) = http_text(&http, "GET", "/metrics", None);
+    let retries = metrics
+        .lines()
+        .find(|l| l.starts_with("fleetpulse_sink_insert_retries_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        retries > 0.0,
+        "inserts were retried during the outage: {metrics}"
+    );
+    terminate(&mut child);
+}
+
+#[test]
+fn a_sink_killed_mid_batch_loses_nothing() {
+    let kafka = shared(Kind::Kafka);
+    let clickhouse = shared(Kind::ClickHouse);
+    let brokers = kafka.address();
+    let (prefix, want) = derived_fleet(brokers, "60000");
+    let database = unique("fp_killed").replace('-', "_");
+    let rt = runtime();
+    let mut c = None;
+    for _ in 0..2 {
+        let (child, _) = sink(
+            brokers,
+            clickhouse.address(),
+            &prefix,
+            &database,
+            &SMALL_BATCHES,
+        );
+        let connection = rt.block_on(connect(clickhouse.address(), &database));
+        let before = rt.block_on(total(&connection, false));
+        assert!(testkit::wait_for(Duration::from_secs(60), || {
+            rt.block_on(total(&connection, false)) > before
+        }));
+        assert!(
+            rt.block_on(total(&connection, true)) < want.total(),
+            "killed mid-stream"
+        );
+        drop(child);
+        c = Some(connection);
+    }
+    let (mut child, _) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
+    check(&rt, &c.unwrap(), &want);
+    terminate(&mut child);
 }

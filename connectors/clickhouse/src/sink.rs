@@ -11,15 +11,20 @@ use std::time::{Duration, Instant};
 
 use clickhouse::{Client, RowOwned, RowWrite};
 use metrics::{counter, gauge, histogram};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::Codec;
 
 use crate::batch::{Batch, Table};
 use crate::config::SinkConfig;
 use crate::server::{Connection, SinkError};
+
+/// How often an idle sink checks that ClickHouse answers.
+const PING_EVERY: Duration = Duration::from_secs(2);
 
 /// What `/readyz` reports: the sink is ready while Kafka and ClickHouse both answer.
 #[derive(Debug, Default)]
@@ -53,6 +58,42 @@ impl Health {
     fn kafka(&self, up: bool) {
         self.kafka_down.store(!up, Ordering::Relaxed);
         gauge!("fleetpulse_sink_kafka_up").set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// Logs the group's decisions (which partitions this sink got or lost) and reports the consumer
+/// lag from librdkafka's statistics, which cost the consume loop nothing (asking the brokers for
+/// watermarks from the loop blocked it for seconds while a group rebalanced).
+struct Group;
+
+impl ClientContext for Group {
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0)
+                .map(|p| p.consumer_lag.max(0))
+                .sum();
+            gauge!("fleetpulse_sink_consumer_lag", "topic" => name.clone()).set(lag as f64);
+        }
+    }
+}
+
+impl ConsumerContext for Group {
+    fn post_rebalance(&self, _: &BaseConsumer<Group>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(p) => {
+                let list: Vec<String> = p
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?list, "assigned");
+            }
+            Rebalance::Revoke(p) => tracing::info!(partitions = p.count(), "revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
     }
 }
 
@@ -133,8 +174,18 @@ fn jitter() -> f64 {
 }
 
 impl Sink {
-    fn consumer(&self) -> Result<BaseConsumer, RunError> {
+    fn consumer(&self) -> Result<BaseConsumer<Group>, RunError> {
         let mut config = ClientConfig::new();
+        // A sink that died holds its partitions until its session times out (librdkafka's
+        // default is 45 s), or, if it died while the group was rebalancing, until the rebalance
+        // timeout, which is `max.poll.interval.ms` (5 min by default); a restarted sink should
+        // not wait that long. The loop polls every 50 ms, also while it retries an insert; only
+        // one insert longer than 30 s would cost the sink its membership (it rejoins, and
+        // rows inserted twice are replaced). The user's `[kafka]` settings come after, and win.
+        config
+            .set("session.timeout.ms", "10000")
+            .set("max.poll.interval.ms", "30000")
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &self.kafka {
             config.set(k, v);
         }
@@ -142,7 +193,7 @@ impl Sink {
             .set("group.id", &self.config.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest");
-        let consumer: BaseConsumer = config.create()?;
+        let consumer: BaseConsumer<Group> = config.create_with_context(Group)?;
         let topics: Vec<&str> = self.topics.iter().map(|(t, _)| t.as_str()).collect();
         consumer.subscribe(&topics)?;
         Ok(consumer)
@@ -153,7 +204,7 @@ impl Sink {
     /// in.
     fn flush(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Group>,
         connection: &Connection,
         runtime: &tokio::runtime::Handle,
         batch: &Batch,
@@ -220,8 +271,9 @@ impl Sink {
         let mut summary = Summary::default();
         let mut batch = Batch::default();
         let age = Duration::from_millis(self.config.batch_ms);
-        let mut lag_at = Instant::now();
         self.health.clickhouse(true);
+        // When there is nothing to insert, a ping keeps `/readyz` honest about ClickHouse.
+        let mut contact = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             match consumer.poll(Duration::from_millis(50)) {
                 Some(Ok(m)) => {
@@ -259,35 +311,20 @@ impl Sink {
                 && self.flush(&consumer, connection, runtime, &batch, &mut summary)
             {
                 batch = Batch::default();
+                contact = Instant::now();
             }
-            if lag_at.elapsed() >= Duration::from_secs(5) {
-                lag_at = Instant::now();
-                report_lag(&consumer);
+            if contact.elapsed() >= PING_EVERY {
+                contact = Instant::now();
+                let ping = connection.client.query("SELECT 1").execute();
+                let up = runtime
+                    .block_on(tokio::time::timeout(PING_EVERY, ping))
+                    .is_ok_and(|r| r.is_ok());
+                self.health.clickhouse(up);
             }
         }
         if !batch.is_empty() {
             self.flush(&consumer, connection, runtime, &batch, &mut summary);
         }
         Ok(summary)
-    }
-}
-
-/// `fleetpulse_sink_consumer_lag`: records on the brokers not yet consumed, per topic.
-fn report_lag(consumer: &BaseConsumer) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
-    let mut lag: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
-    for e in positions.elements() {
-        let Ok((_, high)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
-        else {
-            continue;
-        };
-        let at = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
-        *lag.entry(e.topic().to_string()).or_default() += (high - at).max(0);
-    }
-    for (topic, n) in lag {
-        gauge!("fleetpulse_sink_consumer_lag", "topic" => topic).set(n as f64);
     }
 }
