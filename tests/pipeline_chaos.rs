@@ -13,9 +13,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use pipeline::output::Output;
@@ -114,34 +113,24 @@ fn start(
     log: &Path,
     extra: &[String],
 ) -> Life {
-    let mut child = fleetpulse()
-        .args(["pipeline", "--brokers", brokers, "--listen", "127.0.0.1:0"])
-        .arg("--until-end")
-        .arg("--checkpoint-dir")
-        .arg(checkpoints)
-        .args(["--set", &format!("topics.telemetry={telemetry}")])
-        .args(["--set", "pipeline.checkpoint_interval_ms=250"])
-        .args(derived_topics(prefix))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(
-            std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        )
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.split("metrics on ").nth(1).map(str::to_string))
-        .unwrap_or_default();
-    // Keep draining stdout so the process never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["pipeline", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .arg("--until-end")
+            .arg("--checkpoint-dir")
+            .arg(checkpoints)
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(["--set", "pipeline.checkpoint_interval_ms=250"])
+            .args(derived_topics(prefix))
+            .args(extra)
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            ),
+    );
     Life { child, http }
 }
 

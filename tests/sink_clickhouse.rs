@@ -9,8 +9,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use clickhouse::{RowOwned, RowRead};
@@ -46,25 +45,15 @@ fn sink(
     database: &str,
     extra: &[&str],
 ) -> (Running, String) {
-    let mut child = fleetpulse()
-        .args(["sink", "clickhouse", "--brokers", brokers, "--url", url])
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--set", &format!("clickhouse.database={database}")])
-        .args(["--set", &format!("clickhouse.group_id={database}")])
-        .args(derived_topics(prefix))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.split("metrics on ").nth(1).map(str::to_string))
-        .unwrap();
-    std::thread::spawn(move || lines.for_each(drop));
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["sink", "clickhouse", "--brokers", brokers, "--url", url])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("clickhouse.database={database}")])
+            .args(["--set", &format!("clickhouse.group_id={database}")])
+            .args(derived_topics(prefix))
+            .args(extra),
+    );
     (Running(child), http)
 }
 

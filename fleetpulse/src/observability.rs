@@ -27,3 +27,50 @@ pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
 }
+
+/// Why a service is not ready, or `None` when it is.
+pub(crate) type Problem = Box<dyn Fn() -> Option<&'static str> + Send + Sync>;
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (503 with `problem`'s answer) on `listen`, which
+/// the configuration key `key` set, and prints `fleetpulse <service> metrics on http://ADDR` for
+/// scripts and tests that asked for port 0.
+pub(crate) async fn serve(
+    listen: std::net::SocketAddr,
+    key: &str,
+    service: &str,
+    problem: Problem,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let metrics = metrics()?;
+    let problem = std::sync::Arc::new(problem);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route(
+            "/readyz",
+            get(move || {
+                std::future::ready(match problem() {
+                    None => (StatusCode::OK, "ready"),
+                    Some(p) => (StatusCode::SERVICE_UNAVAILABLE, p),
+                })
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ({key})"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "{service} metrics listening");
+    println!("fleetpulse {service} metrics on http://{address}");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server failed");
+        }
+    });
+    Ok(())
+}

@@ -5,9 +5,10 @@
 pub mod registry;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use generator::{Event, Fleet, GeneratorConfig, MessageFormat};
@@ -275,4 +276,23 @@ pub fn derived_all(brokers: &str, prefix: &str) -> Vec<Derived> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Spawns a service command (`pipeline`, `sink ...`) with its stdout piped, and returns it with
+/// the address of its `/metrics`, `/healthz` and `/readyz`, which it prints first; the rest of its
+/// stdout is drained so it never blocks on a full pipe.
+pub fn spawn_serving(command: &mut Command) -> (Child, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn fleetpulse");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let http = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split("metrics on ").nth(1).map(str::to_string))
+        .unwrap_or_default();
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, http)
 }

@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use clap::Args;
 use pipeline::checkpoint::Store;
 use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
@@ -69,40 +66,6 @@ impl PipelineArgs {
             ));
         }
     }
-}
-
-async fn serve(config: &Config, readiness: Arc<Readiness>) -> anyhow::Result<()> {
-    let metrics = crate::observability::metrics()?;
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
-        .route("/healthz", get(|| std::future::ready("ok")))
-        .route(
-            "/readyz",
-            get(move || {
-                std::future::ready(if readiness.ready() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "source not reading")
-                })
-            }),
-        );
-    let listen = config.pipeline.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (pipeline.listen)"))?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "pipeline metrics listening");
-    // Scripts and tests read the address from here when they asked for port 0.
-    println!("fleetpulse pipeline metrics on http://{address}");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics server failed");
-        }
-    });
-    Ok(())
 }
 
 /// Fetches unknown writer schemas from the configured registry, from the timely worker threads
@@ -195,7 +158,14 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
     );
     let output = output(config, topics, Arc::clone(&codec)).await?;
     let readiness = Arc::new(Readiness::default());
-    serve(config, Arc::clone(&readiness)).await?;
+    let ready = Arc::clone(&readiness);
+    crate::observability::serve(
+        config.pipeline.listen,
+        "pipeline.listen",
+        "pipeline",
+        Box::new(move || (!ready.ready()).then_some("source not reading")),
+    )
+    .await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = Arc::clone(&stop);

@@ -6,9 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use clap::{Args, Subcommand};
 use clickhouse_sink::batch::Table;
 use clickhouse_sink::server::Target;
@@ -54,38 +51,6 @@ impl SinkCommand {
     }
 }
 
-async fn serve(config: &Config, health: Arc<Health>) -> anyhow::Result<()> {
-    let metrics = crate::observability::metrics()?;
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
-        .route("/healthz", get(|| std::future::ready("ok")))
-        .route(
-            "/readyz",
-            get(move || {
-                std::future::ready(match health.problem() {
-                    None => (StatusCode::OK, "ready"),
-                    Some(p) => (StatusCode::SERVICE_UNAVAILABLE, p),
-                })
-            }),
-        );
-    let listen = config.clickhouse.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (clickhouse.listen)"))?;
-    let address = listener.local_addr()?;
-    // Scripts and tests read the address from here when they asked for port 0.
-    println!("fleetpulse sink metrics on http://{address}");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics server failed");
-        }
-    });
-    Ok(())
-}
-
 /// Connects and creates the tables, retrying with backoff while ClickHouse is not there yet.
 async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connection> {
     let c = &config.clickhouse;
@@ -118,7 +83,14 @@ async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connectio
 pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result<()> {
     let SinkCommand::Clickhouse(_) = command;
     let health = Arc::new(Health::default());
-    serve(config, Arc::clone(&health)).await?;
+    let ready = Arc::clone(&health);
+    crate::observability::serve(
+        config.clickhouse.listen,
+        "clickhouse.listen",
+        "sink",
+        Box::new(move || ready.problem()),
+    )
+    .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = Arc::clone(&stop);
     tokio::spawn(async move {
