@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Generate(GenerateBench),
     /// `fleetpulse pipeline` from a loaded topic beside a raw consume and decode of it.
     Pipeline(super::bench_pipeline::PipelineBench),
+    /// `fleetpulse sink clickhouse` draining a loaded topic beside a raw insert of the same rows.
+    Sink(super::bench_sink::SinkBench),
 }
 
 /// Flags of `bench generate`.
@@ -43,6 +45,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Generate(b) => b.kafka.overrides(into),
             BenchCommand::Pipeline(b) => b.kafka.overrides(into),
+            BenchCommand::Sink(b) => b.overrides(into),
         }
     }
 }
@@ -51,6 +54,7 @@ pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Resul
     match command {
         BenchCommand::Generate(args) => generate(config, args).await,
         BenchCommand::Pipeline(args) => super::bench_pipeline::run(config, args).await,
+        BenchCommand::Sink(args) => super::bench_sink::run(config, args).await,
     }
 }
 

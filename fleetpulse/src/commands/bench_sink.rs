@@ -1,0 +1,195 @@
+//! `fleetpulse bench sink`: the ClickHouse sink draining a pre-filled topic of window aggregates
+//! beside a raw `clickhouse` crate insert of the same rows, in one run, into the same server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use clickhouse_sink::batch::Table;
+use clickhouse_sink::rows::AggregateRow;
+use clickhouse_sink::server::Target;
+use clickhouse_sink::sink::{Health, Sink};
+use clickhouse_sink::{Connection, ddl};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use schemas::{Codec, WindowAggregate};
+
+use crate::cli::KafkaArgs;
+use crate::config::Config;
+
+/// Flags of `bench sink`.
+#[derive(Debug, Args)]
+pub struct SinkBench {
+    #[command(flatten)]
+    pub(crate) kafka: KafkaArgs,
+    /// The ClickHouse HTTP interface (`clickhouse.url`).
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// Rows to move.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+}
+
+impl SinkBench {
+    pub(crate) fn overrides(&self, into: &mut Vec<crate::config::Override>) {
+        self.kafka.overrides(into);
+        if let Some(u) = &self.url {
+            into.push(("clickhouse.url".into(), toml::Value::String(u.clone())));
+        }
+    }
+}
+
+/// Aggregates of 10,000 devices over consecutive minutes, as the pipeline would emit them.
+fn aggregate(i: u64) -> WindowAggregate {
+    let device = i % 10_000;
+    let failed = i.is_multiple_of(7);
+    let start = 1_700_000_000_000 + (i / 10_000) as i64 * 60_000;
+    WindowAggregate {
+        tenant_id: format!("tenant-{:02}", device % 20),
+        device_id: format!("dev-{device:06}"),
+        device_class: Some("sensor".into()),
+        window_start: start,
+        window_end: start + 60_000,
+        count: 6,
+        errors: i64::from(failed),
+        error_rate: if failed { 1.0 / 6.0 } else { 0.0 },
+        rt_min: Some(10.0 + (i % 13) as f64),
+        rt_mean: Some(40.0 + (i % 17) as f64),
+        rt_p50: Some(38.0),
+        rt_p95: Some(90.0),
+        rt_p99: Some(110.0),
+        rt_max: Some(120.0),
+        battery_last: Some(80.0),
+        battery_min: Some(79.5),
+        signal_mean: Some(-70.0),
+        health_score: 97.5,
+        event_id: format!(
+            "agg/tenant-{:02}/dev-{device:06}/60000/{start}",
+            device % 20
+        ),
+    }
+}
+
+async fn count(connection: &Connection) -> u64 {
+    connection
+        .client
+        .query("SELECT count() FROM device_aggregates")
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or(0)
+}
+
+async fn open(config: &Config, database: &str) -> anyhow::Result<Connection> {
+    let c = &config.clickhouse;
+    let target = Target {
+        url: c.url.clone(),
+        database: database.into(),
+        user: c.user.clone(),
+        password: c.password.clone(),
+        validation: c.validation,
+    };
+    let connection = Connection::open(&target)
+        .await
+        .with_context(|| format!("cannot reach ClickHouse at {}", c.url))?;
+    ddl::apply(&connection, database).await?;
+    Ok(connection)
+}
+
+pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> {
+    let id = format!("bench_sink_{}", std::process::id());
+    let codec = Codec::builtin();
+    let records: Vec<WindowAggregate> = (0..args.rows).map(aggregate).collect();
+
+    // The topic the sink drains, filled first.
+    let topic = format!("{id}-aggregates");
+    crate::kafka::ensure_topic(config, &topic, 4).await?;
+    let mut producer_config = ClientConfig::new();
+    for (k, v) in crate::kafka::properties(config)? {
+        producer_config.set(k, v);
+    }
+    let producer: BaseProducer = producer_config.set("linger.ms", "20").create()?;
+    for r in &records {
+        let value = codec.encode(r)?;
+        let mut record = BaseRecord::to(&topic)
+            .key(r.device_id.as_str())
+            .payload(&value);
+        while let Err((e, back)) = producer.send(record) {
+            if !matches!(
+                e,
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                )
+            ) {
+                return Err(e.into());
+            }
+            record = back;
+            producer.poll(Duration::from_millis(10));
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120))?;
+    println!("bench sink: {} window aggregates in {topic}", args.rows);
+
+    // (a) raw: the same rows through the clickhouse crate, 100,000 per insert.
+    let raw = open(config, &format!("{id}_raw")).await?;
+    let rows: Vec<AggregateRow> = records.iter().map(AggregateRow::from).collect();
+    let started = Instant::now();
+    for chunk in rows.chunks(100_000) {
+        let mut insert = raw
+            .client
+            .insert::<AggregateRow>("device_aggregates")
+            .await?;
+        for row in chunk {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+    }
+    let raw_rate = args.rows as f64 / started.elapsed().as_secs_f64();
+    println!("(a) raw clickhouse insert          {raw_rate:>10.0} rows/s");
+
+    // (b) the sink: consume, decode, batch, insert, commit; timed until every row is in.
+    let database = format!("{id}_sink");
+    let sink_connection = open(config, &database).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink = Sink {
+        config: clickhouse_sink::SinkConfig {
+            database: database.clone(),
+            group_id: database.clone(),
+            ..config.clickhouse.clone()
+        },
+        kafka: crate::kafka::properties(config)?.into_iter().collect(),
+        topics: vec![(topic.clone(), Table::Aggregates)],
+        codec: Arc::new(codec),
+        stop: Arc::clone(&stop),
+        health: Arc::new(Health::default()),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let connection = sink_connection.clone();
+    let started = Instant::now();
+    let worker = tokio::task::spawn_blocking(move || sink.run(&connection, &runtime));
+    while count(&sink_connection).await < args.rows {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1_800),
+            "the sink did not drain the topic"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    worker.await.context("the sink thread failed")??;
+    let rate = args.rows as f64 / seconds;
+    println!(
+        "(b) fleetpulse sink clickhouse     {rate:>10.0} rows/s   ratio b/a {:.2} (consume, decode, batch, insert, commit; group join included)",
+        rate / raw_rate
+    );
+    for db in [format!("{id}_raw"), database] {
+        let _ = raw
+            .client
+            .query(&format!("DROP DATABASE IF EXISTS {db}"))
+            .execute()
+            .await;
+    }
+    Ok(())
+}
