@@ -50,7 +50,8 @@ impl Health {
         }
     }
 
-    fn clickhouse(&self, up: bool) {
+    /// ClickHouse answers (`true`) or not.
+    pub fn clickhouse(&self, up: bool) {
         self.clickhouse_down.store(!up, Ordering::Relaxed);
         gauge!("fleetpulse_sink_clickhouse_up").set(if up { 1.0 } else { 0.0 });
     }

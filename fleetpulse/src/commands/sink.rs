@@ -83,6 +83,8 @@ async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connectio
 pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result<()> {
     let SinkCommand::Clickhouse(_) = command;
     let health = Arc::new(Health::default());
+    // Not ready until ClickHouse has answered and the tables are there.
+    health.clickhouse(false);
     let ready = Arc::clone(&health);
     crate::observability::serve(
         config.clickhouse.listen,
