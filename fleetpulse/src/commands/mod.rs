@@ -32,6 +32,18 @@ pub(crate) async fn codec(config: &Config, kinds: &[RecordKind]) -> anyhow::Resu
         .with_context(|| format!("cannot register schemas with {}", registry.url))
 }
 
+/// A flag set on Ctrl-C or SIGTERM: how a long-running command learns it should stop.
+pub(crate) fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = std::sync::Arc::clone(&stop);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        stopper.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    stop
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

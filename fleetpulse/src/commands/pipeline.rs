@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -167,13 +167,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
     )
     .await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopper = Arc::clone(&stop);
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        tracing::info!("stopping");
-        stopper.store(true, Ordering::Relaxed);
-    });
+    let stop = super::stop_on_signal();
     let sinks_output = Arc::clone(&output);
     let sinks: SinkFactory = Arc::new(move |_| Ok(sinks_output.sink()));
     let job = Job {

@@ -93,13 +93,7 @@ pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result
         Box::new(move || ready.problem()),
     )
     .await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopper = Arc::clone(&stop);
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        tracing::info!("stopping");
-        stopper.store(true, Ordering::Relaxed);
-    });
+    let stop = super::stop_on_signal();
     let connection = connect(config, &stop).await?;
     let kinds = [
         RecordKind::WindowAggregate,
