@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
-use pipeline::source::memory::MemoryRecord;
 use schemas::Codec;
 use support::*;
 use testkit::{Kind, shared, unique};
@@ -74,21 +73,6 @@ fn derived(brokers: &str, prefix: &str, expected: usize) -> Vec<Output> {
         for m in read_topic(brokers, &topic, remaining, Duration::from_secs(5)) {
             out.push(decode_output(&codec, kind, &m.value));
         }
-    }
-    out
-}
-
-/// The telemetry topic as the model's input: each partition's records in offset order.
-fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>> {
-    let mut read = read_topic(brokers, topic, EVENTS as usize, Duration::from_secs(60));
-    read.sort_by_key(|m| (m.partition, m.offset));
-    let partitions = read.iter().map(|m| m.partition).max().unwrap_or(0) as usize + 1;
-    let mut out = vec![Vec::new(); partitions];
-    for m in read {
-        out[m.partition as usize].push(MemoryRecord {
-            record_ts: m.timestamp,
-            value: m.value,
-        });
     }
     out
 }

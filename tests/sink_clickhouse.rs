@@ -3,12 +3,17 @@
 //! (18.16), and every table, read as the documented queries read it (`FINAL`), holds exactly the
 //! records of its topic, once each. A restarted sink adds nothing (its offsets were committed).
 //! With ClickHouse killed mid-stream and started again 30 s later, or the sink killed with
-//! SIGKILL mid-batch and started again, nothing is lost and nothing shows twice.
+//! SIGKILL mid-batch and started again, nothing is lost and nothing shows twice. And every query
+//! of docs/queries.md, run on a fleet that crosses midnight, answers what the reference model says.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+#[path = "support/model.rs"]
+mod model;
+
+use std::collections::BTreeMap;
 use std::process::Child;
 use std::time::Duration;
 
@@ -16,7 +21,9 @@ use clickhouse::{RowOwned, RowRead};
 use clickhouse_sink::Connection;
 use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
 use clickhouse_sink::server::Target;
+use pipeline::PipelineConfig;
 use pipeline::output::Output;
+use schemas::{AnomalyState, DeviceStatus};
 use support::*;
 use testkit::{Kind, shared, unique};
 
@@ -100,25 +107,42 @@ impl Want {
 
 /// A fleet through the pipeline: the derived topics' prefix and what the tables must hold.
 fn derived_fleet(brokers: &str, events: &str) -> (String, Want) {
+    let (_, prefix, want) = derived_fleet_at(brokers, "300", events, START_MS, &[]);
+    (prefix, want)
+}
+
+/// The same for `devices` from `start_ms` on, with more `generate` flags; also names the
+/// telemetry topic.
+fn derived_fleet_at(
+    brokers: &str,
+    devices: &str,
+    events: &str,
+    start_ms: i64,
+    extra: &[&str],
+) -> (String, String, Want) {
     let telemetry = unique("sink-telemetry");
-    run_ok(fleetpulse().args([
-        "generate",
-        "--brokers",
-        brokers,
-        "--topic",
-        &telemetry,
-        "--devices",
-        "300",
-        "--events",
-        events,
-        "--seed",
-        "5",
-        "--no-progress",
-        "--start-ms",
-        &START_MS.to_string(),
-        "--set",
-        "generate.silence_rate=0.003",
-    ]));
+    run_ok(
+        fleetpulse()
+            .args([
+                "generate",
+                "--brokers",
+                brokers,
+                "--topic",
+                &telemetry,
+                "--devices",
+                devices,
+                "--events",
+                events,
+                "--seed",
+                "5",
+                "--no-progress",
+                "--start-ms",
+                &start_ms.to_string(),
+                "--set",
+                "generate.silence_rate=0.003",
+            ])
+            .args(extra),
+    );
     let prefix = unique("sink-derived");
     run_ok(
         fleetpulse()
@@ -154,7 +178,7 @@ fn derived_fleet(brokers: &str, events: &str) -> (String, Want) {
         .sort_by(|a, b| a.event_id.cmp(&b.event_id));
     assert!(want.aggregates.len() > 1_000 && !want.status.is_empty());
     assert!(!want.dead_letters.is_empty());
-    (prefix, want)
+    (telemetry, prefix, want)
 }
 
 /// Connects to `database` on `url` once the sink has created its tables.
@@ -351,3 +375,387 @@ fn a_sink_killed_mid_batch_loses_nothing() {
     check(&rt, &c.unwrap(), &want);
     terminate(&mut child);
 }
+
+/// The queries of docs/queries.md, by name.
+fn documented_queries() -> BTreeMap<String, String> {
+    let text = include_str!("../docs/queries.md");
+    text.split("<!-- query: ")
+        .skip(1)
+        .map(|part| {
+            let (name, rest) = part.split_once(" -->").unwrap();
+            let sql = rest.split("```sql\n").nth(1).unwrap();
+            let sql = sql.split("```").next().unwrap();
+            (name.to_string(), sql.to_string())
+        })
+        .collect()
+}
+
+/// Runs a documented query against `database`, with `now()` pinned to `now_s`: its rows as JSON.
+fn ask(
+    rt: &tokio::runtime::Runtime,
+    c: &Connection,
+    database: &str,
+    sql: &str,
+    now_s: i64,
+) -> Vec<serde_json::Value> {
+    let sql = sql
+        .replace("fleetpulse.", &format!("{database}."))
+        .replace("now()", &format!("toDateTime({now_s}, 'UTC')"));
+    let body = rt
+        .block_on(async {
+            c.client
+                .query(&sql)
+                .fetch_bytes("JSONEachRow")?
+                .collect()
+                .await
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A JSON number (ClickHouse quotes 64-bit integers) as f64.
+fn num(v: &serde_json::Value) -> f64 {
+    match v {
+        serde_json::Value::String(s) => s.parse().unwrap(),
+        v => v.as_f64().unwrap(),
+    }
+}
+
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().unwrap().to_string()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// `2023-11-15 00:13:00` for `ms`, as ClickHouse prints a `DateTime('UTC')`.
+fn datetime(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms.div_euclid(1_000) * 1_000)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A device's online and observed time within `[from, to)`, from its transitions in time order:
+/// observed from its first transition (or the start, if it had one before), online while its
+/// last transition said so.
+fn uptime(transitions: &[(i64, DeviceStatus)], from: i64, to: i64) -> Option<(i64, i64, u32)> {
+    let mut status = transitions.iter().rfind(|t| t.0 < from).map(|t| t.1);
+    let mut since = from;
+    let mut observed_from = status.map(|_| from);
+    let (mut online, mut changes) = (0, 0);
+    for &(ts, next) in transitions.iter().filter(|t| t.0 >= from && t.0 < to) {
+        if status == Some(DeviceStatus::Online) {
+            online += ts - since;
+        }
+        observed_from.get_or_insert(ts);
+        status = Some(next);
+        since = ts;
+        changes += 1;
+    }
+    if status == Some(DeviceStatus::Online) {
+        online += to - since;
+    }
+    observed_from.map(|o| (to - o, online, changes))
+}
+
+/// 2023-11-14 23:40 UTC: the fleet runs past midnight, so an hour and a day close on the way.
+const NEAR_MIDNIGHT_MS: i64 = 1_700_005_200_000;
+
+#[test]
+fn the_documented_queries_answer_what_the_model_says() {
+    let kafka = shared(Kind::Kafka);
+    let clickhouse = shared(Kind::ClickHouse);
+    let brokers = kafka.address();
+    let url = clickhouse.address();
+    // 120 devices reporting every 10 s for about 35 minutes.
+    let (telemetry, prefix, want) = derived_fleet_at(
+        brokers,
+        "120",
+        "25000",
+        NEAR_MIDNIGHT_MS,
+        &["--set", "generate.interval_ms=10000"],
+    );
+    let input = topic_as_partitions(brokers, &telemetry);
+    let outputs = model::normalise(model::model(&telemetry, &input, &PipelineConfig::default()));
+    let database = unique("fp_queries").replace('-', "_");
+    let (mut child, _) = sink(brokers, url, &prefix, &database, &[]);
+    let rt = runtime();
+    let c = rt.block_on(connect(url, &database));
+    check(&rt, &c, &want);
+
+    let aggregates: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Aggregate(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let horizon = aggregates.iter().map(|a| a.window_end).max().unwrap();
+    let now_s = horizon / 1_000;
+    let midnight = NEAR_MIDNIGHT_MS - NEAR_MIDNIGHT_MS % DAY + DAY;
+    assert!(horizon - 300_000 >= midnight, "the day closed: {horizon}");
+    let minute = |a: &&&schemas::WindowAggregate| a.window_end - a.window_start == 60_000;
+
+    // The closed rollups land with the batch that closed them: wait for them.
+    let hours: BTreeMap<(String, i64), (u32, i64, i64)> = aggregates
+        .iter()
+        .filter(minute)
+        .filter(|a| a.window_start - a.window_start % 3_600_000 + 3_600_000 <= horizon - 300_000)
+        .fold(BTreeMap::new(), |mut m, a| {
+            let hour = a.window_start - a.window_start % 3_600_000;
+            let e = m.entry((a.tenant_id.clone(), hour)).or_insert((0, 0, 0));
+            e.1 += a.count;
+            e.2 += a.errors;
+            m
+        });
+    let queries = documented_queries();
+    assert_eq!(queries.len(), 7, "{:?}", queries.keys());
+    let rows = |name: &str| ask(&rt, &c, &database, &queries[name], now_s);
+    assert!(
+        testkit::wait_for(Duration::from_secs(60), || {
+            !rows("tenant_uptime_yesterday").is_empty()
+                && rows("tenant_hourly_last_day").len() >= hours.len()
+        }),
+        "the rollups of the closed hour and day"
+    );
+
+    // Worst devices in the last hour: the ten lowest mean health scores, ties in any order.
+    let mut per_device: BTreeMap<(String, String), (f64, u32, i64, i64)> = BTreeMap::new();
+    for a in aggregates
+        .iter()
+        .filter(minute)
+        .filter(|a| a.window_start >= (now_s - 3_600) * 1_000)
+    {
+        let e = per_device
+            .entry((a.tenant_id.clone(), a.device_id.clone()))
+            .or_insert((0.0, 0, 0, 0));
+        e.0 += a.health_score;
+        e.1 += 1;
+        e.2 += a.errors;
+        e.3 += a.count;
+    }
+    let health: BTreeMap<_, f64> = per_device
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0 / f64::from(v.1)))
+        .collect();
+    let worst = rows("worst_devices_last_hour");
+    assert_eq!(worst.len(), 10.min(health.len()));
+    let mut last = f64::MIN;
+    for r in &worst {
+        let key = (text(&r["tenant_id"]), text(&r["device_id"]));
+        let (_, _, errors, count) = per_device[&key];
+        assert!(close(num(&r["health"]), health[&key]), "{r}");
+        assert!(
+            close(num(&r["error_rate"]), errors as f64 / count as f64),
+            "{r}"
+        );
+        assert!(num(&r["health"]) >= last - 1e-9, "sorted");
+        last = num(&r["health"]);
+    }
+    let listed: Vec<_> = worst
+        .iter()
+        .map(|r| (text(&r["tenant_id"]), text(&r["device_id"])))
+        .collect();
+    assert!(
+        health
+            .iter()
+            .all(|(k, h)| listed.contains(k) || *h >= last - 1e-9),
+        "no device left out was worse"
+    );
+
+    // Uptime yesterday, per device and per tenant, from the model's status transitions.
+    let mut transitions: BTreeMap<(String, String), Vec<(i64, DeviceStatus)>> = BTreeMap::new();
+    for o in &outputs {
+        if let Output::Status(s) = o {
+            transitions
+                .entry((s.tenant_id.clone(), s.device_id.clone()))
+                .or_default()
+                .push((s.ts, s.status));
+        }
+    }
+    let day = midnight - DAY;
+    let mut devices: Vec<(f64, String, String, u32)> = Vec::new();
+    let mut tenants: BTreeMap<String, (u32, i64, i64, u32)> = BTreeMap::new();
+    for ((tenant, device), list) in &mut transitions {
+        // As the rollup takes them: by time, `offline` before `online` at the same millisecond.
+        list.sort_by_key(|t| (t.0, t.1 == DeviceStatus::Online));
+        if let Some((observed, online, changes)) = uptime(list, day, midnight) {
+            devices.push((
+                online as f64 / observed as f64,
+                tenant.clone(),
+                device.clone(),
+                changes,
+            ));
+            let t = tenants.entry(tenant.clone()).or_default();
+            *t = (t.0 + 1, t.1 + observed, t.2 + online, t.3 + changes);
+        }
+    }
+    let got: Vec<_> = rows("tenant_uptime_yesterday")
+        .iter()
+        .map(|r| {
+            (
+                text(&r["tenant_id"]),
+                num(&r["devices"]) as u32,
+                num(&r["uptime"]),
+                num(&r["transitions"]) as u32,
+            )
+        })
+        .collect();
+    let expected: Vec<_> = tenants
+        .iter()
+        .map(|(t, v)| (t.clone(), v.0, v.2 as f64 / v.1 as f64, v.3))
+        .collect();
+    assert!(!expected.is_empty(), "a day closed");
+    assert!(
+        devices.iter().any(|d| d.0 < 1.0),
+        "a device was down for part of the day"
+    );
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert!(
+            g.0 == e.0 && g.1 == e.1 && close(g.2, e.2) && g.3 == e.3,
+            "{g:?} vs {e:?}"
+        );
+    }
+    devices.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let got: Vec<_> = rows("least_available_devices_yesterday")
+        .iter()
+        .map(|r| {
+            (
+                num(&r["uptime"]),
+                text(&r["tenant_id"]),
+                text(&r["device_id"]),
+                num(&r["transitions"]) as u32,
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 10.min(devices.len()));
+    for (g, e) in got.iter().zip(&devices) {
+        assert!(
+            close(g.0, e.0) && g.1 == e.1 && g.2 == e.2 && g.3 == e.3,
+            "{g:?} vs {e:?}"
+        );
+    }
+
+    // Open anomalies: those whose last change was a firing.
+    let mut latest: BTreeMap<(String, String, String), &schemas::Anomaly> = BTreeMap::new();
+    for o in &outputs {
+        if let Output::Anomaly(a) = o {
+            let key = (
+                a.tenant_id.clone(),
+                a.device_id.clone(),
+                AnomalyRow::from(a).kind,
+            );
+            if latest.get(&key).is_none_or(|b| b.ts <= a.ts) {
+                latest.insert(key, a);
+            }
+        }
+    }
+    let mut open: Vec<_> = latest
+        .iter()
+        .filter(|(_, a)| a.state == AnomalyState::Firing)
+        .map(|(k, a)| {
+            (
+                std::cmp::Reverse(a.ts / 1_000),
+                k.clone(),
+                a.observed,
+                a.threshold,
+            )
+        })
+        .collect();
+    open.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let got = rows("open_anomalies");
+    assert!(!open.is_empty(), "the fleet leaves anomalies open");
+    assert_eq!(got.len(), open.len());
+    for (g, e) in got.iter().zip(&open) {
+        let key = (
+            text(&g["tenant_id"]),
+            text(&g["device_id"]),
+            text(&g["kind"]),
+        );
+        assert_eq!(key, e.1, "{g}");
+        assert_eq!(text(&g["since"]), datetime(e.0.0 * 1_000), "{g}");
+        assert!(
+            close(num(&g["observed"]), e.2) && close(num(&g["threshold"]), e.3),
+            "{g}"
+        );
+    }
+
+    // Offline now: the devices whose last transition took them offline.
+    let mut offline: Vec<_> = transitions
+        .iter()
+        .filter_map(|(k, list)| {
+            let (ts, status) = *list.last()?;
+            (status == DeviceStatus::Offline).then(|| (ts / 1_000, k.0.clone(), k.1.clone()))
+        })
+        .collect();
+    offline.sort();
+    assert!(!offline.is_empty(), "the fleet leaves devices offline");
+    let got: Vec<_> = rows("offline_devices")
+        .iter()
+        .map(|r| {
+            (
+                text(&r["since"]),
+                text(&r["tenant_id"]),
+                text(&r["device_id"]),
+            )
+        })
+        .collect();
+    let expected: Vec<_> = offline
+        .iter()
+        .map(|(s, t, d)| (datetime(s * 1_000), t.clone(), d.clone()))
+        .collect();
+    assert_eq!(got, expected);
+
+    // Hour by hour per tenant: the closed hours, with the 1-minute windows added up.
+    let got = rows("tenant_hourly_last_day");
+    assert!(!hours.is_empty(), "an hour closed");
+    assert_eq!(got.len(), hours.len());
+    for (g, ((tenant, hour), (_, readings, errors))) in got.iter().zip(&hours) {
+        assert_eq!(text(&g["tenant_id"]), *tenant);
+        assert_eq!(text(&g["hour"]), datetime(*hour));
+        assert_eq!(
+            (num(&g["readings"]) as i64, num(&g["errors"]) as i64),
+            (*readings, *errors),
+            "{g}"
+        );
+        let q: Vec<f64> = g["rt_p50_p95_p99_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(num)
+            .collect();
+        assert!(q[0] <= q[1] && q[1] <= q[2], "{g}");
+    }
+
+    // Dead letters by reason.
+    let mut reasons: BTreeMap<(String, String), (u64, i64)> = BTreeMap::new();
+    for o in &outputs {
+        if let Output::DeadLetter(d) = o {
+            let e = reasons
+                .entry((d.source_topic.clone(), d.reason.as_str().to_string()))
+                .or_default();
+            e.0 += 1;
+            e.1 = e.1.max(d.source_offset);
+        }
+    }
+    let got: Vec<_> = rows("dead_letters_by_reason")
+        .iter()
+        .map(|r| {
+            (
+                (text(&r["source_topic"]), text(&r["reason"])),
+                (num(&r["records"]) as u64, num(&r["last_offset"]) as i64),
+            )
+        })
+        .collect();
+    assert_eq!(got, reasons.into_iter().collect::<Vec<_>>());
+    terminate(&mut child);
+}
+
+const DAY: i64 = 86_400_000;

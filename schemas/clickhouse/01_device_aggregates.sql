@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS {database}.device_aggregates
 (
     tenant_id String,
     device_id String,
-    device_class Nullable(String),
+    device_class {since 20.3: LowCardinality(Nullable(String)) else Nullable(String)},
     window_ms UInt32,
     window_start DateTime('UTC'),
     window_end DateTime('UTC'),

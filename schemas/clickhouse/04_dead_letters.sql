@@ -1,5 +1,6 @@
 -- Input the pipeline could not use, with why and where it came from. One partition: the natural
--- key (the source record) says nothing about time, and duplicates must meet to be replaced.
+-- key (the source record) says nothing about time, and duplicates must meet to be replaced. Servers
+-- with TTL drop them `clickhouse.dead_letter_days` after they arrived.
 CREATE TABLE IF NOT EXISTS {database}.dead_letters
 (
     source_topic String,
@@ -7,7 +8,7 @@ CREATE TABLE IF NOT EXISTS {database}.dead_letters
     source_offset Int64,
     key Nullable(String),
     raw String,
-    reason String,
+    reason {since 20.3: LowCardinality(String) else String},
     detail String,
     record_ts_ms Nullable(Int64),
     event_id String,
@@ -15,3 +16,4 @@ CREATE TABLE IF NOT EXISTS {database}.dead_letters
 )
 ENGINE = ReplacingMergeTree(inserted_at)
 ORDER BY (source_topic, source_partition, source_offset)
+{since 20.3: {dead_letter_ttl}}

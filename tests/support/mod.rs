@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use generator::{Event, Fleet, GeneratorConfig, MessageFormat};
 use pipeline::output::Output as Derived;
+use pipeline::source::memory::MemoryRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::{Anomaly, Codec, DeadLetter, StatusTransition, WindowAggregate};
@@ -261,6 +262,21 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Read> {
         }
     }
     assert!(ends.is_empty(), "{topic}: not read to its end in time");
+    out
+}
+
+/// `topic` as the reference model's input: each partition's records in offset order.
+pub fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>> {
+    let mut read = read_all(brokers, topic);
+    read.sort_by_key(|m| (m.partition, m.offset));
+    let partitions = read.iter().map(|m| m.partition).max().unwrap_or(0) as usize + 1;
+    let mut out = vec![Vec::new(); partitions];
+    for m in read {
+        out[m.partition as usize].push(MemoryRecord {
+            record_ts: m.timestamp,
+            value: m.value,
+        });
+    }
     out
 }
 

@@ -26,6 +26,14 @@ pub struct SinkConfig {
     pub batch_bytes: usize,
     /// ...or its first record has waited this long, ms.
     pub batch_ms: u64,
+    /// The window length, ms, whose aggregates the hourly rollups add up (a length the
+    /// pipeline emits; 1 min by default).
+    pub rollup_window_ms: u32,
+    /// How far past its end, ms of event time, an hour or a day is taken as closed and written
+    /// to the rollups (records that come later still correct it).
+    pub rollup_grace_ms: u64,
+    /// Days a dead letter is kept, on servers with TTL (20.3 and later); 0 keeps them for good.
+    pub dead_letter_days: u32,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks a free one.
     pub listen: std::net::SocketAddr,
 }
@@ -42,6 +50,9 @@ impl Default for SinkConfig {
             batch_rows: 100_000,
             batch_bytes: 32 * 1024 * 1024,
             batch_ms: 1_000,
+            rollup_window_ms: 60_000,
+            rollup_grace_ms: 300_000,
+            dead_letter_days: 30,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9465)),
         }
     }
@@ -70,6 +81,12 @@ impl SinkConfig {
         }
         if self.batch_ms == 0 {
             return fail("batch_ms", "at least 1");
+        }
+        if self.rollup_window_ms == 0 || self.rollup_window_ms > 3_600_000 {
+            return fail(
+                "rollup_window_ms",
+                "a window length of the pipeline, from 1 to 3600000",
+            );
         }
         Ok(())
     }

@@ -1,11 +1,15 @@
 //! The sink's tables: `schemas/clickhouse/*.sql`, in file order, each statement `CREATE ... IF
-//! NOT EXISTS` in the subset ClickHouse 18.16 and current releases both accept, with the
-//! database name filled in. Applying them again changes nothing.
+//! NOT EXISTS`, with the database name filled in. Applying them again changes nothing.
+//!
+//! The files are written for ClickHouse 18.16 (what Debian ships and the tests run) and current
+//! releases at once: what older servers lack stands in a gate, `{since 20.3: NEW else OLD}` (the
+//! `else` part is optional), which the server's version decides. The gates hold
+//! `LowCardinality` for the enum-like columns and the dead letters' TTL.
 
-use crate::server::{Connection, SinkError};
+use crate::server::{Connection, SinkError, Version};
 
-/// The table definitions, in the order they are applied.
-pub const TABLES: [(&str, &str); 4] = [
+/// The table definitions, in the order they are applied: raw tables, then the rollups.
+pub const TABLES: [(&str, &str); 8] = [
     (
         "device_aggregates",
         include_str!("../../../schemas/clickhouse/01_device_aggregates.sql"),
@@ -22,29 +26,99 @@ pub const TABLES: [(&str, &str); 4] = [
         "dead_letters",
         include_str!("../../../schemas/clickhouse/04_dead_letters.sql"),
     ),
+    (
+        "device_hourly",
+        include_str!("../../../schemas/clickhouse/05_device_hourly.sql"),
+    ),
+    (
+        "tenant_hourly",
+        include_str!("../../../schemas/clickhouse/06_tenant_hourly.sql"),
+    ),
+    (
+        "device_uptime_daily",
+        include_str!("../../../schemas/clickhouse/07_device_uptime_daily.sql"),
+    ),
+    (
+        "tenant_uptime_daily",
+        include_str!("../../../schemas/clickhouse/08_tenant_uptime_daily.sql"),
+    ),
 ];
 
-/// The statements that create `database` and its tables.
-pub fn statements(database: &str) -> Vec<String> {
-    let quoted = format!("`{}`", database.replace('`', ""));
-    std::iter::once(format!("CREATE DATABASE IF NOT EXISTS {quoted}"))
-        .chain(TABLES.iter().map(|(_, sql)| {
-            // The comments before a statement are for readers of the file.
-            let body: String = sql
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            body.replace("{database}", &quoted)
-        }))
-        .collect()
+/// What the statements are made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The database of the tables.
+    pub database: &'a str,
+    /// The server's version, which opens the gates.
+    pub version: Version,
+    /// Days a dead letter is kept where TTL exists; 0 keeps them.
+    pub dead_letter_days: u32,
 }
 
-/// Creates the database and the tables that are missing.
-pub async fn apply(connection: &Connection, database: &str) -> Result<(), SinkError> {
+/// Resolves every `{since X.Y: NEW else OLD}` gate of `sql` for `version`.
+fn gates(sql: &str, version: Version) -> Result<String, SinkError> {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find("{since ") {
+        out.push_str(&rest[..at]);
+        let gate = &rest[at + "{since ".len()..];
+        let bad = || SinkError::Ddl(format!("a gate without its closing brace: {gate:.40}"));
+        let (head, body) = gate.split_once(':').ok_or_else(bad)?;
+        let end = body.find('}').ok_or_else(bad)?;
+        let (new, old) = body[..end]
+            .split_once(" else ")
+            .unwrap_or((&body[..end], ""));
+        out.push_str(
+            if version >= Version::parse(head)? {
+                new
+            } else {
+                old
+            }
+            .trim(),
+        );
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The statements that create the database and its tables.
+pub fn statements(target: Target<'_>) -> Result<Vec<String>, SinkError> {
+    let quoted = format!("`{}`", target.database.replace('`', ""));
+    let ttl = match target.dead_letter_days {
+        0 => String::new(),
+        days => format!("TTL inserted_at + INTERVAL {days} DAY"),
+    };
+    let mut all = vec![format!("CREATE DATABASE IF NOT EXISTS {quoted}")];
+    for (_, sql) in TABLES {
+        // The comments before a statement are for readers of the file.
+        let body: String = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let body = body
+            .replace("{database}", &quoted)
+            .replace("{dead_letter_ttl}", &ttl);
+        all.push(gates(&body, target.version)?);
+    }
+    Ok(all)
+}
+
+/// Creates `database` and the tables that are missing, as the connected server's version allows.
+pub async fn apply(
+    connection: &Connection,
+    database: &str,
+    dead_letter_days: u32,
+) -> Result<(), SinkError> {
+    let target = Target {
+        database,
+        version: connection.version,
+        dead_letter_days,
+    };
     // The database may not exist yet: run the statements from `default` (they name theirs).
     let client = connection.client.clone().with_database("default");
-    for statement in statements(database) {
+    for statement in statements(target)? {
         client.query(&statement).execute().await?;
     }
     tracing::info!(database, version = ?connection.version, "tables in place");
@@ -55,13 +129,41 @@ pub async fn apply(connection: &Connection, database: &str) -> Result<(), SinkEr
 mod tests {
     use super::*;
 
+    fn target(version: &str) -> Result<Target<'static>, SinkError> {
+        Ok(Target {
+            database: "fp`x",
+            version: Version::parse(version)?,
+            dead_letter_days: 30,
+        })
+    }
+
     #[test]
-    fn every_statement_is_idempotent_and_names_the_database() {
-        let all = statements("fp`x");
+    fn every_statement_is_idempotent_and_names_the_database() -> Result<(), SinkError> {
+        let all = statements(target("18.16.1")?)?;
         assert_eq!(all.len(), TABLES.len() + 1);
         for s in &all {
             assert!(s.contains("IF NOT EXISTS `fpx`"), "{s}");
             assert!(!s.contains("--"), "comments are stripped: {s}");
+            assert!(!s.contains('{'), "every placeholder is filled: {s}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn gates_open_with_the_version() -> Result<(), SinkError> {
+        let old = statements(target("18.16.1")?)?.join("\n");
+        assert!(!old.contains("LowCardinality") && !old.contains("TTL"));
+        assert!(old.contains("kind String,"));
+        let new = statements(target("24.8.4.13")?)?.join("\n");
+        assert!(new.contains("kind LowCardinality(String),"));
+        assert!(new.contains("previous LowCardinality(Nullable(String)),"));
+        assert!(new.contains("TTL inserted_at + INTERVAL 30 DAY"));
+        let keep = Target {
+            dead_letter_days: 0,
+            ..target("24.8")?
+        };
+        assert!(!statements(keep)?.join("\n").contains("TTL"));
+        assert!(gates("a {since 20.3: b", Version::parse("21.1")?).is_err());
+        Ok(())
     }
 }

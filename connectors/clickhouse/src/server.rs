@@ -11,6 +11,9 @@ pub enum SinkError {
     /// The server's version string could not be read.
     #[error("cannot read the server version {0:?}")]
     Version(String),
+    /// A table definition is malformed.
+    #[error("table definitions: {0}")]
+    Ddl(String),
 }
 
 /// A server version, major and minor (`18.16.1` is 18.16).

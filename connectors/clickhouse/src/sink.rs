@@ -21,6 +21,7 @@ use schemas::Codec;
 
 use crate::batch::{Batch, Table};
 use crate::config::SinkConfig;
+use crate::rollup::{Plan, Rollups};
 use crate::server::{Connection, SinkError};
 
 /// How often an idle sink checks that ClickHouse answers.
@@ -157,11 +158,32 @@ async fn insert<T: RowOwned + RowWrite>(
     Ok(())
 }
 
-async fn insert_all(client: &Client, batch: &Batch) -> Result<(), clickhouse::error::Error> {
+/// Inserts `batch` and writes the rollups it closed or touched; what the sink does with a batch
+/// before it commits its offsets. Everything here may run twice (a retry, a restart before the
+/// commit): rows inserted twice are replaced on merge and hidden by `FINAL`, and a rollup written
+/// twice is the same row. The caller hands the returned plan to [`Rollups::done`] once it
+/// stands.
+pub async fn write(
+    client: &Client,
+    batch: &Batch,
+    rollups: &mut Rollups,
+) -> Result<Plan, clickhouse::error::Error> {
+    // What the tables already cover must be known before the batch is judged against it.
+    rollups.load(client).await?;
+    rollups.observe(batch);
     insert(client, Table::Aggregates, &batch.aggregates).await?;
     insert(client, Table::Anomalies, &batch.anomalies).await?;
     insert(client, Table::Status, &batch.status).await?;
-    insert(client, Table::DeadLetters, &batch.dead_letters).await
+    insert(client, Table::DeadLetters, &batch.dead_letters).await?;
+    let plan = rollups.plan();
+    if !plan.is_empty() {
+        let started = Instant::now();
+        rollups.refresh(client, &plan).await?;
+        histogram!("fleetpulse_sink_rollup_seconds").record(started.elapsed().as_secs_f64());
+        counter!("fleetpulse_sink_rollup_periods_total")
+            .increment((plan.hours.len() + plan.days.len()) as u64);
+    }
+    Ok(plan)
 }
 
 /// A random-enough fraction in [0, 1) for backoff jitter: its only job is to keep several sinks
@@ -209,13 +231,17 @@ impl Sink {
         connection: &Connection,
         runtime: &tokio::runtime::Handle,
         batch: &Batch,
+        rollups: &mut Rollups,
         summary: &mut Summary,
     ) -> bool {
         let mut backoff = Duration::from_millis(200);
         let mut paused = None;
         loop {
-            match runtime.block_on(insert_all(&connection.client, batch)) {
-                Ok(()) => break,
+            match runtime.block_on(write(&connection.client, batch, rollups)) {
+                Ok(plan) => {
+                    rollups.done(&plan);
+                    break;
+                }
                 Err(e) => {
                     self.health.clickhouse(false);
                     summary.retries += 1;
@@ -271,6 +297,7 @@ impl Sink {
         let consumer = self.consumer()?;
         let mut summary = Summary::default();
         let mut batch = Batch::default();
+        let mut rollups = Rollups::new(self.config.rollup_window_ms, self.config.rollup_grace_ms);
         let age = Duration::from_millis(self.config.batch_ms);
         self.health.clickhouse(true);
         // When there is nothing to insert, a ping keeps `/readyz` honest about ClickHouse.
@@ -309,7 +336,14 @@ impl Sink {
             }
             if !batch.is_empty()
                 && batch.due(self.config.batch_rows, self.config.batch_bytes, age)
-                && self.flush(&consumer, connection, runtime, &batch, &mut summary)
+                && self.flush(
+                    &consumer,
+                    connection,
+                    runtime,
+                    &batch,
+                    &mut rollups,
+                    &mut summary,
+                )
             {
                 batch = Batch::default();
                 contact = Instant::now();
@@ -324,7 +358,14 @@ impl Sink {
             }
         }
         if !batch.is_empty() {
-            self.flush(&consumer, connection, runtime, &batch, &mut summary);
+            self.flush(
+                &consumer,
+                connection,
+                runtime,
+                &batch,
+                &mut rollups,
+                &mut summary,
+            );
         }
         Ok(summary)
     }

@@ -20,8 +20,8 @@ async fn connect(database: &str) -> Connection {
         validation: None,
     };
     let connection = Connection::open(&target).await.unwrap();
-    ddl::apply(&connection, database).await.unwrap();
-    ddl::apply(&connection, database).await.unwrap();
+    ddl::apply(&connection, database, 30).await.unwrap();
+    ddl::apply(&connection, database, 30).await.unwrap();
     connection
 }
 

@@ -93,7 +93,7 @@ async fn open(config: &Config, database: &str) -> anyhow::Result<Connection> {
     let connection = Connection::open(&target)
         .await
         .with_context(|| format!("cannot reach ClickHouse at {}", c.url))?;
-    ddl::apply(&connection, database).await?;
+    ddl::apply(&connection, database, 0).await?;
     Ok(connection)
 }
 

@@ -65,7 +65,7 @@ async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connectio
     loop {
         let attempt = async {
             let connection = Connection::open(&target).await?;
-            ddl::apply(&connection, &c.database).await?;
+            ddl::apply(&connection, &c.database, c.dead_letter_days).await?;
             Ok::<_, clickhouse_sink::SinkError>(connection)
         };
         match attempt.await {
