@@ -100,6 +100,8 @@ impl Codec {
         let record: R = if writer.resolves {
             let value = writer.reader.read_value(&mut body).map_err(avro)?;
             from_value(&value).map_err(avro)?
+        } else if let Some(read) = R::read_current(&mut body) {
+            read?
         } else {
             writer.reader.read_deser(&mut body).map_err(avro)?
         };

@@ -54,6 +54,10 @@ impl Record for WindowAggregate {
     fn key(&self) -> &str {
         &self.device_id
     }
+
+    fn read_current(body: &mut &[u8]) -> Option<Result<Self, crate::DecodeError>> {
+        Some(crate::binary::read_window_aggregate(body))
+    }
 }
 
 /// The rule that detected an anomaly.

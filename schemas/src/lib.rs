@@ -16,6 +16,7 @@
 //! assert_eq!(codec.decode::<Telemetry>(&bytes).unwrap(), reading);
 //! ```
 
+mod binary;
 mod codec;
 mod dead_letter;
 mod derived;

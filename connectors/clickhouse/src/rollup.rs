@@ -85,6 +85,8 @@ impl Periods {
 /// What one refresh writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// The window length the hourly rollups add up.
+    window_ms: u32,
     /// Hours to write, in order (start, ms).
     pub hours: Vec<i64>,
     /// Days to write, in order (start, ms).
@@ -97,6 +99,32 @@ impl Plan {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.hours.is_empty() && self.days.is_empty()
+    }
+
+    /// Writes the plan's periods: hours then days, each device table before its tenant table,
+    /// days in order (each starts where the one before ended).
+    pub async fn write(
+        &self,
+        client: &Client,
+        versions: &mut Versions,
+    ) -> Result<(), clickhouse::error::Error> {
+        for &hour in &self.hours {
+            let version = versions.take();
+            client
+                .query(&device_hourly(hour, self.window_ms, version))
+                .execute()
+                .await?;
+            client
+                .query(&tenant_hourly(hour, version))
+                .execute()
+                .await?;
+        }
+        for &day in &self.days {
+            let version = versions.take();
+            client.query(&device_uptime(day, version)).execute().await?;
+            client.query(&tenant_uptime(day, version)).execute().await?;
+        }
+        Ok(())
     }
 }
 
@@ -111,7 +139,25 @@ pub struct Rollups {
     days: Periods,
     /// Whether `through` has been read from the tables.
     loaded: bool,
-    last_version: u64,
+}
+
+/// Versions of rollup rows (`refreshed_ms`), each newer than the one before: the wall clock, in
+/// ms, so that a restarted sink's rows replace those of the run before it.
+#[derive(Debug, Clone, Default)]
+pub struct Versions {
+    last: u64,
+}
+
+impl Versions {
+    /// The next version.
+    pub fn take(&mut self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        self.last = now.max(self.last + 1);
+        self.last
+    }
 }
 
 impl Rollups {
@@ -124,7 +170,6 @@ impl Rollups {
             hours: Periods::new(HOUR_MS),
             days: Periods::new(DAY_MS),
             loaded: false,
-            last_version: 0,
         }
     }
 
@@ -156,6 +201,7 @@ impl Rollups {
         let (hours, hours_through) = self.hours.plan(closed_before, false);
         let (days, days_through) = self.days.plan(closed_before, true);
         Plan {
+            window_ms: self.window_ms,
             hours,
             days,
             hours_through,
@@ -194,32 +240,9 @@ impl Rollups {
         Ok(())
     }
 
-    /// Writes what `plan` says, hours then days, each device table before its tenant table.
-    pub async fn refresh(
-        &mut self,
-        client: &Client,
-        plan: &Plan,
-    ) -> Result<(), clickhouse::error::Error> {
-        for &hour in &plan.hours {
-            let version = self.version();
-            client
-                .query(&device_hourly(hour, self.window_ms, version))
-                .execute()
-                .await?;
-            client
-                .query(&tenant_hourly(hour, version))
-                .execute()
-                .await?;
-        }
-        for &day in &plan.days {
-            let version = self.version();
-            client.query(&device_uptime(day, version)).execute().await?;
-            client.query(&tenant_uptime(day, version)).execute().await?;
-        }
-        Ok(())
-    }
-
-    /// Records that `plan` was written.
+    /// Takes `plan` as written: the periods leave the to-do list as soon as the plan is handed
+    /// on, since the batch that made it is not committed until the plan is written (a crash
+    /// before that reads the batch again, and the tables say what is missing).
     pub fn done(&mut self, plan: &Plan) {
         for (periods, written, through) in [
             (&mut self.hours, &plan.hours, plan.hours_through),
@@ -233,16 +256,6 @@ impl Rollups {
                 periods.earliest = None;
             }
         }
-    }
-
-    /// A version newer than every earlier refresh of this sink: the wall clock, in ms.
-    fn version(&mut self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        self.last_version = now.max(self.last_version + 1);
-        self.last_version
     }
 }
 

@@ -66,11 +66,18 @@ pub struct AggregateRow {
 
 impl From<&WindowAggregate> for AggregateRow {
     fn from(a: &WindowAggregate) -> AggregateRow {
+        AggregateRow::from(a.clone())
+    }
+}
+
+/// By value, as the sink converts: the strings move instead of being copied.
+impl From<WindowAggregate> for AggregateRow {
+    fn from(a: WindowAggregate) -> AggregateRow {
         AggregateRow {
-            tenant_id: a.tenant_id.clone(),
-            device_id: a.device_id.clone(),
-            device_class: a.device_class.clone(),
             window_ms: u32::try_from(a.window_end - a.window_start).unwrap_or(u32::MAX),
+            tenant_id: a.tenant_id,
+            device_id: a.device_id,
+            device_class: a.device_class,
             window_start: seconds(a.window_start),
             window_end: seconds(a.window_end),
             count: u32::try_from(a.count).unwrap_or(u32::MAX),
@@ -86,7 +93,7 @@ impl From<&WindowAggregate> for AggregateRow {
             battery_min: a.battery_min,
             signal_mean: a.signal_mean,
             health_score: a.health_score,
-            event_id: a.event_id.clone(),
+            event_id: a.event_id,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The sink's loop: consume the derived topics in a consumer group, batch, insert, and only then
-//! commit the offsets. While ClickHouse refuses, the batch is retried with exponential backoff
-//! and jitter and the partitions are paused (still polled, so the group keeps them), so nothing
-//! piles up in memory and nothing is committed that is not in ClickHouse. A record inserted twice
+//! commit the offsets. Consuming and inserting overlap: the next batch fills while the one before
+//! goes in. While ClickHouse refuses, the batch is retried with exponential backoff and jitter
+//! and, once the next batch has grown to twice the limits, the partitions are paused (still polled, so the group
+//! keeps them), so nothing piles up in memory and nothing is committed that is not in
+//! ClickHouse. A record inserted twice
 //! (a retry after a partial failure, a restart before the commit) has the same natural key and
 //! payload and is seen once by queries that read with `FINAL`.
 
@@ -21,11 +23,15 @@ use schemas::Codec;
 
 use crate::batch::{Batch, Table};
 use crate::config::SinkConfig;
-use crate::rollup::{Plan, Rollups};
+use crate::rollup::{Plan, Rollups, Versions};
 use crate::server::{Connection, SinkError};
 
 /// How often an idle sink checks that ClickHouse answers.
 const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// The first wait after ClickHouse refused, doubled at every refusal up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What `/readyz` reports: the sink is ready while Kafka and ClickHouse both answer.
 #[derive(Debug, Default)]
@@ -57,9 +63,12 @@ impl Health {
         gauge!("fleetpulse_sink_clickhouse_up").set(if up { 1.0 } else { 0.0 });
     }
 
+    /// Kafka answers (`true`) or not; called for every record, so the gauge is only touched
+    /// when the state changes.
     fn kafka(&self, up: bool) {
-        self.kafka_down.store(!up, Ordering::Relaxed);
-        gauge!("fleetpulse_sink_kafka_up").set(if up { 1.0 } else { 0.0 });
+        if self.kafka_down.swap(!up, Ordering::Relaxed) == up {
+            gauge!("fleetpulse_sink_kafka_up").set(if up { 1.0 } else { 0.0 });
+        }
     }
 }
 
@@ -158,12 +167,12 @@ async fn insert<T: RowOwned + RowWrite>(
     Ok(())
 }
 
-/// Inserts `batch` and writes the rollups it closed or touched; what the sink does with a batch
-/// before it commits its offsets. Everything here may run twice (a retry, a restart before the
-/// commit): rows inserted twice are replaced on merge and hidden by `FINAL`, and a rollup written
-/// twice is the same row. The caller hands the returned plan to [`Rollups::done`] once it
-/// stands.
-pub async fn write(
+/// The first half of a batch's turn: inserts its rows and returns the rollup periods it closed
+/// or touched, which count as written from here on; the second half is [`Plan::write`], and the
+/// batch's offsets are committed only after both. Everything here may run twice (a retry, a
+/// restart before the commit): rows inserted twice are replaced on merge and hidden by `FINAL`,
+/// and a rollup written twice is the same row.
+pub async fn insert_batch(
     client: &Client,
     batch: &Batch,
     rollups: &mut Rollups,
@@ -176,13 +185,7 @@ pub async fn write(
     insert(client, Table::Status, &batch.status).await?;
     insert(client, Table::DeadLetters, &batch.dead_letters).await?;
     let plan = rollups.plan();
-    if !plan.is_empty() {
-        let started = Instant::now();
-        rollups.refresh(client, &plan).await?;
-        histogram!("fleetpulse_sink_rollup_seconds").record(started.elapsed().as_secs_f64());
-        counter!("fleetpulse_sink_rollup_periods_total")
-            .increment((plan.hours.len() + plan.days.len()) as u64);
-    }
+    rollups.done(&plan);
     Ok(plan)
 }
 
@@ -202,12 +205,19 @@ impl Sink {
         // A sink that died holds its partitions until its session times out (librdkafka's
         // default is 45 s), or, if it died while the group was rebalancing, until the rebalance
         // timeout, which is `max.poll.interval.ms` (5 min by default); a restarted sink should
-        // not wait that long. The loop polls every 50 ms, also while it retries an insert; only
-        // one insert longer than 30 s would cost the sink its membership (it rejoins, and
-        // rows inserted twice are replaced). The user's `[kafka]` settings come after, and win.
+        // not wait that long. The loop polls all the time, inserts go on beside it, so 30 s
+        // without a poll means the sink is stuck. librdkafka waits `fetch.queue.backoff.ms`
+        // (1 s) before fetching for a partition whose prefetch queue was full; the sink empties
+        // 100,000 records in a fraction of that, and with the default it spent most of its time
+        // waiting for the next fetch (a raw consume went from 150 k to 650 k records/s here).
+        // The user's `[kafka]` settings come after, and win.
         config
             .set("session.timeout.ms", "10000")
             .set("max.poll.interval.ms", "30000")
+            .set("fetch.queue.backoff.ms", "10")
+            // A fetch that finds nothing new waits this long at the broker; the 500 ms default
+            // held up the first fetch after partitions were resumed.
+            .set("fetch.wait.max.ms", "100")
             .set("statistics.interval.ms", "5000");
         for (k, v) in &self.kafka {
             config.set(k, v);
@@ -222,73 +232,16 @@ impl Sink {
         Ok(consumer)
     }
 
-    /// Inserts `batch` until ClickHouse takes it (or the sink is stopped), polling `consumer`
-    /// with its partitions paused meanwhile; then commits its offsets. Returns whether it went
-    /// in.
-    fn flush(
-        &self,
-        consumer: &BaseConsumer<Group>,
-        connection: &Connection,
-        runtime: &tokio::runtime::Handle,
-        batch: &Batch,
-        rollups: &mut Rollups,
-        summary: &mut Summary,
-    ) -> bool {
-        let mut backoff = Duration::from_millis(200);
-        let mut paused = None;
-        loop {
-            match runtime.block_on(write(&connection.client, batch, rollups)) {
-                Ok(plan) => {
-                    rollups.done(&plan);
-                    break;
-                }
-                Err(e) => {
-                    self.health.clickhouse(false);
-                    summary.retries += 1;
-                    counter!("fleetpulse_sink_insert_retries_total").increment(1);
-                    let wait = backoff.mul_f64(0.5 + jitter());
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "insert failed; retrying");
-                    if paused.is_none() {
-                        paused = consumer.assignment().ok();
-                        if let Some(p) = &paused {
-                            let _ = consumer.pause(p);
-                        }
-                    }
-                    // Polling a paused consumer returns no records but keeps its group
-                    // membership alive.
-                    let until = Instant::now() + wait;
-                    while Instant::now() < until {
-                        let _ = consumer.poll(Duration::from_millis(100));
-                    }
-                    if self.stop.load(Ordering::Relaxed) {
-                        tracing::warn!(
-                            "stopped while ClickHouse refuses: the batch is not committed and will be read again"
-                        );
-                        return false;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-        self.health.clickhouse(true);
-        if let Some(p) = &paused {
-            let _ = consumer.resume(p);
-        }
-        let mut offsets = TopicPartitionList::new();
-        for (topic, partition, next) in batch.offsets() {
-            let _ = offsets.add_partition_offset(topic, partition, Offset::Offset(next));
-        }
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-            // After a rebalance the new owner reads these again: the rows are in twice, and
-            // replaced on merge; queries read with FINAL.
-            tracing::warn!(error = %e, "cannot commit offsets");
-        }
-        summary.rows += batch.rows() as u64;
-        histogram!("fleetpulse_sink_batch_rows").record(batch.rows() as f64);
-        true
-    }
-
-    /// Runs until `stop`: consumes, batches, inserts, commits.
+    /// Runs until `stop`. Three stages overlap, each in order: this thread consumes and batches;
+    /// an inserter inserts the batch before ([`insert_batch`]); a refresher writes the rollup
+    /// periods each inserted batch closed or touched ([`Plan::write`]), after which this thread
+    /// commits the batch's offsets. A batch that is due while the inserter is busy keeps filling,
+    /// up to twice the batch limits, and then waits with the partitions paused (still polled, so
+    /// the group keeps them), so memory stays bounded however long ClickHouse is away. Pausing is
+    /// kept for that case: librdkafka drops what it prefetched for a paused partition and fetches
+    /// it again on resume, which stalled the sink for up to a second. The refresher runs apart so
+    /// that recomputing a closed hour (a second or more for a large fleet) does not hold up
+    /// inserts.
     pub fn run(
         &self,
         connection: &Connection,
@@ -297,58 +250,107 @@ impl Sink {
         let consumer = self.consumer()?;
         let mut summary = Summary::default();
         let mut batch = Batch::default();
-        let mut rollups = Rollups::new(self.config.rollup_window_ms, self.config.rollup_grace_ms);
         let age = Duration::from_millis(self.config.batch_ms);
         self.health.clickhouse(true);
+        // Kafka counts as up until the consumer reports otherwise (then the gauge follows it).
+        gauge!("fleetpulse_sink_kafka_up").set(1.0);
+        let (batches, inbox) = tokio::sync::mpsc::channel::<Batch>(1);
+        let (freed, emptied) = std::sync::mpsc::channel::<Batch>();
+        let (staged, to_refresh) = tokio::sync::mpsc::channel::<Staged>(16);
+        let (finished, done) = std::sync::mpsc::channel::<Finished>();
+        let stages = Stages {
+            client: connection.client.clone(),
+            stop: Arc::clone(&self.stop),
+            health: Arc::clone(&self.health),
+        };
+        let inserter = runtime.spawn(stages.clone().insert(
+            Rollups::new(self.config.rollup_window_ms, self.config.rollup_grace_ms),
+            inbox,
+            freed,
+            staged,
+        ));
+        let refresher = runtime.spawn(stages.refresh(to_refresh, finished));
+        // Whether the inserter has a batch, and how many batches are not committed yet.
+        let mut in_flight = false;
+        let mut uncommitted = 0usize;
+        // The batch that went in last, emptied, to be filled again.
+        let mut spare = Batch::default();
+        let mut paused: Option<TopicPartitionList> = None;
+        let mut caught_up = false;
         // When there is nothing to insert, a ping keeps `/readyz` honest about ClickHouse.
         let mut contact = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            match consumer.poll(Duration::from_millis(50)) {
+        loop {
+            let stopping = self.stop.load(Ordering::Relaxed);
+            while let Ok(empty) = emptied.try_recv() {
+                in_flight = false;
+                spare = empty;
+            }
+            while let Ok(f) = done.try_recv() {
+                uncommitted -= 1;
+                self.commit(&consumer, &f, &mut summary);
+                contact = Instant::now();
+            }
+            // A batch also goes once the consumer has caught up, if it holds a hundredth of the
+            // limits (1,000 rows by default, the least ClickHouse advises per insert): the end of
+            // a backlog need not wait out `batch_ms`, and a trickle still waits for it (many
+            // small inserts make many small parts, which ClickHouse then has to merge).
+            let due = !batch.is_empty()
+                && (stopping
+                    || batch.due(self.config.batch_rows, self.config.batch_bytes, age)
+                    || (caught_up
+                        && batch.due(
+                            self.config.batch_rows.div_ceil(100),
+                            self.config.batch_bytes.div_ceil(100),
+                            age,
+                        )));
+            if due && !in_flight {
+                if let Some(p) = paused.take() {
+                    let _ = consumer.resume(&p);
+                }
+                if batches
+                    .blocking_send(std::mem::replace(&mut batch, std::mem::take(&mut spare)))
+                    .is_err()
+                {
+                    break;
+                }
+                in_flight = true;
+                uncommitted += 1;
+            } else if in_flight
+                && paused.is_none()
+                && batch.due(
+                    2 * self.config.batch_rows,
+                    2 * self.config.batch_bytes,
+                    Duration::MAX,
+                )
+            {
+                paused = consumer.assignment().ok();
+                if let Some(p) = &paused {
+                    let _ = consumer.pause(p);
+                }
+            }
+            if stopping {
+                if !in_flight && batch.is_empty() && uncommitted == 0 {
+                    break;
+                }
+                // Nothing more is taken: wait for what is in flight (the stages give up on it
+                // if ClickHouse refuses).
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            caught_up = false;
+            // A paused consumer returns no records but keeps its group membership alive.
+            match consumer.poll(Duration::from_millis(if in_flight { 5 } else { 50 })) {
                 Some(Ok(m)) => {
                     self.health.kafka(true);
-                    let table = self
-                        .topics
-                        .iter()
-                        .find(|(t, _)| t == m.topic())
-                        .map(|(_, table)| *table);
-                    if let Some(table) = table {
-                        let value = m.payload().unwrap_or_default();
-                        let added = batch.add(
-                            &self.codec,
-                            table,
-                            m.topic(),
-                            m.partition(),
-                            m.offset(),
-                            value,
-                        );
-                        if let Err(e) = added {
-                            summary.undecodable += 1;
-                            counter!("fleetpulse_sink_undecodable_total").increment(1);
-                            tracing::error!(error = %e, topic = m.topic(), partition = m.partition(), offset = m.offset(), "a derived record does not decode; skipped");
-                        }
-                    }
+                    self.take(&mut batch, &m, &mut summary);
                 }
                 Some(Err(e)) => {
                     self.health.kafka(false);
                     tracing::warn!(error = %e, "kafka");
                 }
-                None => {}
+                None => caught_up = paused.is_none(),
             }
-            if !batch.is_empty()
-                && batch.due(self.config.batch_rows, self.config.batch_bytes, age)
-                && self.flush(
-                    &consumer,
-                    connection,
-                    runtime,
-                    &batch,
-                    &mut rollups,
-                    &mut summary,
-                )
-            {
-                batch = Batch::default();
-                contact = Instant::now();
-            }
-            if contact.elapsed() >= PING_EVERY {
+            if uncommitted == 0 && contact.elapsed() >= PING_EVERY {
                 contact = Instant::now();
                 let ping = connection.client.query("SELECT 1").execute();
                 let up = runtime
@@ -357,16 +359,198 @@ impl Sink {
                 self.health.clickhouse(up);
             }
         }
-        if !batch.is_empty() {
-            self.flush(
-                &consumer,
-                connection,
-                runtime,
-                &batch,
-                &mut rollups,
-                &mut summary,
-            );
-        }
+        drop(batches);
+        summary.retries =
+            runtime.block_on(inserter).unwrap_or(0) + runtime.block_on(refresher).unwrap_or(0);
         Ok(summary)
+    }
+
+    /// Adds a consumed record to `batch`.
+    fn take(
+        &self,
+        batch: &mut Batch,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        summary: &mut Summary,
+    ) {
+        let Some(table) = self
+            .topics
+            .iter()
+            .find(|(t, _)| t == m.topic())
+            .map(|(_, table)| *table)
+        else {
+            return;
+        };
+        let value = m.payload().unwrap_or_default();
+        if let Err(e) = batch.add(
+            &self.codec,
+            table,
+            m.topic(),
+            m.partition(),
+            m.offset(),
+            value,
+        ) {
+            summary.undecodable += 1;
+            counter!("fleetpulse_sink_undecodable_total").increment(1);
+            tracing::error!(error = %e, topic = m.topic(), partition = m.partition(), offset = m.offset(), "a derived record does not decode; skipped");
+        }
+    }
+
+    /// Commits the offsets of a batch that went in, rollups and all.
+    fn commit(&self, consumer: &BaseConsumer<Group>, f: &Finished, summary: &mut Summary) {
+        if !f.written {
+            return;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (topic, partition, next) in &f.offsets {
+            let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+            // After a rebalance the new owner reads these again: the rows are in twice, and
+            // replaced on merge; queries read with FINAL.
+            tracing::warn!(error = %e, "cannot commit offsets");
+        }
+        summary.rows += f.rows as u64;
+        histogram!("fleetpulse_sink_batch_rows").record(f.rows as f64);
+    }
+}
+
+/// A batch whose rows went in (or did not), on its way to the refresher.
+struct Staged {
+    /// Whether its rows went in (they did not if the sink was stopped while ClickHouse refused).
+    inserted: bool,
+    /// The rollup periods to write before its offsets are committed.
+    plan: Plan,
+    /// Its rows.
+    rows: usize,
+    /// Per (topic, partition), the next offset to read.
+    offsets: Vec<(String, i32, i64)>,
+}
+
+/// What became of a batch: whether everything it needs is written, and what to commit.
+struct Finished {
+    written: bool,
+    rows: usize,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+/// What the inserter and the refresher share.
+#[derive(Clone)]
+struct Stages {
+    client: Client,
+    stop: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+impl Stages {
+    /// After an attempt at ClickHouse failed: counts it, reports ClickHouse down and waits
+    /// (exponential backoff with jitter). Returns whether to try again: not once the sink is
+    /// stopped.
+    async fn failed(
+        &self,
+        what: &str,
+        error: &clickhouse::error::Error,
+        backoff: &mut Duration,
+        retries: &mut u64,
+    ) -> bool {
+        self.health.clickhouse(false);
+        *retries += 1;
+        counter!("fleetpulse_sink_insert_retries_total").increment(1);
+        let wait = backoff.mul_f64(0.5 + jitter());
+        tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying");
+        tokio::time::sleep(wait).await;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        if self.stop.load(Ordering::Relaxed) {
+            tracing::warn!(
+                "stopped while ClickHouse refuses: the batch is not committed and will be read again"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Inserts the batches it is handed, one at a time and in order; hands each back emptied
+    /// (the inserter is free) and passes it on to the refresher. Returns the retries.
+    async fn insert(
+        self,
+        mut rollups: Rollups,
+        mut inbox: tokio::sync::mpsc::Receiver<Batch>,
+        freed: std::sync::mpsc::Sender<Batch>,
+        staged: tokio::sync::mpsc::Sender<Staged>,
+    ) -> u64 {
+        let mut retries = 0;
+        while let Some(mut batch) = inbox.recv().await {
+            let mut backoff = FIRST_BACKOFF;
+            let plan = loop {
+                match insert_batch(&self.client, &batch, &mut rollups).await {
+                    Ok(plan) => {
+                        self.health.clickhouse(true);
+                        break Some(plan);
+                    }
+                    Err(e) => {
+                        if !self.failed("insert", &e, &mut backoff, &mut retries).await {
+                            break None;
+                        }
+                    }
+                }
+            };
+            let next = Staged {
+                inserted: plan.is_some(),
+                plan: plan.unwrap_or_default(),
+                rows: batch.rows(),
+                offsets: batch
+                    .offsets()
+                    .map(|(t, p, o)| (t.to_string(), p, o))
+                    .collect(),
+            };
+            batch.clear();
+            if freed.send(batch).is_err() || staged.send(next).await.is_err() {
+                break;
+            }
+        }
+        retries
+    }
+
+    /// Writes the rollup periods of each inserted batch, in order, and reports it finished.
+    /// Returns the retries.
+    async fn refresh(
+        self,
+        mut inbox: tokio::sync::mpsc::Receiver<Staged>,
+        finished: std::sync::mpsc::Sender<Finished>,
+    ) -> u64 {
+        let mut retries = 0;
+        let mut versions = Versions::default();
+        while let Some(next) = inbox.recv().await {
+            let mut written = next.inserted;
+            if written && !next.plan.is_empty() {
+                let started = Instant::now();
+                let mut backoff = FIRST_BACKOFF;
+                written = loop {
+                    match next.plan.write(&self.client, &mut versions).await {
+                        Ok(()) => {
+                            self.health.clickhouse(true);
+                            break true;
+                        }
+                        Err(e) => {
+                            if !self.failed("rollup", &e, &mut backoff, &mut retries).await {
+                                break false;
+                            }
+                        }
+                    }
+                };
+                histogram!("fleetpulse_sink_rollup_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                counter!("fleetpulse_sink_rollup_periods_total")
+                    .increment((next.plan.hours.len() + next.plan.days.len()) as u64);
+            }
+            let report = Finished {
+                written,
+                rows: next.rows,
+                offsets: next.offsets,
+            };
+            if finished.send(report).is_err() {
+                break;
+            }
+        }
+        retries
     }
 }

@@ -6,7 +6,7 @@
 
 use clickhouse::Row;
 use clickhouse_sink::batch::Batch;
-use clickhouse_sink::rollup::{DAY_MS, HOUR_MS, Rollups};
+use clickhouse_sink::rollup::{DAY_MS, HOUR_MS, Rollups, Versions};
 use clickhouse_sink::rows::{AggregateRow, StatusRow};
 use clickhouse_sink::server::Target;
 use clickhouse_sink::{Connection, ddl, sink};
@@ -154,9 +154,13 @@ fn with_status(status: Vec<StatusRow>) -> Batch {
     batch
 }
 
+/// What the sink does with a batch before it commits it: insert the rows, write the rollup
+/// periods they closed or touched.
 async fn write(c: &Connection, rollups: &mut Rollups, batch: &Batch) {
-    let plan = sink::write(&c.client, batch, rollups).await.unwrap();
-    rollups.done(&plan);
+    let plan = sink::insert_batch(&c.client, batch, rollups).await.unwrap();
+    plan.write(&c.client, &mut Versions::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

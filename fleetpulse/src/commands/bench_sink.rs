@@ -72,6 +72,26 @@ fn aggregate(i: u64) -> WindowAggregate {
     }
 }
 
+/// CPU seconds this process has used (user and system), from `/proc/self/stat`; 0 where that
+/// cannot be read. With wall time it tells waiting from working.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; the kernel
+    // counts them in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn count(connection: &Connection) -> u64 {
     connection
         .client
@@ -149,6 +169,24 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
     let raw_rate = args.rows as f64 / started.elapsed().as_secs_f64();
     println!("(a) raw clickhouse insert          {raw_rate:>10.0} rows/s");
 
+    // (c), for where the ceiling is: one consumer reads the topic and decodes every record into
+    // its row, with nothing inserted.
+    let cpu = cpu_seconds();
+    let (read, consume_s) = tokio::task::block_in_place(|| {
+        let codec = Codec::builtin();
+        super::bench_pipeline::raw_consume(config, &topic, |value| {
+            codec
+                .decode::<WindowAggregate>(value)
+                .map(AggregateRow::from)
+                .is_ok()
+        })
+    })?;
+    let consume_rate = read as f64 / consume_s;
+    println!(
+        "(c) raw consume + decode to rows  {consume_rate:>10.0} rows/s   (this process busy {:.0} % of one core)",
+        100.0 * (cpu_seconds() - cpu) / consume_s
+    );
+
     // (b) the sink: consume, decode, batch, insert, commit; timed until every row is in.
     let database = format!("{id}_sink");
     let sink_connection = open(config, &database).await?;
@@ -168,6 +206,7 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
     let runtime = tokio::runtime::Handle::current();
     let connection = sink_connection.clone();
     let started = Instant::now();
+    let cpu = cpu_seconds();
     let worker = tokio::task::spawn_blocking(move || sink.run(&connection, &runtime));
     while count(&sink_connection).await < args.rows {
         anyhow::ensure!(
@@ -177,12 +216,16 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let busy = 100.0 * (cpu_seconds() - cpu) / seconds;
     stop.store(true, Ordering::Relaxed);
     worker.await.context("the sink thread failed")??;
     let rate = args.rows as f64 / seconds;
     println!(
-        "(b) fleetpulse sink clickhouse     {rate:>10.0} rows/s   ratio b/a {:.2} (consume, decode, batch, insert, commit; group join included)",
-        rate / raw_rate
+        "(b) fleetpulse sink clickhouse     {rate:>10.0} rows/s   (this process busy {busy:.0} % of one core)\n\
+         ratio b/a {:.2}  (sink against raw insert; target 0.5)\n\
+         ratio b/c {:.2}  (sink against raw consume + decode)",
+        rate / raw_rate,
+        rate / consume_rate
     );
     for db in [format!("{id}_raw"), database] {
         let _ = raw

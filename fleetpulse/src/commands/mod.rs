@@ -32,14 +32,22 @@ pub(crate) async fn codec(config: &Config, kinds: &[RecordKind]) -> anyhow::Resu
         .with_context(|| format!("cannot register schemas with {}", registry.url))
 }
 
-/// A flag set on Ctrl-C or SIGTERM: how a long-running command learns it should stop.
+/// A flag set on Ctrl-C or SIGTERM: how a long-running command learns it should stop. A second
+/// signal exits at once: a stop waits for Kafka or ClickHouse to acknowledge what is in hand,
+/// which never happens if they are gone for good. Nothing is lost by it: what was not
+/// acknowledged is not committed (or checkpointed), and is read again on the next start.
 pub(crate) fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopper = std::sync::Arc::clone(&stop);
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("stopping");
+        tracing::info!("stopping (a second Ctrl-C or SIGTERM exits at once)");
         stopper.store(true, std::sync::atomic::Ordering::Relaxed);
+        shutdown_signal().await;
+        tracing::warn!(
+            "second signal: exiting without waiting; what was not acknowledged is read again on the next start"
+        );
+        std::process::exit(130);
     });
     stop
 }
