@@ -4,7 +4,10 @@
 # on free 127.0.0.1 ports under a directory chosen by the caller. Never uses a fixed
 # port or a machine-wide service.
 #
-#   services.sh install [kafka|clickhouse|redis ...]   install what is missing (no args = all)
+#   services.sh install [kafka|clickhouse|redis|chromium ...]
+#                                                       install what is missing (no args = the
+#                                                       three services; chromium, Debian's, is
+#                                                       the browser the dashboard tests drive)
 #   services.sh run SERVICE --dir DIR [--remove-on-exit] foreground: start, print one line
 #                                                       "READY <service> <address>" on stdout,
 #                                                       stop the server on SIGTERM/SIGINT
@@ -32,7 +35,7 @@ die() { log "error: $*"; exit 1; }
 
 usage() {
   cat >&2 <<'EOF'
-usage: services.sh install [kafka|clickhouse|redis ...]
+usage: services.sh install [kafka|clickhouse|redis|chromium ...]
        services.sh run (kafka|clickhouse|redis) --dir DIR [--remove-on-exit]
        services.sh up [kafka|clickhouse|redis ...]
        services.sh down DIR
@@ -321,6 +324,7 @@ is_installed() {
     kafka) kafka_home >/dev/null ;;
     clickhouse) clickhouse_cmd >/dev/null ;;
     redis) command -v redis-server >/dev/null 2>&1 ;;
+    chromium) command -v chromium >/dev/null 2>&1 ;;
   esac
 }
 
@@ -334,6 +338,7 @@ install_service() {
       kafka) install_kafka ;;
       clickhouse) install_clickhouse ;;
       redis) install_redis ;;
+      chromium) is_installed chromium || apt_install chromium ;;
     esac
   ) 9>"$CACHE/install.lock"
 }
@@ -341,7 +346,7 @@ install_service() {
 cmd_install() {
   local svcs=("$@") svc start
   ((${#svcs[@]})) || svcs=("${ALL_SERVICES[@]}")
-  for svc in "${svcs[@]}"; do check_service "$svc"; done
+  for svc in "${svcs[@]}"; do [[ "$svc" == chromium ]] || check_service "$svc"; done
   for svc in "${svcs[@]}"; do
     if is_installed "$svc"; then
       log "$svc: already installed"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check and test of fleetpulse, on a fresh machine or a warm one: installs what is missing
-# (Rust's rustfmt and clippy, Apache Kafka from Maven Central, clickhouse-server from Debian, the
-# Python interop environment from PyPI), then runs formatting, lints, and all unit, property and end-to-end tests. Tests
+# (Rust's rustfmt and clippy, Apache Kafka from Maven Central, clickhouse-server and chromium from
+# Debian, the Python interop environment from PyPI), then runs formatting, lints, and all unit, property and end-to-end tests. Tests
 # start their own services on free ports; nothing needs to be running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ done
 step "services and interop dependencies"
 scripts/services.sh install kafka
 scripts/services.sh install clickhouse
+scripts/services.sh install chromium
 scripts/python-env.sh >/dev/null
 
 step "cargo fmt --check"

@@ -14,7 +14,6 @@ mod support;
 mod model;
 
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::time::Duration;
 
 use clickhouse::{RowOwned, RowRead};
@@ -32,16 +31,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A sink process, killed if a failed assertion leaves it running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Starts the sink on the derived topics of `prefix` into `database`.

@@ -35,6 +35,8 @@ pub enum Command {
     /// Write the derived topics somewhere analysts query them.
     #[command(subcommand)]
     Sink(commands::sink::SinkCommand),
+    /// Serve live device status, anomalies and health to dashboards over WebSocket.
+    Bridge(commands::bridge::BridgeArgs),
     /// Serve the built-in schemas over the Confluent Schema Registry REST API.
     Registry(commands::registry::RegistryArgs),
     /// Print the records of a topic as JSON lines, decoded.
@@ -100,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pipeline(args) => args.overrides(&mut overrides),
         Command::Tail(args) => args.kafka.overrides(&mut overrides),
         Command::Sink(sink) => sink.overrides(&mut overrides),
+        Command::Bridge(args) => args.overrides(&mut overrides),
         Command::Bench(bench) => bench.overrides(&mut overrides),
         Command::Config => {}
     }
@@ -114,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pipeline(args) => runtime.block_on(commands::pipeline::run(&config, args)),
         Command::Tail(args) => runtime.block_on(commands::tail::run(&config, args)),
         Command::Sink(sink) => runtime.block_on(commands::sink::run(&config, sink)),
+        Command::Bridge(_) => runtime.block_on(commands::bridge::run(&config)),
         Command::Bench(bench) => runtime.block_on(commands::bench::run(&config, bench)),
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);

@@ -49,6 +49,10 @@ pub struct Config {
     /// `[clickhouse]`: the ClickHouse sink.
     #[serde(default)]
     pub clickhouse: clickhouse_sink::SinkConfig,
+    /// `[bridge]`: the WebSocket bridge (checked when the bridge starts: its secret is needed
+    /// there only).
+    #[serde(default)]
+    pub bridge: ws_bridge::BridgeConfig,
     /// `[log]`: logging.
     #[serde(default)]
     pub log: LogConfig,

@@ -294,6 +294,16 @@ pub fn derived_all(brokers: &str, prefix: &str) -> Vec<Derived> {
         .collect()
 }
 
+/// A service process, killed when dropped: a failed assertion must not leave it running.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Spawns a service command (`pipeline`, `sink ...`) with its stdout piped, and returns it with
 /// the address of its `/metrics`, `/healthz` and `/readyz`, which it prints first; the rest of its
 /// stdout is drained so it never blocks on a full pipe.

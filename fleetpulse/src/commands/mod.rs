@@ -4,6 +4,7 @@ pub(crate) mod bench;
 pub(crate) mod bench_pipeline;
 pub(crate) mod bench_recovery;
 pub(crate) mod bench_sink;
+pub(crate) mod bridge;
 pub(crate) mod generate;
 pub(crate) mod pipeline;
 pub(crate) mod registry;

@@ -1,0 +1,92 @@
+//! `[bridge]`: where the bridge listens, how it checks tokens, and its limits.
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of `fleetpulse bridge`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// Where `/ws`, the REST endpoints, `/metrics`, `/healthz` and `/readyz` are served; port 0
+    /// picks a free one.
+    pub listen: std::net::SocketAddr,
+    /// The HS256 secret tokens are signed with. Empty: the bridge refuses to start.
+    pub jwt_secret: String,
+    /// Connections served at once; more are refused with 503.
+    pub max_connections: usize,
+    /// Topics one client may subscribe to.
+    pub max_subscriptions: usize,
+    /// The largest client message, bytes.
+    pub max_message_bytes: usize,
+    /// Events a client may have waiting; one that falls further behind is told `slow_consumer`
+    /// and disconnected.
+    pub client_queue: usize,
+    /// Bad client messages answered with `error` before the connection is closed.
+    pub max_errors: u32,
+    /// How often the server sends `heartbeat`, ms; a client silent for three of these is closed.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> BridgeConfig {
+        BridgeConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt_secret: String::new(),
+            max_connections: 20_000,
+            max_subscriptions: 64,
+            max_message_bytes: 16 * 1024,
+            client_queue: 1_024,
+            max_errors: 10,
+            heartbeat_ms: 15_000,
+        }
+    }
+}
+
+impl BridgeConfig {
+    /// Checks the values; the error names the key (within `[bridge]`) and what it expects.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, why: &str| Err((key.to_string(), why.to_string()));
+        if self.jwt_secret.len() < 16 {
+            return fail(
+                "jwt_secret",
+                "the HS256 secret tokens are signed with, at least 16 characters",
+            );
+        }
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_message_bytes", self.max_message_bytes),
+            ("client_queue", self.client_queue),
+        ] {
+            if value == 0 {
+                return fail(key, "at least 1");
+            }
+        }
+        if self.heartbeat_ms < 100 {
+            return fail("heartbeat_ms", "at least 100");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let good = BridgeConfig {
+            jwt_secret: "0123456789abcdef".into(),
+            ..BridgeConfig::default()
+        };
+        assert!(good.validate().is_ok());
+        assert_eq!(
+            BridgeConfig::default().validate().map_err(|e| e.0),
+            Err("jwt_secret".into())
+        );
+        let bad = BridgeConfig {
+            client_queue: 0,
+            ..good
+        };
+        assert_eq!(bad.validate().map_err(|e| e.0), Err("client_queue".into()));
+    }
+}

@@ -1,0 +1,235 @@
+//! The derived topics into events: one consumer reads every partition of the aggregates,
+//! anomalies and status topics (no consumer group: every bridge sees everything, so any bridge
+//! can serve any client), keeps the [`Store`] current, and publishes each record once, already
+//! serialized, to every connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics::counter;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::{Anomaly, Codec, StatusTransition, WindowAggregate};
+use serde::Serialize;
+
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// Which kind of record an event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A status transition (`device_status`).
+    Status,
+    /// A window aggregate (`aggregate`).
+    Aggregate,
+    /// An anomaly change (`anomaly`).
+    Anomaly,
+}
+
+/// One derived record, ready to send.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Whose.
+    pub tenant: String,
+    /// Which device (empty for tenant-level anomalies).
+    pub device: String,
+    /// The device's class, when known.
+    pub class: Option<String>,
+    /// What it is.
+    pub kind: Kind,
+    /// Where it sits in its topic: `<kind>:<partition>:<offset>`.
+    pub cursor: String,
+    /// The server message, JSON.
+    pub json: Arc<str>,
+    /// When the feed read it, for the lag from Kafka to the client.
+    pub read_at: std::time::Instant,
+}
+
+#[derive(Serialize)]
+struct Wire<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    cursor: &'a str,
+    data: &'a T,
+}
+
+fn event<T: Serialize>(
+    kind: Kind,
+    partition: i32,
+    offset: i64,
+    tenant: &str,
+    device: &str,
+    class: &Option<String>,
+    record: &T,
+) -> Event {
+    let name = match kind {
+        Kind::Status => "device_status",
+        Kind::Aggregate => "aggregate",
+        Kind::Anomaly => "anomaly",
+    };
+    let cursor = format!("{name}:{partition}:{offset}");
+    let json = serde_json::to_string(&Wire {
+        kind: name,
+        cursor: &cursor,
+        data: record,
+    })
+    .unwrap_or_default();
+    Event {
+        tenant: tenant.into(),
+        device: device.into(),
+        class: class.clone(),
+        kind,
+        cursor,
+        json: json.into(),
+        read_at: std::time::Instant::now(),
+    }
+}
+
+/// The topics the feed reads.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Window aggregates.
+    pub aggregates: String,
+    /// Anomalies.
+    pub anomalies: String,
+    /// Status transitions.
+    pub status: String,
+}
+
+/// Errors of the feed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The consumer could not be created or assigned.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Reads the topics from their beginning (the store is rebuilt from them) until `stop`; sets
+/// `kafka_up` as the brokers answer or not.
+pub fn run(
+    kafka: &[(String, String)],
+    topics: &Topics,
+    codec: &Codec,
+    store: &Store,
+    hub: &Hub,
+    stop: &AtomicBool,
+    kafka_up: &AtomicBool,
+) -> Result<(), FeedError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("group.id", "fleetpulse-bridge")
+        .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.wait.max.ms", "100");
+    for (k, v) in kafka {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let mut assigned = false;
+    while !stop.load(Ordering::Relaxed) {
+        if !assigned {
+            match assign(&consumer, topics) {
+                Ok(()) => {
+                    assigned = true;
+                    kafka_up.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    kafka_up.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "waiting for the derived topics");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            continue;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                kafka_up.store(true, Ordering::Relaxed);
+                let value = m.payload().unwrap_or_default();
+                let (p, o) = (m.partition(), m.offset());
+                let decoded = if m.topic() == topics.status {
+                    codec.decode::<StatusTransition>(value).map(|s| {
+                        store.status(&s);
+                        event(
+                            Kind::Status,
+                            p,
+                            o,
+                            &s.tenant_id,
+                            &s.device_id,
+                            &s.device_class,
+                            &s,
+                        )
+                    })
+                } else if m.topic() == topics.aggregates {
+                    codec.decode::<WindowAggregate>(value).map(|a| {
+                        store.aggregate(&a);
+                        event(
+                            Kind::Aggregate,
+                            p,
+                            o,
+                            &a.tenant_id,
+                            &a.device_id,
+                            &a.device_class,
+                            &a,
+                        )
+                    })
+                } else {
+                    codec.decode::<Anomaly>(value).map(|a| {
+                        store.anomaly(&a);
+                        event(
+                            Kind::Anomaly,
+                            p,
+                            o,
+                            &a.tenant_id,
+                            &a.device_id,
+                            &a.device_class,
+                            &a,
+                        )
+                    })
+                };
+                match decoded {
+                    Ok(e) => {
+                        counter!("fleetpulse_bridge_events_total").increment(1);
+                        hub.publish(&Arc::new(e));
+                    }
+                    Err(e) => {
+                        counter!("fleetpulse_bridge_undecodable_total").increment(1);
+                        tracing::error!(error = %e, topic = m.topic(), partition = p, offset = o, "a derived record does not decode; skipped");
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                kafka_up.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "kafka");
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Assigns every partition of the topics, from the beginning.
+fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<(), FeedError> {
+    let mut list = TopicPartitionList::new();
+    for topic in [&topics.status, &topics.anomalies, &topics.aggregates] {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(FeedError::Kafka(rdkafka::error::KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )));
+        }
+        for p in partitions {
+            list.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&list)?;
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! The WebSocket bridge: what operators' dashboards see. It reads every partition of the derived
+//! topics, keeps the latest status and health of every device ([`store`]), and fans the records
+//! out as JSON to WebSocket clients, each of which only ever receives its own tenant's events.
+//!
+//! [`auth`] checks the bearer token before a connection is upgraded; [`protocol`] is the JSON
+//! both sides speak (docs/websocket-protocol.md); [`feed`] turns the derived topics into
+//! [`Event`]s; [`hub`] hands each to the connections that may see and want it; [`server`] serves
+//! `/ws` and the REST endpoints; [`config`] is `[bridge]`.
+
+pub mod auth;
+pub mod config;
+pub mod feed;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+pub use config::BridgeConfig;
+pub use feed::Event;

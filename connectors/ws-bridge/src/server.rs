@@ -1,0 +1,453 @@
+//! What the bridge serves: `GET /ws` (upgraded only with a valid token), the tenant-scoped REST
+//! endpoints (`/api/devices`, `/api/devices/{id}`), the live dashboard at `/`, and `/healthz`,
+//! `/readyz`, `/metrics`.
+//!
+//! Each connection is one task, registered with the [`Hub`], which queues it the events of its
+//! tenant and topics: a client whose queue overflows is told `slow_consumer` and closed, and so
+//! is one whose socket does not take a message within [`SEND_TIMEOUT`]; publishing never waits
+//! for anyone, so nobody else slows down.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics::{counter, gauge, histogram};
+use serde::Deserialize;
+
+use crate::auth::{AuthError, Claims, Verifier};
+use crate::config::BridgeConfig;
+use crate::hub::{Hub, Registration};
+use crate::protocol::{ClientMessage, ServerMessage, Topic};
+use crate::store::{DeviceState, Store};
+
+/// How long a client's socket may take to accept one message before it counts as too slow.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Renders `/metrics`.
+pub type Render = Box<dyn Fn() -> String + Send + Sync>;
+/// Why the bridge is not ready, or `None`.
+pub type Problem = Box<dyn Fn() -> Option<&'static str> + Send + Sync>;
+
+/// Everything the handlers share.
+pub struct Bridge {
+    /// `[bridge]`.
+    pub config: BridgeConfig,
+    /// Checks tokens.
+    pub verifier: Verifier,
+    /// The devices' latest state.
+    pub store: Arc<Store>,
+    /// Where the feed publishes events and connections take theirs.
+    pub hub: Arc<Hub>,
+    /// Open WebSocket connections.
+    pub connections: AtomicUsize,
+    /// `/metrics`.
+    pub metrics: Render,
+    /// `/readyz`.
+    pub ready: Problem,
+}
+
+/// The bridge's routes.
+pub fn router(bridge: Arc<Bridge>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(dashboard))
+        .route("/ws", get(ws))
+        .route("/api/devices", get(devices))
+        .route("/api/devices/{id}", get(device))
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(b): State<Arc<Bridge>>| std::future::ready((b.metrics)())),
+        )
+        .with_state(bridge)
+}
+
+/// The live dashboard: one page, its script inline; the token is its business (it asks for one).
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
+fn refuse(status: StatusCode, code: &str, message: String) -> Response {
+    (status, ServerMessage::Error { code, message }.json()).into_response()
+}
+
+/// The claims of the request's token.
+fn authorize(b: &Bridge, headers: &HeaderMap, query: Option<&str>) -> Result<Claims, AuthError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    b.verifier
+        .verify(crate::auth::token(header, query))
+        .inspect_err(|_| {
+            counter!("fleetpulse_bridge_refused_total", "reason" => "auth").increment(1);
+        })
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+}
+
+async fn readyz(State(b): State<Arc<Bridge>>) -> Response {
+    match (b.ready)() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, p).into_response(),
+    }
+}
+
+async fn ws(
+    State(b): State<Arc<Bridge>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // The token is checked first: a stranger learns nothing else about the endpoint.
+    let claims = match authorize(&b, &headers, query.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    if b.connections.load(Ordering::Relaxed) >= b.config.max_connections {
+        counter!("fleetpulse_bridge_refused_total", "reason" => "connections").increment(1);
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "limit",
+            format!("{} connections already", b.config.max_connections),
+        );
+    }
+    upgrade
+        .max_message_size(b.config.max_message_bytes)
+        .on_upgrade(move |socket| Connection::new(b, claims).serve(socket))
+}
+
+/// One client: who it is and what it subscribed to.
+struct Connection {
+    bridge: Arc<Bridge>,
+    claims: Claims,
+    topics: BTreeSet<Topic>,
+    errors: u32,
+    registration: Registration,
+}
+
+/// What to do after a client message.
+enum Next {
+    Go,
+    Close,
+}
+
+impl Connection {
+    fn new(bridge: Arc<Bridge>, claims: Claims) -> Connection {
+        bridge.connections.fetch_add(1, Ordering::Relaxed);
+        gauge!("fleetpulse_bridge_clients").increment(1.0);
+        let registration = bridge.hub.register(&claims.tenant, claims.role == "admin");
+        Connection {
+            bridge,
+            claims,
+            topics: BTreeSet::new(),
+            errors: 0,
+            registration,
+        }
+    }
+
+    async fn serve(mut self, mut socket: WebSocket) {
+        let heartbeat_every = Duration::from_millis(self.bridge.config.heartbeat_ms);
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        let mut heard = Instant::now();
+        let hello = ServerMessage::Connected {
+            subject: &self.claims.sub,
+            tenant: &self.claims.tenant,
+            role: &self.claims.role,
+            heartbeat_ms: self.bridge.config.heartbeat_ms,
+        }
+        .json();
+        if !send(&mut socket, hello).await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => {
+                    let text = match incoming {
+                        Some(Ok(Message::Text(t))) => t.as_str().to_string(),
+                        Some(Ok(Message::Binary(_))) => String::new(),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                            heard = Instant::now();
+                            continue;
+                        }
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    };
+                    heard = Instant::now();
+                    let (replies, next) = self.answer(&text);
+                    for reply in replies {
+                        if !send(&mut socket, reply).await {
+                            return;
+                        }
+                    }
+                    if matches!(next, Next::Close) {
+                        break;
+                    }
+                }
+                event = self.registration.events.recv() => match event {
+                    // The hub chose it; the tenant is checked once more all the same.
+                    Some(e) if self.claims.sees(&e.tenant) => {
+                        if !send(&mut socket, e.json.to_string()).await {
+                            counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
+                            slow(&mut socket, "the socket did not take a message in time").await;
+                            return;
+                        }
+                        counter!("fleetpulse_bridge_messages_sent_total").increment(1);
+                        histogram!("fleetpulse_bridge_lag_seconds").record(e.read_at.elapsed().as_secs_f64());
+                    }
+                    Some(_) => {}
+                    None if self.registration.slow.load(Ordering::Relaxed) => {
+                        let queue = self.bridge.config.client_queue;
+                        slow(&mut socket, &format!("more than {queue} events waiting")).await;
+                        return;
+                    }
+                    None => break,
+                },
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() > 3 * heartbeat_every {
+                        counter!("fleetpulse_bridge_drops_total", "reason" => "silent").increment(1);
+                        break;
+                    }
+                    let beat = ServerMessage::Heartbeat { ts: now_ms() }.json();
+                    if !send(&mut socket, beat).await {
+                        return;
+                    }
+                    // Browsers and WebSocket libraries answer a ping frame by themselves: a
+                    // client that only listens still counts as alive.
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    if !matches!(tokio::time::timeout(SEND_TIMEOUT, ping).await, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(None))).await;
+    }
+
+    /// The replies to a client message, and whether to go on.
+    fn answer(&mut self, text: &str) -> (Vec<String>, Next) {
+        let message = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(m) => m,
+            Err(e) => return self.error("bad_message", format!("not a client message: {e}")),
+        };
+        match message {
+            ClientMessage::Ping => (
+                vec![ServerMessage::Heartbeat { ts: now_ms() }.json()],
+                Next::Go,
+            ),
+            ClientMessage::Unsubscribe { topics } => {
+                for t in topics.iter().filter_map(|t| Topic::parse(t)) {
+                    if self.topics.remove(&t) {
+                        gauge!("fleetpulse_bridge_subscriptions").decrement(1.0);
+                    }
+                }
+                self.bridge.hub.subscribe(&self.registration, &self.topics);
+                (vec![self.subscribed()], Next::Go)
+            }
+            ClientMessage::Subscribe { topics, cursor } => {
+                let parsed: Vec<Option<Topic>> = topics.iter().map(|t| Topic::parse(t)).collect();
+                if let Some(bad) = topics.iter().zip(&parsed).find(|(_, p)| p.is_none()) {
+                    return self.error("bad_topic", format!("unknown topic {:?}", bad.0));
+                }
+                let new: BTreeSet<Topic> = parsed
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| !self.topics.contains(t))
+                    .collect();
+                if self.topics.len() + new.len() > self.bridge.config.max_subscriptions {
+                    return self.error(
+                        "limit",
+                        format!("at most {} topics", self.bridge.config.max_subscriptions),
+                    );
+                }
+                gauge!("fleetpulse_bridge_subscriptions").increment(new.len() as f64);
+                let mut replies = Vec::new();
+                if cursor.is_some() {
+                    replies.push(
+                        ServerMessage::Error {
+                            code: "resync",
+                            message:
+                                "this bridge cannot resume from a cursor yet: the snapshot follows"
+                                    .into(),
+                        }
+                        .json(),
+                    );
+                }
+                // Events from here on are queued behind the snapshot: none is missed.
+                self.topics.extend(new.iter().cloned());
+                self.bridge.hub.subscribe(&self.registration, &self.topics);
+                let devices = self.snapshot(&new);
+                replies.push(self.subscribed());
+                replies.push(ServerMessage::Snapshot { devices }.json());
+                (replies, Next::Go)
+            }
+        }
+    }
+
+    fn subscribed(&self) -> String {
+        ServerMessage::Subscribed {
+            topics: self.topics.iter().map(Topic::name).collect(),
+        }
+        .json()
+    }
+
+    /// The state of the visible devices that `topics` cover.
+    fn snapshot(&self, topics: &BTreeSet<Topic>) -> Vec<DeviceState> {
+        if topics.is_empty() {
+            return Vec::new();
+        }
+        self.bridge.store.select(
+            |tenant| self.claims.sees(tenant),
+            |d| {
+                topics.iter().any(|t| match t {
+                    Topic::Device(id) => d.device_id == *id,
+                    Topic::Class(class) => d.device_class.as_deref() == Some(class),
+                    Topic::Tenant | Topic::Status | Topic::Anomalies | Topic::Aggregates => true,
+                })
+            },
+        )
+    }
+
+    /// An `error` reply; past `max_errors` of them the connection closes.
+    fn error(&mut self, code: &str, message: String) -> (Vec<String>, Next) {
+        self.errors += 1;
+        counter!("fleetpulse_bridge_client_errors_total").increment(1);
+        let reply = ServerMessage::Error { code, message }.json();
+        if self.errors > self.bridge.config.max_errors {
+            let last = ServerMessage::Error {
+                code: "limit",
+                message: "too many bad messages".into(),
+            }
+            .json();
+            return (vec![reply, last], Next::Close);
+        }
+        (vec![reply], Next::Go)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.bridge.hub.leave(&self.registration);
+        self.bridge.connections.fetch_sub(1, Ordering::Relaxed);
+        gauge!("fleetpulse_bridge_clients").decrement(1.0);
+        gauge!("fleetpulse_bridge_subscriptions").decrement(self.topics.len() as f64);
+    }
+}
+
+/// Sends `text`; false if the client is gone or did not take it within [`SEND_TIMEOUT`].
+async fn send(socket: &mut WebSocket, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Tells a client it fell behind, if its socket still takes anything.
+async fn slow(socket: &mut WebSocket, why: &str) {
+    tracing::info!(why, "dropping a slow client");
+    let told = ServerMessage::Error {
+        code: "slow_consumer",
+        message: format!("disconnected: {why}"),
+    }
+    .json();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(100),
+        socket.send(Message::Text(told.into())),
+    )
+    .await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Filters and a page of `/api/devices`.
+#[derive(Debug, Deserialize)]
+struct DeviceQuery {
+    status: Option<String>,
+    class: Option<String>,
+    /// `tenant/device` of the last device of the previous page.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn devices(
+    State(b): State<Arc<Bridge>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    Query(q): Query<DeviceQuery>,
+) -> Response {
+    let claims = match authorize(&b, &headers, raw.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+    let after = q.after.as_deref().and_then(|a| a.split_once('/'));
+    let mut page: Vec<DeviceState> = b.store.select(
+        |tenant| claims.sees(tenant),
+        |d| {
+            q.status
+                .as_ref()
+                .is_none_or(|s| d.status.as_ref() == Some(s))
+                && q.class
+                    .as_ref()
+                    .is_none_or(|c| d.device_class.as_ref() == Some(c))
+                && after
+                    .is_none_or(|(t, id)| (d.tenant_id.as_str(), d.device_id.as_str()) > (t, id))
+        },
+    );
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more
+        .then(|| {
+            page.last()
+                .map(|d| format!("{}/{}", d.tenant_id, d.device_id))
+        })
+        .flatten();
+    Json(serde_json::json!({ "devices": page, "next": next })).into_response()
+}
+
+async fn device(
+    State(b): State<Arc<Bridge>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    Path(id): Path<String>,
+) -> Response {
+    let claims = match authorize(&b, &headers, raw.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e),
+    };
+    match b
+        .store
+        .select(|tenant| claims.sees(tenant), |d| d.device_id == id)
+        .into_iter()
+        .next()
+    {
+        Some(d) => Json(d).into_response(),
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no device {id}"),
+        ),
+    }
+}
