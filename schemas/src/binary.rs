@@ -19,6 +19,9 @@ fn long(body: &mut &[u8]) -> Result<i64, DecodeError> {
     for shift in (0..70).step_by(7) {
         let (&byte, rest) = body.split_first().ok_or_else(|| short("a long"))?;
         *body = rest;
+        if shift == 63 && byte > 1 {
+            return Err(DecodeError::Avro("a long beyond 64 bits".into()));
+        }
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
@@ -153,6 +156,8 @@ mod tests {
         }
         assert!(long(&mut &[0x80][..]).is_err());
         assert!(long(&mut &[0xff; 11][..]).is_err());
+        let too_long = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(long(&mut &too_long[..]).is_err());
         Ok(())
     }
 

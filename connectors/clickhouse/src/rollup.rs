@@ -261,8 +261,10 @@ impl Rollups {
 
 fn load_periods(periods: &mut Periods, last_written: Option<i64>, first_data: Option<i64>) {
     match last_written {
+        // The last period written is written again once it is closed: a crash between a device
+        // table and its tenant table leaves that period half written.
         Some(last) => {
-            let next = periods.start(last) + periods.len;
+            let next = periods.start(last);
             periods.through = Some(periods.through.map_or(next, |t| t.max(next)));
         }
         None => {

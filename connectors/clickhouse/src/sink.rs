@@ -237,7 +237,9 @@ impl Sink {
     /// periods each inserted batch closed or touched ([`Plan::write`]), after which this thread
     /// commits the batch's offsets. A batch that is due while the inserter is busy keeps filling,
     /// up to twice the batch limits, and then waits with the partitions paused (still polled, so
-    /// the group keeps them), so memory stays bounded however long ClickHouse is away. Pausing is
+    /// the group keeps them), so memory stays bounded (about four batches' worth: one in flight,
+    /// one filled to twice the limits, and the buffers kept for reuse) however long ClickHouse is
+    /// away. Pausing is
     /// kept for that case: librdkafka drops what it prefetched for a paused partition and fetches
     /// it again on resume, which stalled the sink for up to a second. The refresher runs apart so
     /// that recomputing a closed hour (a second or more for a large fleet) does not hold up
@@ -273,6 +275,7 @@ impl Sink {
         // Whether the inserter has a batch, and how many batches are not committed yet.
         let mut in_flight = false;
         let mut uncommitted = 0usize;
+        let mut abandoned = false;
         // The batch that went in last, emptied, to be filled again.
         let mut spare = Batch::default();
         let mut paused: Option<TopicPartitionList> = None;
@@ -287,7 +290,13 @@ impl Sink {
             }
             while let Ok(f) = done.try_recv() {
                 uncommitted -= 1;
-                self.commit(&consumer, &f, &mut summary);
+                // A batch given up on (stopped while ClickHouse refused) is read again on the
+                // next start, and so must everything after it: a later commit would move the
+                // partitions' positions past it.
+                abandoned |= !f.written;
+                if !abandoned {
+                    self.commit(&consumer, &f, &mut summary);
+                }
                 contact = Instant::now();
             }
             // A batch also goes once the consumer has caught up, if it holds a hundredth of the
@@ -303,7 +312,7 @@ impl Sink {
                             self.config.batch_bytes.div_ceil(100),
                             age,
                         )));
-            if due && !in_flight {
+            if due && !in_flight && !abandoned {
                 if let Some(p) = paused.take() {
                     let _ = consumer.resume(&p);
                 }
@@ -316,20 +325,25 @@ impl Sink {
                 in_flight = true;
                 uncommitted += 1;
             } else if in_flight
-                && paused.is_none()
                 && batch.due(
                     2 * self.config.batch_rows,
                     2 * self.config.batch_bytes,
                     Duration::MAX,
                 )
             {
-                paused = consumer.assignment().ok();
-                if let Some(p) = &paused {
-                    let _ = consumer.pause(p);
+                // Paused again if a rebalance brought partitions that are not.
+                let assigned = consumer.assignment().ok();
+                let count = |p: &Option<TopicPartitionList>| p.as_ref().map(|p| p.count());
+                if count(&assigned) != count(&paused) {
+                    paused = assigned;
+                    if let Some(p) = &paused {
+                        let _ = consumer.pause(p);
+                    }
                 }
             }
             if stopping {
-                if !in_flight && batch.is_empty() && uncommitted == 0 {
+                // After a batch was given up on, what is in hand is left to the next start.
+                if !in_flight && (batch.is_empty() || abandoned) && uncommitted == 0 {
                     break;
                 }
                 // Nothing more is taken: wait for what is in flight (the stages give up on it
@@ -397,9 +411,6 @@ impl Sink {
 
     /// Commits the offsets of a batch that went in, rollups and all.
     fn commit(&self, consumer: &BaseConsumer<Group>, f: &Finished, summary: &mut Summary) {
-        if !f.written {
-            return;
-        }
         let mut offsets = TopicPartitionList::new();
         for (topic, partition, next) in &f.offsets {
             let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next));

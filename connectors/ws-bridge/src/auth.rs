@@ -59,9 +59,13 @@ impl Verifier {
     /// The claims of `token`, if it is valid now.
     pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if claims.tenant.is_empty() && claims.role != "admin" {
+            return Err(AuthError::Invalid("the token names no tenant".into()));
+        }
+        Ok(claims)
     }
 }
 

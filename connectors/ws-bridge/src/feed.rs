@@ -108,7 +108,8 @@ pub enum FeedError {
 }
 
 /// Reads the topics from their beginning (the store is rebuilt from them) until `stop`; sets
-/// `kafka_up` as the brokers answer or not.
+/// `kafka_up` once it has read what the topics held at the start, and as the brokers answer or
+/// not after that.
 pub fn run(
     kafka: &[(String, String)],
     topics: &Topics,
@@ -119,6 +120,8 @@ pub fn run(
     kafka_up: &AtomicBool,
 ) -> Result<(), FeedError> {
     let mut config = ClientConfig::new();
+    // librdkafka wants a group id; partitions are assigned by hand and nothing is committed, so
+    // the group never coordinates anything.
     config
         .set("group.id", "fleetpulse-bridge")
         .set("enable.auto.commit", "false")
@@ -129,12 +132,16 @@ pub fn run(
     }
     let consumer: BaseConsumer = config.create()?;
     let mut assigned = false;
+    // Per (topic, partition), the end offset at assignment: the bridge is ready once it has
+    // read that far everywhere, so a first snapshot is not a partial one.
+    let mut behind: Vec<(String, i32, i64)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if !assigned {
             match assign(&consumer, topics) {
-                Ok(()) => {
+                Ok(ends) => {
                     assigned = true;
-                    kafka_up.store(true, Ordering::Relaxed);
+                    behind = ends;
+                    kafka_up.store(behind.is_empty(), Ordering::Relaxed);
                 }
                 Err(e) => {
                     kafka_up.store(false, Ordering::Relaxed);
@@ -146,9 +153,12 @@ pub fn run(
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                kafka_up.store(true, Ordering::Relaxed);
                 let value = m.payload().unwrap_or_default();
                 let (p, o) = (m.partition(), m.offset());
+                if !behind.is_empty() {
+                    behind.retain(|(t, bp, end)| !(t == m.topic() && *bp == p && o + 1 >= *end));
+                }
+                kafka_up.store(behind.is_empty(), Ordering::Relaxed);
                 let decoded = if m.topic() == topics.status {
                     codec.decode::<StatusTransition>(value).map(|s| {
                         store.status(&s);
@@ -210,9 +220,11 @@ pub fn run(
     Ok(())
 }
 
-/// Assigns every partition of the topics, from the beginning.
-fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<(), FeedError> {
+/// Assigns every partition of the topics, from the beginning; returns the partitions that hold
+/// records, with their end offsets.
+fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<Vec<(String, i32, i64)>, FeedError> {
     let mut list = TopicPartitionList::new();
+    let mut ends = Vec::new();
     for topic in [&topics.status, &topics.anomalies, &topics.aggregates] {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
         let partitions: Vec<i32> = metadata
@@ -228,8 +240,12 @@ fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<(), FeedError> {
         }
         for p in partitions {
             list.add_partition_offset(topic, p, Offset::Beginning)?;
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+            if high > low {
+                ends.push((topic.clone(), p, high));
+            }
         }
     }
     consumer.assign(&list)?;
-    Ok(())
+    Ok(ends)
 }

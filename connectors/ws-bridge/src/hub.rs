@@ -1,8 +1,9 @@
 //! Who gets which event: every connection registers here with its tenant, its topics and a
 //! bounded queue. The feed publishes each event once; the hub offers it to the connections of the
 //! event's tenant (and to admins) whose topics want it. A connection whose queue is full is
-//! struck off at once (its queue closes, it is told `slow_consumer`): publishing never waits, so
-//! one stuck client slows nobody else down.
+//! struck off at once (its queue closes; it is told `slow_consumer` once it has sent what was
+//! queued, or after 5 s if its socket takes nothing): publishing never waits, so one stuck
+//! client slows nobody else down.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,8 +15,9 @@ use tokio::sync::mpsc;
 use crate::feed::{Event, Kind};
 use crate::protocol::Topic;
 
-/// The key admins are filed under: they see every tenant.
-const ADMINS: &str = "";
+/// The key admins are filed under: they see every tenant. No tenant id can be it (a token
+/// without a tenant is refused, and ids hold no control characters).
+const ADMINS: &str = "\u{0}admins";
 
 struct Client {
     topics: BTreeSet<Topic>,
@@ -111,7 +113,12 @@ impl Hub {
         let mut full = Vec::new();
         {
             let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
-            for key in [e.tenant.as_str(), ADMINS] {
+            let keys = if e.tenant == ADMINS {
+                vec![ADMINS]
+            } else {
+                vec![e.tenant.as_str(), ADMINS]
+            };
+            for key in keys {
                 for (id, c) in clients.get(key).into_iter().flatten() {
                     if wants(&c.topics, e)
                         && let Err(mpsc::error::TrySendError::Full(_)) =

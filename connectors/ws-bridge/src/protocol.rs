@@ -57,9 +57,10 @@ pub enum ServerMessage<'a> {
         /// Server time, ms since the epoch.
         ts: u64,
     },
-    /// Something went wrong; `slow_consumer` and `limit` close the connection.
+    /// Something went wrong (docs/websocket-protocol.md says which codes close the connection).
     Error {
-        /// `bad_message`, `bad_topic`, `limit`, `slow_consumer`, `unsupported`.
+        /// `bad_message`, `bad_topic`, `limit`, `resync`, `slow_consumer`, `unauthorized`,
+        /// `not_found`.
         code: &'a str,
         /// For people.
         message: String,

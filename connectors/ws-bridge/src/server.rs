@@ -132,6 +132,7 @@ async fn ws(
     }
     upgrade
         .max_message_size(b.config.max_message_bytes)
+        .max_frame_size(b.config.max_message_bytes)
         .on_upgrade(move |socket| Connection::new(b, claims).serve(socket))
 }
 
@@ -168,6 +169,10 @@ impl Connection {
         let heartbeat_every = Duration::from_millis(self.bridge.config.heartbeat_ms);
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         let mut heard = Instant::now();
+        // The connection lasts as long as its token: a dashboard reconnects with a fresh one.
+        let left = Duration::from_secs(self.claims.exp.saturating_sub(crate::auth::now()) + 5);
+        let expiry = tokio::time::sleep(left);
+        tokio::pin!(expiry);
         let hello = ServerMessage::Connected {
             subject: &self.claims.sub,
             tenant: &self.claims.tenant,
@@ -220,6 +225,15 @@ impl Connection {
                     }
                     None => break,
                 },
+                () = &mut expiry => {
+                    let expired = ServerMessage::Error {
+                        code: "unauthorized",
+                        message: "the token has expired".into(),
+                    }
+                    .json();
+                    let _ = send(&mut socket, expired).await;
+                    break;
+                }
                 _ = heartbeat.tick() => {
                     if heard.elapsed() > 3 * heartbeat_every {
                         counter!("fleetpulse_bridge_drops_total", "reason" => "silent").increment(1);
