@@ -34,6 +34,6 @@ pub use derived::{
     WindowAggregate,
 };
 pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
-pub use record::{Record, RecordKind};
+pub use record::{Record, RecordKind, wire_name};
 pub use store::{BuiltinSchema, SchemaStore, builtin_schemas};
 pub use telemetry::{TS_MAX_MS, TS_MIN_MS, Telemetry};

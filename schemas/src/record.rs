@@ -74,6 +74,15 @@ impl std::fmt::Display for RecordKind {
     }
 }
 
+/// The name a record's enum value has on the wire (`rt_mean_high`, `offline`, `timeout`): what
+/// the connectors store and send, in the records' own spelling.
+pub fn wire_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// A record type with an Avro schema in this crate.
 pub trait Record: Serialize + DeserializeOwned {
     /// Which of the five records this is.

@@ -3,20 +3,12 @@
 //! and stay exact in `*_ms` columns where the record has milliseconds.
 
 use clickhouse::Row;
-use schemas::{Anomaly, DeadLetter, StatusTransition, WindowAggregate};
+use schemas::{Anomaly, DeadLetter, StatusTransition, WindowAggregate, wire_name as name};
 use serde::{Deserialize, Serialize};
 
 /// Seconds for a `DateTime` column; times before 1970 or after 2106 (the column's range) clamp.
 fn seconds(ms: i64) -> u32 {
     u32::try_from(ms.div_euclid(1_000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX })
-}
-
-/// The snake_case name a `schemas` enum has on the wire (`rt_mean_high`, `offline`, ...).
-fn name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
 }
 
 /// `device_aggregates`.

@@ -40,8 +40,6 @@ pub struct Event {
     pub class: Option<String>,
     /// What it is.
     pub kind: Kind,
-    /// Where it sits in its topic: `<kind>:<partition>:<offset>`.
-    pub cursor: String,
     /// The server message, JSON.
     pub json: Arc<str>,
     /// When the feed read it, for the lag from Kafka to the client.
@@ -70,6 +68,7 @@ fn event<T: Serialize>(
         Kind::Aggregate => "aggregate",
         Kind::Anomaly => "anomaly",
     };
+    // Where the record sits in its topic, for clients to resume from.
     let cursor = format!("{name}:{partition}:{offset}");
     let json = serde_json::to_string(&Wire {
         kind: name,
@@ -82,7 +81,6 @@ fn event<T: Serialize>(
         device: device.into(),
         class: class.clone(),
         kind,
-        cursor,
         json: json.into(),
         read_at: std::time::Instant::now(),
     }

@@ -157,7 +157,6 @@ mod tests {
             device: "d".into(),
             class: None,
             kind,
-            cursor: String::new(),
             json: "{}".into(),
             read_at: std::time::Instant::now(),
         })

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
-use schemas::{Anomaly, AnomalyState, StatusTransition, WindowAggregate};
+use schemas::{Anomaly, AnomalyState, StatusTransition, WindowAggregate, wire_name as name};
 use serde::Serialize;
 
 /// What the bridge knows of one device.
@@ -41,14 +41,6 @@ pub struct OpenAnomaly {
     pub since: i64,
     /// Its severity.
     pub severity: String,
-}
-
-/// The snake_case wire name of a `schemas` enum.
-pub(crate) fn name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
 }
 
 /// Every device's state, by tenant and device.
