@@ -23,6 +23,7 @@ done
 step "services and interop dependencies"
 scripts/services.sh install kafka
 scripts/services.sh install clickhouse
+scripts/services.sh install redis
 scripts/services.sh install chromium
 scripts/python-env.sh >/dev/null
 

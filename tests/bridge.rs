@@ -3,8 +3,10 @@
 //! snapshot of its tenant's devices and then, live, every event of its tenant and nothing of any
 //! other, under thousands of mixed-tenant events; an admin sees every tenant; bad messages get an
 //! `error` and the connection stays; the REST endpoints are tenant-scoped. A client that never
-//! reads is dropped while a reading one keeps up. And the dashboard, in headless Chromium, shows
-//! the right counts and a device gone offline.
+//! reads is dropped while a reading one keeps up. A client that leaves and comes back on another
+//! bridge with its cursor gets what it missed, once; two bridges give the same events; Redis
+//! holds what the bridges know, is reported on `/readyz` when it dies, and is whole again after.
+//! And the dashboard, in headless Chromium, shows the right counts and a device gone offline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -279,6 +281,12 @@ async fn tenants_see_their_own_events_only_snapshot_then_live() {
     say(&mut one, r#"{"type":"ping"}"#).await;
     let beat = tokio::time::timeout(Duration::from_secs(5), one.next()).await;
     assert!(beat.is_ok(), "answered");
+    // The wrong tenant: t2's device, asked for by t1, does not exist for it.
+    say(&mut one, r#"{"type":"subscribe","topics":["devices.b-1"]}"#).await;
+    assert_eq!(next(&mut one).await["type"], "subscribed");
+    let foreign = next(&mut one).await;
+    assert_eq!(foreign["type"], "snapshot");
+    assert_eq!(foreign["devices"], serde_json::json!([]), "{foreign}");
 
     let mut admin = connect(&base, Some(&token("ops", "admin", now() + 600, SECRET)))
         .await
@@ -450,6 +458,268 @@ async fn a_client_that_never_reads_is_dropped_and_nobody_waits_for_it() {
     say(&mut fast, r#"{"type":"ping"}"#).await;
     let beat = tokio::time::timeout(Duration::from_secs(5), fast.next()).await;
     assert!(matches!(beat, Ok(Some(Ok(Message::Text(_))))), "{beat:?}");
+}
+
+/// Creates the derived topics of `prefix` with `partitions` partitions each, as the pipeline
+/// would: a cursor then spans several partitions per topic.
+async fn create_derived(brokers: &str, prefix: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let names: Vec<String> = DERIVED.iter().map(|k| format!("{prefix}-{k}")).collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// Events of a client until it has `n` of them (heartbeats and other messages skipped).
+async fn events(ws: &mut Ws, n: usize) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = next(ws).await;
+        if m["data"]["event_id"].is_string() {
+            got.push(m);
+        }
+    }
+    got
+}
+
+fn ids(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["data"]["event_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Subscribes to `tenant`; returns the messages up to the snapshot or the first event.
+async fn subscribe(ws: &mut Ws, cursor: Option<&str>) -> Vec<serde_json::Value> {
+    assert_eq!(next(ws).await["type"], "connected");
+    let request = match cursor {
+        Some(c) => serde_json::json!({"type": "subscribe", "topics": ["tenant"], "cursor": c}),
+        None => serde_json::json!({"type": "subscribe", "topics": ["tenant"]}),
+    };
+    say(ws, &request.to_string()).await;
+    assert_eq!(next(ws).await["type"], "subscribed");
+    if cursor.is_some() {
+        return Vec::new();
+    }
+    vec![next(ws).await]
+}
+
+/// Mixed-tenant records on three topics, devices spread over the partitions; `n` of them from
+/// the `from`-th on. Returns the event ids of t1's.
+fn produce(p: &Producing, from: i64, n: i64) -> Vec<String> {
+    let t0 = 1_700_000_000_000;
+    let mut mine = Vec::new();
+    for i in from..from + n {
+        let tenant = if i % 3 == 0 { "t2" } else { "t1" };
+        let device = format!("{tenant}-d{}", i % 40);
+        let ts = t0 + i * 1_000;
+        let id = match i % 3 {
+            0 | 1 => {
+                let s = if i % 5 == 0 {
+                    DeviceStatus::Offline
+                } else {
+                    DeviceStatus::Online
+                };
+                let r = status(tenant, &device, s, ts);
+                p.send("status", &r);
+                r.event_id
+            }
+            _ => {
+                let r = aggregate(tenant, &device, ts);
+                p.send("aggregates", &r);
+                r.event_id
+            }
+        };
+        if tenant == "t1" {
+            mine.push(id);
+        }
+    }
+    p.flush();
+    mine
+}
+
+/// What the bridge's store holds (REST, as an admin) and what Redis holds, side by side.
+async fn store_and_cache(base: &str, cache: &ws_bridge::cache::Cache) -> (String, String) {
+    let admin = token("ops", "admin", now() + 600, SECRET);
+    let (_, body) = http(
+        base,
+        "GET",
+        &format!("/api/devices?limit=1000&token={admin}"),
+        None,
+    );
+    let held = cache
+        .read(&ws_bridge::cache::Devices::Tenants(Vec::new()))
+        .await
+        .unwrap_or_default();
+    let mut held = serde_json::to_value(held).unwrap();
+    held.as_array_mut()
+        .unwrap()
+        .sort_by_key(|d| d["device_id"].as_str().unwrap().to_string());
+    (body["devices"].to_string(), held.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_bridge_two_bridges_agree_and_redis_comes_back() {
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let prefix = unique("bridge-resume");
+    create_derived(brokers, &prefix, 3).await;
+    let mut redis = testkit::Service::start(Kind::Redis);
+    let redis_url = redis.address().to_string();
+    let with_redis = ["--redis-url", redis_url.as_str()];
+    let (_a, a) = bridge(brokers, &prefix, &with_redis);
+    let (_b, b) = bridge(brokers, &prefix, &with_redis);
+    let t1 = token("t1", "viewer", now() + 600, SECRET);
+    let p = Producing::new(brokers, &prefix);
+
+    // One client on each bridge, from the start.
+    let mut on_a = connect(&a, Some(&t1)).await.unwrap();
+    let mut on_b = connect(&b, Some(&t1)).await.unwrap();
+    subscribe(&mut on_a, None).await;
+    subscribe(&mut on_b, None).await;
+    let mut expected = produce(&p, 0, 900);
+    // A's client leaves halfway through what it is owed, with its last cursor.
+    let before = events(&mut on_a, 300).await;
+    let cursor = before.last().unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(on_a);
+    // Meanwhile more happens, and it comes back on B.
+    expected.extend(produce(&p, 900, 900));
+    let from_b = events(&mut on_b, expected.len()).await;
+    let mut back = connect(&b, Some(&t1)).await.unwrap();
+    subscribe(&mut back, Some(&cursor)).await;
+    expected.extend(produce(&p, 1_800, 300));
+    let after = events(&mut back, expected.len() - before.len()).await;
+
+    let mut got = ids(&before);
+    got.extend(ids(&after));
+    let mut unique_got = got.clone();
+    unique_got.sort();
+    unique_got.dedup();
+    assert_eq!(
+        unique_got.len(),
+        got.len(),
+        "nothing repeated after the resume"
+    );
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(unique_got, want, "nothing missed: every t1 event, once");
+    // Each device's records of one topic in the order they happened, on either path (topics
+    // and partitions interleave as they will).
+    let per_device = |ids: &[String]| {
+        let mut by: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
+        for id in ids {
+            let mut parts = id.split('/');
+            let kind = parts.next().unwrap().to_string();
+            let device = parts.nth(1).unwrap().to_string();
+            by.entry((kind, device)).or_default().push(id.clone());
+        }
+        by
+    };
+    assert!(per_device(&got) == per_device(&expected), "in order");
+    // Two bridges, one client each: the same events.
+    let mut b_ids = ids(&from_b);
+    assert!(
+        per_device(&b_ids) == per_device(&expected[..b_ids.len()]),
+        "in order on B"
+    );
+    b_ids.sort();
+    let mut first = expected[..from_b.len()].to_vec();
+    first.sort();
+    assert_eq!(b_ids, first, "B's client got what A's got");
+    let quiet = tokio::time::timeout(Duration::from_secs(2), next(&mut back)).await;
+    assert!(quiet.is_err(), "nothing after the last event: {quiet:?}");
+
+    // A cursor this bridge cannot serve: resync, then a snapshot.
+    let mut stale = connect(&a, Some(&t1)).await.unwrap();
+    assert_eq!(next(&mut stale).await["type"], "connected");
+    say(
+        &mut stale,
+        r#"{"type":"subscribe","topics":["tenant"],"cursor":"not-a-cursor"}"#,
+    )
+    .await;
+    assert_eq!(next(&mut stale).await["type"], "subscribed");
+    assert_eq!(next(&mut stale).await["code"], "resync");
+    assert_eq!(next(&mut stale).await["type"], "snapshot");
+
+    // Redis holds what the bridges know, and a snapshot comes from it.
+    let cache = ws_bridge::cache::Cache::connect(&redis_url).unwrap();
+    let same = || async {
+        let mut last = (String::new(), String::new());
+        for _ in 0..100 {
+            last = store_and_cache(&a, &cache).await;
+            if last.0 == last.1 {
+                return (true, last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (false, last)
+    };
+    let (agree, (store, held)) = same().await;
+    assert!(agree, "redis agrees with the store:\n{store}\n{held}");
+    assert_eq!(
+        store.matches("device_id").count(),
+        80,
+        "every device of both tenants"
+    );
+    let ttl = std::process::Command::new("redis-cli")
+        .args(["-u", &redis_url, "TTL", "device:lastseen:t1-d1"])
+        .output()
+        .unwrap();
+    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout).trim().parse().unwrap();
+    assert!(
+        (86_000..=86_400).contains(&ttl),
+        "last seen lives 24 h: {ttl}"
+    );
+    let mut fresh = connect(&b, Some(&t1)).await.unwrap();
+    let snapshot = subscribe(&mut fresh, None).await.remove(0);
+    let t1_store: Vec<serde_json::Value> = serde_json::from_str::<serde_json::Value>(&store)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["tenant_id"] == "t1")
+        .cloned()
+        .collect();
+    assert_eq!(snapshot["devices"], serde_json::Value::from(t1_store));
+
+    // Redis dies (losing everything): events still flow, /readyz says so; back, it is whole again.
+    redis.kill();
+    assert!(
+        testkit::wait_for(Duration::from_secs(30), || {
+            let (code, why) = http_text(&a, "GET", "/readyz", None);
+            code == 503 && why.contains("redis")
+        }),
+        "/readyz reports redis gone"
+    );
+    let mut live = produce(&p, 2_100, 300);
+    let mut got_live = ids(&events(&mut fresh, live.len()).await);
+    got_live.sort();
+    live.sort();
+    assert_eq!(got_live, live, "live events went on without redis");
+    let _redis = testkit::Service::start_in(Kind::Redis, redis.dir());
+    assert!(
+        testkit::wait_for(Duration::from_secs(60), || {
+            http_text(&a, "GET", "/readyz", None).0 == 200
+        }),
+        "/readyz well again"
+    );
+    let (agree, (store, held)) = same().await;
+    assert!(agree, "redis caught up:\n{store}\n{held}");
 }
 
 /// Headless Chromium (Debian's, installed by `scripts/test.sh`), driven over the DevTools

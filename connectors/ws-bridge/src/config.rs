@@ -24,6 +24,11 @@ pub struct BridgeConfig {
     pub max_errors: u32,
     /// How often the server sends `heartbeat`, ms; a client silent for three of these is closed.
     pub heartbeat_ms: u64,
+    /// `redis://host:port[/db]` of the status cache; empty: the in-process store only.
+    pub redis_url: String,
+    /// Recent events kept for clients that resume from a cursor; one whose cursor is older gets
+    /// `resync` and a snapshot.
+    pub resume_events: usize,
 }
 
 impl Default for BridgeConfig {
@@ -37,6 +42,8 @@ impl Default for BridgeConfig {
             client_queue: 1_024,
             max_errors: 10,
             heartbeat_ms: 15_000,
+            redis_url: String::new(),
+            resume_events: 100_000,
         }
     }
 }
@@ -63,6 +70,12 @@ impl BridgeConfig {
         }
         if self.heartbeat_ms < 100 {
             return fail("heartbeat_ms", "at least 100");
+        }
+        if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") {
+            return fail(
+                "redis_url",
+                "empty (no Redis) or a URL like redis://127.0.0.1:6379",
+            );
         }
         Ok(())
     }

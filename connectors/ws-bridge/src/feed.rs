@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemas::{Anomaly, Codec, StatusTransition, WindowAggregate};
 use serde::Serialize;
 
+use crate::cursor::{Position, Source};
 use crate::hub::Hub;
 use crate::store::Store;
 
@@ -42,6 +43,10 @@ pub struct Event {
     pub kind: Kind,
     /// The server message, JSON.
     pub json: Arc<str>,
+    /// The feed's position right after it, as in the JSON.
+    pub cursor: Arc<str>,
+    /// Where the record is.
+    pub source: Source,
     /// When the feed read it, for the lag from Kafka to the client.
     pub read_at: std::time::Instant,
 }
@@ -56,8 +61,8 @@ struct Wire<'a, T: Serialize> {
 
 fn event<T: Serialize>(
     kind: Kind,
-    partition: i32,
-    offset: i64,
+    source: Source,
+    cursor: Arc<str>,
     tenant: &str,
     device: &str,
     class: &Option<String>,
@@ -68,8 +73,6 @@ fn event<T: Serialize>(
         Kind::Aggregate => "aggregate",
         Kind::Anomaly => "anomaly",
     };
-    // Where the record sits in its topic, for clients to resume from.
-    let cursor = format!("{name}:{partition}:{offset}");
     let json = serde_json::to_string(&Wire {
         kind: name,
         cursor: &cursor,
@@ -82,6 +85,8 @@ fn event<T: Serialize>(
         class: class.clone(),
         kind,
         json: json.into(),
+        cursor,
+        source,
         read_at: std::time::Instant::now(),
     }
 }
@@ -95,6 +100,19 @@ pub struct Topics {
     pub anomalies: String,
     /// Status transitions.
     pub status: String,
+}
+
+impl Topics {
+    /// The topic's index in a cursor (see [`crate::cursor::TOPICS`]).
+    fn index(&self, topic: &str) -> u8 {
+        if topic == self.status {
+            0
+        } else if topic == self.anomalies {
+            1
+        } else {
+            2
+        }
+    }
 }
 
 /// Errors of the feed.
@@ -132,12 +150,15 @@ pub fn run(
     let mut assigned = false;
     // Per (topic, partition), the end offset at assignment: the bridge is ready once it has
     // read that far everywhere, so a first snapshot is not a partial one.
-    let mut behind: Vec<(String, i32, i64)> = Vec::new();
+    let mut behind: Ends = Vec::new();
+    let mut position = Position::default();
     while !stop.load(Ordering::Relaxed) {
         if !assigned {
             match assign(&consumer, topics) {
-                Ok(ends) => {
+                Ok((start, ends)) => {
                     assigned = true;
+                    hub.start_at(&start);
+                    position = start;
                     behind = ends;
                     kafka_up.store(behind.is_empty(), Ordering::Relaxed);
                 }
@@ -157,26 +178,34 @@ pub fn run(
                     behind.retain(|(t, bp, end)| !(t == m.topic() && *bp == p && o + 1 >= *end));
                 }
                 kafka_up.store(behind.is_empty(), Ordering::Relaxed);
-                let decoded = if m.topic() == topics.status {
+                let topic = topics.index(m.topic());
+                position.set(topic, p, o + 1);
+                let source = Source {
+                    topic,
+                    partition: p,
+                    offset: o,
+                };
+                let cursor: Arc<str> = position.encode().into();
+                let decoded = if topic == 0 {
                     codec.decode::<StatusTransition>(value).map(|s| {
                         store.status(&s);
                         event(
                             Kind::Status,
-                            p,
-                            o,
+                            source,
+                            Arc::clone(&cursor),
                             &s.tenant_id,
                             &s.device_id,
                             &s.device_class,
                             &s,
                         )
                     })
-                } else if m.topic() == topics.aggregates {
+                } else if topic == 2 {
                     codec.decode::<WindowAggregate>(value).map(|a| {
                         store.aggregate(&a);
                         event(
                             Kind::Aggregate,
-                            p,
-                            o,
+                            source,
+                            Arc::clone(&cursor),
                             &a.tenant_id,
                             &a.device_id,
                             &a.device_class,
@@ -188,8 +217,8 @@ pub fn run(
                         store.anomaly(&a);
                         event(
                             Kind::Anomaly,
-                            p,
-                            o,
+                            source,
+                            Arc::clone(&cursor),
                             &a.tenant_id,
                             &a.device_id,
                             &a.device_class,
@@ -203,6 +232,7 @@ pub fn run(
                         hub.publish(&Arc::new(e));
                     }
                     Err(e) => {
+                        // Its offset is passed all the same: a cursor after it owes nothing of it.
                         counter!("fleetpulse_bridge_undecodable_total").increment(1);
                         tracing::error!(error = %e, topic = m.topic(), partition = p, offset = o, "a derived record does not decode; skipped");
                     }
@@ -218,12 +248,16 @@ pub fn run(
     Ok(())
 }
 
-/// Assigns every partition of the topics, from the beginning; returns the partitions that hold
-/// records, with their end offsets.
-fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<Vec<(String, i32, i64)>, FeedError> {
+/// Partitions that held records at assignment, with their end offsets.
+type Ends = Vec<(String, i32, i64)>;
+
+/// Assigns every partition of the topics, from the beginning; returns where that is, and the
+/// partitions that hold records, with their end offsets.
+fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<(Position, Ends), FeedError> {
     let mut list = TopicPartitionList::new();
+    let mut start = Position::default();
     let mut ends = Vec::new();
-    for topic in [&topics.status, &topics.anomalies, &topics.aggregates] {
+    for (index, topic) in (0u8..).zip([&topics.status, &topics.anomalies, &topics.aggregates]) {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -239,11 +273,12 @@ fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<Vec<(String, i32, 
         for p in partitions {
             list.add_partition_offset(topic, p, Offset::Beginning)?;
             let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+            start.set(index, p, low);
             if high > low {
                 ends.push((topic.clone(), p, high));
             }
         }
     }
     consumer.assign(&list)?;
-    Ok(ends)
+    Ok((start, ends))
 }

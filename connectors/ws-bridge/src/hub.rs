@@ -4,14 +4,18 @@
 //! struck off at once (its queue closes; it is told `slow_consumer` once it has sent what was
 //! queued, or after 5 s if its socket takes nothing): publishing never waits, so one stuck
 //! client slows nobody else down.
+//!
+//! The hub also keeps the last `resume_events` events, in the order published, so that a client
+//! that comes back with a cursor gets what it missed (see [`crate::cursor`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use metrics::counter;
 use tokio::sync::mpsc;
 
+use crate::cursor::Position;
 use crate::feed::{Event, Kind};
 use crate::protocol::Topic;
 
@@ -42,6 +46,42 @@ pub struct Hub {
     queue: usize,
     next: AtomicU64,
     clients: RwLock<HashMap<String, HashMap<u64, Client>>>,
+    recent: Mutex<Recent>,
+}
+
+/// The events a resuming client may be owed.
+struct Recent {
+    capacity: usize,
+    events: VecDeque<Arc<Event>>,
+    /// Per partition, the offset from which `events` holds every record: the feed's first offset,
+    /// raised as events fall off the end.
+    floor: Position,
+    /// The position after the last event published.
+    cursor: Arc<str>,
+    /// Events published so far.
+    published: u64,
+}
+
+/// What a client that just subscribed is owed before its live events.
+#[derive(Debug)]
+pub enum Owed {
+    /// The state of the devices its topics cover (it gave no cursor).
+    Snapshot,
+    /// The events after its cursor (it gave one, and this bridge still holds them), oldest first.
+    Missed(Vec<Arc<Event>>),
+    /// It gave a cursor this bridge cannot serve from: a snapshot instead, with the reason.
+    Resync(&'static str),
+}
+
+/// The outcome of [`Hub::subscribe`].
+#[derive(Debug)]
+pub struct Subscribed {
+    /// The position after the last event published before the subscription.
+    pub cursor: Arc<str>,
+    /// How many events had been published then.
+    pub published: u64,
+    /// What to send before the live events.
+    pub owed: Owed,
 }
 
 /// A connection's end of the hub: its events, and how it learns it was struck off.
@@ -57,13 +97,29 @@ pub struct Registration {
 }
 
 impl Hub {
-    /// A hub whose connections may each have `queue` events waiting.
-    pub fn new(queue: usize) -> Hub {
+    /// A hub whose connections may each have `queue` events waiting and which keeps the last
+    /// `recent` events for clients that resume.
+    pub fn new(queue: usize, recent: usize) -> Hub {
         Hub {
             queue: queue.max(1),
             next: AtomicU64::new(0),
             clients: RwLock::new(HashMap::new()),
+            recent: Mutex::new(Recent {
+                capacity: recent,
+                events: VecDeque::new(),
+                floor: Position::default(),
+                cursor: Position::default().encode().into(),
+                published: 0,
+            }),
         }
+    }
+
+    /// Where the feed starts reading: events before it were never seen by this bridge.
+    pub fn start_at(&self, position: &Position) {
+        let _clients = self.write();
+        let mut recent = self.recent();
+        recent.floor = position.clone();
+        recent.cursor = position.encode().into();
     }
 
     /// Registers a connection of `tenant` (every tenant for an admin), subscribed to nothing yet.
@@ -89,10 +145,33 @@ impl Hub {
         }
     }
 
-    /// Sets the topics of a registered connection.
-    pub fn subscribe(&self, r: &Registration, topics: &BTreeSet<Topic>) {
-        if let Some(c) = self.write().get_mut(&r.key).and_then(|m| m.get_mut(&r.id)) {
-            c.topics.clone_from(topics);
+    /// Sets the topics of a registered connection. Events published from here on are queued to
+    /// it; with `resume`, the held events after that position that the topics it did not have
+    /// before want are handed back (the live queue then goes on exactly where they end).
+    pub fn subscribe(
+        &self,
+        r: &Registration,
+        topics: &BTreeSet<Topic>,
+        resume: Option<&Position>,
+    ) -> Subscribed {
+        let mut clients = self.write();
+        let recent = self.recent();
+        let old = clients
+            .get_mut(&r.key)
+            .and_then(|m| m.get_mut(&r.id))
+            .map(|c| std::mem::replace(&mut c.topics, topics.clone()))
+            .unwrap_or_default();
+        drop(clients);
+        let owed = match resume {
+            None => Owed::Snapshot,
+            Some(from) => recent.missed(from, |e| {
+                (r.key == ADMINS || e.tenant == r.key) && wants(topics, e) && !wants(&old, e)
+            }),
+        };
+        Subscribed {
+            cursor: Arc::clone(&recent.cursor),
+            published: recent.published,
+            owed,
         }
     }
 
@@ -113,6 +192,9 @@ impl Hub {
         let mut full = Vec::new();
         {
             let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
+            // Under the read lock: a subscription (write lock) sees the event either held here
+            // or queued to it, never neither nor both.
+            self.recent().push(e);
             let keys = if e.tenant == ADMINS {
                 vec![ADMINS]
             } else {
@@ -145,6 +227,53 @@ impl Hub {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<u64, Client>>> {
         self.clients.write().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// How many events have been published.
+    pub fn published(&self) -> u64 {
+        self.recent().published
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Recent {
+    fn push(&mut self, e: &Arc<Event>) {
+        self.published += 1;
+        self.cursor = Arc::clone(&e.cursor);
+        if self.capacity == 0 {
+            let s = e.source;
+            self.floor.set(s.topic, s.partition, s.offset + 1);
+            return;
+        }
+        if self.events.len() == self.capacity
+            && let Some(old) = self.events.pop_front()
+        {
+            let s = old.source;
+            self.floor.set(s.topic, s.partition, s.offset + 1);
+        }
+        self.events.push_back(Arc::clone(e));
+    }
+
+    /// The held events after `from` that `wanted` selects, if nothing after `from` has fallen
+    /// off (or was never read).
+    fn missed(&self, from: &Position, wanted: impl Fn(&Event) -> bool) -> Owed {
+        if self
+            .floor
+            .partitions()
+            .any(|(topic, partition, floor)| from.next(topic, partition) < floor)
+        {
+            return Owed::Resync("the cursor is older than the events this bridge holds");
+        }
+        Owed::Missed(
+            self.events
+                .iter()
+                .filter(|e| from.owes(e.source) && wanted(e))
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -158,18 +287,24 @@ mod tests {
             class: None,
             kind,
             json: "{}".into(),
+            cursor: "".into(),
+            source: crate::cursor::Source {
+                topic: 0,
+                partition: 0,
+                offset: 0,
+            },
             read_at: std::time::Instant::now(),
         })
     }
 
     #[test]
     fn tenants_topics_and_a_full_queue() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, 0);
         let mut t1 = hub.register("t1", false);
         let mut admin = hub.register("ops", true);
         let everything: BTreeSet<Topic> = [Topic::Tenant].into();
-        hub.subscribe(&t1, &[Topic::Status].into());
-        hub.subscribe(&admin, &everything);
+        hub.subscribe(&t1, &[Topic::Status].into(), None);
+        hub.subscribe(&admin, &everything, None);
         hub.publish(&event("t2", Kind::Status));
         hub.publish(&event("t1", Kind::Aggregate));
         hub.publish(&event("t1", Kind::Status));
@@ -195,5 +330,73 @@ mod tests {
         hub.leave(&t1);
         hub.publish(&event("t1", Kind::Status));
         assert!(!t1.slow.load(Ordering::Relaxed));
+    }
+
+    fn at(tenant: &str, partition: i32, offset: i64, after: &mut Position) -> Arc<Event> {
+        after.set(0, partition, offset + 1);
+        Arc::new(Event {
+            tenant: tenant.into(),
+            device: format!("d{partition}"),
+            class: None,
+            kind: Kind::Status,
+            json: format!("{partition}/{offset}").into(),
+            cursor: after.encode().into(),
+            source: crate::cursor::Source {
+                topic: 0,
+                partition,
+                offset,
+            },
+            read_at: std::time::Instant::now(),
+        })
+    }
+
+    #[test]
+    fn a_cursor_gets_what_came_after_it_or_a_resync() {
+        let hub = Hub::new(100, 4);
+        let mut position = Position::default();
+        position.set(0, 0, 5);
+        position.set(0, 1, 0);
+        hub.start_at(&position);
+        let mut cursors = Vec::new();
+        for (tenant, p, o) in [("t1", 0, 5), ("t1", 1, 0), ("t2", 1, 1), ("t1", 0, 6)] {
+            let e = at(tenant, p, o, &mut position);
+            hub.publish(&e);
+            cursors.push(e.cursor.to_string());
+        }
+        let r = hub.register("t1", false);
+        let topics: BTreeSet<Topic> = [Topic::Tenant].into();
+        // Seen up to and with the first event: owed t1's second and fourth.
+        let from = Position::decode(&cursors[0]).unwrap_or_default();
+        let s = hub.subscribe(&r, &topics, Some(&from));
+        assert_eq!(s.cursor.as_ref(), cursors[3]);
+        let Owed::Missed(missed) = s.owed else {
+            panic!("{:?}", s.owed)
+        };
+        let got: Vec<&str> = missed.iter().map(|e| e.json.as_ref()).collect();
+        assert_eq!(got, ["1/0", "0/6"]);
+        // Topics it already had are live, not owed again.
+        let again = hub.subscribe(&r, &topics, Some(&from));
+        assert!(matches!(again.owed, Owed::Missed(m) if m.is_empty()));
+        // Before where the feed started: never read here.
+        let r2 = hub.register("t1", false);
+        let mut early = from.clone();
+        early.set(0, 0, 4);
+        let s = hub.subscribe(&r2, &topics, Some(&early));
+        assert!(matches!(s.owed, Owed::Resync(_)), "{:?}", s.owed);
+        // One more event pushes 0/5 out: the first cursor still works (it saw 0/5), the
+        // starting position does not.
+        hub.publish(&at("t1", 1, 2, &mut position));
+        let r3 = hub.register("t1", false);
+        let s = hub.subscribe(&r3, &topics, Some(&from));
+        assert!(
+            matches!(s.owed, Owed::Missed(ref m) if m.len() == 3),
+            "{:?}",
+            s.owed
+        );
+        let r4 = hub.register("t1", false);
+        let mut start = Position::default();
+        start.set(0, 0, 5);
+        let s = hub.subscribe(&r4, &topics, Some(&start));
+        assert!(matches!(s.owed, Owed::Resync(_)), "{:?}", s.owed);
     }
 }

@@ -49,6 +49,9 @@ pub enum ServerMessage<'a> {
     },
     /// The current state of the devices the new topics cover.
     Snapshot {
+        /// Where the live events that follow begin: a client that has seen none of them yet
+        /// resumes from here.
+        cursor: &'a str,
         /// One entry per device.
         devices: Vec<DeviceState>,
     },

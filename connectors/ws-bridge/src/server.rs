@@ -24,13 +24,18 @@ use metrics::{counter, gauge, histogram};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Claims, Verifier};
+use crate::cache::{Cache, Devices};
 use crate::config::BridgeConfig;
-use crate::hub::{Hub, Registration};
+use crate::cursor::Position;
+use crate::hub::{Hub, Owed, Registration};
 use crate::protocol::{ClientMessage, ServerMessage, Topic};
 use crate::store::{DeviceState, Store};
 
 /// How long a client's socket may take to accept one message before it counts as too slow.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a snapshot waits for Redis to have the events the subscriber will not get live;
+/// after that it is taken from memory.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 /// Renders `/metrics`.
 pub type Render = Box<dyn Fn() -> String + Send + Sync>;
@@ -45,6 +50,8 @@ pub struct Bridge {
     pub verifier: Verifier,
     /// The devices' latest state.
     pub store: Arc<Store>,
+    /// Redis, when configured: snapshots are read from it.
+    pub cache: Option<Arc<Cache>>,
     /// Where the feed publishes events and connections take theirs.
     pub hub: Arc<Hub>,
     /// Open WebSocket connections.
@@ -143,6 +150,8 @@ struct Connection {
     topics: BTreeSet<Topic>,
     errors: u32,
     registration: Registration,
+    /// The cursor it resumed from: live events before it were seen elsewhere.
+    seen: Option<Position>,
 }
 
 /// What to do after a client message.
@@ -162,6 +171,7 @@ impl Connection {
             topics: BTreeSet::new(),
             errors: 0,
             registration,
+            seen: None,
         }
     }
 
@@ -196,7 +206,7 @@ impl Connection {
                         Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                     };
                     heard = Instant::now();
-                    let (replies, next) = self.answer(&text);
+                    let (replies, next) = self.answer(&text).await;
                     for reply in replies {
                         if !send(&mut socket, reply).await {
                             return;
@@ -208,7 +218,8 @@ impl Connection {
                 }
                 event = self.registration.events.recv() => match event {
                     // The hub chose it; the tenant is checked once more all the same.
-                    Some(e) if self.claims.sees(&e.tenant) => {
+                    Some(e) if self.claims.sees(&e.tenant)
+                        && self.seen.as_ref().is_none_or(|p| p.owes(e.source)) => {
                         if !send(&mut socket, e.json.to_string()).await {
                             counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
                             slow(&mut socket, "the socket did not take a message in time").await;
@@ -256,7 +267,7 @@ impl Connection {
     }
 
     /// The replies to a client message, and whether to go on.
-    fn answer(&mut self, text: &str) -> (Vec<String>, Next) {
+    async fn answer(&mut self, text: &str) -> (Vec<String>, Next) {
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(m) => m,
             Err(e) => return self.error("bad_message", format!("not a client message: {e}")),
@@ -272,7 +283,9 @@ impl Connection {
                         gauge!("fleetpulse_bridge_subscriptions").decrement(1.0);
                     }
                 }
-                self.bridge.hub.subscribe(&self.registration, &self.topics);
+                self.bridge
+                    .hub
+                    .subscribe(&self.registration, &self.topics, None);
                 (vec![self.subscribed()], Next::Go)
             }
             ClientMessage::Subscribe { topics, cursor } => {
@@ -292,24 +305,50 @@ impl Connection {
                     );
                 }
                 gauge!("fleetpulse_bridge_subscriptions").increment(new.len() as f64);
-                let mut replies = Vec::new();
-                if cursor.is_some() {
+                let resume = cursor.as_deref().map(Position::decode);
+                // Events from here on are queued behind what is owed now: none is missed.
+                self.topics.extend(new.iter().cloned());
+                let subscribed = self.bridge.hub.subscribe(
+                    &self.registration,
+                    &self.topics,
+                    resume.clone().flatten().as_ref(),
+                );
+                let mut replies = vec![self.subscribed()];
+                let resync = match (resume, subscribed.owed) {
+                    (Some(Some(from)), Owed::Missed(events)) => {
+                        counter!("fleetpulse_bridge_resumes_total", "outcome" => "resumed")
+                            .increment(1);
+                        replies.extend(
+                            events
+                                .iter()
+                                .filter(|e| self.claims.sees(&e.tenant))
+                                .map(|e| e.json.to_string()),
+                        );
+                        self.seen = Some(from);
+                        return (replies, Next::Go);
+                    }
+                    (Some(None), _) => Some("not a cursor of this bridge"),
+                    (_, Owed::Resync(why)) => Some(why),
+                    _ => None,
+                };
+                if let Some(why) = resync {
+                    counter!("fleetpulse_bridge_resumes_total", "outcome" => "resync").increment(1);
                     replies.push(
                         ServerMessage::Error {
                             code: "resync",
-                            message:
-                                "this bridge cannot resume from a cursor yet: the snapshot follows"
-                                    .into(),
+                            message: format!("{why}: the snapshot follows"),
                         }
                         .json(),
                     );
                 }
-                // Events from here on are queued behind the snapshot: none is missed.
-                self.topics.extend(new.iter().cloned());
-                self.bridge.hub.subscribe(&self.registration, &self.topics);
-                let devices = self.snapshot(&new);
-                replies.push(self.subscribed());
-                replies.push(ServerMessage::Snapshot { devices }.json());
+                let devices = self.snapshot(&new, subscribed.published).await;
+                replies.push(
+                    ServerMessage::Snapshot {
+                        cursor: &subscribed.cursor,
+                        devices,
+                    }
+                    .json(),
+                );
                 (replies, Next::Go)
             }
         }
@@ -322,21 +361,44 @@ impl Connection {
         .json()
     }
 
-    /// The state of the visible devices that `topics` cover.
-    fn snapshot(&self, topics: &BTreeSet<Topic>) -> Vec<DeviceState> {
+    /// The state of the visible devices that `topics` cover: from Redis when it is configured
+    /// and has the first `published` events, else from memory.
+    async fn snapshot(&self, topics: &BTreeSet<Topic>, published: u64) -> Vec<DeviceState> {
         if topics.is_empty() {
             return Vec::new();
         }
-        self.bridge.store.select(
-            |tenant| self.claims.sees(tenant),
-            |d| {
-                topics.iter().any(|t| match t {
+        let wanted = |d: &DeviceState| {
+            self.claims.sees(&d.tenant_id)
+                && topics.iter().any(|t| match t {
                     Topic::Device(id) => d.device_id == *id,
                     Topic::Class(class) => d.device_class.as_deref() == Some(class),
                     Topic::Tenant | Topic::Status | Topic::Anomalies | Topic::Aggregates => true,
                 })
-            },
-        )
+        };
+        if let Some(cache) = &self.bridge.cache {
+            let ids: Option<Vec<String>> = topics
+                .iter()
+                .map(|t| match t {
+                    Topic::Device(id) => Some(id.clone()),
+                    _ => None,
+                })
+                .collect();
+            let devices = match ids {
+                Some(ids) => Devices::Ids(ids),
+                None if self.claims.role == "admin" => Devices::Tenants(Vec::new()),
+                None => Devices::Tenants(vec![self.claims.tenant.clone()]),
+            };
+            if let Some(mut held) = cache.snapshot(&devices, published, SNAPSHOT_WAIT).await {
+                held.retain(|d| wanted(d));
+                held.sort_by(|a, b| {
+                    (&a.tenant_id, &a.device_id).cmp(&(&b.tenant_id, &b.device_id))
+                });
+                return held;
+            }
+        }
+        self.bridge
+            .store
+            .select(|tenant| self.claims.sees(tenant), |d| wanted(d))
     }
 
     /// An `error` reply; past `max_errors` of them the connection closes.

@@ -1,10 +1,11 @@
 //! The latest known state of every device: status, last seen, health, open anomalies. Each field
 //! is replaced only by a newer record, so the order records arrive in (several partitions, a
-//! replay) does not matter, and several bridges reading the same topics agree. This is the
-//! in-process store (the embedded default).
+//! replay) does not matter, and several bridges reading the same topics agree. Every bridge keeps
+//! this in-process store; with Redis configured it also notes which devices changed, for the
+//! [`crate::cache`] to write through.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
 
 use schemas::{Anomaly, AnomalyState, StatusTransition, WindowAggregate, wire_name as name};
 use serde::Serialize;
@@ -32,6 +33,9 @@ pub struct DeviceState {
     pub error_rate: Option<f64>,
     /// Open anomalies by kind: since when (ms) and how severe.
     pub open_anomalies: BTreeMap<String, OpenAnomaly>,
+    /// When each anomaly kind last fired or resolved, ms: an older change does not undo it.
+    #[serde(skip)]
+    pub anomaly_changed: BTreeMap<String, i64>,
 }
 
 /// An anomaly that fired and has not resolved.
@@ -43,16 +47,58 @@ pub struct OpenAnomaly {
     pub severity: String,
 }
 
+/// A device, by tenant and id.
+pub type DeviceKey = (String, String);
+
 /// Every device's state, by tenant and device.
 #[derive(Debug, Default)]
 pub struct Store {
-    devices: RwLock<HashMap<(String, String), DeviceState>>,
-    /// When each open or resolved anomaly kind last changed, per device: a late record of an
-    /// older change does not reopen or close it.
-    anomaly_ts: RwLock<HashMap<(String, String, String), i64>>,
+    devices: RwLock<HashMap<DeviceKey, DeviceState>>,
+    /// The devices changed since [`Store::take_changed`] last ran, when something takes them.
+    changed: Option<Mutex<HashSet<DeviceKey>>>,
 }
 
 impl Store {
+    /// A store that notes which devices change, for [`Store::take_changed`].
+    pub fn noting_changes() -> Store {
+        Store {
+            devices: RwLock::default(),
+            changed: Some(Mutex::default()),
+        }
+    }
+
+    /// The devices changed since the last call (with [`Store::noting_changes`]).
+    pub fn take_changed(&self) -> HashSet<DeviceKey> {
+        self.changed
+            .as_ref()
+            .map(|c| std::mem::take(&mut *c.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
+    }
+
+    /// Notes devices as changed again (they could not be written), or every device when `keys`
+    /// is `None` (the copy they were written to may have lost them all).
+    pub fn mark_changed(&self, keys: Option<HashSet<DeviceKey>>) {
+        let Some(changed) = &self.changed else {
+            return;
+        };
+        let keys = keys.unwrap_or_else(|| {
+            let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+            devices.keys().cloned().collect()
+        });
+        changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keys);
+    }
+
+    /// The state of these devices (those the store has).
+    pub fn get<'a>(&self, keys: impl IntoIterator<Item = &'a DeviceKey>) -> Vec<DeviceState> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        keys.into_iter()
+            .filter_map(|k| devices.get(k).cloned())
+            .collect()
+    }
+
     fn with<R>(
         &self,
         tenant: &str,
@@ -60,21 +106,27 @@ impl Store {
         class: &Option<String>,
         f: impl FnOnce(&mut DeviceState) -> R,
     ) -> R {
+        let key = (tenant.to_string(), device.to_string());
+        if let Some(changed) = &self.changed {
+            changed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone());
+        }
         let mut devices = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        let state = devices
-            .entry((tenant.to_string(), device.to_string()))
-            .or_insert_with(|| DeviceState {
-                tenant_id: tenant.into(),
-                device_id: device.into(),
-                device_class: None,
-                status: None,
-                status_since: None,
-                last_seen: None,
-                health: None,
-                health_at: None,
-                error_rate: None,
-                open_anomalies: BTreeMap::new(),
-            });
+        let state = devices.entry(key).or_insert_with(|| DeviceState {
+            tenant_id: tenant.into(),
+            device_id: device.into(),
+            device_class: None,
+            status: None,
+            status_since: None,
+            last_seen: None,
+            health: None,
+            health_at: None,
+            error_rate: None,
+            open_anomalies: BTreeMap::new(),
+            anomaly_changed: BTreeMap::new(),
+        });
         if class.is_some() {
             state.device_class.clone_from(class);
         }
@@ -113,15 +165,11 @@ impl Store {
             return;
         }
         let kind = name(&a.kind);
-        {
-            let mut seen = self.anomaly_ts.write().unwrap_or_else(|e| e.into_inner());
-            let key = (a.tenant_id.clone(), a.device_id.clone(), kind.clone());
-            if seen.get(&key).is_some_and(|ts| *ts > a.ts) {
+        self.with(&a.tenant_id, &a.device_id, &a.device_class, |d| {
+            if d.anomaly_changed.get(&kind).is_some_and(|ts| *ts > a.ts) {
                 return;
             }
-            seen.insert(key, a.ts);
-        }
-        self.with(&a.tenant_id, &a.device_id, &a.device_class, |d| {
+            d.anomaly_changed.insert(kind.clone(), a.ts);
             match a.state {
                 AnomalyState::Firing => {
                     d.open_anomalies.insert(

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use schemas::RecordKind;
 use ws_bridge::auth::Verifier;
+use ws_bridge::cache::Cache;
 use ws_bridge::feed::{self, Topics};
 use ws_bridge::hub::Hub;
 use ws_bridge::server::{Bridge, router};
@@ -16,6 +17,10 @@ use ws_bridge::store::Store;
 
 use crate::cli::KafkaArgs;
 use crate::config::{Config, ConfigError, Override};
+
+/// How often the devices that changed are written to Redis: the cache trails the live events by
+/// about this much.
+const WRITE_EVERY: Duration = Duration::from_millis(100);
 
 /// Flags of `bridge`.
 #[derive(Debug, Args)]
@@ -25,6 +30,9 @@ pub struct BridgeArgs {
     /// Address of `/ws`, the REST endpoints and `/metrics` (`bridge.listen`).
     #[arg(long)]
     listen: Option<String>,
+    /// Redis for the status cache, `redis://host:port` (`bridge.redis_url`).
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 impl BridgeArgs {
@@ -32,6 +40,9 @@ impl BridgeArgs {
         self.kafka.overrides(into);
         if let Some(l) = &self.listen {
             into.push(("bridge.listen".into(), toml::Value::String(l.clone())));
+        }
+        if let Some(r) = &self.redis_url {
+            into.push(("bridge.redis_url".into(), toml::Value::String(r.clone())));
         }
     }
 }
@@ -43,8 +54,17 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     }
     let metrics = crate::observability::metrics()?;
     let stop = super::stop_on_signal();
-    let store = Arc::new(Store::default());
-    let hub = Arc::new(Hub::new(c.client_queue));
+    let cache = if c.redis_url.is_empty() {
+        None
+    } else {
+        Some(Cache::connect(&c.redis_url).context("bridge.redis_url")?)
+    };
+    let store = Arc::new(if cache.is_some() {
+        Store::noting_changes()
+    } else {
+        Store::default()
+    });
+    let hub = Arc::new(Hub::new(c.client_queue, c.resume_events));
     let kafka_up = Arc::new(AtomicBool::new(false));
     let kinds = [
         RecordKind::WindowAggregate,
@@ -69,16 +89,35 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             feed::run(&kafka, &topics, &codec, &store, &hub, &stop, &up)
         })
     };
+    let writer = cache.as_ref().map(|cache| {
+        let (cache, store, hub, stop) = (
+            Arc::clone(cache),
+            Arc::clone(&store),
+            Arc::clone(&hub),
+            Arc::clone(&stop),
+        );
+        tokio::spawn(async move {
+            cache.write_behind(&store, &hub, WRITE_EVERY, &stop).await;
+        })
+    });
     let ready = Arc::clone(&kafka_up);
+    let redis = cache.clone();
     let bridge = Arc::new(Bridge {
         config: c.clone(),
         verifier: Verifier::new(&c.jwt_secret).context("bridge.jwt_secret")?,
         store,
+        cache,
         hub,
         connections: AtomicUsize::new(0),
         metrics: Box::new(move || metrics.render()),
         ready: Box::new(move || {
-            (!ready.load(Ordering::Relaxed)).then_some("kafka is not answering")
+            if !ready.load(Ordering::Relaxed) {
+                Some("kafka is not answering, or the bridge has not read the topics yet")
+            } else if redis.as_ref().is_some_and(|r| !r.up()) {
+                Some("redis is not answering")
+            } else {
+                None
+            }
         }),
     });
     let listener = tokio::net::TcpListener::bind(c.listen)
@@ -103,5 +142,8 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     feed.await.context("the feed thread failed")??;
+    if let Some(writer) = writer {
+        writer.await.context("the redis writer failed")?;
+    }
     Ok(())
 }

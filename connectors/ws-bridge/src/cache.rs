@@ -1,0 +1,437 @@
+//! The Redis status cache (`bridge.redis_url`): every bridge writes the devices that changed in
+//! its [`Store`] to Redis, each field only if it is newer than what Redis holds (a Lua script
+//! compares and sets in one step), so several bridges, each reading every partition, agree; and
+//! a client's snapshot is read from it.
+//!
+//! Keys, per device: `device:status:{device_id}` (hash: tenant, class, status, since),
+//! `device:lastseen:{device_id}` (ms, 24 h TTL), `device:health:{device_id}` (hash: at, health,
+//! error_rate), `device:anomalies:{device_id}` (hash: kind -> `ts|open|since|severity`); per
+//! tenant `tenant:devices:{tenant_id}` (its device ids) and `tenants`.
+//!
+//! Redis going away does not stop anything: events still flow from the in-process store, the
+//! devices that changed meanwhile stay noted, and once Redis answers again every device is
+//! written once more (a restarted Redis may have lost them all). fred reconnects with
+//! exponential backoff.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
+use fred::types::scripts::Script;
+use metrics::{counter, gauge};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::hub::Hub;
+use crate::store::{DeviceState, OpenAnomaly, Store};
+
+/// How long `device:lastseen:*` lives without an update.
+const LAST_SEEN_TTL_SECONDS: u64 = 24 * 3600;
+/// Devices per script call: big enough to amortise the round trip, small enough that Redis,
+/// single-threaded, is never blocked for long.
+const CHUNK: usize = 500;
+
+/// Writes a JSON array of devices; each field only if newer than what is held.
+const WRITE: &str = r"
+local ttl = ARGV[2]
+for _, d in ipairs(cjson.decode(ARGV[1])) do
+  local id = d.d
+  redis.call('SADD', 'tenants', d.t)
+  redis.call('SADD', 'tenant:devices:' .. d.t, id)
+  local sk = 'device:status:' .. id
+  redis.call('HSET', sk, 'tenant', d.t)
+  if d.c then redis.call('HSET', sk, 'class', d.c) end
+  if d.ss then
+    local since = tonumber(redis.call('HGET', sk, 'since'))
+    if not since or since <= tonumber(d.ss) then
+      redis.call('HSET', sk, 'status', d.s, 'since', d.ss)
+    end
+  end
+  if d.ls then
+    local lk = 'device:lastseen:' .. id
+    local seen = tonumber(redis.call('GET', lk))
+    if not seen or seen <= tonumber(d.ls) then
+      redis.call('SET', lk, d.ls, 'EX', ttl)
+    end
+  end
+  if d.ha then
+    local hk = 'device:health:' .. id
+    local at = tonumber(redis.call('HGET', hk, 'at'))
+    if not at or at < tonumber(d.ha) then
+      redis.call('HSET', hk, 'at', d.ha, 'health', d.h, 'error_rate', d.er)
+    end
+  end
+  if d.a then
+    local ak = 'device:anomalies:' .. id
+    for _, a in ipairs(d.a) do
+      local held = redis.call('HGET', ak, a.k)
+      local ts = held and tonumber(string.match(held, '^(%d+)'))
+      if not ts or ts <= tonumber(a.ts) then redis.call('HSET', ak, a.k, a.ts .. '|' .. a.v) end
+    end
+  end
+end
+return 1
+";
+
+/// Reads devices: ARGV[1] `tenants` (then tenant ids, or none for all) or `ids` (then device
+/// ids). Each device is an array: id, tenant, class, status, since, last seen, health at,
+/// health, error rate, anomalies (`kind=value` lines); `false` where Redis has nothing.
+const READ: &str = r"
+local ids = {}
+if ARGV[1] == 'ids' then
+  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  local tenants = {}
+  if #ARGV > 1 then
+    for i = 2, #ARGV do tenants[#tenants + 1] = ARGV[i] end
+  else
+    tenants = redis.call('SMEMBERS', 'tenants')
+  end
+  for _, t in ipairs(tenants) do
+    for _, id in ipairs(redis.call('SMEMBERS', 'tenant:devices:' .. t)) do ids[#ids + 1] = id end
+  end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local s = redis.call('HMGET', 'device:status:' .. id, 'tenant', 'class', 'status', 'since')
+  if s[1] then
+    local h = redis.call('HMGET', 'device:health:' .. id, 'at', 'health', 'error_rate')
+    local flat = redis.call('HGETALL', 'device:anomalies:' .. id)
+    local lines = {}
+    for i = 1, #flat, 2 do lines[#lines + 1] = flat[i] .. '=' .. flat[i + 1] end
+    out[#out + 1] = { id, s[1], s[2], s[3], s[4], redis.call('GET', 'device:lastseen:' .. id),
+      h[1], h[2], h[3], table.concat(lines, '\n') }
+  end
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
+";
+
+/// Errors of the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Redis refused, failed or is not there.
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// Redis answered something the bridge did not write.
+    #[error("redis holds an unreadable device: {0}")]
+    Unreadable(String),
+}
+
+/// One device as the write script takes it. Numbers travel as text so that Lua's doubles
+/// never round them.
+#[derive(Serialize)]
+struct Write<'a> {
+    t: &'a str,
+    d: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    c: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ha: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    h: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    er: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    a: Vec<AnomalyWrite<'a>>,
+}
+
+#[derive(Serialize)]
+struct AnomalyWrite<'a> {
+    k: &'a str,
+    ts: String,
+    /// `open|since|severity`.
+    v: String,
+}
+
+fn to_write(d: &DeviceState) -> Write<'_> {
+    let text = |v: Option<i64>| v.map(|v| v.to_string());
+    Write {
+        t: &d.tenant_id,
+        d: &d.device_id,
+        c: d.device_class.as_deref(),
+        s: d.status.as_deref(),
+        ss: text(d.status_since),
+        ls: text(d.last_seen),
+        ha: text(d.health_at),
+        h: d.health.map(|h| h.to_string()),
+        er: d.error_rate.map(|e| e.to_string()),
+        a: d.anomaly_changed
+            .iter()
+            .map(|(kind, ts)| AnomalyWrite {
+                k: kind,
+                ts: ts.to_string(),
+                v: match d.open_anomalies.get(kind) {
+                    Some(open) => format!("1|{}|{}", open.since, open.severity),
+                    None => "0||".into(),
+                },
+            })
+            .collect(),
+    }
+}
+
+/// Which devices a snapshot reads.
+#[derive(Debug, Clone)]
+pub enum Devices {
+    /// Every device of these tenants (all tenants when empty).
+    Tenants(Vec<String>),
+    /// These devices.
+    Ids(Vec<String>),
+}
+
+/// The Redis connection and what the writer has done.
+pub struct Cache {
+    client: fred::clients::Client,
+    write: Script,
+    read: Script,
+    up: AtomicBool,
+    /// How many of the hub's events Redis reflects.
+    written: watch::Sender<u64>,
+}
+
+impl Cache {
+    /// A cache on `url` (`redis://host:port[/db]`); connects in the background and keeps
+    /// reconnecting.
+    pub fn connect(url: &str) -> Result<Arc<Cache>, CacheError> {
+        let client = Builder::from_config(Config::from_url(url)?)
+            .with_config(|c| c.fail_fast = false)
+            .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.max_command_attempts = 1;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()?;
+        client.connect();
+        Ok(Arc::new(Cache {
+            client,
+            write: Script::from_lua(WRITE),
+            read: Script::from_lua(READ),
+            up: AtomicBool::new(false),
+            written: watch::channel(0).0,
+        }))
+    }
+
+    /// Whether the last write reached Redis.
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Writes what changed in `store`, every `every`, until `stop`.
+    pub async fn write_behind(&self, store: &Store, hub: &Hub, every: Duration, stop: &AtomicBool) {
+        // Whether Redis holds every device: not at first, nor after it was away.
+        let mut whole = false;
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(every).await;
+            if !self.client.is_connected() {
+                self.set_up(false);
+                whole = false;
+                continue;
+            }
+            if !whole {
+                store.mark_changed(None);
+            }
+            // Read before taking the changes: every event counted was in the store by then.
+            let published = hub.published();
+            let changed = store.take_changed();
+            gauge!("fleetpulse_bridge_redis_pending").set(changed.len() as f64);
+            let keys: Vec<_> = changed.into_iter().collect();
+            let mut failed = None;
+            for (i, chunk) in keys.chunks(CHUNK).enumerate() {
+                let devices = store.get(chunk);
+                let writes: Vec<Write<'_>> = devices.iter().map(to_write).collect();
+                let json = serde_json::to_string(&writes).unwrap_or_default();
+                let args = vec![json, LAST_SEEN_TTL_SECONDS.to_string()];
+                match self
+                    .write
+                    .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
+                    .await
+                {
+                    Ok(_) => counter!("fleetpulse_bridge_redis_writes_total")
+                        .increment(chunk.len() as u64),
+                    Err(e) => {
+                        failed = Some((i, e));
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => {
+                    whole = true;
+                    self.set_up(true);
+                    self.written.send_replace(published);
+                    gauge!("fleetpulse_bridge_redis_pending").set(0.0);
+                }
+                Some((i, e)) => {
+                    tracing::warn!(error = %e, "redis write failed; the devices stay noted");
+                    store.mark_changed(Some(keys[i * CHUNK..].iter().cloned().collect()));
+                    self.set_up(false);
+                }
+            }
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!("redis is up");
+            } else {
+                tracing::warn!(
+                    "redis is not answering; events still flow, the cache catches up later"
+                );
+            }
+        }
+        gauge!("fleetpulse_bridge_redis_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// The devices Redis holds, once it reflects the first `published` events of the hub (so a
+    /// snapshot is never older than the events a subscriber did not get live); `None` if it does
+    /// not within `wait` or is down.
+    pub async fn snapshot(
+        &self,
+        devices: &Devices,
+        published: u64,
+        wait: Duration,
+    ) -> Option<Vec<DeviceState>> {
+        if !self.up() {
+            return None;
+        }
+        let mut written = self.written.subscribe();
+        let caught_up = tokio::time::timeout(wait, written.wait_for(|w| *w >= published));
+        if !matches!(caught_up.await, Ok(Ok(_))) {
+            return None;
+        }
+        match self.read(devices).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot from redis failed; from memory instead");
+                None
+            }
+        }
+    }
+
+    /// Reads devices from Redis.
+    pub async fn read(&self, devices: &Devices) -> Result<Vec<DeviceState>, CacheError> {
+        let mut args = Vec::new();
+        match devices {
+            Devices::Tenants(t) => {
+                args.push("tenants".to_string());
+                args.extend(t.iter().cloned());
+            }
+            Devices::Ids(ids) => {
+                args.push("ids".to_string());
+                args.extend(ids.iter().cloned());
+            }
+        }
+        let json: String = self
+            .read
+            .evalsha_with_reload(&self.client, (), args)
+            .await?;
+        let rows: Vec<Vec<serde_json::Value>> =
+            serde_json::from_str(&json).map_err(|e| CacheError::Unreadable(e.to_string()))?;
+        rows.iter().map(|r| parse(r)).collect()
+    }
+}
+
+/// One row of the read script.
+fn parse(row: &[serde_json::Value]) -> Result<DeviceState, CacheError> {
+    let text = |i: usize| row.get(i).and_then(|v| v.as_str()).map(str::to_string);
+    let number = |i: usize| text(i).and_then(|t| t.parse::<i64>().ok());
+    let real = |i: usize| text(i).and_then(|t| t.parse::<f64>().ok());
+    let (Some(device_id), Some(tenant_id)) = (text(0), text(1)) else {
+        return Err(CacheError::Unreadable(format!("{row:?}")));
+    };
+    let mut open_anomalies = BTreeMap::new();
+    let mut anomaly_changed = BTreeMap::new();
+    for line in text(9).unwrap_or_default().lines() {
+        let parsed = line.split_once('=').and_then(|(kind, value)| {
+            let mut parts = value.split('|');
+            let ts = parts.next()?.parse::<i64>().ok()?;
+            let open = parts.next()? == "1";
+            let since = parts.next()?.parse::<i64>().ok();
+            let severity = parts.next()?.to_string();
+            Some((kind, ts, open.then_some(since).flatten(), severity))
+        });
+        let Some((kind, ts, since, severity)) = parsed else {
+            return Err(CacheError::Unreadable(line.to_string()));
+        };
+        anomaly_changed.insert(kind.to_string(), ts);
+        if let Some(since) = since {
+            open_anomalies.insert(kind.to_string(), OpenAnomaly { since, severity });
+        }
+    }
+    Ok(DeviceState {
+        tenant_id,
+        device_id,
+        device_class: text(2),
+        status: text(3),
+        status_since: number(4),
+        last_seen: number(5),
+        health_at: number(6),
+        health: real(7),
+        error_rate: real(8),
+        open_anomalies,
+        anomaly_changed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_device_reads_back() {
+        let mut d = DeviceState {
+            tenant_id: "t".into(),
+            device_id: "d".into(),
+            device_class: Some("sensor".into()),
+            status: Some("online".into()),
+            status_since: Some(1_764_979_200_123),
+            last_seen: Some(1_764_979_260_456),
+            health: Some(87.123_456_789_012_34),
+            health_at: Some(1_764_979_260_000),
+            error_rate: Some(0.125),
+            open_anomalies: BTreeMap::new(),
+            anomaly_changed: BTreeMap::new(),
+        };
+        d.anomaly_changed.insert("battery_low".into(), 10);
+        d.anomaly_changed.insert("offline".into(), 20);
+        d.open_anomalies.insert(
+            "battery_low".into(),
+            OpenAnomaly {
+                since: 10,
+                severity: "warning".into(),
+            },
+        );
+        // What the scripts do with a write, by hand: stored values, then the read row.
+        let w = to_write(&d);
+        let anomalies: Vec<String> =
+            w.a.iter()
+                .map(|a| format!("{}={}|{}", a.k, a.ts, a.v))
+                .collect();
+        let row: Vec<serde_json::Value> = [
+            Some(w.d.to_string()),
+            Some(w.t.to_string()),
+            w.c.map(str::to_string),
+            w.s.map(str::to_string),
+            w.ss.clone(),
+            w.ls.clone(),
+            w.ha.clone(),
+            w.h.clone(),
+            w.er.clone(),
+            Some(anomalies.join("\n")),
+        ]
+        .into_iter()
+        .map(|v| v.map_or(serde_json::Value::Bool(false), serde_json::Value::String))
+        .collect();
+        assert_eq!(parse(&row).ok(), Some(d));
+    }
+}
