@@ -41,8 +41,8 @@ pub struct Event {
     pub class: Option<String>,
     /// What it is.
     pub kind: Kind,
-    /// The server message, JSON.
-    pub json: Arc<str>,
+    /// The server message, JSON: shared, not copied, by every connection that sends it.
+    pub json: axum::extract::ws::Utf8Bytes,
     /// The feed's position right after it, as in the JSON.
     pub cursor: Arc<str>,
     /// Where the record is.

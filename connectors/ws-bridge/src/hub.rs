@@ -372,7 +372,7 @@ mod tests {
         let Owed::Missed(missed) = s.owed else {
             panic!("{:?}", s.owed)
         };
-        let got: Vec<&str> = missed.iter().map(|e| e.json.as_ref()).collect();
+        let got: Vec<&str> = missed.iter().map(|e| e.json.as_str()).collect();
         assert_eq!(got, ["1/0", "0/6"]);
         // Topics it already had are live, not owed again.
         let again = hub.subscribe(&r, &topics, Some(&from));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::ws::{
-    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+    Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -220,7 +220,7 @@ impl Connection {
                     // The hub chose it; the tenant is checked once more all the same.
                     Some(e) if self.claims.sees(&e.tenant)
                         && self.seen.as_ref().is_none_or(|p| p.owes(e.source)) => {
-                        if !send(&mut socket, e.json.to_string()).await {
+                        if !send(&mut socket, e.json.clone()).await {
                             counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
                             slow(&mut socket, "the socket did not take a message in time").await;
                             return;
@@ -428,7 +428,7 @@ impl Drop for Connection {
 }
 
 /// Sends `text`; false if the client is gone or did not take it within [`SEND_TIMEOUT`].
-async fn send(socket: &mut WebSocket, text: String) -> bool {
+async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
     matches!(
         tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
         Ok(Ok(()))

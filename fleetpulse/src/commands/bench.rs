@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Pipeline(super::bench_pipeline::PipelineBench),
     /// `fleetpulse sink clickhouse` draining a loaded topic beside a raw insert of the same rows.
     Sink(super::bench_sink::SinkBench),
+    /// `fleetpulse bridge` fanning events out to N WebSocket clients beside a raw consume.
+    Bridge(super::bench_bridge::BridgeBench),
 }
 
 /// Flags of `bench generate`.
@@ -46,6 +48,7 @@ impl BenchCommand {
             BenchCommand::Generate(b) => b.kafka.overrides(into),
             BenchCommand::Pipeline(b) => b.kafka.overrides(into),
             BenchCommand::Sink(b) => b.overrides(into),
+            BenchCommand::Bridge(b) => b.kafka.overrides(into),
         }
     }
 }
@@ -55,6 +58,7 @@ pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Resul
         BenchCommand::Generate(args) => generate(config, args).await,
         BenchCommand::Pipeline(args) => super::bench_pipeline::run(config, args).await,
         BenchCommand::Sink(args) => super::bench_sink::run(config, args).await,
+        BenchCommand::Bridge(args) => super::bench_bridge::run(config, args).await,
     }
 }
 

@@ -53,6 +53,11 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         return Err(ConfigError::invalid(&format!("bridge.{key}"), &expected).into());
     }
     let metrics = crate::observability::metrics()?;
+    // One file per connection: the soft limit (often 1,024) goes up to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => tracing::info!(files, "open files allowed"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let stop = super::stop_on_signal();
     let cache = if c.redis_url.is_empty() {
         None

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what several of them share.
 
 pub(crate) mod bench;
+pub(crate) mod bench_bridge;
 pub(crate) mod bench_pipeline;
 pub(crate) mod bench_recovery;
 pub(crate) mod bench_sink;
