@@ -46,6 +46,9 @@ pub enum Command {
     Bench(commands::bench::BenchCommand),
     /// Print the effective configuration (file, environment and flags merged) as TOML.
     Config,
+    /// Everything in one process, nothing to install: an embedded broker, a live fleet, the
+    /// pipeline, the bridge and its dashboard (and the sink, given a ClickHouse).
+    Demo(commands::demo::DemoArgs),
 }
 
 /// Flags shared by the commands that talk to Kafka.
@@ -105,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bridge(args) => args.overrides(&mut overrides),
         Command::Bench(bench) => bench.overrides(&mut overrides),
         Command::Config => {}
+        Command::Demo(args) => args.overrides(&mut overrides),
     }
     let config: Config = config::load(cli.config.as_deref(), &overrides)?;
     crate::observability::init_logging(&config.log);
@@ -123,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Demo(args) => runtime.block_on(commands::demo::run(&config, args)),
     }
 }
 

@@ -23,9 +23,15 @@ pub(crate) fn init_logging(config: &LogConfig) {
 
 /// Installs the process-wide metrics recorder and returns what renders it.
 pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    // One recorder per process: `demo` runs every service in one, and they share it.
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// Why a service is not ready, or `None` when it is.

@@ -106,7 +106,10 @@ async fn start_bridge(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready(&address).await {
-        anyhow::ensure!(Instant::now() < deadline, "the bridge is not ready after 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bridge is not ready after 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok((child, address))
@@ -290,7 +293,11 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
         );
         let prefix = format!("bench-bridge-{}-{clients}", std::process::id());
         let status = format!("{prefix}-status");
-        for topic in [&status, &format!("{prefix}-aggregates"), &format!("{prefix}-anomalies")] {
+        for topic in [
+            &status,
+            &format!("{prefix}-aggregates"),
+            &format!("{prefix}-anomalies"),
+        ] {
             crate::kafka::ensure_topic(config, topic, 4).await?;
         }
         let (mut bridge, address) = start_bridge(config, &status, &prefix).await?;
@@ -333,8 +340,7 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
                 seconds: args.seconds,
                 tenants: args.tenants,
             };
-            tokio::task::spawn_blocking(move || produce(&config, &codec, &status, load))
-                .await??
+            tokio::task::spawn_blocking(move || produce(&config, &codec, &status, load)).await??
         };
         let producing = started.elapsed();
         // The last events' way through, then the bridge goes, and with it every connection.

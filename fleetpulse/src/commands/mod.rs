@@ -6,6 +6,7 @@ pub(crate) mod bench_pipeline;
 pub(crate) mod bench_recovery;
 pub(crate) mod bench_sink;
 pub(crate) mod bridge;
+pub(crate) mod demo;
 pub(crate) mod generate;
 pub(crate) mod pipeline;
 pub(crate) mod registry;

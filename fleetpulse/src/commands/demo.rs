@@ -1,0 +1,201 @@
+//! `fleetpulse demo`: the whole system in one process with nothing to install. An embedded
+//! Kafka-compatible broker (librdkafka's mock cluster; a real one with `--brokers`), the
+//! file-backed schema registry, a live fleet with failures and devices going silent, the
+//! pipeline, the bridge with its dashboard, and, given a ClickHouse (`--clickhouse-url`), the
+//! sink. Ctrl-C stops every part the way it stops on its own.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use rdkafka::mocking::MockCluster;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Override};
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A real Kafka instead of the embedded mock cluster (`kafka.brokers`).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// A ClickHouse HTTP interface: the sink joins the demo (`clickhouse.url`).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// Devices in the fleet; each reports once per `generate.interval_ms`.
+    #[arg(long, default_value_t = 3_000)]
+    devices: u32,
+    /// Where the dashboard is served; another free port if this one is taken.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+impl DemoArgs {
+    pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
+        if let Some(b) = &self.brokers {
+            into.push(("kafka.brokers".into(), toml::Value::String(b.clone())));
+        }
+        if let Some(u) = &self.clickhouse_url {
+            into.push(("clickhouse.url".into(), toml::Value::String(u.clone())));
+        }
+    }
+}
+
+/// The arguments of one of the other commands, as if typed.
+fn command(words: &[&str]) -> anyhow::Result<Command> {
+    let cli = Cli::try_parse_from(std::iter::once("fleetpulse").chain(words.iter().copied()))?;
+    Ok(cli.command)
+}
+
+/// `listen` if it is free, else a free port on its address.
+fn free(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let taken = std::net::TcpListener::bind(listen)
+        .or_else(|_| std::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0)))
+        .with_context(|| format!("cannot listen on {}", listen.ip()))?;
+    Ok(taken.local_addr()?)
+}
+
+/// A secret for this run's tokens: nobody else's tokens open this dashboard.
+fn secret() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("demo-{nanos:x}-{:x}", std::process::id())
+}
+
+pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
+    let mut c = config.clone();
+    let dir = std::env::temp_dir().join(format!("fleetpulse-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+
+    // The mock cluster lives as long as this function: it is dropped, and stops, after every
+    // part has stopped.
+    let mock = match &c.kafka.brokers {
+        Some(_) => None,
+        None => {
+            let mock = MockCluster::new(1).context("cannot start the embedded Kafka")?;
+            // Its admin API cannot create topics: they are made here, as the parts want them.
+            for topic in [
+                &c.topics.telemetry,
+                &c.topics.aggregates,
+                &c.topics.anomalies,
+                &c.topics.status,
+                &c.topics.dlq,
+            ] {
+                mock.create_topic(topic.as_str(), 4, 1)?;
+            }
+            c.kafka.brokers = Some(
+                mock.bootstrap_servers()
+                    .parse()
+                    .map_err(anyhow::Error::msg)?,
+            );
+            Some(mock)
+        }
+    };
+    let brokers = c.brokers()?.as_str().to_string();
+
+    let registry = {
+        let subjects = registry::Subjects::open(&dir.join("registry.json"))?;
+        let metrics = crate::observability::metrics()?;
+        let app = registry::server::router(subjects, move || metrics.render());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(super::shutdown_signal())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the demo's schema registry failed");
+            }
+        });
+        url
+    };
+    c.schema_registry = Some(registry::ClientConfig {
+        url: registry.parse().context("the registry's address")?,
+        timeout_ms: 10_000,
+        username: None,
+        password: None,
+    });
+
+    c.generate.devices = args.devices;
+    c.generate.events = 0;
+    // Event time keeps pace with the wall clock: every device reports once per interval.
+    c.generate.rate = f64::from(args.devices) * 1_000.0 / c.generate.interval_ms.max(1) as f64;
+    c.generate.start_ms = None;
+    if c.generate.malformed_fraction == 0.0 {
+        c.generate.malformed_fraction = 0.005;
+    }
+    c.pipeline.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.clickhouse.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.bridge.listen = free(args.listen)?;
+    if c.bridge.jwt_secret.is_empty() {
+        c.bridge.jwt_secret = secret();
+    }
+    let token = ws_bridge::auth::issue(
+        &ws_bridge::auth::Claims {
+            sub: "demo".into(),
+            tenant: "demo".into(),
+            role: "admin".into(),
+            exp: ws_bridge::auth::now() + 7 * 24 * 3_600,
+        },
+        &c.bridge.jwt_secret,
+    )?;
+
+    let Command::Generate(generate) = command(&["generate", "--no-progress"])? else {
+        anyhow::bail!("generate");
+    };
+    let Command::Pipeline(pipeline) = command(&["pipeline"])? else {
+        anyhow::bail!("pipeline");
+    };
+    let sink = match &args.clickhouse_url {
+        Some(_) => match command(&["sink", "clickhouse"])? {
+            Command::Sink(s) => Some(s),
+            _ => anyhow::bail!("sink"),
+        },
+        None => None,
+    };
+
+    let dashboard = format!("http://{}/?token={token}", c.bridge.listen);
+    println!(
+        "fleetpulse demo: {} devices of {} tenants report every {} ms into {} ({}); the pipeline derives aggregates, anomalies and status.",
+        c.generate.devices,
+        c.generate.tenants,
+        c.generate.interval_ms,
+        brokers,
+        if mock.is_some() {
+            "the embedded broker"
+        } else {
+            "your Kafka"
+        },
+    );
+    println!("fleetpulse demo: the dashboard (live within a minute): {dashboard}");
+    println!("fleetpulse demo: the same token for /ws and /api/devices: {token}");
+    println!(
+        "fleetpulse demo: watch a topic: FLEETPULSE_KAFKA__BROKERS={brokers} FLEETPULSE_SCHEMA_REGISTRY__URL={registry} fleetpulse tail --topic {}",
+        c.topics.status.as_str()
+    );
+    if let Some(url) = &args.clickhouse_url {
+        println!(
+            "fleetpulse demo: ClickHouse (the windows land there as they close), try:\n  curl -s '{url}' --data-binary \"SELECT device_id, max(rt_p99) AS p99, sum(errors) AS errors FROM {}.device_aggregates FINAL WHERE window_end > now() - INTERVAL 1 HOUR GROUP BY device_id ORDER BY p99 DESC LIMIT 10 FORMAT PrettyCompact\"",
+            c.clickhouse.database
+        );
+    }
+    println!("fleetpulse demo: Ctrl-C stops everything.");
+
+    let sink = async {
+        match sink {
+            Some(s) => super::sink::run(&c, s).await,
+            None => Ok(()),
+        }
+    };
+    let ran = tokio::try_join!(
+        super::generate::run(&c, generate),
+        super::pipeline::run(&c, pipeline),
+        super::bridge::run(&c),
+        sink,
+    );
+    drop(mock);
+    let _ = std::fs::remove_dir_all(&dir);
+    ran.map(|_| ())
+}
