@@ -461,28 +461,6 @@ async fn a_client_that_never_reads_is_dropped_and_nobody_waits_for_it() {
     assert!(matches!(beat, Ok(Some(Ok(Message::Text(_))))), "{beat:?}");
 }
 
-/// Creates the derived topics of `prefix` with `partitions` partitions each, as the pipeline
-/// would: a cursor then spans several partitions per topic.
-async fn create_derived(brokers: &str, prefix: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let names: Vec<String> = DERIVED.iter().map(|k| format!("{prefix}-{k}")).collect();
-    let topics: Vec<NewTopic<'_>> = names
-        .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
-}
-
 /// Events of a client until it has `n` of them (heartbeats and other messages skipped).
 async fn events(ws: &mut Ws, n: usize) -> Vec<serde_json::Value> {
     let mut got = Vec::new();

@@ -16,13 +16,12 @@ mod model;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clickhouse::{RowOwned, RowRead};
 use clickhouse_sink::Connection;
 use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
-use clickhouse_sink::server::Target;
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
 use schemas::{AnomalyState, DeviceStatus};
+use support::clickhouse::{connect, rows};
 use support::*;
 use testkit::{Kind, shared, unique};
 
@@ -51,16 +50,6 @@ fn sink(
             .args(extra),
     );
     (Running(child), http)
-}
-
-async fn rows<T: RowOwned + RowRead>(c: &Connection, table: &str) -> Vec<T> {
-    c.client
-        .query(&format!(
-            "SELECT ?fields FROM {table} FINAL ORDER BY event_id"
-        ))
-        .fetch_all::<T>()
-        .await
-        .unwrap()
 }
 
 async fn count(c: &Connection, table: &str, fin: bool) -> u64 {
@@ -168,30 +157,6 @@ fn derived_fleet_at(
     assert!(want.aggregates.len() > 1_000 && !want.status.is_empty());
     assert!(!want.dead_letters.is_empty());
     (telemetry, prefix, want)
-}
-
-/// Connects to `database` on `url` once the sink has created its tables.
-async fn connect(url: &str, database: &str) -> Connection {
-    let target = Target {
-        url: url.to_string(),
-        database: database.to_string(),
-        user: "default".into(),
-        password: String::new(),
-        validation: None,
-    };
-    for _ in 0..300 {
-        if let Ok(c) = Connection::open(&target).await
-            && c.client
-                .query("SELECT count() FROM dead_letters")
-                .fetch_one::<u64>()
-                .await
-                .is_ok()
-        {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the sink did not create its tables");
 }
 
 /// Rows over all tables, deduplicated as queries see them (`FINAL`) or as stored (`raw`).

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 pub mod browser;
+pub mod clickhouse;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -322,4 +323,26 @@ pub fn spawn_serving(command: &mut Command) -> (Child, String) {
         .unwrap_or_default();
     std::thread::spawn(move || lines.for_each(drop));
     (child, http)
+}
+
+/// Creates the derived topics of `prefix` with `partitions` partitions each, as the pipeline
+/// would: a cursor then spans several partitions per topic.
+pub async fn create_derived(brokers: &str, prefix: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let names: Vec<String> = DERIVED.iter().map(|k| format!("{prefix}-{k}")).collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
 }
