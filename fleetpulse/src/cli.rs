@@ -80,6 +80,28 @@ fn parse_set(entry: &str) -> Result<Override, String> {
     Ok((key.trim().to_string(), value))
 }
 
+/// The keys whose values `config` does not print: it is run to show a configuration to others.
+const SECRETS: [(&str, &str); 3] = [
+    ("bridge", "jwt_secret"),
+    ("clickhouse", "password"),
+    ("schema_registry", "password"),
+];
+
+/// The configuration as TOML with the secrets that are set replaced by `"<redacted>"`.
+fn redacted(config: &Config) -> anyhow::Result<toml::Table> {
+    let mut table = toml::Table::try_from(config)?;
+    for (section, key) in SECRETS {
+        if let Some(value) = table
+            .get_mut(section)
+            .and_then(|s| s.get_mut(key))
+            .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        {
+            *value = toml::Value::String("<redacted>".into());
+        }
+    }
+    Ok(table)
+}
+
 /// Runs the command line; the exit code says whether it worked.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -124,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bridge(_) => runtime.block_on(commands::bridge::run(&config)),
         Command::Bench(bench) => runtime.block_on(commands::bench::run(&config, bench)),
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config)?);
+            print!("{}", toml::to_string_pretty(&redacted(&config)?)?);
             Ok(())
         }
         Command::Demo(args) => runtime.block_on(commands::demo::run(&config, args)),
@@ -149,6 +171,19 @@ mod tests {
             ))
         );
         assert!(parse_set("no-equals").is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let mut config = Config::default();
+        config.bridge.jwt_secret = "a-secret-of-sixteen".into();
+        config.clickhouse.password = "hunter2".into();
+        let text = redacted(&config).map(|t| t.to_string()).unwrap_or_default();
+        assert!(
+            !text.contains("a-secret-of-sixteen") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("<redacted>"), "{text}");
     }
 
     #[test]

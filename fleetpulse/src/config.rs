@@ -129,6 +129,11 @@ impl TopicName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name behind `prefix`, which must be letters, digits, '.', '_' or '-'.
+    pub(crate) fn prefixed(&self, prefix: &str) -> TopicName {
+        TopicName(format!("{prefix}{}", self.0))
+    }
 }
 
 impl fmt::Display for TopicName {

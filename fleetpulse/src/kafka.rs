@@ -44,6 +44,8 @@ pub(crate) async fn ensure_topic(
     partitions: i32,
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)?
+        // Asking about a missing topic must not create it with the broker's default partitions.
+        .set("allow.auto.create.topics", "false")
         .create()
         .context("cannot create a Kafka admin client")?;
     // A topic that is there needs no admin rights (nor an admin API: the embedded broker of

@@ -282,6 +282,7 @@ impl Sink {
         let mut caught_up = false;
         // When there is nothing to insert, a ping keeps `/readyz` honest about ClickHouse.
         let mut contact = Instant::now();
+        let mut probed = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             while let Ok(empty) = emptied.try_recv() {
@@ -362,7 +363,19 @@ impl Sink {
                     self.health.kafka(false);
                     tracing::warn!(error = %e, "kafka");
                 }
-                None => caught_up = paused.is_none(),
+                None => {
+                    caught_up = paused.is_none();
+                    // Quiet topics bring no record to say the brokers are back: they are asked.
+                    if self.health.kafka_down.load(Ordering::Relaxed)
+                        && probed.elapsed() >= PING_EVERY
+                    {
+                        probed = Instant::now();
+                        let answered = consumer
+                            .fetch_metadata(None, Duration::from_secs(1))
+                            .is_ok();
+                        self.health.kafka(answered);
+                    }
+                }
             }
             if uncommitted == 0 && contact.elapsed() >= PING_EVERY {
                 contact = Instant::now();

@@ -3,10 +3,13 @@
 //! compares and sets in one step), so several bridges, each reading every partition, agree; and
 //! a client's snapshot is read from it.
 //!
-//! Keys, per device: `device:status:{device_id}` (hash: tenant, class, status, since),
-//! `device:lastseen:{device_id}` (ms, 24 h TTL), `device:health:{device_id}` (hash: at, health,
-//! error_rate), `device:anomalies:{device_id}` (hash: kind -> `ts|open|since|severity`); per
-//! tenant `tenant:devices:{tenant_id}` (its device ids) and `tenants`.
+//! Keys, per device (`{id}` is `{tenant_id}/{device_id}`: the pipeline keys devices by tenant
+//! and id, so two tenants may both have a `pump-1`): `device:status:{id}` (hash: tenant, device,
+//! class, status, since), `device:lastseen:{id}` (ms; expires 24 h after that time),
+//! `device:health:{id}` (hash: at, health, error_rate), `device:anomalies:{id}` (hash: kind ->
+//! `ts|open|since|severity`); per tenant `tenant:devices:{tenant_id}` (its device ids) and
+//! `tenants`. A key whose stored tenant is another's (a tenant id holding `/`) is never written
+//! nor read for this one.
 //!
 //! Redis going away does not stop anything: events still flow from the in-process store, the
 //! devices that changed meanwhile stay noted, and once Redis answers again every device is
@@ -27,81 +30,94 @@ use tokio::sync::watch;
 use crate::hub::Hub;
 use crate::store::{DeviceState, OpenAnomaly, Store};
 
-/// How long `device:lastseen:*` lives without an update.
-const LAST_SEEN_TTL_SECONDS: u64 = 24 * 3600;
+/// How long `device:lastseen:*` lives after the reading it holds, ms.
+const LAST_SEEN_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Devices per script call: big enough to amortise the round trip, small enough that Redis,
 /// single-threaded, is never blocked for long.
 const CHUNK: usize = 500;
 
 /// Writes a JSON array of devices; each field only if newer than what is held.
 const WRITE: &str = r"
-local ttl = ARGV[2]
+local ttl_ms = tonumber(ARGV[2])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 for _, d in ipairs(cjson.decode(ARGV[1])) do
-  local id = d.d
-  redis.call('SADD', 'tenants', d.t)
-  redis.call('SADD', 'tenant:devices:' .. d.t, id)
+  local id = d.t .. '/' .. d.d
   local sk = 'device:status:' .. id
-  redis.call('HSET', sk, 'tenant', d.t)
-  if d.c then redis.call('HSET', sk, 'class', d.c) end
-  if d.ss then
-    local since = tonumber(redis.call('HGET', sk, 'since'))
-    if not since or since <= tonumber(d.ss) then
-      redis.call('HSET', sk, 'status', d.s, 'since', d.ss)
+  local owner = redis.call('HGET', sk, 'tenant')
+  if not owner or owner == d.t then
+    redis.call('SADD', 'tenants', d.t)
+    redis.call('SADD', 'tenant:devices:' .. d.t, d.d)
+    redis.call('HSET', sk, 'tenant', d.t, 'device', d.d)
+    if d.c then redis.call('HSET', sk, 'class', d.c) end
+    if d.ss then
+      local since = tonumber(redis.call('HGET', sk, 'since'))
+      if not since or since <= tonumber(d.ss) then
+        redis.call('HSET', sk, 'status', d.s, 'since', d.ss)
+      end
     end
-  end
-  if d.ls then
-    local lk = 'device:lastseen:' .. id
-    local seen = tonumber(redis.call('GET', lk))
-    if not seen or seen <= tonumber(d.ls) then
-      redis.call('SET', lk, d.ls, 'EX', ttl)
+    if d.ls then
+      local lk = 'device:lastseen:' .. id
+      local seen = tonumber(redis.call('GET', lk))
+      local expires = tonumber(d.ls) + ttl_ms
+      if expires > now_ms and (not seen or seen <= tonumber(d.ls)) then
+        redis.call('SET', lk, d.ls)
+        redis.call('PEXPIREAT', lk, string.format('%d', expires))
+      end
     end
-  end
-  if d.ha then
-    local hk = 'device:health:' .. id
-    local at = tonumber(redis.call('HGET', hk, 'at'))
-    if not at or at < tonumber(d.ha) then
-      redis.call('HSET', hk, 'at', d.ha, 'health', d.h, 'error_rate', d.er)
+    if d.ha then
+      local hk = 'device:health:' .. id
+      local at = tonumber(redis.call('HGET', hk, 'at'))
+      if not at or at < tonumber(d.ha) then
+        redis.call('HSET', hk, 'at', d.ha, 'health', d.h, 'error_rate', d.er)
+      end
     end
-  end
-  if d.a then
-    local ak = 'device:anomalies:' .. id
-    for _, a in ipairs(d.a) do
-      local held = redis.call('HGET', ak, a.k)
-      local ts = held and tonumber(string.match(held, '^(%d+)'))
-      if not ts or ts <= tonumber(a.ts) then redis.call('HSET', ak, a.k, a.ts .. '|' .. a.v) end
+    if d.a then
+      local ak = 'device:anomalies:' .. id
+      for _, a in ipairs(d.a) do
+        local held = redis.call('HGET', ak, a.k)
+        local ts = held and tonumber(string.match(held, '^(%d+)'))
+        if not ts or ts <= tonumber(a.ts) then redis.call('HSET', ak, a.k, a.ts .. '|' .. a.v) end
+      end
     end
   end
 end
 return 1
 ";
 
-/// Reads devices: ARGV[1] `tenants` (then tenant ids, or none for all) or `ids` (then device
-/// ids). Each device is an array: id, tenant, class, status, since, last seen, health at,
-/// health, error rate, anomalies (`kind=value` lines); `false` where Redis has nothing.
+/// Reads. ARGV[1] `members`: the devices of the tenants that follow (all tenants without any),
+/// as tenant, device, tenant, device, ... ARGV[1] `read`: those pairs' state, each an array of
+/// device, tenant, class, status, since, last seen, health at, health, error rate, anomalies
+/// (`kind=value` lines), `false` where Redis has nothing; a device held for another tenant is
+/// left out.
 const READ: &str = r"
-local ids = {}
-if ARGV[1] == 'ids' then
-  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
-else
+if ARGV[1] == 'members' then
   local tenants = {}
   if #ARGV > 1 then
     for i = 2, #ARGV do tenants[#tenants + 1] = ARGV[i] end
   else
     tenants = redis.call('SMEMBERS', 'tenants')
   end
+  local out = {}
   for _, t in ipairs(tenants) do
-    for _, id in ipairs(redis.call('SMEMBERS', 'tenant:devices:' .. t)) do ids[#ids + 1] = id end
+    for _, d in ipairs(redis.call('SMEMBERS', 'tenant:devices:' .. t)) do
+      out[#out + 1] = t
+      out[#out + 1] = d
+    end
   end
+  return out
 end
 local out = {}
-for _, id in ipairs(ids) do
+for i = 2, #ARGV - 1, 2 do
+  local t, d = ARGV[i], ARGV[i + 1]
+  local id = t .. '/' .. d
   local s = redis.call('HMGET', 'device:status:' .. id, 'tenant', 'class', 'status', 'since')
-  if s[1] then
+  if s[1] == t then
     local h = redis.call('HMGET', 'device:health:' .. id, 'at', 'health', 'error_rate')
     local flat = redis.call('HGETALL', 'device:anomalies:' .. id)
     local lines = {}
-    for i = 1, #flat, 2 do lines[#lines + 1] = flat[i] .. '=' .. flat[i + 1] end
-    out[#out + 1] = { id, s[1], s[2], s[3], s[4], redis.call('GET', 'device:lastseen:' .. id),
+    for j = 1, #flat, 2 do lines[#lines + 1] = flat[j] .. '=' .. flat[j + 1] end
+    out[#out + 1] = { d, t, s[2], s[3], s[4], redis.call('GET', 'device:lastseen:' .. id),
       h[1], h[2], h[3], table.concat(lines, '\n') }
   end
 end
@@ -183,8 +199,8 @@ fn to_write(d: &DeviceState) -> Write<'_> {
 pub enum Devices {
     /// Every device of these tenants (all tenants when empty).
     Tenants(Vec<String>),
-    /// These devices.
-    Ids(Vec<String>),
+    /// These devices, by tenant and id.
+    Keys(Vec<(String, String)>),
 }
 
 /// The Redis connection and what the writer has done.
@@ -249,7 +265,7 @@ impl Cache {
                 let devices = store.get(chunk);
                 let writes: Vec<Write<'_>> = devices.iter().map(to_write).collect();
                 let json = serde_json::to_string(&writes).unwrap_or_default();
-                let args = vec![json, LAST_SEEN_TTL_SECONDS.to_string()];
+                let args = vec![json, LAST_SEEN_TTL_MS.to_string()];
                 match self
                     .write
                     .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
@@ -273,6 +289,8 @@ impl Cache {
                 Some((i, e)) => {
                     tracing::warn!(error = %e, "redis write failed; the devices stay noted");
                     store.mark_changed(Some(keys[i * CHUNK..].iter().cloned().collect()));
+                    // Redis may have restarted empty in between: everything is written again.
+                    whole = false;
                     self.set_up(false);
                 }
             }
@@ -318,26 +336,41 @@ impl Cache {
         }
     }
 
-    /// Reads devices from Redis.
+    /// Reads devices from Redis, a chunk of them per call so that Redis, single-threaded, is
+    /// never held for long.
     pub async fn read(&self, devices: &Devices) -> Result<Vec<DeviceState>, CacheError> {
-        let mut args = Vec::new();
-        match devices {
-            Devices::Tenants(t) => {
-                args.push("tenants".to_string());
-                args.extend(t.iter().cloned());
+        let keys = match devices {
+            Devices::Keys(keys) => keys.clone(),
+            Devices::Tenants(tenants) => {
+                let mut args = vec!["members".to_string()];
+                args.extend(tenants.iter().cloned());
+                let flat: Vec<String> = self
+                    .read
+                    .evalsha_with_reload(&self.client, (), args)
+                    .await?;
+                flat.chunks_exact(2)
+                    .map(|p| (p[0].clone(), p[1].clone()))
+                    .collect()
             }
-            Devices::Ids(ids) => {
-                args.push("ids".to_string());
-                args.extend(ids.iter().cloned());
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK) {
+            let mut args = vec!["read".to_string()];
+            for (tenant, device) in chunk {
+                args.push(tenant.clone());
+                args.push(device.clone());
+            }
+            let json: String = self
+                .read
+                .evalsha_with_reload(&self.client, (), args)
+                .await?;
+            let rows: Vec<Vec<serde_json::Value>> =
+                serde_json::from_str(&json).map_err(|e| CacheError::Unreadable(e.to_string()))?;
+            for row in &rows {
+                out.push(parse(row)?);
             }
         }
-        let json: String = self
-            .read
-            .evalsha_with_reload(&self.client, (), args)
-            .await?;
-        let rows: Vec<Vec<serde_json::Value>> =
-            serde_json::from_str(&json).map_err(|e| CacheError::Unreadable(e.to_string()))?;
-        rows.iter().map(|r| parse(r)).collect()
+        Ok(out)
     }
 }
 

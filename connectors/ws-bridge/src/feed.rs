@@ -152,6 +152,7 @@ pub fn run(
     // read that far everywhere, so a first snapshot is not a partial one.
     let mut behind: Ends = Vec::new();
     let mut position = Position::default();
+    let mut probed = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if !assigned {
             match assign(&consumer, topics) {
@@ -241,6 +242,17 @@ pub fn run(
             Some(Err(e)) => {
                 kafka_up.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, "kafka");
+            }
+            // Quiet topics bring no record to say the brokers are back: they are asked.
+            None if !kafka_up.load(Ordering::Relaxed)
+                && behind.is_empty()
+                && probed.elapsed() >= Duration::from_secs(1) =>
+            {
+                probed = std::time::Instant::now();
+                let answered = consumer
+                    .fetch_metadata(Some(&topics.status), Duration::from_secs(1))
+                    .is_ok();
+                kafka_up.store(answered, Ordering::Relaxed);
             }
             None => {}
         }

@@ -164,7 +164,7 @@ impl Hub {
         drop(clients);
         let owed = match resume {
             None => Owed::Snapshot,
-            Some(from) => recent.missed(from, |e| {
+            Some(from) => recent.missed(from, self.queue, |e| {
                 (r.key == ADMINS || e.tenant == r.key) && wants(topics, e) && !wants(&old, e)
             }),
         };
@@ -193,8 +193,11 @@ impl Hub {
         {
             let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
             // Under the read lock: a subscription (write lock) sees the event either held here
-            // or queued to it, never neither nor both.
-            self.recent().push(e);
+            // or queued to it, never neither nor both. `recent` stays locked until it is queued
+            // everywhere, so a connection that finds its queue empty under that lock has every
+            // event up to the cursor held there (see `Hub::quiet_cursor`).
+            let mut recent = self.recent();
+            recent.push(e);
             let keys = if e.tenant == ADMINS {
                 vec![ADMINS]
             } else {
@@ -211,6 +214,7 @@ impl Hub {
                     }
                 }
             }
+            drop(recent);
         }
         if !full.is_empty() {
             let mut clients = self.write();
@@ -231,6 +235,14 @@ impl Hub {
     /// How many events have been published.
     pub fn published(&self) -> u64 {
         self.recent().published
+    }
+
+    /// The cursor of the last event published, if the connection has no event waiting: it has
+    /// then been sent every event up to there that it wants, and a quiet client (one device, the
+    /// anomalies) can resume from there instead of from its last event, long gone from the ring.
+    pub fn quiet_cursor(&self, r: &Registration) -> Option<Arc<str>> {
+        let recent = self.recent();
+        r.events.is_empty().then(|| Arc::clone(&recent.cursor))
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -258,7 +270,7 @@ impl Recent {
 
     /// The held events after `from` that `wanted` selects, if nothing after `from` has fallen
     /// off (or was never read).
-    fn missed(&self, from: &Position, wanted: impl Fn(&Event) -> bool) -> Owed {
+    fn missed(&self, from: &Position, limit: usize, wanted: impl Fn(&Event) -> bool) -> Owed {
         if self
             .floor
             .partitions()
@@ -266,13 +278,19 @@ impl Recent {
         {
             return Owed::Resync("the cursor is older than the events this bridge holds");
         }
-        Owed::Missed(
-            self.events
-                .iter()
-                .filter(|e| from.owes(e.source) && wanted(e))
-                .cloned()
-                .collect(),
-        )
+        let mut missed = Vec::new();
+        for e in self
+            .events
+            .iter()
+            .filter(|e| from.owes(e.source) && wanted(e))
+        {
+            // More than a client may have waiting would strike it off as it resumes.
+            if missed.len() == limit {
+                return Owed::Resync("more events were missed than a client may have waiting");
+            }
+            missed.push(Arc::clone(e));
+        }
+        Owed::Missed(missed)
     }
 }
 

@@ -59,6 +59,9 @@ pub enum ServerMessage<'a> {
     Heartbeat {
         /// Server time, ms since the epoch.
         ts: u64,
+        /// When the client has been sent everything up to it: where it may resume from.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
     },
     /// Something went wrong (docs/websocket-protocol.md says which codes close the connection).
     Error {

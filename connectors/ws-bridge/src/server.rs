@@ -250,7 +250,7 @@ impl Connection {
                         counter!("fleetpulse_bridge_drops_total", "reason" => "silent").increment(1);
                         break;
                     }
-                    let beat = ServerMessage::Heartbeat { ts: now_ms() }.json();
+                    let beat = self.heartbeat();
                     if !send(&mut socket, beat).await {
                         return;
                     }
@@ -273,10 +273,7 @@ impl Connection {
             Err(e) => return self.error("bad_message", format!("not a client message: {e}")),
         };
         match message {
-            ClientMessage::Ping => (
-                vec![ServerMessage::Heartbeat { ts: now_ms() }.json()],
-                Next::Go,
-            ),
+            ClientMessage::Ping => (vec![self.heartbeat()], Next::Go),
             ClientMessage::Unsubscribe { topics } => {
                 for t in topics.iter().filter_map(|t| Topic::parse(t)) {
                     if self.topics.remove(&t) {
@@ -354,6 +351,19 @@ impl Connection {
         }
     }
 
+    /// A `heartbeat`, with the cursor the client is at when nothing is waiting for it (not
+    /// after a resume from a bridge that read further: the client's own cursor is ahead).
+    fn heartbeat(&self) -> String {
+        let cursor = (self.seen.is_none() && !self.topics.is_empty())
+            .then(|| self.bridge.hub.quiet_cursor(&self.registration))
+            .flatten();
+        ServerMessage::Heartbeat {
+            ts: now_ms(),
+            cursor: cursor.as_deref(),
+        }
+        .json()
+    }
+
     fn subscribed(&self) -> String {
         ServerMessage::Subscribed {
             topics: self.topics.iter().map(Topic::name).collect(),
@@ -383,10 +393,15 @@ impl Connection {
                     _ => None,
                 })
                 .collect();
+            let admin = self.claims.role == "admin";
             let devices = match ids {
-                Some(ids) => Devices::Ids(ids),
-                None if self.claims.role == "admin" => Devices::Tenants(Vec::new()),
-                None => Devices::Tenants(vec![self.claims.tenant.clone()]),
+                Some(ids) if !admin => Devices::Keys(
+                    ids.into_iter()
+                        .map(|id| (self.claims.tenant.clone(), id))
+                        .collect(),
+                ),
+                _ if admin => Devices::Tenants(Vec::new()),
+                _ => Devices::Tenants(vec![self.claims.tenant.clone()]),
             };
             if let Some(mut held) = cache.snapshot(&devices, published, SNAPSHOT_WAIT).await {
                 held.retain(|d| wanted(d));

@@ -107,14 +107,8 @@ impl Store {
         f: impl FnOnce(&mut DeviceState) -> R,
     ) -> R {
         let key = (tenant.to_string(), device.to_string());
-        if let Some(changed) = &self.changed {
-            changed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone());
-        }
         let mut devices = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        let state = devices.entry(key).or_insert_with(|| DeviceState {
+        let state = devices.entry(key.clone()).or_insert_with(|| DeviceState {
             tenant_id: tenant.into(),
             device_id: device.into(),
             device_class: None,
@@ -130,7 +124,16 @@ impl Store {
         if class.is_some() {
             state.device_class.clone_from(class);
         }
-        f(state)
+        let result = f(state);
+        // Noted after the change and before the lock is let go: a writer that takes the note
+        // reads the changed state (it takes the devices' lock after the note).
+        if let Some(changed) = &self.changed {
+            changed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key);
+        }
+        result
     }
 
     /// Takes a status transition, if it is newer than the one held.

@@ -66,6 +66,21 @@ fn secret() -> String {
 
 pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let mut c = config.clone();
+    if c.kafka.brokers.is_some() {
+        // A real cluster may be someone's production: the demo keeps to topics, a group and a
+        // database of its own.
+        for topic in [
+            &mut c.topics.telemetry,
+            &mut c.topics.aggregates,
+            &mut c.topics.anomalies,
+            &mut c.topics.status,
+            &mut c.topics.dlq,
+        ] {
+            *topic = topic.prefixed("fleetpulse-demo-");
+        }
+        c.clickhouse.group_id = "fleetpulse-demo".into();
+    }
+    c.clickhouse.database = "fleetpulse_demo".into();
     let dir = std::env::temp_dir().join(format!("fleetpulse-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
@@ -177,7 +192,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     if let Some(url) = &args.clickhouse_url {
         println!(
-            "fleetpulse demo: ClickHouse (the windows land there as they close), try:\n  curl -s '{url}' --data-binary \"SELECT device_id, max(rt_p99) AS p99, sum(errors) AS errors FROM {}.device_aggregates FINAL WHERE window_end > now() - INTERVAL 1 HOUR GROUP BY device_id ORDER BY p99 DESC LIMIT 10 FORMAT PrettyCompact\"",
+            "fleetpulse demo: ClickHouse (the windows land there as they close), the slowest devices of the last hour:\n  curl -s '{url}' --data-binary \"SELECT tenant_id, device_id, max(rt_p99) AS worst_p99_ms, sum(errors) AS failed_readings FROM {}.device_aggregates FINAL WHERE window_ms = 60000 AND window_end > now() - INTERVAL 1 HOUR GROUP BY tenant_id, device_id ORDER BY worst_p99_ms DESC LIMIT 10 FORMAT PrettyCompact\"",
             c.clickhouse.database
         );
     }
@@ -195,7 +210,13 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         super::bridge::run(&c),
         sink,
     );
-    drop(mock);
     let _ = std::fs::remove_dir_all(&dir);
-    ran.map(|_| ())
+    if let Err(e) = ran {
+        // The other parts stop on a signal only, and their threads would keep the process
+        // alive: one part failing ends the demo at once, saying why.
+        eprintln!("fleetpulse demo: {e:#}");
+        std::process::exit(1);
+    }
+    drop(mock);
+    Ok(())
 }

@@ -13,7 +13,8 @@ pub(crate) mod registry;
 pub(crate) mod sink;
 pub(crate) mod tail;
 
-use anyhow::Context;
+use std::time::Duration;
+
 use schemas::{Codec, RecordKind};
 
 use crate::config::Config;
@@ -29,10 +30,23 @@ pub(crate) async fn codec(config: &Config, kinds: &[RecordKind]) -> anyhow::Resu
         .iter()
         .map(|k| (*k, format!("{}-value", config.topics.of(*k))))
         .collect();
-    client
-        .codec(&subjects)
-        .await
-        .with_context(|| format!("cannot register schemas with {}", registry.url))
+    // A registry that is not up yet (started beside us) is waited for; one that refuses is an
+    // error at once, since asking again gets the same answer.
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.codec(&subjects).await {
+            Ok(codec) => return Ok(codec),
+            Err(e @ ::registry::RegistryError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "waiting for the schema registry");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot register schemas with {}", registry.url)));
+            }
+        }
+    }
 }
 
 /// A flag set on Ctrl-C or SIGTERM: how a long-running command learns it should stop. A second
