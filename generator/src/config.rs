@@ -49,6 +49,10 @@ pub struct GeneratorConfig {
     /// Chance per reading that a device goes silent for 2 to 10 minutes of event time.
     #[serde(default = "defaults::silence_rate")]
     pub silence_rate: f64,
+    /// Share of devices that flap: 30 s reporting, 70 s silent (offline, then back), over and
+    /// over. 0 keeps a seed's stream as it was before flapping existed.
+    #[serde(default)]
+    pub flapping_fraction: f64,
     /// Share of readings stamped earlier than sent, within `max_out_of_order_ms`.
     #[serde(default = "defaults::out_of_order_fraction")]
     pub out_of_order_fraction: f64,
@@ -127,6 +131,7 @@ impl Default for GeneratorConfig {
             slow_fraction: defaults::slow_fraction(),
             error_burst_rate: defaults::error_burst_rate(),
             silence_rate: defaults::silence_rate(),
+            flapping_fraction: 0.0,
             out_of_order_fraction: defaults::out_of_order_fraction(),
             max_out_of_order_ms: defaults::max_out_of_order_ms(),
             late_fraction: defaults::late_fraction(),
@@ -156,6 +161,7 @@ impl GeneratorConfig {
             ("slow_fraction", self.slow_fraction),
             ("error_burst_rate", self.error_burst_rate),
             ("silence_rate", self.silence_rate),
+            ("flapping_fraction", self.flapping_fraction),
             ("out_of_order_fraction", self.out_of_order_fraction),
             ("late_fraction", self.late_fraction),
             ("future_fraction", self.future_fraction),

@@ -16,6 +16,11 @@ const ERROR_CODES: [&str; 4] = ["E_TIMEOUT", "E_CONN_RESET", "E_HTTP_500", "E_SE
 /// A timeout is reported at the device's own request timeout.
 const TIMEOUT_RT_MS: f64 = 5_000.0;
 const SILENCE_MS: std::ops::Range<i64> = 120_000..600_000;
+/// A flapping device reports for the first `FLAP_CYCLE_MS - FLAP_QUIET_MS` of each cycle and is
+/// silent for the rest: longer than the pipeline's 60 s offline timeout, so each cycle is two
+/// transitions, and the pipeline's default (6 within 10 min) calls it flapping after 5 minutes.
+const FLAP_CYCLE_MS: i64 = 100_000;
+const FLAP_QUIET_MS: i64 = 70_000;
 const LATE_BY_MS: std::ops::Range<i64> = 30_000..90_000;
 const FUTURE_BY_MS: i64 = 600_000;
 
@@ -87,6 +92,8 @@ struct Device {
     attributes: BTreeMap<String, String>,
     burst_left: u32,
     silent_until: i64,
+    /// Reports in the first half of every flap cycle only.
+    flapping: bool,
 }
 
 /// A seeded synthetic fleet; an endless iterator of messages.
@@ -137,6 +144,8 @@ impl Fleet {
                     ]),
                     burst_left: 0,
                     silent_until: i64::MIN,
+                    // By index, not by a draw: a fleet without flapping keeps its stream.
+                    flapping: f64::from(i) < f64::from(config.devices) * config.flapping_fraction,
                 }
             })
             .collect();
@@ -166,6 +175,12 @@ impl Fleet {
                 + self.round * self.config.interval_ms as i64
                 + self.devices[index].phase_ms;
             if self.devices[index].silent_until > sent_at {
+                continue;
+            }
+            if self.devices[index].flapping
+                && (sent_at - self.start_ms).rem_euclid(FLAP_CYCLE_MS)
+                    >= FLAP_CYCLE_MS - FLAP_QUIET_MS
+            {
                 continue;
             }
             if self.rng.random_bool(self.config.silence_rate) {
@@ -310,6 +325,49 @@ mod tests {
             silence_rate: 0.01,
             ..GeneratorConfig::default()
         }
+    }
+
+    #[test]
+    fn flapping_devices_are_quiet_for_most_of_every_cycle() {
+        let flapping = GeneratorConfig {
+            devices: 4,
+            tenants: 1,
+            silence_rate: 0.0,
+            flapping_fraction: 0.5,
+            ..GeneratorConfig::default()
+        };
+        let in_second_half = |e: &Event| {
+            (e.record_ts - 1_000_000).rem_euclid(FLAP_CYCLE_MS) >= FLAP_CYCLE_MS - FLAP_QUIET_MS
+        };
+        let events: Vec<Event> = Fleet::new(&flapping, 1_000_000).take(4_000).collect();
+        for device in ["t00-dev-0000000", "t00-dev-0000001"] {
+            assert!(
+                !events.iter().any(|e| e.key == device && in_second_half(e)),
+                "{device} flaps"
+            );
+        }
+        assert!(
+            events
+                .iter()
+                .any(|e| e.key == "t00-dev-0000003" && in_second_half(e)),
+            "the others do not"
+        );
+        // No flapping: the stream a seed gave before flapping existed.
+        let none = GeneratorConfig {
+            flapping_fraction: 0.0,
+            ..flapping.clone()
+        };
+        let plain = GeneratorConfig {
+            silence_rate: 0.0,
+            ..GeneratorConfig {
+                devices: 4,
+                tenants: 1,
+                ..GeneratorConfig::default()
+            }
+        };
+        let a: Vec<Event> = Fleet::new(&none, 1_000_000).take(500).collect();
+        let b: Vec<Event> = Fleet::new(&plain, 1_000_000).take(500).collect();
+        assert_eq!(a, b);
     }
 
     #[test]

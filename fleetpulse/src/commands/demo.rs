@@ -138,8 +138,16 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     // Event time keeps pace with the wall clock: every device reports once per interval.
     c.generate.rate = f64::from(args.devices) * 1_000.0 / c.generate.interval_ms.max(1) as f64;
     c.generate.start_ms = None;
-    if c.generate.malformed_fraction == 0.0 {
+    // What a newcomer should see happen within minutes: bad messages in the dead-letter topic,
+    // devices flapping, devices going silent.
+    if c.generate.malformed_fraction < 0.005 {
         c.generate.malformed_fraction = 0.005;
+    }
+    if c.generate.flapping_fraction == 0.0 {
+        c.generate.flapping_fraction = 0.01;
+    }
+    if c.generate.silence_rate < 0.000_05 {
+        c.generate.silence_rate = 0.000_05;
     }
     c.pipeline.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.clickhouse.listen = SocketAddr::from(([127, 0, 0, 1], 0));
