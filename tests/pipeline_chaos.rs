@@ -306,8 +306,8 @@ fn one_of_two_processes_killed_loses_nothing() {
     let prefix = unique("chaos-two");
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = dir.path().join("checkpoints");
-    let pair = |life: usize| -> Vec<(Life, std::path::PathBuf)> {
-        let hostfile = dir.path().join(format!("hosts-{life}"));
+    let pair = |life: usize, attempt: usize| -> Vec<(Life, std::path::PathBuf)> {
+        let hostfile = dir.path().join(format!("hosts-{life}-{attempt}"));
         std::fs::write(
             &hostfile,
             format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
@@ -315,7 +315,7 @@ fn one_of_two_processes_killed_loses_nothing() {
         .unwrap();
         (0..2)
             .map(|p| {
-                let log = dir.path().join(format!("process-{p}.log"));
+                let log = dir.path().join(format!("process-{p}-{life}-{attempt}.log"));
                 let extra = ["-n", "2", "-p", &p.to_string(), "--hostfile"]
                     .iter()
                     .map(|s| s.to_string())
@@ -328,9 +328,27 @@ fn one_of_two_processes_killed_loses_nothing() {
             })
             .collect()
     };
+    // A port found free can be taken by another socket before timely binds it (outgoing
+    // connections draw from the same range): such a start is tried again on new ports.
+    let clashed = |lives: &[(Life, std::path::PathBuf)]| {
+        lives.iter().any(|(_, log)| {
+            std::fs::read_to_string(log).is_ok_and(|t| t.contains("Address already in use"))
+        })
+    };
     for life in 0..3 {
-        let mut lives = pair(life);
+        let mut lives = pair(life, 0);
         std::thread::sleep(moments.between(1_000, 3_000));
+        for attempt in 1..4 {
+            if !clashed(&lives) {
+                break;
+            }
+            eprintln!("life {life}: a port was taken; starting again on others");
+            for (l, _) in lives.drain(..) {
+                l.kill();
+            }
+            lives = pair(life, attempt);
+            std::thread::sleep(Duration::from_secs(2));
+        }
         let (victim, victim_log) = lives.remove(1);
         let mut survivor = lives.remove(0);
         let (running, log) = (survivor.0.running(), victim_log);
@@ -344,7 +362,19 @@ fn one_of_two_processes_killed_loses_nothing() {
             log_tail(&survivor.1)
         );
     }
-    for (life, log) in pair(3) {
+    let mut last = pair(3, 0);
+    for attempt in 1..4 {
+        std::thread::sleep(Duration::from_secs(2));
+        if !clashed(&last) {
+            break;
+        }
+        eprintln!("the last life: a port was taken; starting again on others");
+        for (l, _) in last.drain(..) {
+            l.kill();
+        }
+        last = pair(3, attempt);
+    }
+    for (life, log) in last {
         finish(life, &log);
     }
     let repeats = compare(brokers, &prefix, &want);

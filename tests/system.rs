@@ -301,20 +301,11 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
         SECRET,
     )
     .unwrap();
-    let strip = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        for d in v.as_array_mut().into_iter().flatten() {
-            if let Some(d) = d.as_object_mut() {
-                d.remove("last_seen");
-            }
-        }
-        v
-    };
     let cache = ws_bridge::cache::Cache::connect(redis.address()).unwrap();
     let mut agree = false;
     let (mut held, mut store) = (serde_json::Value::Null, serde_json::Value::Null);
     for _ in 0..100 {
-        store = strip(
+        store = without_last_seen(
             &http(
                 &base,
                 "GET",
@@ -328,7 +319,7 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
             .await
             .unwrap_or_default();
         read.sort_by(|a, b| (&a.tenant_id, &a.device_id).cmp(&(&b.tenant_id, &b.device_id)));
-        held = strip(&serde_json::to_value(read).unwrap());
+        held = without_last_seen(&serde_json::to_value(read).unwrap());
         if held == store {
             agree = true;
             break;
