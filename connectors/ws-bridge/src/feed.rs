@@ -193,7 +193,7 @@ pub fn run(
                         event(
                             Kind::Status,
                             source,
-                            Arc::clone(&cursor),
+                            cursor,
                             &s.tenant_id,
                             &s.device_id,
                             &s.device_class,
@@ -206,7 +206,7 @@ pub fn run(
                         event(
                             Kind::Aggregate,
                             source,
-                            Arc::clone(&cursor),
+                            cursor,
                             &a.tenant_id,
                             &a.device_id,
                             &a.device_class,
@@ -219,7 +219,7 @@ pub fn run(
                         event(
                             Kind::Anomaly,
                             source,
-                            Arc::clone(&cursor),
+                            cursor,
                             &a.tenant_id,
                             &a.device_id,
                             &a.device_class,

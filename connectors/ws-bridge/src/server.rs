@@ -16,8 +16,9 @@ use axum::Json;
 use axum::extract::ws::{
     Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics::{counter, gauge, histogram};
@@ -91,20 +92,29 @@ fn refuse(status: StatusCode, code: &str, message: String) -> Response {
     (status, ServerMessage::Error { code, message }.json()).into_response()
 }
 
-/// The claims of the request's token.
-fn authorize(b: &Bridge, headers: &HeaderMap, query: Option<&str>) -> Result<Claims, AuthError> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    b.verifier
-        .verify(crate::auth::token(header, query))
-        .inspect_err(|_| {
-            counter!("fleetpulse_bridge_refused_total", "reason" => "auth").increment(1);
-        })
-}
+/// The claims of the request's valid token: every route that needs one takes this first, so a
+/// request without one is answered 401 before anything else is looked at.
+struct Authorized(Claims);
 
-fn unauthorized(e: AuthError) -> Response {
-    refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+impl FromRequestParts<Arc<Bridge>> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        b: &Arc<Bridge>,
+    ) -> Result<Authorized, Response> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        b.verifier
+            .verify(crate::auth::token(header, parts.uri.query()))
+            .map(Authorized)
+            .map_err(|e: AuthError| {
+                counter!("fleetpulse_bridge_refused_total", "reason" => "auth").increment(1);
+                refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+            })
+    }
 }
 
 async fn readyz(State(b): State<Arc<Bridge>>) -> Response {
@@ -115,16 +125,11 @@ async fn readyz(State(b): State<Arc<Bridge>>) -> Response {
 }
 
 async fn ws(
+    // The token is checked first: a stranger learns nothing else about the endpoint.
+    Authorized(claims): Authorized,
     State(b): State<Arc<Bridge>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    // The token is checked first: a stranger learns nothing else about the endpoint.
-    let claims = match authorize(&b, &headers, query.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e),
-    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => return e.into_response(),
@@ -483,15 +488,10 @@ struct DeviceQuery {
 }
 
 async fn devices(
+    Authorized(claims): Authorized,
     State(b): State<Arc<Bridge>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(q): Query<DeviceQuery>,
 ) -> Response {
-    let claims = match authorize(&b, &headers, raw.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e),
-    };
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
     let after = q.after.as_deref().and_then(|a| a.split_once('/'));
     let mut page: Vec<DeviceState> = b.store.select(
@@ -519,15 +519,10 @@ async fn devices(
 }
 
 async fn device(
+    Authorized(claims): Authorized,
     State(b): State<Arc<Bridge>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Path(id): Path<String>,
 ) -> Response {
-    let claims = match authorize(&b, &headers, raw.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e),
-    };
     match b
         .store
         .select(|tenant| claims.sees(tenant), |d| d.device_id == id)
