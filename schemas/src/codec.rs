@@ -4,10 +4,11 @@
 
 use apache_avro::from_value;
 
+use crate::derived::{WindowAggregate, WindowAggregateRef};
 use crate::error::{DecodeError, EncodeError};
 use crate::json::telemetry_from_json;
 use crate::record::Record;
-use crate::store::SchemaStore;
+use crate::store::{SchemaStore, WriterSchema};
 use crate::telemetry::Telemetry;
 
 /// Length of the Confluent header: magic byte and schema id.
@@ -16,6 +17,10 @@ pub const WIRE_HEADER_LEN: usize = 5;
 /// Largest length an Avro string, bytes or collection in a message may claim. Without a bound,
 /// four garbage bytes can ask the decoder for 512 MiB.
 const MAX_ALLOCATION: usize = 16 << 20;
+
+fn left_over(body: &[u8]) -> DecodeError {
+    DecodeError::Avro(format!("{} bytes left after the record", body.len()))
+}
 
 /// How telemetry arrives on the input topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -81,8 +86,8 @@ impl Codec {
         Ok(buf)
     }
 
-    /// Decodes and validates a framed record.
-    pub fn decode<R: Record>(&self, bytes: &[u8]) -> Result<R, DecodeError> {
+    /// The schema a framed record of kind `R` was written with.
+    fn writer<R: Record>(&self, bytes: &[u8]) -> Result<&WriterSchema, DecodeError> {
         let id = schema_id(bytes)?;
         let writer = self
             .store
@@ -95,6 +100,12 @@ impl Codec {
                 expected: R::KIND.full_name(),
             });
         }
+        Ok(writer)
+    }
+
+    /// Decodes and validates a framed record.
+    pub fn decode<R: Record>(&self, bytes: &[u8]) -> Result<R, DecodeError> {
+        let writer = self.writer::<R>(bytes)?;
         let mut body = &bytes[WIRE_HEADER_LEN..];
         let avro = |e: apache_avro::Error| DecodeError::Avro(e.to_string());
         let record: R = if writer.resolves {
@@ -106,13 +117,28 @@ impl Codec {
             writer.reader.read_deser(&mut body).map_err(avro)?
         };
         if !body.is_empty() {
-            return Err(DecodeError::Avro(format!(
-                "{} bytes left after the record",
-                body.len()
-            )));
+            return Err(left_over(body));
         }
         record.validate()?;
         Ok(record)
+    }
+
+    /// Decodes a framed `WindowAggregate` without copying its strings, where it was written with
+    /// the current schema; `Ok(None)` where it was written with another (one [`Codec::decode`]
+    /// resolves).
+    pub fn decode_window_aggregate_ref<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> Result<Option<WindowAggregateRef<'a>>, DecodeError> {
+        if self.writer::<WindowAggregate>(bytes)?.resolves {
+            return Ok(None);
+        }
+        let mut body = &bytes[WIRE_HEADER_LEN..];
+        let record = crate::binary::read_window_aggregate(&mut body)?;
+        if !body.is_empty() {
+            return Err(left_over(body));
+        }
+        Ok(Some(record))
     }
 
     /// Decodes and validates one reading in the given input format.

@@ -31,7 +31,7 @@ pub use codec::{Codec, InputFormat, WIRE_HEADER_LEN, schema_id};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub use derived::{
     Anomaly, AnomalyKind, AnomalyState, DeviceStatus, Severity, StatusTransition, TransitionReason,
-    WindowAggregate,
+    WindowAggregate, WindowAggregateRef,
 };
 pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
 pub use record::{Record, RecordKind, wire_name};

@@ -121,6 +121,7 @@ pub async fn apply(
     for statement in statements(target)? {
         client.query(&statement).execute().await?;
     }
+    crate::encoded::check(&client, database).await?;
     tracing::info!(database, version = ?connection.version, "tables in place");
     Ok(())
 }

@@ -178,11 +178,10 @@ impl Rollups {
     pub fn observe(&mut self, batch: &Batch) {
         let mut newest = self.horizon;
         let mut see = |ms: i64| newest = Some(newest.map_or(ms, |n| n.max(ms)));
-        for a in &batch.aggregates {
-            let end = i64::from(a.window_end) * 1_000;
-            see(end);
-            if a.window_ms == self.window_ms {
-                self.hours.touch(i64::from(a.window_start) * 1_000);
+        for w in batch.aggregates.windows() {
+            see(i64::from(w.end) * 1_000);
+            if w.window_ms == self.window_ms {
+                self.hours.touch(i64::from(w.start) * 1_000);
             }
         }
         for s in &batch.status {

@@ -7,8 +7,20 @@ use schemas::{Anomaly, DeadLetter, StatusTransition, WindowAggregate, wire_name 
 use serde::{Deserialize, Serialize};
 
 /// Seconds for a `DateTime` column; times before 1970 or after 2106 (the column's range) clamp.
-fn seconds(ms: i64) -> u32 {
+pub(crate) fn seconds(ms: i64) -> u32 {
     u32::try_from(ms.div_euclid(1_000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX })
+}
+
+/// A window's length, ms, from its bounds.
+pub(crate) fn window_ms(start: i64, end: i64) -> u32 {
+    end.checked_sub(start)
+        .and_then(|ms| u32::try_from(ms).ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// A count for a `UInt32` column.
+pub(crate) fn count(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// `device_aggregates`.
@@ -66,14 +78,14 @@ impl From<&WindowAggregate> for AggregateRow {
 impl From<WindowAggregate> for AggregateRow {
     fn from(a: WindowAggregate) -> AggregateRow {
         AggregateRow {
-            window_ms: u32::try_from(a.window_end - a.window_start).unwrap_or(u32::MAX),
+            window_ms: window_ms(a.window_start, a.window_end),
             tenant_id: a.tenant_id,
             device_id: a.device_id,
             device_class: a.device_class,
             window_start: seconds(a.window_start),
             window_end: seconds(a.window_end),
-            count: u32::try_from(a.count).unwrap_or(u32::MAX),
-            errors: u32::try_from(a.errors).unwrap_or(u32::MAX),
+            count: count(a.count),
+            errors: count(a.errors),
             error_rate: a.error_rate,
             rt_min: a.rt_min,
             rt_mean: a.rt_mean,

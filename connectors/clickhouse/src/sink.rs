@@ -1,16 +1,17 @@
 //! The sink's loop: consume the derived topics in a consumer group, batch, insert, and only then
 //! commit the offsets. Consuming and inserting overlap: the next batch fills while the one before
 //! goes in. While ClickHouse refuses, the batch is retried with exponential backoff and jitter
-//! and, once the next batch has grown to twice the limits, the partitions are paused (still polled, so the group
-//! keeps them), so nothing piles up in memory and nothing is committed that is not in
-//! ClickHouse. A record inserted twice
-//! (a retry after a partial failure, a restart before the commit) has the same natural key and
-//! payload and is seen once by queries that read with `FINAL`.
+//! and, once the next batch has grown to twice the limits, consuming waits and then the
+//! partitions are paused (still polled, so the group keeps them), so nothing piles up in memory
+//! and nothing is committed that is not in ClickHouse. A record inserted twice (a retry after a
+//! partial failure, a restart before the commit) has the same natural key and payload and is
+//! seen once by queries that read with `FINAL`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clickhouse::{Client, RowOwned, RowWrite};
 use metrics::{counter, gauge, histogram};
 use rdkafka::client::ClientContext;
@@ -23,8 +24,19 @@ use schemas::Codec;
 
 use crate::batch::{Batch, Table};
 use crate::config::SinkConfig;
+use crate::encoded::{AGGREGATE_COLUMNS, AggregateRows};
 use crate::rollup::{Plan, Rollups, Versions};
 use crate::server::{Connection, SinkError};
+
+/// How long a full batch waits for a busy inserter with the consumer simply not polled before
+/// the partitions are paused: a pause drops what librdkafka prefetched, and the resume fetches
+/// it again (a stall of up to a second each time), which an insert that is merely slow does not
+/// deserve; a ClickHouse that is down does. librdkafka's prefetch is bounded on its own.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// Records taken per turn of the loop: its bookkeeping (channels, clocks, limits) cost as much as
+/// decoding when it ran for every record.
+const BURST: usize = 512;
 
 /// How often an idle sink checks that ClickHouse answers.
 const PING_EVERY: Duration = Duration::from_secs(2);
@@ -160,11 +172,38 @@ async fn insert<T: RowOwned + RowWrite>(
         insert.write(row).await?;
     }
     insert.end().await?;
+    record_insert(table, rows.len(), started);
+    Ok(())
+}
+
+/// Inserts rows already in RowBinary, naming their columns.
+async fn insert_encoded(
+    client: &Client,
+    table: Table,
+    rows: &AggregateRows,
+) -> Result<(), clickhouse::error::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut insert = client.insert_formatted_with(format!(
+        "INSERT INTO {} ({}) FORMAT RowBinary",
+        table.name(),
+        AGGREGATE_COLUMNS.map(|(name, _)| name).join(", ")
+    ));
+    // In pieces of the size the crate itself sends (each compressed on its own).
+    for piece in rows.bytes().chunks(256 * 1024) {
+        insert.send(Bytes::copy_from_slice(piece)).await?;
+    }
+    insert.end().await?;
+    record_insert(table, rows.len(), started);
+    Ok(())
+}
+
+fn record_insert(table: Table, rows: usize, started: Instant) {
     histogram!("fleetpulse_sink_insert_seconds", "table" => table.name())
         .record(started.elapsed().as_secs_f64());
-    counter!("fleetpulse_sink_rows_inserted_total", "table" => table.name())
-        .increment(rows.len() as u64);
-    Ok(())
+    counter!("fleetpulse_sink_rows_inserted_total", "table" => table.name()).increment(rows as u64);
 }
 
 /// The first half of a batch's turn: inserts its rows and returns the rollup periods it closed
@@ -180,7 +219,7 @@ pub async fn insert_batch(
     // What the tables already cover must be known before the batch is judged against it.
     rollups.load(client).await?;
     rollups.observe(batch);
-    insert(client, Table::Aggregates, &batch.aggregates).await?;
+    insert_encoded(client, Table::Aggregates, &batch.aggregates).await?;
     insert(client, Table::Anomalies, &batch.anomalies).await?;
     insert(client, Table::Status, &batch.status).await?;
     insert(client, Table::DeadLetters, &batch.dead_letters).await?;
@@ -236,12 +275,12 @@ impl Sink {
     /// an inserter inserts the batch before ([`insert_batch`]); a refresher writes the rollup
     /// periods each inserted batch closed or touched ([`Plan::write`]), after which this thread
     /// commits the batch's offsets. A batch that is due while the inserter is busy keeps filling,
-    /// up to twice the batch limits, and then waits with the partitions paused (still polled, so
-    /// the group keeps them), so memory stays bounded (about four batches' worth: one in flight,
-    /// one filled to twice the limits, and the buffers kept for reuse) however long ClickHouse is
-    /// away. Pausing is
-    /// kept for that case: librdkafka drops what it prefetched for a paused partition and fetches
-    /// it again on resume, which stalled the sink for up to a second. The refresher runs apart so
+    /// up to twice the batch limits, and then waits: first without polling (for
+    /// [`PAUSE_AFTER`]), then with the partitions paused (still polled, so the group keeps them),
+    /// so memory stays bounded (about four batches' worth: one in flight, one filled to twice the
+    /// limits, and the buffers kept for reuse) however long ClickHouse is away. Pausing is kept
+    /// for that case: librdkafka drops what it prefetched for a paused partition and fetches it
+    /// again on resume, which stalled the sink for up to a second. The refresher runs apart so
     /// that recomputing a closed hour (a second or more for a large fleet) does not hold up
     /// inserts.
     pub fn run(
@@ -251,7 +290,7 @@ impl Sink {
     ) -> Result<Summary, RunError> {
         let consumer = self.consumer()?;
         let mut summary = Summary::default();
-        let mut batch = Batch::default();
+        let mut batch = Batch::with_capacity(2 * self.config.batch_rows);
         let age = Duration::from_millis(self.config.batch_ms);
         self.health.clickhouse(true);
         // Kafka counts as up until the consumer reports otherwise (then the gauge follows it).
@@ -277,8 +316,10 @@ impl Sink {
         let mut uncommitted = 0usize;
         let mut abandoned = false;
         // The batch that went in last, emptied, to be filled again.
-        let mut spare = Batch::default();
+        let mut spare = Batch::with_capacity(2 * self.config.batch_rows);
         let mut paused: Option<TopicPartitionList> = None;
+        // Since when a full batch has been waiting for the inserter.
+        let mut full_since: Option<Instant> = None;
         let mut caught_up = false;
         // When there is nothing to insert, a ping keeps `/readyz` honest about ClickHouse.
         let mut contact = Instant::now();
@@ -313,6 +354,9 @@ impl Sink {
                             self.config.batch_bytes.div_ceil(100),
                             age,
                         )));
+            if !in_flight {
+                full_since = None;
+            }
             if due && !in_flight && !abandoned {
                 if let Some(p) = paused.take() {
                     let _ = consumer.resume(&p);
@@ -332,6 +376,14 @@ impl Sink {
                     Duration::MAX,
                 )
             {
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < PAUSE_AFTER {
+                    if let Ok(empty) = emptied.recv_timeout(Duration::from_millis(5)) {
+                        in_flight = false;
+                        spare = empty;
+                    }
+                    continue;
+                }
                 // Paused again if a rebalance brought partitions that are not.
                 let assigned = consumer.assignment().ok();
                 let count = |p: &Option<TopicPartitionList>| p.as_ref().map(|p| p.count());
@@ -353,28 +405,46 @@ impl Sink {
                 continue;
             }
             caught_up = false;
-            // A paused consumer returns no records but keeps its group membership alive.
-            match consumer.poll(Duration::from_millis(if in_flight { 5 } else { 50 })) {
-                Some(Ok(m)) => {
-                    self.health.kafka(true);
-                    self.take(&mut batch, &m, &mut summary);
-                }
-                Some(Err(e)) => {
-                    self.health.kafka(false);
-                    tracing::warn!(error = %e, "kafka");
-                }
-                None => {
-                    caught_up = paused.is_none();
-                    // Quiet topics bring no record to say the brokers are back: they are asked.
-                    if self.health.kafka_down.load(Ordering::Relaxed)
-                        && probed.elapsed() >= PING_EVERY
-                    {
-                        probed = Instant::now();
-                        let answered = consumer
-                            .fetch_metadata(None, Duration::from_secs(1))
-                            .is_ok();
-                        self.health.kafka(answered);
+            // A paused consumer returns no records but keeps its group membership alive. The
+            // first poll may wait; the rest of a burst takes what is already fetched.
+            let mut wait = Duration::from_millis(if in_flight { 5 } else { 50 });
+            for _ in 0..BURST {
+                match consumer.poll(wait) {
+                    Some(Ok(m)) => {
+                        self.health.kafka(true);
+                        self.take(&mut batch, &m, &mut summary);
                     }
+                    Some(Err(e)) => {
+                        self.health.kafka(false);
+                        tracing::warn!(error = %e, "kafka");
+                        break;
+                    }
+                    // Nothing within the wait: caught up. Nothing at once, mid-burst: the
+                    // next fetch may simply not have landed yet.
+                    None if wait.is_zero() => break,
+                    None => {
+                        caught_up = paused.is_none();
+                        // Quiet topics bring no record to say the brokers are back: they are
+                        // asked.
+                        if self.health.kafka_down.load(Ordering::Relaxed)
+                            && probed.elapsed() >= PING_EVERY
+                        {
+                            probed = Instant::now();
+                            let answered = consumer
+                                .fetch_metadata(None, Duration::from_secs(1))
+                                .is_ok();
+                            self.health.kafka(answered);
+                        }
+                        break;
+                    }
+                }
+                wait = Duration::ZERO;
+                if batch.due(
+                    self.config.batch_rows,
+                    self.config.batch_bytes,
+                    Duration::MAX,
+                ) {
+                    break;
                 }
             }
             if uncommitted == 0 && contact.elapsed() >= PING_EVERY {

@@ -7,9 +7,10 @@
 use clickhouse::Row;
 use clickhouse_sink::batch::Batch;
 use clickhouse_sink::rollup::{DAY_MS, HOUR_MS, Rollups, Versions};
-use clickhouse_sink::rows::{AggregateRow, StatusRow};
+use clickhouse_sink::rows::StatusRow;
 use clickhouse_sink::server::Target;
 use clickhouse_sink::{Connection, ddl, sink};
+use schemas::WindowAggregate;
 use serde::Deserialize;
 use testkit::{Kind, shared, unique};
 
@@ -62,17 +63,15 @@ fn window(
     count: u32,
     errors: u32,
     rt: f64,
-) -> AggregateRow {
-    let s = |ms: i64| u32::try_from(ms / 1_000).unwrap();
-    AggregateRow {
+) -> WindowAggregate {
+    WindowAggregate {
         tenant_id: "t1".into(),
         device_id: device.into(),
         device_class: None,
-        window_ms: u32::try_from(len_ms).unwrap(),
-        window_start: s(start_ms),
-        window_end: s(start_ms + len_ms),
-        count,
-        errors,
+        window_start: start_ms,
+        window_end: start_ms + len_ms,
+        count: count.into(),
+        errors: errors.into(),
         error_rate: f64::from(errors) / f64::from(count),
         rt_min: Some(rt),
         rt_mean: Some(rt),
@@ -285,7 +284,7 @@ async fn hourly_rollups_add_up_the_minute_windows_once() {
     let c = connect().await;
     let hour = D0 + 22 * HOUR_MS;
     let mut batch = Batch::default();
-    batch.aggregates = vec![
+    for w in [
         window("d1", hour, MIN, 10, 1, 100.0),
         window("d1", hour + MIN, MIN, 30, 0, 200.0),
         window("d1", hour + 59 * MIN, MIN, 5, 5, 50.0),
@@ -295,7 +294,9 @@ async fn hourly_rollups_add_up_the_minute_windows_once() {
         // The next hour, closed by a window that ends past it and the grace.
         window("d2", hour + HOUR_MS, MIN, 1, 0, 10.0),
         window("d2", hour + 2 * HOUR_MS + 10 * MIN, MIN, 1, 0, 10.0),
-    ];
+    ] {
+        batch.aggregates.push(&w.borrowed());
+    }
     let mut rollups = Rollups::new(60_000, 300_000);
     for _ in 0..2 {
         write(&c, &mut rollups, &batch).await;

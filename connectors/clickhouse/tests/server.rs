@@ -129,3 +129,24 @@ async fn every_row_goes_in_and_comes_back_once() {
     };
     assert_eq!(twice(&connection, "dead_letters", &dead).await, vec![dead]);
 }
+
+/// The window aggregates are written as RowBinary the sink encodes itself; a table whose columns
+/// no longer take those bytes stops the sink at start-up, naming the column.
+#[tokio::test]
+async fn a_changed_aggregates_table_fails_at_start_naming_the_column() {
+    let database = unique("fp_changed").replace('-', "_");
+    let connection = connect(&database).await;
+    connection
+        .client
+        .query("ALTER TABLE device_aggregates MODIFY COLUMN count UInt64")
+        .execute()
+        .await
+        .unwrap();
+    let error = ddl::apply(&connection, &database, 30).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("device_aggregates.count is UInt64"),
+        "{error}"
+    );
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use clickhouse_sink::batch::Table;
+use clickhouse_sink::encoded::AggregateRows;
 use clickhouse_sink::rows::AggregateRow;
 use clickhouse_sink::server::Target;
 use clickhouse_sink::sink::{Health, Sink};
@@ -30,6 +31,9 @@ pub struct SinkBench {
     /// Rows to move.
     #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
+    /// Turns of (a) then (b); the median ratio is the result (the machine is shared and noisy).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 impl SinkBench {
@@ -101,7 +105,7 @@ async fn count(connection: &Connection) -> u64 {
         .unwrap_or(0)
 }
 
-async fn open(config: &Config, database: &str) -> anyhow::Result<Connection> {
+async fn connect(config: &Config, database: &str) -> anyhow::Result<Connection> {
     let c = &config.clickhouse;
     let target = Target {
         url: c.url.clone(),
@@ -110,11 +114,90 @@ async fn open(config: &Config, database: &str) -> anyhow::Result<Connection> {
         password: c.password.clone(),
         validation: c.validation,
     };
-    let connection = Connection::open(&target)
+    Connection::open(&target)
         .await
-        .with_context(|| format!("cannot reach ClickHouse at {}", c.url))?;
+        .with_context(|| format!("cannot reach ClickHouse at {}", c.url))
+}
+
+async fn open(config: &Config, database: &str) -> anyhow::Result<Connection> {
+    let connection = connect(config, database).await?;
     ddl::apply(&connection, database, 0).await?;
     Ok(connection)
+}
+
+/// (a): `rows` through the `clickhouse` crate, 100,000 per insert. Returns rows/s.
+async fn raw_insert(connection: &Connection, rows: &[AggregateRow]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for chunk in rows.chunks(100_000) {
+        let mut insert = connection
+            .client
+            .insert::<AggregateRow>("device_aggregates")
+            .await?;
+        for row in chunk {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+    }
+    Ok(rows.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// (b): the sink (consume, decode, batch, insert, rollups, commit) drains `topic` into
+/// `database` with a group of its own, timed from its start until every row is in. Returns
+/// rows/s and how busy this process was, in % of one core.
+async fn sink(
+    config: &Config,
+    codec: &Codec,
+    topic: &str,
+    database: &str,
+    rows: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let sink_connection = open(config, database).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink = Sink {
+        config: clickhouse_sink::SinkConfig {
+            database: database.into(),
+            group_id: database.into(),
+            ..config.clickhouse.clone()
+        },
+        kafka: crate::kafka::properties(config)?.into_iter().collect(),
+        topics: vec![(topic.into(), Table::Aggregates)],
+        codec: Arc::new(codec.clone()),
+        stop: Arc::clone(&stop),
+        health: Arc::new(Health::default()),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let connection = sink_connection.clone();
+    let started = Instant::now();
+    let cpu = cpu_seconds();
+    let worker = tokio::task::spawn_blocking(move || sink.run(&connection, &runtime));
+    while count(&sink_connection).await < rows {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1_800),
+            "the sink did not drain the topic"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let busy = 100.0 * (cpu_seconds() - cpu) / seconds;
+    stop.store(true, Ordering::Relaxed);
+    worker.await.context("the sink thread failed")??;
+    Ok((rows as f64 / seconds, busy))
+}
+
+/// Waits (a minute at most) until ClickHouse runs no merge, twice in a row.
+async fn quiet(connection: &Connection) {
+    let started = Instant::now();
+    let mut calm = 0;
+    while calm < 2 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let merges = connection
+            .client
+            .query("SELECT count() FROM system.merges")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0);
+        calm = if merges == 0 { calm + 1 } else { 0 };
+    }
 }
 
 pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> {
@@ -152,87 +235,64 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
     producer.flush(Duration::from_secs(120))?;
     println!("bench sink: {} window aggregates in {topic}", args.rows);
 
-    // (a) raw: the same rows through the clickhouse crate, 100,000 per insert.
-    let raw = open(config, &format!("{id}_raw")).await?;
     let rows: Vec<AggregateRow> = records.iter().map(AggregateRow::from).collect();
-    let started = Instant::now();
-    for chunk in rows.chunks(100_000) {
-        let mut insert = raw
-            .client
-            .insert::<AggregateRow>("device_aggregates")
-            .await?;
-        for row in chunk {
-            insert.write(row).await?;
-        }
-        insert.end().await?;
-    }
-    let raw_rate = args.rows as f64 / started.elapsed().as_secs_f64();
-    println!("(a) raw clickhouse insert          {raw_rate:>10.0} rows/s");
+    let admin = connect(config, "default").await?;
 
-    // (c), for where the ceiling is: one consumer reads the topic and decodes every record into
-    // its row, with nothing inserted.
+    // (c), for where the ceiling is: one consumer reads the topic and encodes every record into
+    // its row as the sink does, with nothing inserted.
     let cpu = cpu_seconds();
     let (read, consume_s) = tokio::task::block_in_place(|| {
         let codec = Codec::builtin();
+        let mut encoded = AggregateRows::with_capacity(100_000);
         super::bench_pipeline::raw_consume(config, &topic, |value| {
-            codec
-                .decode::<WindowAggregate>(value)
-                .map(AggregateRow::from)
-                .is_ok()
+            if encoded.len() == 100_000 {
+                encoded.clear();
+            }
+            match codec.decode_window_aggregate_ref(value) {
+                Ok(Some(a)) => {
+                    encoded.push(&a);
+                    true
+                }
+                _ => false,
+            }
         })
     })?;
     let consume_rate = read as f64 / consume_s;
     println!(
-        "(c) raw consume + decode to rows  {consume_rate:>10.0} rows/s   (this process busy {:.0} % of one core)",
+        "(c) raw consume + encode to rows  {consume_rate:>10.0} rows/s   (this process busy {:.0} % of one core)",
         100.0 * (cpu_seconds() - cpu) / consume_s
     );
 
-    // (b) the sink: consume, decode, batch, insert, commit; timed until every row is in.
-    let database = format!("{id}_sink");
-    let sink_connection = open(config, &database).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sink = Sink {
-        config: clickhouse_sink::SinkConfig {
-            database: database.clone(),
-            group_id: database.clone(),
-            ..config.clickhouse.clone()
-        },
-        kafka: crate::kafka::properties(config)?.into_iter().collect(),
-        topics: vec![(topic.clone(), Table::Aggregates)],
-        codec: Arc::new(codec),
-        stop: Arc::clone(&stop),
-        health: Arc::new(Health::default()),
-    };
-    let runtime = tokio::runtime::Handle::current();
-    let connection = sink_connection.clone();
-    let started = Instant::now();
-    let cpu = cpu_seconds();
-    let worker = tokio::task::spawn_blocking(move || sink.run(&connection, &runtime));
-    while count(&sink_connection).await < args.rows {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(1_800),
-            "the sink did not drain the topic"
+    // (a) and (b) in turns, each into a fresh database on a server that has finished merging
+    // what the turn before inserted: the merges of one side's parts are not the other's cost.
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds {
+        let raw_db = format!("{id}_raw_{round}");
+        let raw = open(config, &raw_db).await?;
+        let raw_rate = raw_insert(&raw, &rows).await?;
+        quiet(&admin).await;
+        let sink_db = format!("{id}_sink_{round}");
+        let (rate, busy) = sink(config, &codec, &topic, &sink_db, args.rows).await?;
+        quiet(&admin).await;
+        let ratio = rate / raw_rate;
+        ratios.push(ratio);
+        println!(
+            "round {round}: (a) raw clickhouse insert {raw_rate:>8.0} rows/s   (b) fleetpulse sink clickhouse {rate:>8.0} rows/s (this process busy {busy:.0} % of one core)   b/a {ratio:.2}   b/c {:.2}",
+            rate / consume_rate
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        for db in [raw_db, sink_db] {
+            let _ = admin
+                .client
+                .query(&format!("DROP DATABASE IF EXISTS {db}"))
+                .execute()
+                .await;
+        }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let busy = 100.0 * (cpu_seconds() - cpu) / seconds;
-    stop.store(true, Ordering::Relaxed);
-    worker.await.context("the sink thread failed")??;
-    let rate = args.rows as f64 / seconds;
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
     println!(
-        "(b) fleetpulse sink clickhouse     {rate:>10.0} rows/s   (this process busy {busy:.0} % of one core)\n\
-         ratio b/a {:.2}  (sink against raw insert; target 0.5)\n\
-         ratio b/c {:.2}  (sink against raw consume + decode)",
-        rate / raw_rate,
-        rate / consume_rate
+        "ratio b/a, median of {} rounds: {median:.2}  (sink against raw insert; target 0.5)",
+        ratios.len()
     );
-    for db in [format!("{id}_raw"), database] {
-        let _ = raw
-            .client
-            .query(&format!("DROP DATABASE IF EXISTS {db}"))
-            .execute()
-            .await;
-    }
     Ok(())
 }
