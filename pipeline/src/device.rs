@@ -260,9 +260,10 @@ impl Device {
                     ctx,
                 );
                 if prolonged_fired {
-                    let obs = Observation {
+                    let limit = self.thresholds.prolonged_offline_ms;
+                    let obs = || Observation {
                         observed: (ts - since) as f64,
-                        threshold: self.thresholds.prolonged_offline_ms as f64,
+                        threshold: limit as f64,
                         baseline: None,
                         message: format!("back online after {} s offline", (ts - since) / 1000),
                     };
@@ -280,7 +281,7 @@ impl Device {
         }
         if let Some(b) = r.battery_pct {
             let t = Rc::clone(&self.thresholds);
-            let obs = Observation {
+            let obs = || Observation {
                 observed: b,
                 threshold: t.battery_low_pct,
                 baseline: None,
@@ -311,7 +312,7 @@ impl Device {
         let mean = self.recent_rt.iter().map(|v| f64::from(*v)).sum::<f64>() / n as f64;
         let fire = n >= t.rt_mean_min_readings as usize && mean > t.rt_mean_ms;
         let resolve = mean < t.rt_mean_ms * (1.0 - t.resolve_margin);
-        let obs = Observation {
+        let obs = || Observation {
             observed: mean,
             threshold: t.rt_mean_ms,
             baseline: None,
@@ -354,7 +355,7 @@ impl Device {
         let t = Rc::clone(&self.thresholds);
         let ts = w.end;
         let rate = w.error_rate();
-        let obs = Observation {
+        let obs = || Observation {
             observed: rate,
             threshold: t.error_rate,
             baseline: None,
@@ -380,7 +381,7 @@ impl Device {
             let v = self
                 .p95_baseline
                 .observe(p95, &ctx.cfg.baseline, floor, firing);
-            let obs = Observation {
+            let obs = || Observation {
                 observed: p95,
                 threshold: v.limit,
                 baseline: Some(v.mean),
@@ -395,7 +396,7 @@ impl Device {
         let v = self
             .error_baseline
             .observe(rate, &ctx.cfg.baseline, 0.02, firing);
-        let obs = Observation {
+        let obs = || Observation {
             observed: rate,
             threshold: v.limit,
             baseline: Some(v.mean),
@@ -439,11 +440,13 @@ impl Device {
             self.presence = Some(Presence::Offline {
                 prolonged_fired: true,
             });
-            let obs = Observation {
-                observed: (ts - self.last_seen) as f64,
-                threshold: self.thresholds.prolonged_offline_ms as f64,
+            let (last_seen, since) = (self.last_seen, self.since);
+            let limit = self.thresholds.prolonged_offline_ms;
+            let obs = || Observation {
+                observed: (ts - last_seen) as f64,
+                threshold: limit as f64,
                 baseline: None,
-                message: format!("offline for {} s", (ts - self.since) / 1000),
+                message: format!("offline for {} s", (ts - since) / 1000),
             };
             self.change(AnomalyKind::ProlongedOffline, true, false, ts, obs, ctx);
         }
@@ -510,7 +513,7 @@ impl Device {
             }
             None => 0,
         };
-        let obs = Observation {
+        let obs = || Observation {
             observed: f64::from(n),
             threshold: f64::from(t.flapping_transitions),
             baseline: None,
@@ -525,13 +528,15 @@ impl Device {
         self.change(AnomalyKind::Flapping, fire, resolve, now, obs, ctx);
     }
 
+    /// Applies a rule's verdict; `obs` is called only when the anomaly changes state (its
+    /// message, formatted with `{:.0}` for every reading, was 7 % of the job's time).
     fn change(
         &mut self,
         kind: AnomalyKind,
         fire: bool,
         resolve: bool,
         ts: i64,
-        obs: Observation,
+        obs: impl FnOnce() -> Observation,
         ctx: &mut Ctx<'_>,
     ) {
         // A prolonged offline ends with the device's return; a cooldown would only hide the
@@ -549,7 +554,7 @@ impl Device {
                 kind,
                 state,
                 ts,
-                obs,
+                obs(),
             )));
         }
     }

@@ -2,35 +2,18 @@
 //! then every device's readings and timers are processed in event-time order.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
 use crate::device::{Ctx, Device, Due, Profiles, READING};
 use crate::output::Output;
+use crate::pending::PendingQueue;
 use crate::reading::Reading;
-
-struct Pending(Reading);
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.order_key() == other.0.order_key()
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.order_key().cmp(&other.0.order_key())
-    }
-}
 
 /// What a checkpoint keeps of an engine: every device, the readings not yet processed, and how
 /// far data has moved event time (see [`Engine::encode`]).
@@ -50,7 +33,7 @@ pub struct Engine {
     devices: Vec<Device>,
     index: HashMap<Rc<str>, HashMap<Rc<str>, u32>>,
     timers: BinaryHeap<Reverse<(Due, u32)>>,
-    pending: BinaryHeap<Reverse<Pending>>,
+    pending: PendingQueue,
     data_watermark: i64,
     profiles: Profiles,
     /// Devices whose windows the end of input has closed.
@@ -63,9 +46,9 @@ impl Engine {
         Engine {
             cfg,
             devices: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             timers: BinaryHeap::new(),
-            pending: BinaryHeap::new(),
+            pending: PendingQueue::default(),
             data_watermark: i64::MIN,
             profiles: Profiles::default(),
             closed: 0,
@@ -101,7 +84,7 @@ impl Engine {
         let pending = if without_pending {
             Vec::new()
         } else {
-            self.pending.iter().map(|Reverse(Pending(r))| r).collect()
+            self.pending.iter().collect()
         };
         bincode::serialize(&View {
             devices: &self.devices,
@@ -140,7 +123,7 @@ impl Engine {
 
     /// Queues a reading until the frontier passes its `ts`.
     pub fn push(&mut self, r: Reading) {
-        self.pending.push(Reverse(Pending(r)));
+        self.pending.push(r);
     }
 
     /// Raises the data watermark (see [`Ctx::data_watermark`]).
@@ -207,15 +190,12 @@ impl Engine {
             out,
             data_watermark: self.data_watermark,
         };
+        self.pending.release(reading_limit);
         let done = loop {
             if ctx.out.len() >= budget {
                 break false;
             }
-            let reading = self
-                .pending
-                .peek()
-                .map(|Reverse(p)| p.0.ts)
-                .filter(|ts| *ts < reading_limit);
+            let reading = self.pending.peek_ts().filter(|ts| *ts < reading_limit);
             let timer = self
                 .timers
                 .peek()
@@ -226,7 +206,7 @@ impl Engine {
                 (Some(ts), Some(due)) if due < (ts, READING) => self.fire_timer(&mut ctx),
                 (None, Some(_)) => self.fire_timer(&mut ctx),
                 _ => {
-                    if let Some(Reverse(Pending(r))) = self.pending.pop() {
+                    if let Some(r) = self.pending.pop() {
                         let slot = self.slot(&r, &mut ctx);
                         let device = &mut self.devices[slot as usize];
                         device.advance((r.ts, READING), &mut ctx);
@@ -237,12 +217,7 @@ impl Engine {
             }
         };
         self.profiles = profiles;
-        // The queue swells while a partition has yet to deliver its first record (nothing can be
-        // processed until it does); give that memory back once it has drained.
-        let (len, cap) = (self.pending.len(), self.pending.capacity());
-        if cap > 65_536 && len < cap / 4 {
-            self.pending.shrink_to(len * 2);
-        }
+        self.pending.shrink();
         done
     }
 

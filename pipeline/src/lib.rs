@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: a [`source`] judges each record (dead letter, late, future or accepted)
 //! and tracks its partitions' watermarks; accepted readings are exchanged by device to the
-//! [`engine`], which drives each [`device`] through readings and timers in event-time order;
+//! [`engine`], which holds them in its [`pending`] queue until the frontier passes them and
+//! drives each [`device`] through readings and timers in event-time order;
 //! status transitions are exchanged by tenant to the [`tenant`] operator (mass offline); every
 //! derived record goes to a [`sink`]. The semantics are those of DESIGN.md; docs/pipeline.md
 //! records the decisions the design left open.
@@ -20,6 +21,7 @@ pub mod event_id;
 pub mod health;
 pub mod metrics;
 pub mod output;
+pub mod pending;
 pub mod readiness;
 pub mod reading;
 pub mod run;
