@@ -1,7 +1,8 @@
 //! `fleetpulse sink clickhouse` against real services: a generated fleet goes through the
 //! pipeline into the derived topics, the sink consumes them into Debian's `clickhouse-server`
 //! (18.16), and every table, read as the documented queries read it (`FINAL`), holds exactly the
-//! records of its topic, once each. A restarted sink adds nothing (its offsets were committed).
+//! records of its topic, once each. A restarted sink adds nothing (its offsets were committed); a
+//! table changed by hand stops it at start-up.
 //! With ClickHouse killed mid-stream and started again 30 s later, or the sink killed with
 //! SIGKILL mid-batch and started again, nothing is lost and nothing shows twice. And every query
 //! of docs/queries.md, run on a fleet that crosses midnight, answers what the reference model says.
@@ -225,6 +226,29 @@ fn the_tables_hold_the_derived_topics_once_each() {
         rt.block_on(total(&c, false)),
         want.total(),
         "nothing inserted twice, even before merges"
+    );
+
+    // A table changed by hand no longer takes the rows the sink encodes: it stops at start-up,
+    // naming the column, instead of retrying for ever.
+    rt.block_on(
+        c.client
+            .query("ALTER TABLE device_aggregates MODIFY COLUMN count UInt64")
+            .execute(),
+    )
+    .unwrap();
+    let out = fleetpulse()
+        .args(["sink", "clickhouse", "--brokers", brokers])
+        .args(["--url", clickhouse.address(), "--listen", "127.0.0.1:0"])
+        .args(["--set", &format!("clickhouse.database={database}")])
+        .args(["--set", &format!("clickhouse.group_id={database}")])
+        .args(derived_topics(&prefix))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("device_aggregates.count is UInt64; the sink writes it as UInt32"),
+        "{stderr}"
     );
 }
 

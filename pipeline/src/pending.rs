@@ -70,12 +70,14 @@ impl PendingQueue {
         }
         self.released = Some(limit);
         let mut taken = std::mem::take(&mut self.scratch);
+        // In i128: the first and last buckets reach past i64's ends.
+        let limit_wide = i128::from(limit);
         while let Some(mut bucket) = self.waiting.first_entry() {
-            let start = bucket.key().saturating_mul(BUCKET_MS);
-            if start >= limit {
+            let start = i128::from(*bucket.key()) * i128::from(BUCKET_MS);
+            if start >= limit_wide {
                 break;
             }
-            if start.saturating_add(BUCKET_MS) <= limit {
+            if start + i128::from(BUCKET_MS) <= limit_wide {
                 taken.append(&mut bucket.remove());
             } else {
                 bucket.get_mut().retain(|entry| {
@@ -209,6 +211,31 @@ mod tests {
         q.release(i64::MAX);
         let order: Vec<i64> = std::iter::from_fn(|| q.pop().map(|r| r.ts)).collect();
         assert_eq!(order, (80_001..=100_000).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn the_ends_of_event_time_keep_their_order() {
+        let mut q = PendingQueue::default();
+        for (ts, o) in [
+            (i64::MIN + 10, 0),
+            (i64::MIN, 1),
+            (i64::MAX, 2),
+            (i64::MAX - 1, 3),
+        ] {
+            q.push(reading(ts, 0, o));
+        }
+        q.release(i64::MIN + 50);
+        q.push(reading(i64::MIN + 20, 0, 4));
+        let low: Vec<i64> = std::iter::from_fn(|| q.pop().map(|r| r.ts)).collect();
+        assert_eq!(low, vec![i64::MIN, i64::MIN + 10, i64::MIN + 20]);
+        q.release(i64::MAX);
+        let high: Vec<i64> = std::iter::from_fn(|| q.pop().map(|r| r.ts)).collect();
+        assert_eq!(
+            high,
+            vec![i64::MAX - 1],
+            "nothing is before i64::MAX but what is"
+        );
+        assert_eq!(q.len(), 1);
     }
 
     proptest! {

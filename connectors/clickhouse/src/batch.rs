@@ -33,6 +33,10 @@ impl Table {
     }
 }
 
+/// The most window aggregates a batch reserves room for (about 200 MB): a `batch_rows` set far
+/// higher grows the batch as rows come instead of asking for all of it at start-up.
+pub const RESERVED_ROWS: usize = 1_000_000;
+
 /// Rows waiting for their insert.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -52,15 +56,13 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An empty batch with room for `rows` rows of each table. Reserving costs address space
-    /// only; growing the vectors while a batch fills copies them at every doubling, into pages
+    /// An empty batch with room for `rows` window aggregates (at most [`RESERVED_ROWS`]), the
+    /// table that takes most rows; the others grow as needed. Reserved room is touched only as
+    /// rows come; growing the vector while a batch fills copied it at every doubling, into pages
     /// the kernel zeroes first, which took a quarter of a sink's time catching up on a backlog.
     pub fn with_capacity(rows: usize) -> Batch {
         Batch {
-            aggregates: AggregateRows::with_capacity(rows),
-            anomalies: Vec::with_capacity(rows),
-            status: Vec::with_capacity(rows),
-            dead_letters: Vec::with_capacity(rows),
+            aggregates: AggregateRows::with_capacity(rows.min(RESERVED_ROWS)),
             ..Batch::default()
         }
     }

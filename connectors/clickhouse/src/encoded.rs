@@ -46,25 +46,29 @@ pub const AGGREGATE_COLUMNS: [(&str, &str); 20] = [
 /// that support it); these bytes bypass it, so a table changed by hand fails here, at start-up,
 /// naming the column, and not at the first insert.
 pub async fn check(client: &Client, database: &str) -> Result<(), SinkError> {
-    let columns: Vec<(String, String)> = client
-        .query("SELECT name, type FROM system.columns WHERE database = ? AND table = 'device_aggregates'")
+    let columns: Vec<(String, String, String)> = client
+        .query(
+            "SELECT name, type, default_kind FROM system.columns \
+             WHERE database = ? AND table = 'device_aggregates'",
+        )
         .bind(database)
         .fetch_all()
         .await?;
+    let table = format!("{database}.device_aggregates");
     for (name, wanted) in AGGREGATE_COLUMNS {
-        let found = columns.iter().find(|(n, _)| n == name).map(|(_, t)| t);
-        match found {
-            Some(t) if written_as(t) == wanted => {}
-            Some(t) => {
-                return Err(SinkError::Ddl(format!(
-                    "{database}.device_aggregates.{name} is {t}; the sink writes it as {wanted}"
-                )));
-            }
-            None => {
-                return Err(SinkError::Ddl(format!(
-                    "{database}.device_aggregates has no column {name}"
-                )));
-            }
+        let Some((_, found, kind)) = columns.iter().find(|(n, _, _)| n == name) else {
+            return Err(SinkError::Ddl(format!("{table} has no column {name}")));
+        };
+        if written_as(found) != wanted {
+            return Err(SinkError::Ddl(format!(
+                "{table}.{name} is {found}; the sink writes it as {wanted}"
+            )));
+        }
+        // MATERIALIZED and ALIAS columns cannot be inserted into.
+        if !matches!(kind.as_str(), "" | "DEFAULT") {
+            return Err(SinkError::Ddl(format!(
+                "{table}.{name} is {kind}; the sink inserts into it"
+            )));
         }
     }
     Ok(())
@@ -106,7 +110,7 @@ impl AggregateRows {
     /// Room for `rows` rows (about 200 bytes each) without growing.
     pub fn with_capacity(rows: usize) -> AggregateRows {
         AggregateRows {
-            bytes: Vec::with_capacity(rows * 200),
+            bytes: Vec::with_capacity(rows.saturating_mul(200)),
             windows: Vec::with_capacity(rows),
         }
     }

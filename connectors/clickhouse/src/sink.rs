@@ -290,7 +290,7 @@ impl Sink {
     ) -> Result<Summary, RunError> {
         let consumer = self.consumer()?;
         let mut summary = Summary::default();
-        let mut batch = Batch::with_capacity(2 * self.config.batch_rows);
+        let mut batch = Batch::with_capacity(self.config.batch_rows.saturating_mul(2));
         let age = Duration::from_millis(self.config.batch_ms);
         self.health.clickhouse(true);
         // Kafka counts as up until the consumer reports otherwise (then the gauge follows it).
@@ -316,7 +316,7 @@ impl Sink {
         let mut uncommitted = 0usize;
         let mut abandoned = false;
         // The batch that went in last, emptied, to be filled again.
-        let mut spare = Batch::with_capacity(2 * self.config.batch_rows);
+        let mut spare = Batch::with_capacity(self.config.batch_rows.saturating_mul(2));
         let mut paused: Option<TopicPartitionList> = None;
         // Since when a full batch has been waiting for the inserter.
         let mut full_since: Option<Instant> = None;
@@ -371,8 +371,8 @@ impl Sink {
                 uncommitted += 1;
             } else if in_flight
                 && batch.due(
-                    2 * self.config.batch_rows,
-                    2 * self.config.batch_bytes,
+                    self.config.batch_rows.saturating_mul(2),
+                    self.config.batch_bytes.saturating_mul(2),
                     Duration::MAX,
                 )
             {
@@ -439,9 +439,11 @@ impl Sink {
                     }
                 }
                 wait = Duration::ZERO;
+                // While an insert is in flight the batch may grow to twice the limits.
+                let limit = if in_flight { 2 } else { 1 };
                 if batch.due(
-                    self.config.batch_rows,
-                    self.config.batch_bytes,
+                    self.config.batch_rows.saturating_mul(limit),
+                    self.config.batch_bytes.saturating_mul(limit),
                     Duration::MAX,
                 ) {
                     break;

@@ -32,7 +32,7 @@ pub struct SinkBench {
     #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
     /// Turns of (a) then (b); the median ratio is the result (the machine is shared and noisy).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
 }
 
@@ -194,9 +194,18 @@ async fn quiet(connection: &Connection) {
             .client
             .query("SELECT count() FROM system.merges")
             .fetch_one::<u64>()
-            .await
-            .unwrap_or(0);
-        calm = if merges == 0 { calm + 1 } else { 0 };
+            .await;
+        match merges {
+            Ok(0) => calm += 1,
+            Ok(_) => calm = 0,
+            Err(e) => {
+                println!("cannot tell whether ClickHouse is merging ({e}); going on");
+                return;
+            }
+        }
+    }
+    if calm < 2 {
+        println!("ClickHouse still merging after a minute; going on");
     }
 }
 
@@ -289,7 +298,12 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
         }
     }
     ratios.sort_by(f64::total_cmp);
-    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    let middle = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 1 {
+        ratios[middle]
+    } else {
+        (ratios[middle - 1] + ratios[middle]) / 2.0
+    };
     println!(
         "ratio b/a, median of {} rounds: {median:.2}  (sink against raw insert; target 0.5)",
         ratios.len()

@@ -70,6 +70,11 @@ async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connectio
         };
         match attempt.await {
             Ok(connection) => return Ok(connection),
+            // A table that does not take the sink's rows stays that way: retrying would only
+            // hide it.
+            Err(e @ clickhouse_sink::SinkError::Ddl(_)) => {
+                return Err(e).context("the sink's tables do not match what it writes");
+            }
             Err(e) if !stop.load(Ordering::Relaxed) => {
                 tracing::warn!(error = %e, url = %c.url, "ClickHouse not ready; retrying");
                 tokio::time::sleep(backoff).await;
