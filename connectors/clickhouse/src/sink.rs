@@ -176,12 +176,12 @@ async fn insert<T: RowOwned + RowWrite>(
     Ok(())
 }
 
-/// Inserts rows already in RowBinary, naming their columns.
-async fn insert_encoded(
+/// Inserts window aggregates already in RowBinary, naming their columns.
+async fn insert_aggregates(
     client: &Client,
-    table: Table,
     rows: &AggregateRows,
 ) -> Result<(), clickhouse::error::Error> {
+    let table = Table::Aggregates;
     if rows.is_empty() {
         return Ok(());
     }
@@ -219,7 +219,7 @@ pub async fn insert_batch(
     // What the tables already cover must be known before the batch is judged against it.
     rollups.load(client).await?;
     rollups.observe(batch);
-    insert_encoded(client, Table::Aggregates, &batch.aggregates).await?;
+    insert_aggregates(client, &batch.aggregates).await?;
     insert(client, Table::Anomalies, &batch.anomalies).await?;
     insert(client, Table::Status, &batch.status).await?;
     insert(client, Table::DeadLetters, &batch.dead_letters).await?;
@@ -378,10 +378,8 @@ impl Sink {
             {
                 let since = *full_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < PAUSE_AFTER {
-                    if let Ok(empty) = emptied.recv_timeout(Duration::from_millis(5)) {
-                        in_flight = false;
-                        spare = empty;
-                    }
+                    // The batch coming back is taken at the top of the loop.
+                    std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
                 // Paused again if a rebalance brought partitions that are not.

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use clickhouse_sink::batch::Table;
-use clickhouse_sink::encoded::AggregateRows;
+use clickhouse_sink::batch::{Batch, Table};
 use clickhouse_sink::rows::AggregateRow;
 use clickhouse_sink::server::Target;
 use clickhouse_sink::sink::{Health, Sink};
@@ -247,23 +246,19 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
     let rows: Vec<AggregateRow> = records.iter().map(AggregateRow::from).collect();
     let admin = connect(config, "default").await?;
 
-    // (c), for where the ceiling is: one consumer reads the topic and encodes every record into
-    // its row as the sink does, with nothing inserted.
+    // (c), for where the ceiling is: one consumer reads the topic and adds every record to a batch
+    // as the sink does, with nothing inserted.
     let cpu = cpu_seconds();
     let (read, consume_s) = tokio::task::block_in_place(|| {
         let codec = Codec::builtin();
-        let mut encoded = AggregateRows::with_capacity(100_000);
+        let mut batch = Batch::with_capacity(100_000);
         super::bench_pipeline::raw_consume(config, &topic, |value| {
-            if encoded.len() == 100_000 {
-                encoded.clear();
+            if batch.rows() == 100_000 {
+                batch.clear();
             }
-            match codec.decode_window_aggregate_ref(value) {
-                Ok(Some(a)) => {
-                    encoded.push(&a);
-                    true
-                }
-                _ => false,
-            }
+            batch
+                .add(&codec, Table::Aggregates, &topic, 0, 0, value)
+                .is_ok()
         })
     })?;
     let consume_rate = read as f64 / consume_s;
