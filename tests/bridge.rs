@@ -79,6 +79,7 @@ fn aggregate(tenant: &str, device: &str, start: i64) -> WindowAggregate {
         signal_mean: None,
         health_score: 80.0,
         event_id: format!("agg/{tenant}/{device}/{start}"),
+        clock_offset_ms: None,
     }
 }
 

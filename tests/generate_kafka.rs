@@ -86,7 +86,7 @@ fn generate_100k_events_arrive_once_in_order_keyed_by_device() {
         "per-device sequences differ from what the fleet sent"
     );
     // Timestamps are the fleet's send times, not the wall clock.
-    let mut times: Vec<i64> = read.iter().filter_map(|r| r.timestamp).collect();
+    let mut times: Vec<i64> = read.iter().filter_map(|r| r.timestamp.millis()).collect();
     let mut want_times: Vec<i64> = expected.iter().map(|(e, _)| e.record_ts).collect();
     times.sort_unstable();
     want_times.sort_unstable();

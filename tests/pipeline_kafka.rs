@@ -277,3 +277,153 @@ fn serves_metrics_and_readiness_and_stops_on_sigterm() {
             .is_some()
     );
 }
+
+/// The issue that brought the clock truth, end to end: thirty honest devices of tenant `t1`
+/// report every second for about a minute on a topic whose record timestamps the broker stamps
+/// (`LogAppendTime`), each reading written at the same moment to a second such topic, where two
+/// devices of tenant `t2` with wrong clocks (four minutes ahead, an hour behind) report too.
+/// The pipeline gives every honest device the same records on both topics, no honest reading is
+/// late, and each wrong clock gets its `clock_skew` anomaly with its offset.
+#[test]
+fn wrong_clocks_on_a_broker_stamped_topic_cost_honest_devices_nothing() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use schemas::{AnomalyKind, AnomalyState, DeadLetterReason, Telemetry};
+
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let (honest, mixed) = (unique("stamped-honest"), unique("stamped-mixed"));
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let topics: Vec<NewTopic<'_>> = [&honest, &mixed]
+        .iter()
+        .map(|t| {
+            NewTopic::new(t, 2, TopicReplication::Fixed(1))
+                .set("message.timestamp.type", "LogAppendTime")
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for r in runtime
+        .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let codec = Codec::builtin();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let send = |topic: &str, t: &Telemetry| {
+        let value = codec.encode(t).unwrap();
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .key(t.device_id.as_bytes())
+                    .payload(&value),
+            )
+            .unwrap();
+    };
+    let reading = |tenant: &str, device: String, ts: i64, i: i64| Telemetry {
+        tenant_id: tenant.into(),
+        device_id: device,
+        ts,
+        response_time_ms: Some(30.0 + (i % 13) as f64 * 11.0),
+        ok: i % 17 != 0,
+        error_code: None,
+        battery_pct: Some(80.0),
+        signal_dbm: Some(-70.0),
+        device_class: Some("sensor".into()),
+        attributes: Default::default(),
+    };
+    // A minute or more, ending between seconds 25 and 45 of a minute, well inside every window:
+    // the two topics' last broker times differ by milliseconds, and no window ends between them.
+    let start = now();
+    let ending = || now() >= start + 60_000 && (25..45).contains(&((now() / 1_000) % 60));
+    let mut i = 0;
+    let mut liars = true;
+    while !ending() {
+        let second = now();
+        for d in 0..30 {
+            // Up to 400 ms in transit: well within the allowed out-of-orderness.
+            let t = reading("t1", format!("h{d}"), second - (d * 37) % 400, i);
+            send(&honest, &t);
+            send(&mixed, &t);
+        }
+        // The wrong clocks stop at least five seconds before, so both topics end with honest
+        // records.
+        liars &= now() < start + 55_000 || !(20..50).contains(&((now() / 1_000) % 60));
+        if liars {
+            send(&mixed, &reading("t2", "ahead".into(), second + 240_000, i));
+            send(
+                &mixed,
+                &reading("t2", "behind".into(), second - 3_600_000, i),
+            );
+        }
+        producer.poll(Duration::ZERO);
+        i += 1;
+        std::thread::sleep(Duration::from_millis((second + 1_000 - now()).max(0) as u64));
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let run = |topic: &str| {
+        let prefix = unique("stamped-out");
+        let n = pipeline(brokers, topic, &prefix, &["--until-end", "-w", "2"]);
+        derived(brokers, &prefix, n)
+    };
+    let honest_only = |out: &[Output]| {
+        let kept: Vec<Output> = out
+            .iter()
+            .filter(|o| match o {
+                Output::Aggregate(a) => a.tenant_id == "t1",
+                Output::Anomaly(a) => a.tenant_id == "t1",
+                Output::Status(s) => s.tenant_id == "t1",
+                Output::DeadLetter(_) => false,
+            })
+            .cloned()
+            .collect();
+        model::normalise(kept)
+    };
+    let (without, with) = (run(&honest), run(&mixed));
+    let want = honest_only(&without);
+    assert!(want.len() > 100, "{} honest records", want.len());
+    assert_same(
+        honest_only(&with),
+        &want,
+        "honest devices beside wrong clocks",
+    );
+    let honest_late = with
+        .iter()
+        .filter(|o| {
+            matches!(o, Output::DeadLetter(d) if d.reason == DeadLetterReason::Late
+                && codec.decode_telemetry(&d.raw, schemas::InputFormat::Auto)
+                    .is_ok_and(|t| t.tenant_id == "t1"))
+        })
+        .count();
+    assert_eq!(honest_late, 0, "no honest reading is late");
+    for (device, offset) in [("ahead", 240_000.0), ("behind", -3_600_000.0)] {
+        let observed = with.iter().find_map(|o| match o {
+            Output::Anomaly(a)
+                if a.device_id == device
+                    && a.kind == AnomalyKind::ClockSkew
+                    && a.state == AnomalyState::Firing =>
+            {
+                Some(a.observed)
+            }
+            _ => None,
+        });
+        assert!(
+            observed.is_some_and(|o: f64| (o - offset).abs() < 2_000.0),
+            "{device}: {observed:?}"
+        );
+    }
+}

@@ -228,6 +228,31 @@ fn the_tables_hold_the_derived_topics_once_each() {
         "nothing inserted twice, even before merges"
     );
 
+    // A table of an older release, without the column added since, gets it at start-up.
+    rt.block_on(
+        c.client
+            .query("ALTER TABLE device_aggregates DROP COLUMN clock_offset_ms")
+            .execute(),
+    )
+    .unwrap();
+    let (mut again, http) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
+    assert!(testkit::wait_for(Duration::from_secs(30), || {
+        http_text(&http, "GET", "/readyz", None).0 == 200
+    }));
+    terminate(&mut again);
+    let added: Vec<String> = rt
+        .block_on(
+            c.client
+                .query(
+                    "SELECT type FROM system.columns WHERE database = ? \
+                     AND table = 'device_aggregates' AND name = 'clock_offset_ms'",
+                )
+                .bind(&database)
+                .fetch_all(),
+        )
+        .unwrap();
+    assert_eq!(added, vec!["Nullable(Int64)".to_string()]);
+
     // A table changed by hand no longer takes the rows the sink encodes: it stops at start-up,
     // naming the column, instead of retrying for ever.
     rt.block_on(

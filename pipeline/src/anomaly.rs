@@ -13,9 +13,10 @@ pub fn severity(kind: AnomalyKind) -> Severity {
         AnomalyKind::ErrorRateHigh | AnomalyKind::ProlongedOffline | AnomalyKind::MassOffline => {
             Severity::Critical
         }
-        AnomalyKind::RtMeanHigh | AnomalyKind::BatteryLow | AnomalyKind::Flapping => {
-            Severity::Warning
-        }
+        AnomalyKind::RtMeanHigh
+        | AnomalyKind::BatteryLow
+        | AnomalyKind::Flapping
+        | AnomalyKind::ClockSkew => Severity::Warning,
         AnomalyKind::RtP95Baseline | AnomalyKind::ErrorRateBaseline | AnomalyKind::Unknown => {
             Severity::Info
         }
@@ -25,6 +26,20 @@ pub fn severity(kind: AnomalyKind) -> Severity {
 fn bit(kind: AnomalyKind) -> u16 {
     1 << (kind as u16)
 }
+
+/// Every kind, in declaration order.
+const KINDS: [AnomalyKind; 10] = [
+    AnomalyKind::RtMeanHigh,
+    AnomalyKind::ErrorRateHigh,
+    AnomalyKind::BatteryLow,
+    AnomalyKind::RtP95Baseline,
+    AnomalyKind::ErrorRateBaseline,
+    AnomalyKind::Flapping,
+    AnomalyKind::ProlongedOffline,
+    AnomalyKind::MassOffline,
+    AnomalyKind::Unknown,
+    AnomalyKind::ClockSkew,
+];
 
 /// Which anomaly kinds fire on one device, and until when each may not fire again.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -40,6 +55,11 @@ impl Switches {
     /// Whether `kind` is firing.
     pub fn is_firing(&self, kind: AnomalyKind) -> bool {
         self.firing & bit(kind) != 0
+    }
+
+    /// The kinds firing, in declaration order.
+    pub fn firing(&self) -> Vec<AnomalyKind> {
+        KINDS.into_iter().filter(|k| self.is_firing(*k)).collect()
     }
 
     /// Moves `kind` at event time `now`: fires if it is resolved, `fire` holds and no cooldown

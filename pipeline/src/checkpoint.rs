@@ -22,7 +22,8 @@ use crate::reading::{fnv1a as checksum, route};
 use crate::tenant::Tenants;
 use crate::watermark::PartitionClock;
 
-const MAGIC: &[u8; 8] = b"FPCKPT02";
+/// The format's mark; 03 holds each partition's clock truth and its devices' clock offsets.
+const MAGIC: &[u8; 8] = b"FPCKPT03";
 /// Generations kept besides the newest: if the newest turns out partial (a crash while its
 /// parts were written), the one before is complete.
 const KEEP: u64 = 2;

@@ -16,12 +16,27 @@ pub struct PipelineConfig {
     pub checkpoint_interval_ms: i64,
     /// Tumbling window sizes; the largest is the periodic health check.
     pub windows_ms: Vec<i64>,
-    /// How far behind its partition's newest reading a reading may be stamped and still count.
+    /// How far behind its partition's clock truth a reading may be stamped and still count.
     pub out_of_orderness_ms: i64,
     /// Wall-clock time after which a silent partition stops holding the watermark back.
     pub idle_timeout_ms: i64,
-    /// How far ahead of its Kafka record timestamp a reading may be stamped.
+    /// How far ahead of its partition's clock truth a reading may be stamped.
     pub max_future_skew_ms: i64,
+    /// Take producers' Kafka record timestamps (`CreateTime`) as the clock truth, as broker
+    /// timestamps (`LogAppendTime`) always are: for producers with a good clock, such as
+    /// fleetpulse's own gateways. Otherwise the truth is a consensus of each partition's devices.
+    pub trust_record_time: bool,
+    /// A device whose clock is off its partition's clock truth by more than this has a wrong
+    /// clock: a `clock_skew` anomaly, and its readings re-timed or dead-lettered.
+    pub clock_tolerance_ms: i64,
+    /// Re-time the readings of a device with a known clock offset by that offset (marked on
+    /// their windows); `false` sends them to the DLQ as `clock_skew` instead.
+    pub clock_correction: bool,
+    /// A device silent for this long (event time) is retired: a last transition with reason
+    /// `retired`, its state freed; its next reading is `first_seen` again.
+    pub device_retention_ms: i64,
+    /// Bounds on what a reading may hold; beyond them it is a dead letter `invalid_field`.
+    pub limits: schemas::Limits,
     /// Granularity of the sources' capabilities: progress is tracked in steps of this size.
     pub watermark_step_ms: i64,
     /// Share of a tenant's online devices that, going offline within `mass_offline_window_ms`,
@@ -130,6 +145,11 @@ impl Default for PipelineConfig {
             out_of_orderness_ms: 5_000,
             idle_timeout_ms: 10_000,
             max_future_skew_ms: 300_000,
+            trust_record_time: false,
+            clock_tolerance_ms: 30_000,
+            clock_correction: true,
+            device_retention_ms: 30 * DAY_MS,
+            limits: schemas::Limits::default(),
             watermark_step_ms: 100,
             mass_offline_share: 0.5,
             mass_offline_min_devices: 20,
@@ -282,6 +302,35 @@ impl PipelineConfig {
         }
         positive("idle_timeout_ms", self.idle_timeout_ms)?;
         positive("max_future_skew_ms", self.max_future_skew_ms)?;
+        if self.clock_tolerance_ms <= self.out_of_orderness_ms {
+            return Err((
+                "clock_tolerance_ms".into(),
+                "more milliseconds than out_of_orderness_ms (an honest reading may be that late)",
+            ));
+        }
+        if self.max_future_skew_ms <= self.clock_tolerance_ms {
+            return Err((
+                "max_future_skew_ms".into(),
+                "more milliseconds than clock_tolerance_ms",
+            ));
+        }
+        if let Some(key) = self.limits.zero() {
+            return Err((format!("limits.{key}"), "a positive size"));
+        }
+        let longest_timeout = self
+            .overrides
+            .iter()
+            .filter_map(|o| o.offline_timeout_ms)
+            .chain([self.thresholds.offline_timeout_ms])
+            .max()
+            .unwrap_or(0);
+        let longest_window = self.windows_ms.iter().copied().max().unwrap_or(0);
+        if self.device_retention_ms <= longest_timeout.max(longest_window) {
+            return Err((
+                "device_retention_ms".into(),
+                "more milliseconds than every offline timeout and window size",
+            ));
+        }
         positive("watermark_step_ms", self.watermark_step_ms)?;
         positive("checkpoint_interval_ms", self.checkpoint_interval_ms)?;
         positive("mass_offline_window_ms", self.mass_offline_window_ms)?;
@@ -369,6 +418,19 @@ mod tests {
                 "windows_ms",
             ),
             (Box::new(|c| c.watermark_step_ms = 0), "watermark_step_ms"),
+            (
+                Box::new(|c| c.clock_tolerance_ms = 5_000),
+                "clock_tolerance_ms",
+            ),
+            (
+                Box::new(|c| c.max_future_skew_ms = 30_000),
+                "max_future_skew_ms",
+            ),
+            (Box::new(|c| c.limits.id_bytes = 0), "limits.id_bytes"),
+            (
+                Box::new(|c| c.device_retention_ms = 60_000),
+                "device_retention_ms",
+            ),
             (
                 Box::new(|c| c.checkpoint_interval_ms = 0),
                 "checkpoint_interval_ms",

@@ -1,6 +1,6 @@
 //! Everything the pipeline knows about one device: its open windows, presence and anomaly rules,
 //! driven in event-time order by readings and by its own timers (window ends, offline deadline,
-//! prolonged offline, flapping decay).
+//! prolonged offline, flapping decay, retirement after `device_retention_ms` of silence).
 //!
 //! At one millisecond the order is: windows ending there close, then readings stamped there, then
 //! the offline deadline, then rule timers. A reading exactly at `last_seen + timeout` therefore
@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::{self, Baseline, Observation, Switches};
 use crate::config::{PipelineConfig, Thresholds};
 use crate::event_id;
+use crate::metrics;
 use crate::output::Output;
-use crate::reading::Reading;
+use crate::reading::{Reading, ReadingKind};
 use crate::window::WindowState;
 
 /// When something is due: event time, then the order of kinds at one millisecond.
@@ -83,7 +84,11 @@ pub struct Ctx<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Presence {
     Online,
-    Offline { prolonged_fired: bool },
+    Offline {
+        prolonged_fired: bool,
+    },
+    /// Silent past the retention: its owner frees it.
+    Retired,
 }
 
 /// One device's state; checkpoints keep it whole, except the thresholds, which are resolved
@@ -179,8 +184,8 @@ impl Device {
         self.windows.iter().filter(|w| w.is_some()).count()
     }
 
-    /// The next thing due on this device.
-    pub fn next_due(&self) -> Option<Due> {
+    /// The next thing due on this device, whose state is kept for `retention_ms` of silence.
+    pub fn next_due(&self, retention_ms: i64) -> Option<Due> {
         let windows = self.windows.iter().flatten().map(|w| (w.end, CLOSE));
         let presence = match self.presence {
             Some(Presence::Online) => Some((
@@ -190,6 +195,12 @@ impl Device {
             Some(Presence::Offline {
                 prolonged_fired: false,
             }) => Some((self.since + self.thresholds.prolonged_offline_ms, RULE)),
+            _ => None,
+        };
+        let retire = match self.presence {
+            Some(Presence::Online | Presence::Offline { .. }) => {
+                Some((self.last_seen.saturating_add(retention_ms), RULE))
+            }
             _ => None,
         };
         let flapping = self
@@ -202,12 +213,15 @@ impl Device {
                     .map(|t| (t + self.thresholds.flapping_period_ms, RULE))
             })
             .flatten();
-        windows.chain(presence).chain(flapping).min()
+        windows.chain(presence).chain(flapping).chain(retire).min()
     }
 
     /// Processes everything due strictly before `until`.
     pub fn advance(&mut self, until: Due, ctx: &mut Ctx<'_>) {
-        while let Some(due) = self.next_due().filter(|d| *d < until) {
+        while let Some(due) = self
+            .next_due(ctx.cfg.device_retention_ms)
+            .filter(|d| *d < until)
+        {
             match due.1 {
                 CLOSE => self.close_windows(due.0, ctx),
                 DEADLINE => self.go_offline(due.0, ctx),
@@ -226,7 +240,13 @@ impl Device {
         }
     }
 
-    /// A reading, after [`Device::advance`] to `(r.ts, READING)`.
+    /// Whether the device was retired and is to be freed.
+    pub fn retired(&self) -> bool {
+        self.presence == Some(Presence::Retired)
+    }
+
+    /// A reading, after [`Device::advance`] to `(r.ts, READING)`. An arrival (a reading the DLQ
+    /// took for its clock) only keeps the device's presence and its clock anomaly up to date.
     pub fn reading(&mut self, r: &Reading, ctx: &mut Ctx<'_>) {
         if let Some(class) = r.device_class.as_deref()
             && self.class.as_deref() != Some(class)
@@ -236,6 +256,8 @@ impl Device {
             self.class = Some(class);
         }
         let ts = r.ts;
+        // An arrival opens windows too, so they count the offline time it ends; a window no
+        // measured reading joins is neither emitted nor judged.
         for (i, size) in ctx.cfg.windows_ms.iter().enumerate() {
             self.windows[i].get_or_insert_with(|| WindowState::open(ts, *size));
         }
@@ -270,11 +292,16 @@ impl Device {
                     self.change(AnomalyKind::ProlongedOffline, false, true, ts, obs, ctx);
                 }
             }
-            Some(Presence::Online) => {}
+            Some(Presence::Online | Presence::Retired) => {}
         }
         self.last_seen = ts;
+        self.clock_rule(r.clock_offset_ms, ts, ctx);
+        if r.kind == ReadingKind::Arrival {
+            return;
+        }
+        let retimed = (r.kind == ReadingKind::Retimed).then_some(r.clock_offset_ms);
         for w in self.windows.iter_mut().flatten() {
-            w.add(r);
+            w.add(r, retimed);
         }
         if let Some(rt) = r.response_time_ms {
             self.rt_rule(rt, ts, ctx);
@@ -297,6 +324,35 @@ impl Device {
                 ctx,
             );
         }
+    }
+
+    /// `clock_skew` fires while the device has a known clock offset and resolves when its clock
+    /// agrees with the truth again.
+    fn clock_rule(&mut self, offset: i64, ts: i64, ctx: &mut Ctx<'_>) {
+        let tolerance = ctx.cfg.clock_tolerance_ms;
+        let obs = || Observation {
+            observed: offset as f64,
+            threshold: tolerance as f64,
+            baseline: None,
+            message: if offset == 0 {
+                "the device's clock agrees with its partition's clock truth again".to_string()
+            } else {
+                format!(
+                    "the device's clock is {} s {} its partition's clock truth, tolerance {} s",
+                    offset.unsigned_abs() / 1000,
+                    if offset > 0 { "ahead of" } else { "behind" },
+                    tolerance / 1000
+                )
+            },
+        };
+        self.change(
+            AnomalyKind::ClockSkew,
+            offset != 0,
+            offset == 0,
+            ts,
+            obs,
+            ctx,
+        );
     }
 
     fn rt_rule(&mut self, rt: f64, ts: i64, ctx: &mut Ctx<'_>) {
@@ -337,6 +393,9 @@ impl Device {
     /// Emits a closed window; `judge` lets the rules see it (a complete window, not one cut
     /// short by the end of the input).
     fn emit_window(&mut self, mut w: WindowState, judge: bool, ctx: &mut Ctx<'_>) {
+        if w.is_empty() {
+            return;
+        }
         if let Some(Presence::Offline { .. }) = self.presence {
             w.add_offline(self.since, w.end);
         }
@@ -432,6 +491,10 @@ impl Device {
     }
 
     fn rule_timer(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        if ts >= self.last_seen.saturating_add(ctx.cfg.device_retention_ms) {
+            self.retire(ts, ctx);
+            return;
+        }
         if let Some(Presence::Offline {
             prolonged_fired: false,
         }) = self.presence
@@ -453,6 +516,43 @@ impl Device {
         if self.switches.is_firing(AnomalyKind::Flapping) {
             self.flapping(ts, ctx);
         }
+    }
+
+    /// Silent past the retention: every firing anomaly resolves (nothing is left firing for a
+    /// device nobody tracks), and a last transition says the device is retired.
+    fn retire(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        let silent = ts - self.last_seen;
+        for kind in self.switches.firing() {
+            let obs = || Observation {
+                observed: silent as f64,
+                threshold: ctx.cfg.device_retention_ms as f64,
+                baseline: None,
+                message: format!(
+                    "the device was retired after {} s of silence",
+                    silent / 1000
+                ),
+            };
+            let obs = obs();
+            self.change(kind, false, true, ts, || obs, ctx);
+        }
+        let previous = match self.presence {
+            Some(Presence::Online) => DeviceStatus::Online,
+            _ => DeviceStatus::Offline,
+        };
+        ctx.out.push(Output::Status(StatusTransition {
+            tenant_id: self.tenant.to_string(),
+            device_id: self.id.to_string(),
+            device_class: self.class.as_deref().map(str::to_string),
+            status: DeviceStatus::Offline,
+            previous: Some(previous),
+            ts,
+            last_seen: self.last_seen,
+            reason: TransitionReason::Retired,
+            time_in_previous_ms: Some(ts - self.since),
+            event_id: event_id::status(&self.tenant, &self.id, DeviceStatus::Offline, ts),
+        }));
+        self.presence = Some(Presence::Retired);
+        metrics::device_retired();
     }
 
     fn transition(

@@ -207,10 +207,15 @@ impl Engine {
                 (None, Some(_)) => self.fire_timer(&mut ctx),
                 _ => {
                     if let Some(r) = self.pending.pop() {
-                        let slot = self.slot(&r, &mut ctx);
-                        let device = &mut self.devices[slot as usize];
-                        device.advance((r.ts, READING), &mut ctx);
-                        device.reading(&r, &mut ctx);
+                        let mut slot = self.slot(&r, &mut ctx);
+                        self.devices[slot as usize].advance((r.ts, READING), &mut ctx);
+                        // Its timer fires first, but a reading must never reach a device it
+                        // would find retired.
+                        if self.devices[slot as usize].retired() {
+                            self.free(slot);
+                            slot = self.slot(&r, &mut ctx);
+                        }
+                        self.devices[slot as usize].reading(&r, &mut ctx);
                         self.reschedule(slot);
                     }
                 }
@@ -225,21 +230,56 @@ impl Engine {
         let Some(Reverse((due, slot))) = self.timers.pop() else {
             return;
         };
-        let device = &mut self.devices[slot as usize];
+        // A slot freed by a retired device may be empty, or another device's now.
+        let Some(device) = self.devices.get_mut(slot as usize) else {
+            return;
+        };
         if device.scheduled() != Some(due) {
             return;
         }
         device.set_scheduled(None);
         device.advance((due.0, due.1 + 1), ctx);
-        self.reschedule(slot);
+        if device.retired() {
+            self.free(slot);
+        } else {
+            self.reschedule(slot);
+        }
+    }
+
+    /// Frees a retired device's slot: the last device moves into it (its timer entries named
+    /// its old slot, so it is scheduled again here; entries left for the old slot find another
+    /// due time there, or nothing, and are dropped).
+    fn free(&mut self, slot: u32) {
+        let i = slot as usize;
+        let gone = self.devices.swap_remove(i);
+        let (tenant, id) = gone.key();
+        if let Some(devices) = self.index.get_mut(&tenant) {
+            devices.remove(&id);
+            if devices.is_empty() {
+                self.index.remove(&tenant);
+            }
+        }
+        if let Some(moved) = self.devices.get_mut(i) {
+            let (tenant, id) = moved.key();
+            moved.set_scheduled(None);
+            if let Some(s) = self
+                .index
+                .get_mut(&tenant)
+                .and_then(|devices| devices.get_mut(&id))
+            {
+                *s = slot;
+            }
+            self.reschedule(slot);
+        }
     }
 
     /// Keeps one timer entry per device, at or before its next due time: a later due (the usual
     /// case: every reading pushes the offline deadline back) leaves the earlier entry in place,
     /// and that entry reschedules when it fires, so the queue never fills with stale entries.
     fn reschedule(&mut self, slot: u32) {
+        let retention = self.cfg.device_retention_ms;
         let device = &mut self.devices[slot as usize];
-        let Some(next) = device.next_due() else {
+        let Some(next) = device.next_due(retention) else {
             return;
         };
         if device.scheduled().is_none_or(|s| next < s) {

@@ -11,6 +11,7 @@
 
 pub mod anomaly;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod cut;
 pub mod dataflow;

@@ -18,6 +18,16 @@ pub fn dead_letter(reason: DeadLetterReason) {
     counter!("fleetpulse_pipeline_dead_letters_total", "reason" => reason.as_str()).increment(1);
 }
 
+/// A reading re-timed by its device's clock offset.
+pub fn retimed() {
+    counter!("fleetpulse_pipeline_readings_retimed_total").increment(1);
+}
+
+/// A device retired after its silence passed the retention, its state freed.
+pub fn device_retired() {
+    counter!("fleetpulse_pipeline_devices_retired_total").increment(1);
+}
+
 /// Whether the brokers answer (1) or not (0).
 pub fn brokers_up(up: bool) {
     gauge!("fleetpulse_pipeline_brokers_up").set(if up { 1.0 } else { 0.0 });

@@ -170,6 +170,8 @@ mod tests {
             ok: true,
             battery_pct: None,
             signal_dbm: None,
+            clock_offset_ms: 0,
+            kind: crate::reading::ReadingKind::Stamped,
         }
     }
 

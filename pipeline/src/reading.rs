@@ -27,13 +27,36 @@ pub struct Reading {
     pub battery_pct: Option<f64>,
     /// Signal, dBm.
     pub signal_dbm: Option<f64>,
+    /// The device's known clock offset from its partition's clock truth, ms (0: none).
+    pub clock_offset_ms: i64,
+    /// What the reading is to the device.
+    pub kind: ReadingKind,
+}
+
+/// How the device operator takes a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadingKind {
+    /// A reading at the time it was stamped with.
+    Stamped,
+    /// A reading re-timed by the device's clock offset (`ts` is its stamp minus the offset).
+    Retimed,
+    /// A reading the DLQ took (its clock could not be trusted); it only says the device
+    /// reported, at `ts`, the partition's clock truth when it arrived.
+    Arrival,
 }
 
 impl Reading {
-    /// The reading of `t`, read at `partition`/`offset`.
-    pub fn new(t: Telemetry, partition: i32, offset: i64) -> Reading {
+    /// The reading of `t`, read at `partition`/`offset`, to be taken at `ts` as `kind`.
+    pub fn new(
+        t: Telemetry,
+        partition: i32,
+        offset: i64,
+        ts: i64,
+        clock_offset_ms: i64,
+        kind: ReadingKind,
+    ) -> Reading {
         Reading {
-            ts: t.ts,
+            ts,
             partition,
             offset,
             tenant_id: t.tenant_id,
@@ -43,6 +66,8 @@ impl Reading {
             ok: t.ok,
             battery_pct: t.battery_pct,
             signal_dbm: t.signal_dbm,
+            clock_offset_ms,
+            kind,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use schemas::Codec;
 
 use crate::checkpoint::{Checkpoint, Store, WorkerPart};
+use crate::clock::ClockRules;
 use crate::config::PipelineConfig;
 use crate::dataflow::{self, WorkerState};
 use crate::readiness::Readiness;
@@ -266,8 +267,14 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             bounds: Bounds {
                 out_of_orderness_ms: job.cfg.out_of_orderness_ms,
                 idle_timeout_ms: (!bounded).then_some(job.cfg.idle_timeout_ms),
-                max_future_skew_ms: job.cfg.max_future_skew_ms,
+                clock: ClockRules {
+                    tolerance_ms: job.cfg.clock_tolerance_ms,
+                    correction: job.cfg.clock_correction,
+                    trust_producer: job.cfg.trust_record_time,
+                    max_future_skew_ms: job.cfg.max_future_skew_ms,
+                },
             },
+            limits: job.cfg.limits,
             step_ms: job.cfg.watermark_step_ms,
             clock: Arc::clone(&job.clock),
             codec: Arc::clone(&job.codec),

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use schemas::{AnomalyKind, AnomalyState, DeviceStatus, StatusTransition};
+use schemas::{AnomalyKind, AnomalyState, DeviceStatus, StatusTransition, TransitionReason};
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{self, Observation};
@@ -56,6 +56,14 @@ impl Tenants {
         for t in batch {
             let tenant = self.tenants.entry(t.tenant_id.clone()).or_default();
             match t.status {
+                // A retired device was offline already (retention outlasts every offline
+                // timeout); it only leaves the outage it may still be counted in.
+                _ if t.reason == TransitionReason::Retired => {
+                    if t.previous == Some(DeviceStatus::Online) {
+                        tenant.online -= 1;
+                    }
+                    tenant.recent.retain(|(_, d)| *d != t.device_id);
+                }
                 DeviceStatus::Online => {
                     tenant.online += 1;
                     tenant.recent.retain(|(_, d)| *d != t.device_id);
@@ -137,8 +145,6 @@ fn judge(name: &str, t: &mut Tenant, ts: i64, cfg: &PipelineConfig, out: &mut Ve
 
 #[cfg(test)]
 mod tests {
-    use schemas::TransitionReason;
-
     use super::*;
 
     fn tr(device: usize, status: DeviceStatus, ts: i64) -> StatusTransition {

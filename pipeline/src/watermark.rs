@@ -1,10 +1,12 @@
 //! Per-partition event time: which readings are late or from the future, each partition's
 //! watermark, and the capability a source worker may hold given all its partitions.
 //!
-//! A partition's watermark is its largest accepted `ts` minus the allowed out-of-orderness. A
-//! reading behind it is late; judging per partition makes lateness a function of the partition's
-//! own order, not of how partitions interleave. A partition silent (on the wall clock) for longer
-//! than the idle timeout follows the wall clock instead, so it stops holding the frontier back;
+//! A partition's watermark is its clock truth ([`crate::clock`]: the broker's or a trusted
+//! producer's record time, or a consensus of its devices that no minority of wrong clocks can
+//! move) minus the allowed out-of-orderness. A reading behind it is late; judging per partition
+//! makes lateness a function of the partition's own order, not of how partitions interleave. A
+//! partition silent (on the wall clock) for longer than the idle timeout follows the wall clock
+//! instead, so it stops holding the frontier back;
 //! in bounded runs (files, `--until-end`) there is no idleness, and a partition that has been read
 //! to its end holds its last watermark until every partition has, so the frontier, and hence the
 //! output, never depends on which partition finished first.
@@ -14,8 +16,9 @@
 
 use std::collections::VecDeque;
 
-use schemas::DeadLetterReason;
 use serde::{Deserialize, Serialize};
+
+use crate::clock::{ClockRules, Judged, RecordTime, Truth};
 
 /// The event-time settings a tracker needs.
 #[derive(Debug, Clone, Copy)]
@@ -24,8 +27,8 @@ pub struct Bounds {
     pub out_of_orderness_ms: i64,
     /// Wall-clock silence after which a partition is idle, ms; `None` disables idleness.
     pub idle_timeout_ms: Option<i64>,
-    /// Allowed skew of `ts` ahead of the record timestamp, ms.
-    pub max_future_skew_ms: i64,
+    /// How clocks are judged.
+    pub clock: ClockRules,
 }
 
 /// One partition's event-time state; checkpoints keep it so lateness is judged after a restart
@@ -33,21 +36,28 @@ pub struct Bounds {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionClock {
     id: i32,
-    /// Watermark from data alone.
-    data: Option<i64>,
+    /// The partition's clock truth and its devices' clocks.
+    truth: Truth,
     /// Effective watermark: data or idleness, whichever is further.
     wm: Option<i64>,
     last_activity: i64,
     finished: bool,
 }
 
-/// The verdict on one reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Use it.
-    Accept,
-    /// Reject it with this reason.
-    Reject(DeadLetterReason),
+impl PartitionClock {
+    /// The watermark from data alone.
+    fn data(&self, bounds: &Bounds) -> Option<i64> {
+        self.truth
+            .time()
+            .map(|t| t.saturating_sub(bounds.out_of_orderness_ms))
+    }
+
+    /// Raises the effective watermark to what data has established.
+    fn follow_data(&mut self, bounds: &Bounds) {
+        if let Some(d) = self.data(bounds) {
+            self.wm = Some(self.wm.map_or(d, |w| w.max(d)));
+        }
+    }
 }
 
 /// Where one partition stood at a checkpoint cut: the offset to read from on resume (`None`:
@@ -92,7 +102,7 @@ impl Watermarks {
                 .iter()
                 .map(|id| PartitionClock {
                     id: *id,
-                    data: None,
+                    truth: Truth::default(),
                     wm: None,
                     last_activity: now,
                     finished: false,
@@ -138,45 +148,55 @@ impl Watermarks {
         h.points.push_back((point, next, clock));
     }
 
-    /// Judges a reading stamped `ts` at `offset` in partition `id` whose record timestamp is
-    /// `record_ts`, and moves the partition's watermark if it is accepted.
+    /// Judges a reading of `tenant`/`device` stamped `ts` at `offset` in partition `id`, which
+    /// arrived with `record`, and moves the partition's clock truth and watermark.
+    #[allow(clippy::too_many_arguments)] // one reading's coordinates, passed as read
     pub fn observe(
         &mut self,
         id: i32,
         offset: i64,
+        tenant: &str,
+        device: &str,
         ts: i64,
-        record_ts: Option<i64>,
+        record: RecordTime,
         now: i64,
-    ) -> Verdict {
+    ) -> Judged {
         let bounds = self.bounds;
         let Some(i) = self.index(id) else {
-            return Verdict::Accept;
+            return Judged::Accept {
+                ts,
+                offset: 0,
+                retimed: false,
+            };
         };
-        let verdict = {
+        // The state before this record, kept only when it may reach a new grid point: a
+        // reading is taken at most its stamp, or within the tolerance of the truth.
+        let bound = {
             let p = &self.partitions[i];
-            // Without a record timestamp (files), the partition's newest reading is the reference.
-            let reference = record_ts.or(p.data.map(|d| d + bounds.out_of_orderness_ms));
-            if reference.is_some_and(|r| ts > r.saturating_add(bounds.max_future_skew_ms)) {
-                Verdict::Reject(DeadLetterReason::Future)
-            } else if p.wm.is_some_and(|wm| ts < wm) {
-                Verdict::Reject(DeadLetterReason::Late)
-            } else {
-                Verdict::Accept
-            }
+            let truth = [p.truth.judged(), record.millis(), p.wm]
+                .into_iter()
+                .flatten()
+                .max();
+            truth.map_or(ts, |t| ts.max(t.saturating_add(bounds.clock.tolerance_ms)))
         };
-        if verdict == Verdict::Accept {
-            if let Some(point) = self.new_point(i, ts) {
-                let before = self.partitions[i].clone();
-                self.reach(i, point, Some(offset), before);
-            }
-            let p = &mut self.partitions[i];
-            let data = ts - bounds.out_of_orderness_ms;
-            p.data = Some(p.data.map_or(data, |d| d.max(data)));
-            p.wm = Some(p.wm.map_or(data, |w| w.max(data)));
+        let before = self.new_point(i, bound).map(|_| self.partitions[i].clone());
+        let p = &mut self.partitions[i];
+        let judged = p
+            .truth
+            .judge(tenant, device, ts, record, p.wm, &bounds.clock);
+        p.follow_data(&bounds);
+        p.last_activity = now;
+        let at = match judged {
+            Judged::Accept { ts, .. } => Some(ts),
+            Judged::Reject { arrival, .. } => arrival,
+        };
+        if let (Some(at), Some(before)) = (at, before)
+            && let Some(point) = self.new_point(i, at)
+        {
+            self.reach(i, point, Some(offset), before);
         }
-        self.partitions[i].last_activity = now;
         self.history[i].next = Some(offset + 1);
-        verdict
+        judged
     }
 
     /// Where every partition stood when its event time first reached `at` (a grid point the job
@@ -221,7 +241,7 @@ impl Watermarks {
     pub fn restore(&mut self, saved: &[PartitionClock], now: i64) {
         for p in &mut self.partitions {
             if let Some(s) = saved.iter().find(|s| s.id == p.id) {
-                p.data = s.data;
+                p.truth = s.truth.clone();
                 p.wm = s.wm;
                 p.last_activity = now;
             }
@@ -237,10 +257,15 @@ impl Watermarks {
         }
     }
 
-    /// Marks partition `id` as read to its end (bounded runs).
+    /// Marks partition `id` as read to its end (bounded runs); a partition that ended before it
+    /// heard enough devices for a clock truth takes one from what it heard.
     pub fn finish(&mut self, id: i32) {
+        let bounds = self.bounds;
         if let Some(i) = self.index(id) {
-            self.partitions[i].finished = true;
+            let p = &mut self.partitions[i];
+            p.finished = true;
+            p.truth.settle(&bounds.clock);
+            p.follow_data(&bounds);
         }
     }
 
@@ -249,16 +274,20 @@ impl Watermarks {
         self.partitions.iter().all(|p| p.finished)
     }
 
-    /// Lets idle partitions follow the wall clock `now`.
+    /// Lets idle partitions follow the wall clock `now`: their watermark, and the truth later
+    /// readings are judged against.
     pub fn tick(&mut self, now: i64) {
-        let Some(idle) = self.bounds.idle_timeout_ms else {
+        let bounds = self.bounds;
+        let Some(idle) = bounds.idle_timeout_ms else {
             return;
         };
-        let follow = now - self.bounds.out_of_orderness_ms;
+        let follow = now - bounds.out_of_orderness_ms;
         for i in 0..self.partitions.len() {
             let p = &mut self.partitions[i];
             if !p.finished && now - p.last_activity >= idle && p.wm.is_none_or(|w| follow > w) {
-                p.wm = Some(follow);
+                p.truth.follow(now, &bounds.clock);
+                p.follow_data(&bounds);
+                p.wm = Some(p.wm.map_or(follow, |w| w.max(follow)));
                 if let Some(point) = self.new_point(i, follow) {
                     let (after, next) = (self.partitions[i].clone(), self.history[i].next);
                     self.reach(i, point, next, after);
@@ -288,41 +317,65 @@ impl Watermarks {
 
     /// The largest watermark data alone has produced in any partition.
     pub fn data_max(&self) -> Option<i64> {
-        self.partitions.iter().filter_map(|p| p.data).max()
+        self.partitions
+            .iter()
+            .filter_map(|p| p.data(&self.bounds))
+            .max()
     }
 
     /// The least data watermark over partitions that had data: where a bounded input ends.
     pub fn data_min(&self) -> Option<i64> {
-        self.partitions.iter().filter_map(|p| p.data).min()
+        self.partitions
+            .iter()
+            .filter_map(|p| p.data(&self.bounds))
+            .min()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use schemas::DeadLetterReason;
 
     use super::*;
 
     const B: Bounds = Bounds {
         out_of_orderness_ms: 5,
         idle_timeout_ms: Some(100),
-        max_future_skew_ms: 1_000,
+        clock: ClockRules {
+            tolerance_ms: 50,
+            correction: true,
+            trust_producer: false,
+            max_future_skew_ms: 1_000,
+        },
     };
+
+    /// Broker-stamped: the record time is the truth at arrival.
+    fn at(t: i64) -> RecordTime {
+        RecordTime::Broker(t)
+    }
+
+    fn verdict(j: Judged) -> Option<DeadLetterReason> {
+        match j {
+            Judged::Accept { .. } => None,
+            Judged::Reject { reason, .. } => Some(reason),
+        }
+    }
 
     #[test]
     fn late_and_future_readings_are_rejected_per_partition() {
         let mut w = Watermarks::new(B, &[0, 1], 0);
-        assert_eq!(w.observe(0, 0, 100, None, 0), Verdict::Accept);
-        assert_eq!(w.observe(0, 0, 95, None, 0), Verdict::Accept);
+        assert_eq!(verdict(w.observe(0, 0, "t", "a", 100, at(100), 0)), None);
+        assert_eq!(verdict(w.observe(0, 1, "t", "a", 95, at(100), 0)), None);
         assert_eq!(
-            w.observe(0, 0, 94, None, 0),
-            Verdict::Reject(DeadLetterReason::Late)
+            verdict(w.observe(0, 2, "t", "b", 94, at(100), 0)),
+            Some(DeadLetterReason::Late)
         );
         // Partition 1 is judged on its own.
-        assert_eq!(w.observe(1, 0, 10, None, 0), Verdict::Accept);
+        assert_eq!(verdict(w.observe(1, 0, "t", "c", 10, at(10), 0)), None);
         assert_eq!(
-            w.observe(1, 0, 2_000, Some(999), 0),
-            Verdict::Reject(DeadLetterReason::Future)
+            verdict(w.observe(1, 1, "t", "c", 2_000, at(10), 0)),
+            Some(DeadLetterReason::Future)
         );
         assert_eq!(
             w.hold(),
@@ -336,7 +389,7 @@ mod tests {
     fn idle_partitions_follow_the_clock_and_finished_ones_hold() {
         let mut w = Watermarks::new(B, &[0, 1], 0);
         assert_eq!(w.hold(), Some(None));
-        w.observe(0, 0, 1_000, None, 50);
+        w.observe(0, 0, "t", "a", 1_000, at(1_000), 50);
         w.tick(120);
         // Partition 1 never spoke and is idle: it follows the clock (120 - 5).
         assert_eq!(w.hold(), Some(Some(115)));
@@ -350,7 +403,7 @@ mod tests {
             &[0, 1, 2],
             0,
         );
-        b.observe(0, 0, 50, None, 0);
+        b.observe(0, 0, "t", "a", 50, at(50), 0);
         b.finish(0);
         b.finish(2);
         b.tick(10_000);
@@ -359,7 +412,7 @@ mod tests {
             Some(None),
             "partition 1 still holds everything back"
         );
-        b.observe(1, 0, 90, None, 0);
+        b.observe(1, 0, "t", "a", 90, at(90), 0);
         assert_eq!(b.hold(), Some(Some(45)));
         b.finish(1);
         assert!(b.all_finished());
@@ -367,17 +420,42 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_that_ends_before_a_quorum_takes_its_truth_from_what_it_heard() {
+        let mut w = Watermarks::new(
+            Bounds {
+                idle_timeout_ms: None,
+                ..B
+            },
+            &[0],
+            0,
+        );
+        for (o, ts) in [(0, 100), (1, 80), (2, 120)] {
+            assert_eq!(
+                verdict(w.observe(0, o, "t", "a", ts, RecordTime::None, 0)),
+                None
+            );
+        }
+        assert_eq!(w.hold(), Some(None), "one device is no quorum yet");
+        w.finish(0);
+        assert_eq!(
+            w.data_min(),
+            Some(115),
+            "its one device's newest reading, less 5"
+        );
+    }
+
+    #[test]
     fn a_cut_resumes_each_partition_where_it_first_reached_the_cut() {
         let mut w = Watermarks::new(B, &[0, 1, 2], 0);
         w.record_cuts(100, &[(0, 7)]);
-        w.observe(0, 7, 150, None, 0);
-        w.observe(0, 8, 320, None, 0);
-        w.observe(0, 9, 250, None, 0);
-        w.observe(1, 0, 90, None, 0);
+        w.observe(0, 7, "t", "a", 150, at(150), 0);
+        w.observe(0, 8, "t", "a", 320, at(320), 0);
+        w.observe(0, 9, "t", "b", 318, at(320), 0);
+        w.observe(1, 0, "t", "a", 90, at(90), 0);
         let cut = w.cut(200);
         // Partition 0 first reached 200 at offset 8, with the state 150 had left.
         assert_eq!(cut[0].next, Some(8));
-        assert_eq!(cut[0].clock.data, Some(145));
+        assert_eq!(cut[0].clock.data(&B), Some(145));
         // Partition 1 is not there yet: it resumes after what it read; 2 read nothing.
         assert_eq!(cut[1].next, Some(1));
         assert_eq!(cut[2].next, None);
@@ -395,53 +473,73 @@ mod tests {
     proptest! {
         /// Replaying each partition from where a cut says, with the state it gives, judges every
         /// replayed record as the first pass did, and replays every reading accepted at or after
-        /// the cut: nothing after a cut is lost, nothing is judged differently.
+        /// the cut: nothing after a cut is lost, nothing is judged differently. The devices'
+        /// clocks are random, some far off, so offsets are confirmed and readings re-timed.
         #[test]
         fn replay_from_a_cut_judges_as_the_first_pass(
-            events in prop::collection::vec((0i32..3, 0i64..5_000), 1..300),
+            events in prop::collection::vec((0i32..3, 0usize..6, 0i64..5_000, 0u8..4), 1..300),
             at in 0i64..60,
         ) {
             let bounds = Bounds { idle_timeout_ms: None, ..B };
+            let devices = ["a", "b", "c", "d", "e", "f"];
+            let skews = [0, 0, 0, 0, 400, -3_000];
             let mut w = Watermarks::new(bounds, &[0, 1, 2], 0);
             w.record_cuts(100, &[]);
             let mut offsets = [0i64; 3];
             let mut first = Vec::new();
-            for (p, ts) in &events {
+            for (p, d, ts, stamp) in &events {
                 let o = offsets[*p as usize];
                 offsets[*p as usize] += 1;
-                first.push((*p, o, *ts, w.observe(*p, o, *ts, None, 0)));
+                let stamped = ts + skews[*d];
+                let record = match stamp {
+                    0 => RecordTime::None,
+                    1 => RecordTime::Broker(*ts),
+                    _ => RecordTime::Producer(stamped),
+                };
+                let judged = w.observe(*p, o, "t", devices[*d], stamped, record, 0);
+                first.push((*p, o, *d, stamped, record, judged));
             }
             let at = at * 100;
             let cut = w.cut(at);
             let mut replay = Watermarks::new(bounds, &[0, 1, 2], 0);
             replay.restore(&cut.iter().map(|r| r.clock.clone()).collect::<Vec<_>>(), 0);
-            for (p, o, ts, verdict) in &first {
+            for (p, o, d, stamped, record, judged) in &first {
                 let from = cut[*p as usize].next.unwrap_or(0);
                 if *o < from {
-                    prop_assert!(!(*verdict == Verdict::Accept && *ts >= at), "lost {p}/{o}");
+                    let kept = match judged {
+                        Judged::Accept { ts, .. } => Some(*ts),
+                        Judged::Reject { arrival, .. } => *arrival,
+                    };
+                    prop_assert!(kept.is_none_or(|t| t < at), "lost {p}/{o}");
                     continue;
                 }
-                prop_assert_eq!(replay.observe(*p, *o, *ts, None, 0), *verdict);
+                prop_assert_eq!(replay.observe(*p, *o, "t", devices[*d], *stamped, *record, 0), *judged);
             }
         }
 
-        /// Whatever the order, an accepted reading is never behind the worker's hold, and the
-        /// hold never goes back.
+        /// Whatever the order and the clocks, an accepted reading (and the arrival of a rejected
+        /// one) is never behind the worker's hold, and the hold never goes back.
         #[test]
         fn accepted_readings_are_never_behind_the_hold(
-            events in prop::collection::vec((0i32..3, 0i64..10_000, 0i64..50), 1..300)
+            events in prop::collection::vec((0i32..3, 0usize..4, 0i64..10_000, 0i64..50, any::<bool>()), 1..300)
         ) {
+            let devices = ["a", "b", "c", "d"];
             let mut w = Watermarks::new(B, &[0, 1, 2], 0);
             let mut now = 0;
             let mut last = i64::MIN;
-            for (p, ts, step) in events {
+            for (p, d, ts, step, broker) in events {
                 now += step;
                 w.tick(now);
                 let hold = w.hold().flatten().unwrap_or(i64::MIN);
                 prop_assert!(hold >= last);
                 last = hold;
-                if w.observe(p, 0, ts, None, now) == Verdict::Accept {
-                    prop_assert!(ts >= hold);
+                let record = if broker { RecordTime::Broker(ts / 2 + now) } else { RecordTime::None };
+                let kept = match w.observe(p, 0, "t", devices[d], ts, record, now) {
+                    Judged::Accept { ts, .. } => Some(ts),
+                    Judged::Reject { arrival, .. } => arrival,
+                };
+                if let Some(t) = kept {
+                    prop_assert!(t >= hold);
                 }
             }
         }

@@ -29,6 +29,8 @@ pub struct WindowState {
     signal_count: u32,
     /// At most the window's size, which configuration bounds to a day.
     offline_ms: i32,
+    /// The clock offset readings were re-timed by, the largest in magnitude; 0 when none was.
+    clock_offset_ms: i64,
 }
 
 /// The start of the window of size `size` holding `ts`.
@@ -56,11 +58,18 @@ impl WindowState {
             signal_sum: 0.0,
             signal_count: 0,
             offline_ms: 0,
+            clock_offset_ms: 0,
         }
     }
 
-    /// Adds a reading; readings arrive in event-time order.
-    pub fn add(&mut self, r: &Reading) {
+    /// Adds a reading; readings arrive in event-time order. `retimed`: the clock offset it was
+    /// re-timed by.
+    pub fn add(&mut self, r: &Reading, retimed: Option<i64>) {
+        if let Some(offset) = retimed
+            && offset.unsigned_abs() > self.clock_offset_ms.unsigned_abs()
+        {
+            self.clock_offset_ms = offset;
+        }
         self.count += 1;
         if !r.ok {
             self.errors += 1;
@@ -88,6 +97,11 @@ impl WindowState {
                 .offline_ms
                 .saturating_add(i32::try_from(overlap).unwrap_or(i32::MAX));
         }
+    }
+
+    /// Whether no reading was added (only arrivals opened it).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     /// Errors over readings.
@@ -149,6 +163,7 @@ impl WindowState {
             signal_mean,
             health_score,
             event_id: event_id::aggregate(tenant, device, size, self.start),
+            clock_offset_ms: (self.clock_offset_ms != 0).then_some(self.clock_offset_ms),
         }
     }
 }
@@ -178,15 +193,27 @@ mod tests {
             signal_dbm: Some(-60.0),
             ..Telemetry::example()
         };
-        let r = |rt: f64, ok: bool, b: f64| Reading::new(r(rt, ok, b), 0, 0);
-        w.add(&r(10.0, true, 90.0));
-        w.add(&r(30.0, false, 80.0));
-        w.add(&Reading {
-            response_time_ms: None,
-            battery_pct: None,
-            signal_dbm: None,
-            ..r(0.0, true, 0.0)
-        });
+        let r = |rt: f64, ok: bool, b: f64| {
+            Reading::new(
+                r(rt, ok, b),
+                0,
+                0,
+                1,
+                0,
+                crate::reading::ReadingKind::Stamped,
+            )
+        };
+        w.add(&r(10.0, true, 90.0), None);
+        w.add(&r(30.0, false, 80.0), Some(-240_000));
+        w.add(
+            &Reading {
+                response_time_ms: None,
+                battery_pct: None,
+                signal_dbm: None,
+                ..r(0.0, true, 0.0)
+            },
+            Some(3_000),
+        );
         w.add_offline(30_000, 90_000);
         let a = w.finish("t", "d", Some("sensor"), 500.0);
         assert_eq!((a.count, a.errors), (3, 1));
@@ -198,6 +225,11 @@ mod tests {
         assert_eq!(a.signal_mean, Some(-60.0));
         assert!((a.error_rate - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(a.event_id, "agg/t/d/60000/0");
+        assert_eq!(
+            a.clock_offset_ms,
+            Some(-240_000),
+            "the largest re-timing in magnitude"
+        );
         // Half the window offline costs half the presence share.
         assert!(a.health_score < 100.0);
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use pipeline::clock::RecordTime;
 use pipeline::output::Output;
 use pipeline::sink::Collector;
 use pipeline::source::memory::MemoryRecord;
@@ -36,7 +37,7 @@ fn an_idle_input_follows_the_clock_and_says_so() {
                 ..Telemetry::example()
             };
             MemoryRecord {
-                record_ts: Some(t.ts),
+                record_time: RecordTime::Producer(t.ts),
                 value: codec.encode(&t).expect("encodes"),
             }
         })

@@ -7,6 +7,7 @@ mod reference;
 
 use std::sync::Arc;
 
+use pipeline::clock::RecordTime;
 use pipeline::output::Output;
 use pipeline::sink::Collector;
 use pipeline::source::memory::MemoryRecord;
@@ -66,6 +67,7 @@ fn test_config() -> PipelineConfig {
     cfg.thresholds.flapping_period_ms = 120_000;
     cfg.baseline.warmup_windows = 3;
     cfg.baseline.m = 2;
+    cfg.device_retention_ms = 120_000;
     cfg
 }
 
@@ -81,6 +83,16 @@ struct DeviceSpec {
     /// Per reading: (error, jitter back in time, kind of message).
     marks: Vec<(bool, i64, u8)>,
     battery_start: f64,
+    /// How far its clock is off, ms; the second offset takes over every eighth reading for
+    /// eight readings (a clock that jumps back and forth).
+    clock: (i64, i64),
+    /// Whether its producer stamps records with the device's own clock (else a gateway's).
+    stamps_own: bool,
+}
+
+/// Mostly right clocks; the others off by less than the allowed future skew, by more, or behind.
+fn clock_offset() -> impl Strategy<Value = i64> {
+    prop_oneof![12 => Just(0i64), 1 => Just(45_000i64), 1 => Just(600_000i64), 1 => Just(-3_600_000i64)]
 }
 
 fn device_spec() -> impl Strategy<Value = DeviceSpec> {
@@ -89,20 +101,24 @@ fn device_spec() -> impl Strategy<Value = DeviceSpec> {
         0u8..2,
         any::<bool>(),
         prop::collection::vec(
-            prop_oneof![8 => 500i64..6_000, 1 => 16_000i64..90_000],
+            prop_oneof![16 => 500i64..6_000, 2 => 16_000i64..90_000, 1 => 125_000i64..200_000],
             1..40,
         ),
         prop::collection::vec((prop::bool::weighted(0.2), 0i64..2_500, 0u8..40), 40),
         10.0f64..100.0,
+        (clock_offset(), clock_offset()),
+        any::<bool>(),
     )
         .prop_map(
-            |(partition, tenant, slow, gaps, marks, battery_start)| DeviceSpec {
+            |(partition, tenant, slow, gaps, marks, battery_start, clock, stamps_own)| DeviceSpec {
                 partition,
                 tenant,
                 slow,
                 gaps,
                 marks,
                 battery_start,
+                clock,
+                stamps_own,
             },
         )
 }
@@ -125,6 +141,12 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Vec<Vec<MemoryRecord>> {
             if kind == 7 {
                 ts = sent + 120_000;
             }
+            let offset = if (i / 8) % 2 == 1 {
+                spec.clock.1
+            } else {
+                spec.clock.0
+            };
+            ts += offset;
             let t = Telemetry {
                 tenant_id: format!("tenant-{}", spec.tenant),
                 device_id: format!("dev-{d}"),
@@ -146,7 +168,12 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Vec<Vec<MemoryRecord>> {
                 }),
                 signal_dbm: (kind != 10).then_some(-60.0 - (i % 5) as f64 * 10.0),
                 device_class: Some(if d % 2 == 0 { "sensor" } else { "gateway" }.into()),
-                attributes: Default::default(),
+                // Over the limit on attributes: a dead letter naming them.
+                attributes: if kind == 13 {
+                    (0..300).map(|a| (a.to_string(), String::new())).collect()
+                } else {
+                    Default::default()
+                },
             };
             let value = match kind {
                 8 => vec![0xde, 0xad, 0xbe, 0xef],
@@ -159,15 +186,15 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Vec<Vec<MemoryRecord>> {
                 12 => serde_json::to_vec(&t).unwrap_or_default(),
                 _ => codec.encode(&t).unwrap_or_default(),
             };
-            // Partition 3 has no record timestamps, as a file has none.
-            sends[p].push((
-                sent,
-                d,
-                MemoryRecord {
-                    record_ts: (p != 3).then_some(sent),
-                    value,
-                },
-            ));
+            // Partition 3 has no record timestamps, as a file has none; partition 2's are the
+            // broker's; the others' their producers', a gateway's or the device's own.
+            let record_time = match p {
+                3 => RecordTime::None,
+                2 => RecordTime::Broker(sent),
+                _ if spec.stamps_own => RecordTime::Producer(sent + offset),
+                _ => RecordTime::Producer(sent),
+            };
+            sends[p].push((sent, d, MemoryRecord { record_time, value }));
         }
     }
     sends
@@ -218,8 +245,9 @@ proptest! {
     fn the_dataflow_agrees_with_the_model(
         devices in prop::collection::vec(device_spec(), 1..14),
         partitions in 1usize..5,
+        trust_record_time in any::<bool>(),
     ) {
-        let cfg = test_config();
+        let cfg = PipelineConfig { trust_record_time, ..test_config() };
         let input = build(&devices, partitions);
         compare(&input, &cfg, 1)?;
         compare(&input, &cfg, 3)?;
@@ -238,9 +266,15 @@ fn a_mass_outage_is_one_anomaly() {
             .collect(),
         marks: vec![(false, 0, 20)],
         battery_start: 90.0,
+        clock: (0, 0),
+        stamps_own: false,
     };
     let devices: Vec<_> = (0..10).map(spec).collect();
-    let cfg = test_config();
+    // The outage outlasts the usual test retention; here the devices come back, not retire.
+    let cfg = PipelineConfig {
+        device_retention_ms: 600_000,
+        ..test_config()
+    };
     let input = build(&devices, 3);
     let out = normalise(dataflow(&input, &cfg, 2));
     let mass: Vec<_> = out
@@ -303,6 +337,9 @@ fn the_random_streams_cover_every_rule() {
         "Flapping/Firing",
         "Flapping/Resolved",
         "ErrorRateBaseline/Firing",
+        "ClockSkew/Firing",
+        "ClockSkew/Resolved",
+        "Retired",
     ] {
         assert!(seen.contains(want), "no {want} in {seen:?}");
     }
@@ -342,7 +379,7 @@ proptest! {
         let n = messages.len();
         let partitions = vec![messages
             .into_iter()
-            .map(|value| MemoryRecord { record_ts: Some(T0 + 50_000), value })
+            .map(|value| MemoryRecord { record_time: RecordTime::Producer(T0 + 50_000), value })
             .collect::<Vec<_>>()];
         let cfg = test_config();
         let out = dataflow(&partitions, &cfg, 2);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use generator::{Fleet, GeneratorConfig, MessageFormat};
 use pipeline::checkpoint::Store;
+use pipeline::clock::RecordTime;
 use pipeline::output::Output;
 use pipeline::reading::route;
 use pipeline::sink::Collector;
@@ -37,7 +38,7 @@ fn input() -> Arc<Vec<Vec<MemoryRecord>>> {
             continue;
         }
         partitions[(route(&event.key) % 3) as usize].push(MemoryRecord {
-            record_ts: Some(event.record_ts),
+            record_time: RecordTime::Producer(event.record_ts),
             value,
         });
     }

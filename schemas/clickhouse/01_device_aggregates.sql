@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS {database}.device_aggregates
     signal_mean Nullable(Float64),
     health_score Float64,
     event_id String,
+    clock_offset_ms Nullable(Int64),
     inserted_at DateTime('UTC') DEFAULT now()
 )
 ENGINE = ReplacingMergeTree(inserted_at)

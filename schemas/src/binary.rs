@@ -88,6 +88,7 @@ pub(crate) fn read_window_aggregate<'a>(
         signal_mean: optional(body, double)?,
         health_score: double(body)?,
         event_id: string(body)?,
+        clock_offset_ms: optional(body, long)?,
     })
 }
 
@@ -99,7 +100,7 @@ mod tests {
     use crate::{Codec, WIRE_HEADER_LEN, WindowAggregate};
 
     /// The fields of `window_aggregate.avsc`, in the order [`read_window_aggregate`] reads them.
-    const WINDOW_AGGREGATE_FIELDS: [&str; 19] = [
+    const WINDOW_AGGREGATE_FIELDS: [&str; 20] = [
         "tenant_id",
         "device_id",
         "device_class",
@@ -119,6 +120,7 @@ mod tests {
         "signal_mean",
         "health_score",
         "event_id",
+        "clock_offset_ms",
     ];
 
     #[test]
@@ -175,9 +177,10 @@ mod tests {
             (any::<i64>(), any::<i64>(), any::<i64>(), any::<i64>()),
             (any::<f64>(), opt(), opt(), opt(), opt(), opt()),
             (opt(), opt(), opt(), opt(), any::<f64>(), "\\PC{0,40}"),
+            proptest::option::of(any::<i64>()),
         )
             .prop_map(
-                |((t, d, c), (s, e, n, x), (r, a, b, p5, p9, m), (bl, bm, sg, p99, h, id))| {
+                |((t, d, c), (s, e, n, x), (r, a, b, p5, p9, m), (bl, bm, sg, p99, h, id), off)| {
                     WindowAggregate {
                         tenant_id: t,
                         device_id: d,
@@ -198,6 +201,7 @@ mod tests {
                         signal_mean: sg,
                         health_score: h,
                         event_id: id,
+                        clock_offset_ms: off,
                     }
                 },
             )

@@ -17,18 +17,21 @@ pub enum DeadLetterReason {
     InvalidField,
     /// Behind its partition's watermark.
     Late,
-    /// Stamped too far ahead of its Kafka timestamp.
+    /// Stamped too far ahead of its partition's clock truth.
     Future,
+    /// From a device whose clock is known to be off, with clock correction turned off.
+    ClockSkew,
 }
 
 impl DeadLetterReason {
     /// Every reason, in schema order.
-    pub const ALL: [DeadLetterReason; 5] = [
+    pub const ALL: [DeadLetterReason; 6] = [
         DeadLetterReason::Undecodable,
         DeadLetterReason::Schema,
         DeadLetterReason::InvalidField,
         DeadLetterReason::Late,
         DeadLetterReason::Future,
+        DeadLetterReason::ClockSkew,
     ];
 
     /// The reason as written in the schema and in metric labels.
@@ -39,6 +42,7 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidField => "invalid_field",
             DeadLetterReason::Late => "late",
             DeadLetterReason::Future => "future",
+            DeadLetterReason::ClockSkew => "clock_skew",
         }
     }
 }

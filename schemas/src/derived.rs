@@ -46,6 +46,8 @@ pub struct WindowAggregate {
     pub health_score: f64,
     /// Deterministic id for deduplication.
     pub event_id: String,
+    /// The clock offset readings of the window were re-timed by, ms; `None` when none was.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl Record for WindowAggregate {
@@ -104,6 +106,8 @@ pub struct WindowAggregateRef<'a> {
     pub health_score: f64,
     /// Deterministic id for deduplication.
     pub event_id: &'a str,
+    /// The clock offset readings of the window were re-timed by, ms.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl WindowAggregateRef<'_> {
@@ -129,6 +133,7 @@ impl WindowAggregateRef<'_> {
             signal_mean: self.signal_mean,
             health_score: self.health_score,
             event_id: self.event_id.into(),
+            clock_offset_ms: self.clock_offset_ms,
         }
     }
 }
@@ -156,6 +161,7 @@ impl WindowAggregate {
             signal_mean: self.signal_mean,
             health_score: self.health_score,
             event_id: &self.event_id,
+            clock_offset_ms: self.clock_offset_ms,
         }
     }
 }
@@ -182,6 +188,8 @@ pub enum AnomalyKind {
     MassOffline,
     /// A kind newer than this reader.
     Unknown,
+    /// The device's clock is off the partition's clock truth by more than the tolerance.
+    ClockSkew,
 }
 
 /// Whether an anomaly started or stopped.
@@ -269,6 +277,9 @@ pub enum TransitionReason {
     Timeout,
     /// Only input idleness (the wall clock) moved event time past the deadline.
     InputIdle,
+    /// Silent for longer than the device retention: its state is freed, and its next reading
+    /// is `first_seen` again.
+    Retired,
 }
 
 /// A device went online or offline.

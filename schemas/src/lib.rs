@@ -22,6 +22,7 @@ mod dead_letter;
 mod derived;
 mod error;
 mod json;
+mod limits;
 mod record;
 mod store;
 mod telemetry;
@@ -34,6 +35,7 @@ pub use derived::{
     WindowAggregate, WindowAggregateRef,
 };
 pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
+pub use limits::Limits;
 pub use record::{Record, RecordKind, wire_name};
 pub use store::{BuiltinSchema, SchemaStore, builtin_schemas};
 pub use telemetry::{TS_MAX_MS, TS_MIN_MS, Telemetry};

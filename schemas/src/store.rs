@@ -31,7 +31,7 @@ pub struct BuiltinSchema {
 
 // Ids are part of the wire format of everything written without a networked registry: never
 // renumber, only append.
-const BUILTIN: [BuiltinSchema; 6] = [
+const BUILTIN: [BuiltinSchema; 10] = [
     BuiltinSchema {
         id: 1,
         kind: RecordKind::Telemetry,
@@ -48,24 +48,50 @@ const BUILTIN: [BuiltinSchema; 6] = [
         id: 3,
         kind: RecordKind::WindowAggregate,
         version: 1,
-        json: include_str!("../avro/window_aggregate.avsc"),
+        json: include_str!("../avro/window_aggregate.v1.avsc"),
     },
     BuiltinSchema {
         id: 4,
         kind: RecordKind::Anomaly,
         version: 1,
-        json: include_str!("../avro/anomaly.avsc"),
+        json: include_str!("../avro/anomaly.v1.avsc"),
     },
     BuiltinSchema {
         id: 5,
         kind: RecordKind::StatusTransition,
         version: 1,
-        json: include_str!("../avro/status_transition.avsc"),
+        json: include_str!("../avro/status_transition.v1.avsc"),
     },
     BuiltinSchema {
         id: 6,
         kind: RecordKind::DeadLetter,
         version: 1,
+        json: include_str!("../avro/dead_letter.v1.avsc"),
+    },
+    // Version 2 of the derived records (clock truth, device retention): clock_offset_ms on
+    // aggregates, the clock_skew anomaly and dead-letter reason, the retired transition.
+    BuiltinSchema {
+        id: 7,
+        kind: RecordKind::WindowAggregate,
+        version: 2,
+        json: include_str!("../avro/window_aggregate.avsc"),
+    },
+    BuiltinSchema {
+        id: 8,
+        kind: RecordKind::Anomaly,
+        version: 2,
+        json: include_str!("../avro/anomaly.avsc"),
+    },
+    BuiltinSchema {
+        id: 9,
+        kind: RecordKind::StatusTransition,
+        version: 2,
+        json: include_str!("../avro/status_transition.avsc"),
+    },
+    BuiltinSchema {
+        id: 10,
+        kind: RecordKind::DeadLetter,
+        version: 2,
         json: include_str!("../avro/dead_letter.avsc"),
     },
 ];
@@ -270,16 +296,16 @@ mod tests {
         let mut store = SchemaStore::builtin();
         let foreign = r#"{"type":"record","name":"Other","fields":[]}"#;
         assert!(matches!(
-            store.insert(9, foreign),
+            store.insert(99, foreign),
             Err(SchemaError::Foreign(_))
         ));
-        assert!(matches!(store.insert(9, "{"), Err(SchemaError::Parse(_))));
+        assert!(matches!(store.insert(99, "{"), Err(SchemaError::Parse(_))));
         let incompatible = r#"{"type":"record","name":"Telemetry","namespace":"io.fleetpulse",
             "fields":[{"name":"tenant_id","type":"long"}]}"#;
         assert!(matches!(
-            store.insert(9, incompatible),
+            store.insert(99, incompatible),
             Err(SchemaError::Incompatible { .. })
         ));
-        assert!(!store.knows(9));
+        assert!(!store.knows(99));
     }
 }

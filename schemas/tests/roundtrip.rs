@@ -52,11 +52,13 @@ prop_compose! {
         rts in proptest::collection::vec(proptest::option::of(num()), 6),
         battery_last in proptest::option::of(num()), battery_min in proptest::option::of(num()),
         signal_mean in proptest::option::of(num()), health_score in num(), event_id in text(),
+        clock_offset_ms in proptest::option::of(any::<i64>()),
     ) -> WindowAggregate {
         WindowAggregate { tenant_id, device_id, device_class, window_start,
             window_end: window_start + 60_000, count, errors, error_rate,
             rt_min: rts[0], rt_mean: rts[1], rt_p50: rts[2], rt_p95: rts[3], rt_p99: rts[4],
-            rt_max: rts[5], battery_last, battery_min, signal_mean, health_score, event_id }
+            rt_max: rts[5], battery_last, battery_min, signal_mean, health_score, event_id,
+            clock_offset_ms }
     }
 }
 

@@ -14,9 +14,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use generator::{Event, Fleet, GeneratorConfig, MessageFormat};
+use pipeline::clock::RecordTime;
 use pipeline::output::Output as Derived;
 use pipeline::source::memory::MemoryRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Timestamp;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::{Anomaly, Codec, DeadLetter, StatusTransition, WindowAggregate};
 
@@ -51,7 +53,7 @@ pub struct Read {
     pub offset: i64,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    pub timestamp: Option<i64>,
+    pub timestamp: RecordTime,
 }
 
 impl From<&rdkafka::message::BorrowedMessage<'_>> for Read {
@@ -61,7 +63,11 @@ impl From<&rdkafka::message::BorrowedMessage<'_>> for Read {
             offset: m.offset(),
             key: m.key().unwrap_or_default().to_vec(),
             value: m.payload().unwrap_or_default().to_vec(),
-            timestamp: m.timestamp().to_millis(),
+            timestamp: match m.timestamp() {
+                Timestamp::NotAvailable => RecordTime::None,
+                Timestamp::CreateTime(t) => RecordTime::Producer(t),
+                Timestamp::LogAppendTime(t) => RecordTime::Broker(t),
+            },
         }
     }
 }
@@ -275,7 +281,7 @@ pub fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>>
     let mut out = vec![Vec::new(); partitions];
     for m in read {
         out[m.partition as usize].push(MemoryRecord {
-            record_ts: m.timestamp,
+            record_time: m.timestamp,
             value: m.value,
         });
     }

@@ -4,12 +4,14 @@
 //!
 //! The model shares only leaf primitives with the pipeline (the health formula, the quantile
 //! digest, the fire/resolve switch, the baseline estimator and the tenant counter, each unit-
-//! tested on its own); lateness, ordering, windowing, presence, timers and the end of input are
-//! written here again, as batch computations over sorted lists.
+//! tested on its own); clock truth, lateness, ordering, windowing, presence, timers, retirement
+//! and the end of input are written here again: each partition's clock as a plain sequential
+//! scan over its records, everything after it as batch computations over sorted lists.
 
 use std::collections::BTreeMap;
 
 use pipeline::anomaly::{self, Baseline, Observation, Switches};
+use pipeline::clock::{BOOT_VOTES, CONFIRM_READINGS, CONFIRM_SUPPORT, QUORUM, RecordTime, WINDOW};
 use pipeline::config::{PipelineConfig, Thresholds};
 use pipeline::digest::RtDigest;
 use pipeline::event_id;
@@ -22,12 +24,251 @@ use schemas::{
     Telemetry, TransitionReason, WindowAggregate,
 };
 
-/// An accepted reading with its position.
+/// How a device takes an accepted reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// At its own time.
+    Stamped,
+    /// Re-timed by the device's clock offset.
+    Retimed,
+    /// Only its arrival counts (the DLQ took the reading).
+    Arrival,
+}
+
+/// An accepted reading with its position; `t.ts` is the time it is taken at.
 #[derive(Debug, Clone)]
 struct Accepted {
     t: Telemetry,
     partition: i32,
     offset: i64,
+    /// The device's known clock offset.
+    clock: i64,
+    kind: Kind,
+}
+
+/// One device's clock as its partition sees it.
+#[derive(Debug, Clone, Default)]
+struct DeviceClock {
+    offset: i64,
+    /// (offset, readings, votes cast when it began, truth when it began)
+    candidate: Option<(i64, u32, u64, i64)>,
+}
+
+/// One partition's clock truth, computed the plain way: every list kept whole and sorted anew.
+#[derive(Default)]
+struct PartitionModel {
+    truth: Option<i64>,
+    wm: Option<i64>,
+    /// (device, time) of the partition's last votes.
+    window: Vec<(String, i64)>,
+    heard: u32,
+    /// Readings ahead of the truth since the last vote.
+    streak: Vec<(String, i64)>,
+    cast: u64,
+    devices: BTreeMap<String, DeviceClock>,
+}
+
+/// What the partition made of a reading.
+enum Judgement {
+    Accept(i64, i64, Kind),
+    Reject(DeadLetterReason, Option<(i64, i64)>),
+}
+
+fn lower_median(mut times: Vec<i64>) -> Option<i64> {
+    times.sort_unstable();
+    let n = times.len();
+    (n > 0).then(|| times[(n - 1) / 2])
+}
+
+/// Each device's newest time.
+fn newest_per_device(pairs: &[(String, i64)]) -> BTreeMap<String, i64> {
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    for (d, t) in pairs {
+        let e = out.entry(d.clone()).or_insert(*t);
+        *e = (*e).max(*t);
+    }
+    out
+}
+
+impl PartitionModel {
+    fn raise(&mut self, t: Option<i64>) {
+        if let Some(t) = t {
+            self.truth = Some(self.truth.map_or(t, |x| x.max(t)));
+        }
+    }
+
+    /// Each voting device's newest vote in the window.
+    fn voters(&self) -> BTreeMap<String, i64> {
+        newest_per_device(&self.window)
+    }
+
+    fn median(&self) -> Option<i64> {
+        lower_median(self.voters().into_values().collect())
+    }
+
+    fn push(&mut self, device: &str, ts: i64) {
+        self.window.push((device.to_string(), ts));
+        if self.window.len() > WINDOW {
+            self.window.remove(0);
+        }
+    }
+
+    fn commit(&mut self, cfg: &PipelineConfig) {
+        let Some(m0) = self.median() else {
+            return;
+        };
+        let far: Vec<String> = self
+            .voters()
+            .into_iter()
+            .filter(|(_, t)| (t - m0).abs() > cfg.clock_tolerance_ms)
+            .map(|(d, _)| d)
+            .collect();
+        self.window.retain(|(d, _)| !far.contains(d));
+        self.raise(self.median());
+    }
+
+    fn judge(
+        &mut self,
+        device: &str,
+        ts: i64,
+        record: RecordTime,
+        cfg: &PipelineConfig,
+    ) -> Judgement {
+        let tolerance = cfg.clock_tolerance_ms;
+        let trusted = match record {
+            RecordTime::Broker(t) => Some(t),
+            RecordTime::Producer(t) if cfg.trust_record_time => Some(t),
+            _ => None,
+        };
+        self.raise(trusted);
+        let Some(mut at) = trusted.or(self.truth) else {
+            self.push(device, ts);
+            self.heard += 1;
+            if self.heard >= BOOT_VOTES || self.voters().len() >= QUORUM {
+                self.commit(cfg);
+            }
+            return Judgement::Accept(ts, 0, Kind::Stamped);
+        };
+        let near = |a: i64, b: i64| (a - b).abs() <= tolerance;
+        if trusted.is_none() && ts - at > tolerance {
+            // A run of readings ahead of the truth with no vote between them, from more than
+            // half of the devices voting lately, or as long as the window, are the truth's votes
+            // and set it.
+            self.streak.push((device.to_string(), ts));
+            if self.streak.len() > WINDOW {
+                self.streak.remove(0);
+            }
+            let run = newest_per_device(&self.streak);
+            let others = self
+                .voters()
+                .keys()
+                .filter(|d| !run.contains_key(*d))
+                .count();
+            if run.len() > others || self.streak.len() >= WINDOW {
+                let earlier = self.streak.len() - 1;
+                self.window = self.streak[..earlier].to_vec();
+                self.streak.clear();
+                self.raise(lower_median(run.into_values().collect()));
+                at = self.truth.unwrap_or(at);
+            }
+        }
+        let skew = ts - at;
+        let mut clock = self.devices.get(device).cloned().unwrap_or_default();
+        let agrees = if near(skew, clock.offset) {
+            clock.candidate = None;
+            true
+        } else if near(skew, 0) {
+            clock = DeviceClock::default();
+            true
+        } else {
+            let (readings, since, from) = match clock.candidate {
+                Some((c, n, since, from)) if near(skew, c) => (n + 1, since, from),
+                _ => (1, self.cast, at),
+            };
+            let kept = readings >= CONFIRM_READINGS && at - from >= tolerance;
+            let supported = trusted.is_some() || self.cast - since >= CONFIRM_SUPPORT;
+            if kept && supported {
+                clock = DeviceClock {
+                    offset: skew,
+                    candidate: None,
+                };
+                true
+            } else {
+                clock.candidate = Some((skew, readings, since, from));
+                false
+            }
+        };
+        let offset = clock.offset;
+        if offset == 0 && clock.candidate.is_none() {
+            self.devices.remove(device);
+        } else {
+            self.devices.insert(device.to_string(), clock);
+        }
+        let arrival = Some((at.max(self.wm.unwrap_or(i64::MIN)), offset));
+        let behind = |t: i64| self.wm.is_some_and(|w| t < w);
+        let vouched = record
+            .millis()
+            .is_some_and(|r| ts - r <= cfg.max_future_skew_ms);
+        let (judgement, votes) = if agrees && offset != 0 {
+            if !cfg.clock_correction {
+                (
+                    Judgement::Reject(DeadLetterReason::ClockSkew, arrival),
+                    false,
+                )
+            } else if behind(ts - offset) {
+                (Judgement::Reject(DeadLetterReason::Late, None), false)
+            } else {
+                (Judgement::Accept(ts - offset, offset, Kind::Retimed), false)
+            }
+        } else if skew > cfg.max_future_skew_ms && !vouched {
+            (Judgement::Reject(DeadLetterReason::Future, arrival), false)
+        } else if behind(ts) {
+            (Judgement::Reject(DeadLetterReason::Late, None), false)
+        } else {
+            (Judgement::Accept(ts, offset, Kind::Stamped), agrees)
+        };
+        if votes {
+            self.cast += 1;
+            self.streak.clear();
+            if trusted.is_none() {
+                self.push(device, ts);
+                self.raise(self.median());
+            }
+        }
+        judgement
+    }
+
+    fn settle(&mut self, cfg: &PipelineConfig) {
+        if self.truth.is_none() {
+            self.commit(cfg);
+        }
+        self.follow(cfg);
+    }
+
+    fn follow(&mut self, cfg: &PipelineConfig) {
+        if let Some(t) = self.truth {
+            let data = t - cfg.out_of_orderness_ms;
+            self.wm = Some(self.wm.map_or(data, |w| w.max(data)));
+        }
+    }
+}
+
+/// Whether a reading breaks one of the configured limits.
+fn over_limits(len: usize, t: &Telemetry, cfg: &PipelineConfig) -> bool {
+    let l = &cfg.limits;
+    let ids = [
+        Some(&t.tenant_id),
+        Some(&t.device_id),
+        t.device_class.as_ref(),
+    ];
+    len > l.message_bytes
+        || ids.iter().flatten().any(|id| id.len() > l.id_bytes)
+        || t.attributes.len() > l.attributes
+        || t.attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            > l.attribute_bytes
 }
 
 /// Runs the model over in-memory partitions.
@@ -38,32 +279,36 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
     let mut last_watermarks = Vec::new();
     for (p, records) in partitions.iter().enumerate() {
         let p = p as i32;
-        let mut max_ts: Option<i64> = None;
+        let mut clock = PartitionModel::default();
         for (offset, rec) in records.iter().enumerate() {
             let offset = offset as i64;
             let reason = match codec.decode_telemetry(&rec.value, InputFormat::Auto) {
                 Err(e) => Some(e.reason()),
-                // Without a record timestamp (a file), the newest accepted reading is the
-                // reference.
-                Ok(t)
-                    if rec
-                        .record_ts
-                        .or(max_ts)
-                        .is_some_and(|r| t.ts > r + cfg.max_future_skew_ms) =>
-                {
-                    Some(DeadLetterReason::Future)
-                }
-                Ok(t) if max_ts.is_some_and(|m| t.ts < m - cfg.out_of_orderness_ms) => {
-                    Some(DeadLetterReason::Late)
+                Ok(t) if over_limits(rec.value.len(), &t, cfg) => {
+                    Some(DeadLetterReason::InvalidField)
                 }
                 Ok(t) => {
-                    max_ts = Some(max_ts.map_or(t.ts, |m| m.max(t.ts)));
-                    accepted.push(Accepted {
-                        t,
-                        partition: p,
-                        offset,
-                    });
-                    None
+                    // The device's key: tenant and id, which no two distinct pairs share.
+                    let key = format!("{}\u{0}{}", t.tenant_id, t.device_id);
+                    let judged = clock.judge(&key, t.ts, rec.record_time, cfg);
+                    clock.follow(cfg);
+                    let (accept, reason) = match judged {
+                        Judgement::Accept(ts, offset, kind) => (Some((ts, offset, kind)), None),
+                        Judgement::Reject(reason, arrival) => (
+                            arrival.map(|(at, offset)| (at, offset, Kind::Arrival)),
+                            Some(reason),
+                        ),
+                    };
+                    if let Some((ts, clock, kind)) = accept {
+                        accepted.push(Accepted {
+                            t: Telemetry { ts, ..t },
+                            partition: p,
+                            offset,
+                            clock,
+                            kind,
+                        });
+                    }
+                    reason
                 }
             };
             if let Some(reason) = reason {
@@ -75,13 +320,14 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
                     raw: rec.value.clone(),
                     reason,
                     detail: String::new(),
-                    record_ts: rec.record_ts,
+                    record_ts: rec.record_time.millis(),
                     event_id: event_id::dead_letter(topic, p, offset),
                 }));
             }
         }
-        if let Some(m) = max_ts {
-            last_watermarks.push(m - cfg.out_of_orderness_ms);
+        clock.settle(cfg);
+        if let Some(t) = clock.truth {
+            last_watermarks.push(t - cfg.out_of_orderness_ms);
         }
     }
     let last_wm = last_watermarks.into_iter().min().unwrap_or(i64::MIN);
@@ -96,8 +342,21 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
     let mut transitions = Vec::new();
     for ((tenant, device), mut readings) in by_device {
         readings.sort_by_key(|a| (a.t.ts, a.partition, a.offset));
-        let d = DeviceModel::new(&tenant, &device, &readings, cfg, last_wm);
-        d.emit(&mut out, &mut transitions);
+        // A device silent past the retention is retired; what follows is a new device.
+        let mut lives: Vec<&[Accepted]> = Vec::new();
+        let mut start = 0;
+        for i in 1..readings.len() {
+            if readings[i].t.ts > readings[i - 1].t.ts + cfg.device_retention_ms {
+                lives.push(&readings[start..i]);
+                start = i;
+            }
+        }
+        lives.push(&readings[start..]);
+        let last = lives.len() - 1;
+        for (i, life) in lives.into_iter().enumerate() {
+            let d = DeviceModel::new(&tenant, &device, life, cfg, last_wm, i < last);
+            d.emit(&mut out, &mut transitions);
+        }
     }
 
     transitions.sort_by_key(|s: &StatusTransition| s.ts);
@@ -112,7 +371,8 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
     out
 }
 
-/// One device's readings, judged as a whole.
+/// One device's readings (of one life: from its first reading to its retirement), judged as a
+/// whole.
 struct DeviceModel<'a> {
     tenant: &'a str,
     device: &'a str,
@@ -121,6 +381,8 @@ struct DeviceModel<'a> {
     cfg: &'a PipelineConfig,
     th: Thresholds,
     last_wm: i64,
+    /// When the device is retired, if it is: nothing due at or after it is processed.
+    retired: Option<i64>,
 }
 
 /// Things that happen to a device, in the order they are processed at one millisecond.
@@ -136,20 +398,25 @@ enum Happening {
     Prolonged,
     /// A transition leaves the flapping period.
     FlapExpiry,
+    /// Silent past the retention.
+    Retire,
 }
 
 impl<'a> DeviceModel<'a> {
+    /// `followed`: another life of the device follows this one, which therefore ends retired.
     fn new(
         tenant: &'a str,
         device: &'a str,
         readings: &'a [Accepted],
         cfg: &'a PipelineConfig,
         last_wm: i64,
+        followed: bool,
     ) -> Self {
         // The model takes a device's class as fixed (every fleet in the tests keeps it); the
         // pipeline follows the class of each reading, which only differs when it changes.
         let class = readings.iter().rev().find_map(|a| a.t.device_class.clone());
-        DeviceModel {
+        let retire = readings.last().map(|a| a.t.ts + cfg.device_retention_ms);
+        let mut d = DeviceModel {
             tenant,
             device,
             th: cfg.thresholds_for(tenant, class.as_deref()),
@@ -157,12 +424,19 @@ impl<'a> DeviceModel<'a> {
             readings,
             cfg,
             last_wm,
-        }
+            retired: None,
+        };
+        d.retired = retire.filter(|r| followed || d.processed(*r, true));
+        d
     }
 
     /// Whether something due at `t` (processed after readings at `t` when `after_readings`) is
-    /// ever processed: before the device's last reading, or before the input's last watermark.
+    /// ever processed: before the device's last reading, or before the input's last watermark,
+    /// and before its retirement.
     fn processed(&self, t: i64, after_readings: bool) -> bool {
+        if let Some(r) = self.retired {
+            return t < r;
+        }
         let last = self.readings.last().map_or(i64::MIN, |a| a.t.ts);
         t < last || (t == last && !after_readings) || t < self.last_wm
     }
@@ -221,6 +495,7 @@ impl<'a> DeviceModel<'a> {
         }
         if let Some(last) = self.readings.last() {
             let deadline = last.t.ts + self.th.offline_timeout_ms;
+            let mut previous = DeviceStatus::Online;
             if self.processed(deadline, true) {
                 out.push(status(
                     DeviceStatus::Offline,
@@ -228,6 +503,18 @@ impl<'a> DeviceModel<'a> {
                     deadline,
                     last.t.ts,
                     TransitionReason::Timeout,
+                    since,
+                ));
+                since = deadline;
+                previous = DeviceStatus::Offline;
+            }
+            if let Some(r) = self.retired {
+                out.push(status(
+                    DeviceStatus::Offline,
+                    Some(previous),
+                    r,
+                    last.t.ts,
+                    TransitionReason::Retired,
                     since,
                 ));
             }
@@ -251,16 +538,24 @@ impl<'a> DeviceModel<'a> {
     }
 
     fn windows(&self, size: i64, transitions: &[StatusTransition]) -> Vec<(WindowAggregate, f64)> {
-        let mut groups: BTreeMap<i64, Vec<&Telemetry>> = BTreeMap::new();
-        for a in self.readings {
+        let mut groups: BTreeMap<i64, Vec<&Accepted>> = BTreeMap::new();
+        for a in self.readings.iter().filter(|a| a.kind != Kind::Arrival) {
             groups
                 .entry(a.t.ts.div_euclid(size) * size)
                 .or_default()
-                .push(&a.t);
+                .push(a);
         }
         groups
             .into_iter()
-            .map(|(start, rs)| {
+            .map(|(start, accepted)| {
+                // The offset of the window's re-timed readings: the first of the largest.
+                let mut retimed = 0i64;
+                for a in accepted.iter().filter(|a| a.kind == Kind::Retimed) {
+                    if a.clock.abs() > retimed.abs() {
+                        retimed = a.clock;
+                    }
+                }
+                let rs: Vec<&Telemetry> = accepted.iter().map(|a| &a.t).collect();
                 let end = start + size;
                 let count = rs.len() as i64;
                 let errors = rs.iter().filter(|r| !r.ok).count() as i64;
@@ -308,6 +603,7 @@ impl<'a> DeviceModel<'a> {
                         self.cfg.health.rt_slo_ms,
                     ),
                     event_id: event_id::aggregate(self.tenant, self.device, size, start),
+                    clock_offset_ms: (retimed != 0).then_some(retimed),
                 };
                 (agg, rts.last().copied().unwrap_or(0.0))
             })
@@ -359,6 +655,10 @@ impl<'a> DeviceModel<'a> {
             timeline.push((a.t.ts, Happening::Reading(i)));
         }
         for (i, t) in transitions.iter().enumerate() {
+            if t.reason == TransitionReason::Retired {
+                timeline.push((t.ts, Happening::Retire));
+                continue;
+            }
             if t.status == DeviceStatus::Offline {
                 timeline.push((t.ts, Happening::Offline));
                 let at = t.ts + self.th.prolonged_offline_ms;
@@ -419,7 +719,8 @@ impl<'a> DeviceModel<'a> {
         for (ts, what) in timeline {
             match what {
                 Happening::Reading(i) => {
-                    let r = &self.readings[i].t;
+                    let a = &self.readings[i];
+                    let r = &a.t;
                     if r.device_class.is_some() {
                         class = r.device_class.clone();
                     }
@@ -435,6 +736,18 @@ impl<'a> DeviceModel<'a> {
                             obs((ts - since) as f64, th.prolonged_offline_ms as f64, None),
                             &class,
                         );
+                    }
+                    change(
+                        &mut sw,
+                        AnomalyKind::ClockSkew,
+                        a.clock != 0,
+                        a.clock == 0,
+                        ts,
+                        obs(a.clock as f64, self.cfg.clock_tolerance_ms as f64, None),
+                        &class,
+                    );
+                    if a.kind == Kind::Arrival {
+                        continue;
                     }
                     if let Some(rt) = r.response_time_ms {
                         recent.push(rt as f32);
@@ -536,6 +849,20 @@ impl<'a> DeviceModel<'a> {
                 Happening::FlapExpiry => {
                     if sw.is_firing(AnomalyKind::Flapping) {
                         self.flapping(&mut sw, &mut flaps, ts, &mut change, &class);
+                    }
+                }
+                Happening::Retire => {
+                    let silent = self.readings.last().map_or(0, |a| ts - a.t.ts);
+                    for kind in sw.firing() {
+                        change(
+                            &mut sw,
+                            kind,
+                            false,
+                            true,
+                            ts,
+                            obs(silent as f64, self.cfg.device_retention_ms as f64, None),
+                            &class,
+                        );
                     }
                 }
             }

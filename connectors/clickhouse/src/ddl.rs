@@ -44,6 +44,16 @@ pub const TABLES: [(&str, &str); 8] = [
     ),
 ];
 
+/// Columns added to a table after its first release: `(table, column, type, after)`. A table
+/// created by an older release lacks them, and `CREATE ... IF NOT EXISTS` leaves it as it is;
+/// [`apply`] adds what is missing.
+const ADDED_COLUMNS: [(&str, &str, &str, &str); 1] = [(
+    "device_aggregates",
+    "clock_offset_ms",
+    "Nullable(Int64)",
+    "event_id",
+)];
+
 /// What the statements are made for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {
@@ -121,8 +131,34 @@ pub async fn apply(
     for statement in statements(target)? {
         client.query(&statement).execute().await?;
     }
+    add_missing_columns(&client, database).await?;
     crate::encoded::check(&client, database).await?;
     tracing::info!(database, version = ?connection.version, "tables in place");
+    Ok(())
+}
+
+/// Adds the [`ADDED_COLUMNS`] a table made by an older release lacks (18.16 has no
+/// `ADD COLUMN IF NOT EXISTS`, so the server's own list of columns decides).
+async fn add_missing_columns(client: &clickhouse::Client, database: &str) -> Result<(), SinkError> {
+    let quoted = format!("`{}`", database.replace('`', ""));
+    for (table, column, kind, after) in ADDED_COLUMNS {
+        let present: Vec<String> = client
+            .query("SELECT name FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+            .bind(database)
+            .bind(table)
+            .bind(column)
+            .fetch_all()
+            .await?;
+        if present.is_empty() {
+            tracing::info!(table, column, "adding a column this release writes");
+            client
+                .query(&format!(
+                    "ALTER TABLE {quoted}.{table} ADD COLUMN {column} {kind} AFTER {after}"
+                ))
+                .execute()
+                .await?;
+        }
+    }
     Ok(())
 }
 

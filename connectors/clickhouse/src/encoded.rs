@@ -18,7 +18,7 @@ use crate::server::SinkError;
 
 /// The columns of `device_aggregates` the rows hold, in their order, with the type each is
 /// written as.
-pub const AGGREGATE_COLUMNS: [(&str, &str); 20] = [
+pub const AGGREGATE_COLUMNS: [(&str, &str); 21] = [
     ("tenant_id", "String"),
     ("device_id", "String"),
     ("device_class", "Nullable(String)"),
@@ -39,6 +39,7 @@ pub const AGGREGATE_COLUMNS: [(&str, &str); 20] = [
     ("signal_mean", "Nullable(Float64)"),
     ("health_score", "Float64"),
     ("event_id", "String"),
+    ("clock_offset_ms", "Nullable(Int64)"),
 ];
 
 /// Checks that `database.device_aggregates` has every column the rows hold, of a type they are
@@ -163,6 +164,13 @@ impl AggregateRows {
         }
         out.extend_from_slice(&a.health_score.to_le_bytes());
         string(out, a.event_id);
+        match a.clock_offset_ms {
+            Some(v) => {
+                out.push(0);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            None => out.push(1),
+        }
         self.windows.push(window);
     }
 
@@ -239,6 +247,7 @@ mod tests {
             signal_mean: some(-70.0),
             health_score: 97.5,
             event_id: format!("agg/{i}/é"),
+            clock_offset_ms: (i % 2 == 1).then_some(-i * 3_600_000),
         }
     }
 

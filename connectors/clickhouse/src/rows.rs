@@ -66,6 +66,8 @@ pub struct AggregateRow {
     pub health_score: f64,
     /// Deterministic id.
     pub event_id: String,
+    /// Clock offset readings were re-timed by, ms.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl From<&WindowAggregate> for AggregateRow {
@@ -98,6 +100,7 @@ impl From<WindowAggregate> for AggregateRow {
             signal_mean: a.signal_mean,
             health_score: a.health_score,
             event_id: a.event_id,
+            clock_offset_ms: a.clock_offset_ms,
         }
     }
 }

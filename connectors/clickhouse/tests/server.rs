@@ -72,6 +72,7 @@ async fn every_row_goes_in_and_comes_back_once() {
         signal_mean: Some(-70.0),
         health_score: 91.5,
         event_id: "agg/t1/d1/60000/1700000040000".into(),
+        clock_offset_ms: Some(-240_000),
     };
     assert_eq!(
         twice(&connection, "device_aggregates", &aggregate).await,

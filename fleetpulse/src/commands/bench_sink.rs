@@ -72,6 +72,7 @@ fn aggregate(i: u64) -> WindowAggregate {
             "agg/tenant-{:02}/dev-{device:06}/60000/{start}",
             device % 20
         ),
+        clock_offset_ms: None,
     }
 }
 

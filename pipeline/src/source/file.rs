@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use schemas::{DeadLetterReason, Record, Telemetry};
 
 use super::{Input, Payload, RawRecord, SourceError};
+use crate::clock::RecordTime;
 
 enum Reader {
     Ndjson(BufReader<File>),
@@ -136,7 +137,7 @@ impl Input for FileInput {
             out.push(RawRecord {
                 partition: 0,
                 offset: self.offset,
-                record_ts: None,
+                record_time: RecordTime::None,
                 key: None,
                 payload,
             });

@@ -11,11 +11,12 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Input, Payload, RawRecord, SourceError};
+use crate::clock::RecordTime;
 use crate::metrics;
 use crate::readiness::Readiness;
 
@@ -270,7 +271,7 @@ impl Input for KafkaInput {
                     out.push(RawRecord {
                         partition: m.partition(),
                         offset: m.offset(),
-                        record_ts: m.timestamp().to_millis(),
+                        record_time: record_time(m.timestamp()),
                         key: m.key().map(<[u8]>::to_vec),
                         payload: Payload::Wire(m.payload().map(<[u8]>::to_vec).unwrap_or_default()),
                     });
@@ -308,5 +309,15 @@ impl Input for KafkaInput {
         let mut p: Vec<(i32, i64)> = self.next.iter().map(|(p, o)| (*p, *o)).collect();
         p.sort_unstable();
         p
+    }
+}
+
+/// A record's timestamp and who stamped it: a topic with `message.timestamp.type =
+/// LogAppendTime` has the broker's clock on every record.
+fn record_time(t: Timestamp) -> RecordTime {
+    match t {
+        Timestamp::NotAvailable => RecordTime::None,
+        Timestamp::CreateTime(ms) => RecordTime::Producer(ms),
+        Timestamp::LogAppendTime(ms) => RecordTime::Broker(ms),
     }
 }

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Input, Payload, RawRecord, SourceError};
+use crate::clock::RecordTime;
 
 /// One record of an in-memory partition.
 #[derive(Debug, Clone)]
 pub struct MemoryRecord {
-    /// Record timestamp, if the record has one.
-    pub record_ts: Option<i64>,
+    /// Record timestamp, and who stamped it.
+    pub record_time: RecordTime,
     /// Wire bytes.
     pub value: Vec<u8>,
 }
@@ -79,7 +80,7 @@ impl Input for MemoryInput {
                     out.push(RawRecord {
                         partition: *p,
                         offset: offset as i64,
-                        record_ts: r.record_ts,
+                        record_time: r.record_time,
                         key: None,
                         payload: Payload::Wire(r.value.clone()),
                     });

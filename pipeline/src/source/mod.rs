@@ -24,11 +24,12 @@ use timely::dataflow::operators::probe::Handle;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::checkpoint::WorkerPart;
+use crate::clock::{Judged, RecordTime};
 use crate::event_id;
 use crate::metrics;
 use crate::readiness::Readiness;
-use crate::reading::Reading;
-use crate::watermark::{Bounds, PartitionClock, Verdict, Watermarks};
+use crate::reading::{Reading, ReadingKind};
+use crate::watermark::{Bounds, PartitionClock, Watermarks};
 
 /// Records read per activation at most, so one busy source cannot starve the other operators.
 const BATCH: usize = 8_192;
@@ -79,9 +80,8 @@ pub struct RawRecord {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// Kafka record timestamp; files have none (the future check then compares with the
-    /// partition's newest reading).
-    pub record_ts: Option<i64>,
+    /// Kafka record timestamp and who stamped it; files have none.
+    pub record_time: RecordTime,
     /// Key.
     pub key: Option<Vec<u8>>,
     /// Value.
@@ -206,6 +206,8 @@ pub struct SourceSettings {
     /// Everything before this event time is in the state the job resumed from: no cut may be
     /// at or before it.
     pub through: i64,
+    /// Bounds on what a reading may hold.
+    pub limits: schemas::Limits,
 }
 
 /// The three streams of a source.
@@ -356,28 +358,95 @@ pub fn source<'scope>(
                 let mut readings = readings.session(&held[0]);
                 let mut dead = dead.session(&held[2]);
                 for rec in buf.drain(..) {
+                    let invalid = |e: schemas::InvalidField| {
+                        (DeadLetterReason::InvalidField, e.to_string())
+                    };
                     let (result, raw) = match rec.payload {
                         Payload::Wire(bytes) => (
-                            decode(&mut codec, &bytes, settings.fetcher.as_deref(), &mut refused)
-                                .map_err(|e| (e.reason(), e.to_string())),
+                            settings
+                                .limits
+                                .check_message(bytes.len())
+                                .map_err(invalid)
+                                .and_then(|()| {
+                                    decode(
+                                        &mut codec,
+                                        &bytes,
+                                        settings.fetcher.as_deref(),
+                                        &mut refused,
+                                    )
+                                    .map_err(|e| (e.reason(), e.to_string()))
+                                }),
                             bytes,
                         ),
-                        Payload::Parsed { result, raw } => (result, raw),
+                        Payload::Parsed { result, raw } => (
+                            settings
+                                .limits
+                                .check_message(raw.len())
+                                .map_err(invalid)
+                                .and(result),
+                            raw,
+                        ),
                     };
+                    let result = result
+                        .and_then(|t| settings.limits.check(&t).map(|()| t).map_err(invalid));
+                    // Counted before the checkpoint this run resumed from.
+                    let fresh = |ts: i64| settings.replay_below.is_none_or(|c| ts >= c);
                     let rejected = match result {
-                        Ok(t) => match wm.observe(rec.partition, rec.offset, t.ts, rec.record_ts, now)
-                        {
-                            Verdict::Accept => {
-                                // Counted before the checkpoint this run resumed from.
-                                if settings.replay_below.is_none_or(|c| t.ts >= c) {
-                                    readings.give(Reading::new(t, rec.partition, rec.offset));
+                        Ok(t) => {
+                            let judged = wm.observe(
+                                rec.partition,
+                                rec.offset,
+                                &t.tenant_id,
+                                &t.device_id,
+                                t.ts,
+                                rec.record_time,
+                                now,
+                            );
+                            match judged {
+                                Judged::Accept {
+                                    ts,
+                                    offset,
+                                    retimed,
+                                } => {
+                                    if fresh(ts) {
+                                        let kind = if retimed {
+                                            metrics::retimed();
+                                            ReadingKind::Retimed
+                                        } else {
+                                            ReadingKind::Stamped
+                                        };
+                                        readings.give(Reading::new(
+                                            t,
+                                            rec.partition,
+                                            rec.offset,
+                                            ts,
+                                            offset,
+                                            kind,
+                                        ));
+                                    }
+                                    None
                                 }
-                                None
+                                Judged::Reject {
+                                    reason,
+                                    offset,
+                                    skew,
+                                    arrival,
+                                } => {
+                                    let detail = rejection(reason, t.ts, skew, offset);
+                                    if let Some(at) = arrival.filter(|at| fresh(*at)) {
+                                        readings.give(Reading::new(
+                                            t,
+                                            rec.partition,
+                                            rec.offset,
+                                            at,
+                                            offset,
+                                            ReadingKind::Arrival,
+                                        ));
+                                    }
+                                    Some((reason, detail))
+                                }
                             }
-                            Verdict::Reject(reason) => {
-                                Some((reason, rejection(reason, &t, rec.record_ts)))
-                            }
-                        },
+                        }
                         Err(why) => {
                             wm.touch(rec.partition, rec.offset, now);
                             Some(why)
@@ -402,7 +471,7 @@ pub fn source<'scope>(
                             raw,
                             reason,
                             detail,
-                            record_ts: rec.record_ts,
+                            record_ts: rec.record_time.millis(),
                         });
                     }
                 }
@@ -499,13 +568,24 @@ fn decode(
     }
 }
 
-fn rejection(reason: DeadLetterReason, t: &Telemetry, record_ts: Option<i64>) -> String {
+/// The detail of a dead letter the clocks rejected: the reading's time, how far it was off the
+/// partition's clock truth, and the device's known offset.
+fn rejection(reason: DeadLetterReason, ts: i64, skew: Option<i64>, offset: i64) -> String {
+    let off = skew.map_or(String::new(), |s| {
+        format!(" ({s} ms off the partition's clock truth)")
+    });
     match reason {
-        DeadLetterReason::Future => format!(
-            "ts {} is more than the allowed skew ahead of the record timestamp {}",
-            t.ts,
-            record_ts.unwrap_or_default()
+        DeadLetterReason::Future => {
+            format!("ts {ts}{off} is more than the allowed skew ahead of it")
+        }
+        DeadLetterReason::ClockSkew => format!(
+            "ts {ts}{off} comes from a device whose clock is {offset} ms off, and clock \
+             correction is off"
         ),
-        _ => format!("ts {} is behind its partition's watermark", t.ts),
+        _ if offset != 0 => format!(
+            "ts {ts}, re-timed by the device's clock offset of {offset} ms, is behind its \
+             partition's watermark"
+        ),
+        _ => format!("ts {ts}{off} is behind its partition's watermark"),
     }
 }

@@ -1,0 +1,862 @@
+//! Clock truth: the event time a partition's readings are judged against, which no single
+//! device's clock can move, and each device's clock offset from it.
+//!
+//! Where the truth comes from:
+//! - a record timestamp the broker stamped (`LogAppendTime`), or one configuration trusts
+//!   (`pipeline.trust_record_time`, for producers with a good clock such as fleetpulse's own
+//!   gateways): the truth at a record's arrival is its own timestamp;
+//! - otherwise a consensus of the partition's devices: the lower median, over the devices that
+//!   cast the partition's last [`WINDOW`] votes, of each one's newest vote among them. A device
+//!   votes with a reading that agrees with the truth (within `clock_tolerance_ms`) and with its
+//!   own clock; a device whose clock is off never votes, however often it reports, so fewer than
+//!   half of a partition's active devices cannot move the truth at all, whatever their clocks do.
+//!   Until the partition has heard [`QUORUM`] devices (or [`BOOT_VOTES`] readings, for
+//!   partitions of one or two devices) it has no truth: readings are taken as stamped, and the
+//!   first median drops the devices further than the tolerance from it. When the partition moves
+//!   on without a vote (a fleet back after a silence, devices that report less often than the
+//!   tolerance, or the devices still reporting outnumbered in the votes by devices that fell
+//!   silent), every reading is ahead of the old truth: a run of readings ahead of it, with no
+//!   vote in between, from more than half of the devices voting lately, or [`WINDOW`] readings
+//!   long, makes the median of their devices' newest readings the truth.
+//!
+//! A device's offset is its reading time minus the truth at arrival. A reading within the
+//! tolerance of the device's known offset (zero for most devices) agrees with its clock. A
+//! reading that does not is an outlier, judged as stamped (late, future, or accepted as it is)
+//! until the device keeps a new offset for [`CONFIRM_READINGS`] readings in a row, over at least
+//! the tolerance of the truth's time, while other devices upheld the truth with
+//! [`CONFIRM_SUPPORT`] votes (a trusted record time needs no support): the offset is then the
+//! device's, its readings are re-timed by it (or dead-lettered as `clock_skew` without
+//! correction), and the device operator raises a `clock_skew` anomaly. A burst of old readings
+//! replayed at once spans no time and is never taken for a clock. A reading that agrees with the
+//! truth itself puts the device's offset back to zero at once.
+//!
+//! A reading more than `max_future_skew_ms` ahead of the truth is `future`, unless its record
+//! timestamp, stamped by its producer, vouches for it (a partition whose devices report rarely
+//! has a truth that lags by up to a reporting interval).
+//!
+//! Everything here is state of the partition, checkpointed with it: the output is a function of
+//! the input alone.
+
+use std::collections::{HashMap, VecDeque};
+
+use schemas::DeadLetterReason;
+use serde::{Deserialize, Serialize};
+
+use crate::reading::fnv1a;
+
+/// Votes the consensus looks back over: a device's vote is its newest among the partition's last
+/// this many votes, and a run of this many readings ahead of the truth without a vote moves it.
+pub const WINDOW: usize = 64;
+/// Distinct devices a partition must have heard before it has a truth.
+pub const QUORUM: usize = 3;
+/// Readings after which a partition of fewer devices than [`QUORUM`] takes a truth anyway.
+pub const BOOT_VOTES: u32 = 16;
+/// Outlier readings in a row that make a new offset the device's.
+pub const CONFIRM_READINGS: u32 = 3;
+/// Votes of other devices while an outlier persists (consensus only): without them the device
+/// may be the first of a partition that moved on, not a wrong clock.
+pub const CONFIRM_SUPPORT: u64 = 3;
+/// A device's clock state is forgotten after this long without a reading (event time of the
+/// truth); its offset is confirmed again when it returns.
+const FORGET_AFTER_MS: i64 = 86_400_000;
+
+/// A record's timestamp and who stamped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordTime {
+    /// No timestamp (a file).
+    None,
+    /// Stamped by the producer (Kafka `CreateTime`).
+    Producer(i64),
+    /// Stamped by the broker on append (Kafka `LogAppendTime`).
+    Broker(i64),
+}
+
+impl RecordTime {
+    /// The timestamp, whoever stamped it.
+    pub fn millis(self) -> Option<i64> {
+        match self {
+            RecordTime::None => None,
+            RecordTime::Producer(t) | RecordTime::Broker(t) => Some(t),
+        }
+    }
+}
+
+/// The settings clocks are judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockRules {
+    /// A device whose clock is off by more than this has a wrong clock, ms.
+    pub tolerance_ms: i64,
+    /// Re-time readings of a device with a known offset (else dead-letter them).
+    pub correction: bool,
+    /// Trust producers' record timestamps as brokers' are trusted.
+    pub trust_producer: bool,
+    /// How far ahead of the truth a reading may be stamped, ms.
+    pub max_future_skew_ms: i64,
+}
+
+/// What became of one reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// Use it at event time `ts`: its own, or re-timed by the device's clock offset.
+    Accept {
+        /// Event time to use.
+        ts: i64,
+        /// The device's known clock offset, ms (0: none).
+        offset: i64,
+        /// Whether `ts` is the reading's time re-timed by `offset`.
+        retimed: bool,
+    },
+    /// A dead letter. `arrival`: the device's presence still counts the reading, at that time
+    /// (a device that reports is never shown offline because its clock is wrong).
+    Reject {
+        /// Why.
+        reason: DeadLetterReason,
+        /// The device's known clock offset, ms (0: none).
+        offset: i64,
+        /// The reading's time minus the truth at its arrival, when there is a truth.
+        skew: Option<i64>,
+        /// When the device's presence counts the reading.
+        arrival: Option<i64>,
+    },
+}
+
+/// A device whose clock is or may be off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DeviceClock {
+    /// The confirmed offset; 0 when the clock agrees with the truth.
+    offset: i64,
+    /// A new offset its readings agree on, not yet confirmed.
+    candidate: Option<Candidate>,
+    /// The truth at its last reading.
+    seen: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Candidate {
+    offset: i64,
+    readings: u32,
+    /// Votes cast in the partition when the candidate began.
+    since: u64,
+    /// The truth at its first reading.
+    from: i64,
+}
+
+/// The partition's last [`WINDOW`] votes, and each voting device's newest vote among them,
+/// sorted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Window {
+    /// `(device hash, time)`, oldest first.
+    ring: VecDeque<(u64, i64)>,
+    /// The voting devices: their votes in the ring, and the newest.
+    voters: HashMap<u64, (u32, i64)>,
+    /// The voters' newest votes, sorted.
+    sorted: Vec<i64>,
+}
+
+impl Window {
+    fn push(&mut self, device: u64, ts: i64) {
+        self.ring.push_back((device, ts));
+        self.add_vote(device, ts);
+        if self.ring.len() > WINDOW
+            && let Some((d, t)) = self.ring.pop_front()
+        {
+            self.drop_vote(d, t);
+        }
+    }
+
+    fn add_vote(&mut self, device: u64, ts: i64) {
+        match self.voters.get_mut(&device) {
+            Some((n, newest)) => {
+                *n += 1;
+                if ts > *newest {
+                    let old = std::mem::replace(newest, ts);
+                    self.unsort(old);
+                    self.sort_in(ts);
+                }
+            }
+            None => {
+                self.voters.insert(device, (1, ts));
+                self.sort_in(ts);
+            }
+        }
+    }
+
+    /// A vote left the ring: its device's newest is the newest of its votes still there.
+    fn drop_vote(&mut self, device: u64, ts: i64) {
+        let Some((n, newest)) = self.voters.get(&device).copied() else {
+            return;
+        };
+        if n <= 1 {
+            self.voters.remove(&device);
+            self.unsort(newest);
+        } else if ts >= newest {
+            let fresh = self
+                .ring
+                .iter()
+                .filter(|(d, _)| *d == device)
+                .map(|(_, t)| *t)
+                .max()
+                .unwrap_or(newest);
+            self.voters.insert(device, (n - 1, fresh));
+            self.unsort(newest);
+            self.sort_in(fresh);
+        } else {
+            self.voters.insert(device, (n - 1, newest));
+        }
+    }
+
+    fn sort_in(&mut self, t: i64) {
+        let at = self.sorted.partition_point(|x| *x < t);
+        self.sorted.insert(at, t);
+    }
+
+    fn unsort(&mut self, t: i64) {
+        if let Ok(i) = self.sorted.binary_search(&t) {
+            self.sorted.remove(i);
+        }
+    }
+
+    /// Keeps only the votes `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(u64, i64) -> bool) {
+        let kept: Vec<(u64, i64)> = self
+            .ring
+            .iter()
+            .copied()
+            .filter(|(d, t)| keep(*d, *t))
+            .collect();
+        *self = Window::default();
+        for (d, t) in kept {
+            self.push(d, t);
+        }
+    }
+
+    fn median(&self) -> Option<i64> {
+        lower_median(&self.sorted)
+    }
+}
+
+/// The lower median of sorted values: fewer than half of them cannot move it beyond the range
+/// of the rest.
+fn lower_median(sorted: &[i64]) -> Option<i64> {
+    sorted.get(sorted.len().checked_sub(1)? / 2).copied()
+}
+
+/// Each device's newest time among `(device, time)` pairs, in the order each last appears.
+fn newest(pairs: impl Iterator<Item = (u64, i64)>) -> Vec<(u64, i64)> {
+    let mut out: Vec<(u64, i64)> = Vec::new();
+    for (d, t) in pairs {
+        let mut t = t;
+        if let Some(i) = out.iter().position(|(e, _)| *e == d) {
+            t = t.max(out.remove(i).1);
+        }
+        out.push((d, t));
+    }
+    out
+}
+
+/// A stable hash of a device (its tenant and id; `0xff` never occurs in UTF-8, so no two pairs
+/// join to the same bytes).
+pub fn device_hash(tenant: &str, device: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(tenant.len() + device.len() + 1);
+    bytes.extend_from_slice(tenant.as_bytes());
+    bytes.push(0xff);
+    bytes.extend_from_slice(device.as_bytes());
+    fnv1a(&bytes)
+}
+
+/// One partition's clock truth and the clocks of its devices that disagree with it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Truth {
+    /// The truth data has established (monotone); `None` before the quorum.
+    time: Option<i64>,
+    /// Where idleness (the wall clock) has taken the truth; readings are judged against the
+    /// later of the two, while only `time` counts as data.
+    floor: Option<i64>,
+    window: Window,
+    /// Readings heard before the quorum.
+    heard: u32,
+    /// Ahead-of-truth readings since the last vote, `(device hash, time)`, the last [`WINDOW`].
+    streak: VecDeque<(u64, i64)>,
+    /// Votes cast so far.
+    cast: u64,
+    /// Devices with a known offset or a candidate, by tenant and id.
+    devices: HashMap<String, HashMap<String, DeviceClock>>,
+    device_count: usize,
+    /// When the device map next forgets silent devices (its size then).
+    prune_at: usize,
+}
+
+impl Truth {
+    /// The truth data has established, if any.
+    pub fn time(&self) -> Option<i64> {
+        self.time
+    }
+
+    /// The truth readings are judged against: data's, or the wall clock's when idleness took it
+    /// further.
+    pub fn judged(&self) -> Option<i64> {
+        match (self.time, self.floor) {
+            (Some(t), Some(f)) => Some(t.max(f)),
+            (t, f) => t.or(f),
+        }
+    }
+
+    /// Lets the wall clock `now` carry the truth of an idle partition, which then also takes a
+    /// truth from whatever votes it has.
+    pub fn follow(&mut self, now: i64, rules: &ClockRules) {
+        self.settle(rules);
+        self.floor = Some(self.floor.map_or(now, |f| f.max(now)));
+    }
+
+    /// Takes a truth from the votes heard so far, if there is none yet (the input ended, or the
+    /// partition went idle, before a quorum).
+    pub fn settle(&mut self, rules: &ClockRules) {
+        if self.time.is_none() && !self.window.sorted.is_empty() {
+            self.commit(rules.tolerance_ms);
+        }
+    }
+
+    fn raise(&mut self, t: Option<i64>) {
+        if let Some(t) = t {
+            self.time = Some(self.time.map_or(t, |x| x.max(t)));
+        }
+    }
+
+    /// Judges a reading of `tenant`/`device` stamped `ts`, arriving with `record`, against the
+    /// partition's watermark `wm` (event time behind which readings are late).
+    pub fn judge(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        ts: i64,
+        record: RecordTime,
+        wm: Option<i64>,
+        rules: &ClockRules,
+    ) -> Judged {
+        let trusted = match record {
+            RecordTime::Broker(t) => Some(t),
+            RecordTime::Producer(t) if rules.trust_producer => Some(t),
+            _ => None,
+        };
+        self.raise(trusted);
+        let hash = device_hash(tenant, device);
+        let Some(mut truth) = trusted.or_else(|| self.judged()) else {
+            // No truth yet: taken as stamped, and heard.
+            self.window.push(hash, ts);
+            self.heard += 1;
+            if self.heard >= BOOT_VOTES || self.window.voters.len() >= QUORUM {
+                self.commit(rules.tolerance_ms);
+            }
+            return Judged::Accept {
+                ts,
+                offset: 0,
+                retimed: false,
+            };
+        };
+        let tolerance = rules.tolerance_ms;
+        if trusted.is_none() && ts.saturating_sub(truth) > tolerance {
+            self.streak.push_back((hash, ts));
+            if self.streak.len() > WINDOW {
+                self.streak.pop_front();
+            }
+            if self.rebase() {
+                truth = self.judged().unwrap_or(truth);
+            }
+        }
+        let (judged, votes) = self.verdict(tenant, device, ts, record, truth, wm, rules);
+        if votes {
+            self.cast += 1;
+            self.streak.clear();
+            if trusted.is_none() {
+                self.window.push(hash, ts);
+                self.raise(self.window.median());
+            }
+        }
+        judged
+    }
+
+    /// What becomes of a reading judged against `truth`, and whether it votes (it agrees with
+    /// the truth and its device's clock has no offset).
+    #[allow(clippy::too_many_arguments)] // one reading and what it is judged by
+    fn verdict(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        ts: i64,
+        record: RecordTime,
+        truth: i64,
+        wm: Option<i64>,
+        rules: &ClockRules,
+    ) -> (Judged, bool) {
+        let trusted = matches!(record, RecordTime::Broker(_))
+            || (rules.trust_producer && matches!(record, RecordTime::Producer(_)));
+        let skew = ts.saturating_sub(truth);
+        let (offset, agrees) = self.device(tenant, device, skew, truth, rules, trusted);
+        let arrival = Some(wm.map_or(truth, |w| truth.max(w)));
+        let behind = |t: i64| wm.is_some_and(|w| t < w);
+        let reject = |reason, arrival| Judged::Reject {
+            reason,
+            offset,
+            skew: Some(skew),
+            arrival,
+        };
+        if agrees && offset != 0 {
+            if !rules.correction {
+                return (reject(DeadLetterReason::ClockSkew, arrival), false);
+            }
+            let ts = ts.saturating_sub(offset);
+            if behind(ts) {
+                return (reject(DeadLetterReason::Late, None), false);
+            }
+            let retimed = Judged::Accept {
+                ts,
+                offset,
+                retimed: true,
+            };
+            return (retimed, false);
+        }
+        let vouched = record
+            .millis()
+            .is_some_and(|r| ts.saturating_sub(r) <= rules.max_future_skew_ms);
+        if skew > rules.max_future_skew_ms && !vouched {
+            return (reject(DeadLetterReason::Future, arrival), false);
+        }
+        if behind(ts) {
+            return (reject(DeadLetterReason::Late, None), false);
+        }
+        let accepted = Judged::Accept {
+            ts,
+            offset,
+            retimed: false,
+        };
+        (accepted, agrees)
+    }
+
+    /// The first truth: the lower median of the voters' newest votes, after dropping the devices
+    /// further than the tolerance from it (a wrong clock among the first devices heard).
+    fn commit(&mut self, tolerance: i64) {
+        let Some(m0) = self.window.median() else {
+            return;
+        };
+        let far: Vec<u64> = self
+            .window
+            .voters
+            .iter()
+            .filter(|(_, (_, newest))| newest.abs_diff(m0) > tolerance.unsigned_abs())
+            .map(|(d, _)| *d)
+            .collect();
+        self.window.retain(|d, _| !far.contains(&d));
+        self.raise(self.window.median());
+    }
+
+    /// After a run of readings ahead of the truth with no vote in between (the last of them the
+    /// one being judged): if they come from more than half of the devices voting lately (those
+    /// of the votes and of the run), or the run is as long as the window of votes (the devices
+    /// still voting fell silent), the partition has moved on: the run's readings are its votes,
+    /// and the median of their devices' newest its truth. Returns whether it moved.
+    fn rebase(&mut self) -> bool {
+        let run = newest(self.streak.iter().copied());
+        if self.streak.len() < WINDOW {
+            // Most runs are one wrong clock between votes: too short to be a majority.
+            if 2 * self.streak.len() <= self.window.voters.len() {
+                return false;
+            }
+            let others = self
+                .window
+                .voters
+                .keys()
+                .filter(|d| !run.iter().any(|(r, _)| r == *d))
+                .count();
+            if run.len() <= others {
+                return false;
+            }
+        }
+        // The reading being judged (the run's last) votes for itself if it agrees with the new
+        // truth.
+        self.window = Window::default();
+        let earlier = self.streak.len().saturating_sub(1);
+        for (d, t) in self.streak.iter().take(earlier) {
+            self.window.push(*d, *t);
+        }
+        self.streak.clear();
+        let mut times: Vec<i64> = run.iter().map(|(_, t)| *t).collect();
+        times.sort_unstable();
+        self.raise(lower_median(&times));
+        true
+    }
+
+    /// Looks at a reading `skew` off the truth from the device's side: returns the device's
+    /// offset after it, and whether the reading agrees with that offset.
+    fn device(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        skew: i64,
+        truth: i64,
+        rules: &ClockRules,
+        trusted: bool,
+    ) -> (i64, bool) {
+        let tolerance = rules.tolerance_ms.unsigned_abs();
+        let near = |a: i64, b: i64| a.abs_diff(b) <= tolerance;
+        let known = self.devices.get(tenant).and_then(|d| d.get(device));
+        if known.is_none() && near(skew, 0) {
+            return (0, true);
+        }
+        let mut clock = known.cloned().unwrap_or_default();
+        clock.seen = truth;
+        let result = if near(skew, clock.offset) {
+            clock.candidate = None;
+            (clock.offset, true)
+        } else if near(skew, 0) {
+            clock.offset = 0;
+            clock.candidate = None;
+            (0, true)
+        } else {
+            let candidate = match clock.candidate {
+                Some(c) if near(skew, c.offset) => Candidate {
+                    offset: skew,
+                    readings: c.readings.saturating_add(1),
+                    ..c
+                },
+                _ => Candidate {
+                    offset: skew,
+                    readings: 1,
+                    since: self.cast,
+                    from: truth,
+                },
+            };
+            let kept = candidate.readings >= CONFIRM_READINGS
+                && truth.saturating_sub(candidate.from) >= rules.tolerance_ms;
+            let supported = trusted || self.cast - candidate.since >= CONFIRM_SUPPORT;
+            if kept && supported {
+                clock.offset = candidate.offset;
+                clock.candidate = None;
+                (clock.offset, true)
+            } else {
+                clock.candidate = Some(candidate);
+                (clock.offset, false)
+            }
+        };
+        if clock.offset == 0 && clock.candidate.is_none() {
+            self.remove(tenant, device);
+        } else {
+            self.insert(tenant, device, clock);
+        }
+        result
+    }
+
+    fn insert(&mut self, tenant: &str, device: &str, clock: DeviceClock) {
+        let devices = self.devices.entry(tenant.to_string()).or_default();
+        if devices.insert(device.to_string(), clock).is_none() {
+            self.device_count += 1;
+            if self.device_count > self.prune_at.max(1_024) {
+                self.prune();
+            }
+        }
+    }
+
+    fn remove(&mut self, tenant: &str, device: &str) {
+        if let Some(devices) = self.devices.get_mut(tenant)
+            && devices.remove(device).is_some()
+        {
+            self.device_count -= 1;
+            if devices.is_empty() {
+                self.devices.remove(tenant);
+            }
+        }
+    }
+
+    /// Forgets devices silent for a day of the truth's time; the map is then allowed to double
+    /// before the next look, so the scans cost a constant share per device.
+    fn prune(&mut self) {
+        let Some(now) = self.judged() else {
+            return;
+        };
+        for devices in self.devices.values_mut() {
+            devices.retain(|_, c| now.saturating_sub(c.seen) <= FORGET_AFTER_MS);
+        }
+        self.devices.retain(|_, d| !d.is_empty());
+        self.device_count = self.devices.values().map(HashMap::len).sum();
+        self.prune_at = 2 * self.device_count;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: ClockRules = ClockRules {
+        tolerance_ms: 30_000,
+        correction: true,
+        trust_producer: false,
+        max_future_skew_ms: 300_000,
+    };
+    const T0: i64 = 1_700_000_000_000;
+    const OOO: i64 = 5_000;
+
+    /// A partition's truth, driven the way its watermark tracker drives it.
+    struct Partition {
+        truth: Truth,
+        wm: Option<i64>,
+        rules: ClockRules,
+    }
+
+    impl Partition {
+        fn new(rules: ClockRules) -> Partition {
+            Partition {
+                truth: Truth::default(),
+                wm: None,
+                rules,
+            }
+        }
+
+        fn read(&mut self, device: &str, ts: i64, record: RecordTime) -> Judged {
+            let j = self
+                .truth
+                .judge("t", device, ts, record, self.wm, &self.rules);
+            if let Some(t) = self.truth.time() {
+                self.wm = Some(self.wm.map_or(t - OOO, |w| w.max(t - OOO)));
+            }
+            j
+        }
+
+        /// `n` honest devices each report once, at `at` plus a spread of under a second, their
+        /// records stamped by their producers when `stamped`.
+        fn honest(&mut self, n: usize, at: i64, stamped: bool) -> Vec<Judged> {
+            (0..n)
+                .map(|d| {
+                    let ts = at + (d as i64 * 37) % 1_000;
+                    let record = if stamped {
+                        RecordTime::Producer(ts)
+                    } else {
+                        RecordTime::None
+                    };
+                    self.read(&format!("h{d}"), ts, record)
+                })
+                .collect()
+        }
+
+        fn honest_second(&mut self, n: usize, at: i64) -> Vec<Judged> {
+            self.honest(n, at, true)
+        }
+    }
+
+    fn accepted(j: Judged) -> bool {
+        matches!(j, Judged::Accept { .. })
+    }
+
+    #[test]
+    fn a_fast_clock_in_the_partition_costs_the_others_nothing() {
+        let mut p = Partition::new(RULES);
+        for s in 0..150 {
+            let at = T0 + s * 1_000;
+            assert!(
+                p.honest_second(20, at).into_iter().all(accepted),
+                "second {s}"
+            );
+            // Four minutes ahead, its record stamped by its own clock.
+            let fast = at + 240_000;
+            p.read("liar", fast, RecordTime::Producer(fast));
+            let truth = p.truth.time().unwrap_or_default();
+            assert!(
+                (at - 1_000..=at + 1_000).contains(&truth),
+                "{truth} at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_clock_is_recognised_then_retimed_and_put_right_at_once() {
+        let mut p = Partition::new(RULES);
+        let mut seen = Vec::new();
+        for s in 0..40 {
+            let at = T0 + s * 1_000;
+            p.honest_second(10, at);
+            seen.push(p.read("slow", at - 3_600_000, RecordTime::None));
+        }
+        // Its first readings are late (it cannot be told from a straggler yet) ...
+        assert!(matches!(
+            seen[0],
+            Judged::Reject {
+                reason: DeadLetterReason::Late,
+                ..
+            }
+        ));
+        // ... then, kept for the tolerance of the partition's time, its offset is its own, and
+        // its readings come at the partition's time.
+        assert!(
+            seen[..30]
+                .iter()
+                .all(|j| !matches!(j, Judged::Accept { .. }))
+        );
+        let Judged::Accept {
+            ts,
+            offset,
+            retimed: true,
+        } = seen[39]
+        else {
+            panic!("{:?}", seen[39]);
+        };
+        assert!((offset + 3_600_000).abs() < 2_000, "{offset}");
+        assert!((ts - (T0 + 39_000)).abs() < 2_000, "{ts}");
+        // A reading that agrees with the truth puts it right at once.
+        let right = p.read("slow", T0 + 40_500, RecordTime::None);
+        assert_eq!(
+            right,
+            Judged::Accept {
+                ts: T0 + 40_500,
+                offset: 0,
+                retimed: false
+            }
+        );
+        assert_eq!(p.truth.device_count, 0, "nothing kept of a right clock");
+    }
+
+    #[test]
+    fn without_correction_a_wrong_clock_is_a_dead_letter_that_still_arrives() {
+        let mut p = Partition::new(ClockRules {
+            correction: false,
+            ..RULES
+        });
+        let mut last = None;
+        for s in 0..40 {
+            let at = T0 + s * 1_000;
+            p.honest_second(10, at);
+            last = Some(p.read("fast", at + 120_000, RecordTime::None));
+        }
+        let Some(Judged::Reject {
+            reason: DeadLetterReason::ClockSkew,
+            offset,
+            arrival: Some(arrival),
+            ..
+        }) = last
+        else {
+            panic!("{last:?}");
+        };
+        assert!((offset - 120_000).abs() < 2_000);
+        assert!(
+            (arrival - (T0 + 39_000)).abs() < 2_000,
+            "arrives at the partition's time"
+        );
+    }
+
+    #[test]
+    fn broker_time_is_the_truth_and_needs_no_consensus() {
+        let mut p = Partition::new(RULES);
+        let mut offsets = Vec::new();
+        for s in 0..4 {
+            let at = T0 + s * 20_000;
+            let (Judged::Accept { offset, .. } | Judged::Reject { offset, .. }) =
+                p.read("only", at - 600_000, RecordTime::Broker(at));
+            offsets.push(offset);
+        }
+        assert_eq!(p.truth.time(), Some(T0 + 60_000));
+        // Kept for three readings over the tolerance of the broker's time: no votes needed.
+        assert_eq!(offsets, vec![0, 0, -600_000, -600_000]);
+    }
+
+    #[test]
+    fn the_first_truth_drops_a_wrong_clock_among_the_first_devices() {
+        let mut p = Partition::new(RULES);
+        p.read("liar", T0 + 7_200_000, RecordTime::None);
+        p.read("a", T0, RecordTime::None);
+        assert_eq!(p.truth.time(), None, "two devices are no quorum");
+        p.read("b", T0 + 500, RecordTime::None);
+        assert_eq!(p.truth.time(), Some(T0), "the lower median of the two left");
+        assert_eq!(p.truth.window.sorted, vec![T0, T0 + 500]);
+    }
+
+    #[test]
+    fn a_partition_that_moved_on_together_takes_a_new_truth() {
+        for stamped in [false, true] {
+            let mut p = Partition::new(RULES);
+            for s in 0..10 {
+                p.honest(6, T0 + s * 1_000, stamped);
+            }
+            // All six fall silent for ten minutes (a replay of an outage), then come back.
+            let back = T0 + 610_000;
+            let judged = p.honest(6, back, stamped);
+            let future = judged
+                .iter()
+                .filter(|j| {
+                    matches!(
+                        j,
+                        Judged::Reject {
+                            reason: DeadLetterReason::Future,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            // In a file, the first three are more than the allowed skew ahead of the old truth
+            // (records stamped by their producers vouch for them); the fourth makes more than
+            // half of the devices heard, and the truth follows.
+            assert_eq!(future, if stamped { 0 } else { 3 });
+            assert!(judged[3..].iter().copied().all(accepted));
+            assert!(p.truth.time().is_some_and(|t| t >= back));
+        }
+    }
+
+    #[test]
+    fn the_devices_still_reporting_take_the_truth_when_the_others_fall_silent() {
+        let mut p = Partition::new(RULES);
+        for s in 0..20 {
+            p.read("a", T0 + s * 1_000, RecordTime::None);
+            p.read("b", T0 + s * 1_000 + 500, RecordTime::None);
+        }
+        // `a` falls silent: its last votes pin the median until `b` is out of tolerance, and
+        // a window's worth of readings of `b` without a vote moves the truth on.
+        for s in 20..200 {
+            let ts = T0 + s * 1_000 + 500;
+            let j = p.read("b", ts, RecordTime::None);
+            assert!(accepted(j), "{s}: {j:?}");
+        }
+        assert!(
+            p.truth
+                .time()
+                .is_some_and(|t| t >= T0 + 190_000 - RULES.tolerance_ms),
+            "{:?}",
+            p.truth.time()
+        );
+        assert_eq!(p.truth.device_count, 0, "b's clock was not taken for wrong");
+    }
+
+    #[test]
+    fn devices_that_report_less_often_than_the_tolerance_keep_their_readings() {
+        let mut p = Partition::new(RULES);
+        // Three devices every five minutes, a minute and a half apart: each reading is ahead of
+        // the others' newest by more than the tolerance.
+        for round in 0..20 {
+            for d in 0..3 {
+                let ts = T0 + round * 300_000 + d * 90_000;
+                let j = p.read(&format!("s{d}"), ts, RecordTime::None);
+                assert_eq!(
+                    j,
+                    Judged::Accept {
+                        ts,
+                        offset: 0,
+                        retimed: false
+                    },
+                    "{round}/{d}: taken as stamped, no clock taken for wrong"
+                );
+            }
+        }
+        assert!(p.truth.time().is_some_and(|t| t >= T0 + 19 * 300_000));
+    }
+
+    #[test]
+    fn a_minority_with_the_same_wrong_clock_cannot_take_the_truth() {
+        let mut p = Partition::new(RULES);
+        for s in 0..60 {
+            let at = T0 + s * 1_000;
+            p.honest_second(10, at);
+            // Four devices an hour ahead (one wrong time zone), always reporting together.
+            for d in 0..4 {
+                let ts = at + 3_600_000 + d;
+                p.read(&format!("tz{d}"), ts, RecordTime::Producer(ts));
+            }
+        }
+        let truth = p.truth.time().unwrap_or_default();
+        assert!(truth < T0 + 61_000, "{truth}");
+    }
+}
