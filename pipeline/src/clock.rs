@@ -9,23 +9,25 @@
 //!   cast the partition's last [`WINDOW`] votes, of each one's newest vote among them. A device
 //!   votes with a reading that agrees with the truth (within `clock_tolerance_ms`) and with its
 //!   own clock; a device whose clock is off never votes, however often it reports, so fewer than
-//!   half of a partition's active devices cannot move the truth at all, whatever their clocks do.
+//!   half of a partition's active devices cannot move the truth, whatever their clocks do (unless
+//!   one that voted sends a whole window of readings between two votes of the others).
 //!   Until the partition has heard [`QUORUM`] devices (or [`BOOT_VOTES`] readings, for
 //!   partitions of one or two devices) it has no truth: readings are taken as stamped, and the
 //!   first median drops the devices further than the tolerance from it. When the partition moves
 //!   on without a vote (a fleet back after a silence, devices that report less often than the
 //!   tolerance, or the devices still reporting outnumbered in the votes by devices that fell
-//!   silent), every reading is ahead of the old truth: a run of readings ahead of it, with no
-//!   vote in between, from more than half of the devices voting lately, or [`WINDOW`] readings
-//!   long, makes the median of their devices' newest readings the truth.
+//!   silent), every reading is ahead of the old truth: a run of readings ahead of it (of devices
+//!   that voted or whose offset is known, measured re-timed), with no vote in between, from more
+//!   than half of the devices voting lately, or [`WINDOW`] readings long, makes the median of
+//!   their devices' newest readings the truth.
 //!
 //! A device's offset is its reading time minus the truth at arrival. A reading within the
 //! tolerance of the device's known offset (zero for most devices) agrees with its clock. A
 //! reading that does not is an outlier, judged as stamped (late, future, or accepted as it is)
 //! until the device keeps a new offset for [`CONFIRM_READINGS`] readings in a row, over at least
 //! the tolerance of the truth's time, while other devices upheld the truth with
-//! [`CONFIRM_SUPPORT`] votes (a trusted record time needs no support): the offset is then the
-//! device's, its readings are re-timed by it (or dead-lettered as `clock_skew` without
+//! [`CONFIRM_SUPPORT`] votes and it never moved on without them (a trusted record time needs no
+//! support): the offset is then the device's, its readings are re-timed by it (or dead-lettered as `clock_skew` without
 //! correction), and the device operator raises a `clock_skew` anomaly. A burst of old readings
 //! replayed at once spans no time and is never taken for a clock. A reading that agrees with the
 //! truth itself puts the device's offset back to zero at once.
@@ -43,6 +45,10 @@ use schemas::DeadLetterReason;
 use serde::{Deserialize, Serialize};
 
 use crate::reading::fnv1a;
+
+/// The maps here are looked up for every reading; foldhash costs a fraction of SipHash, and
+/// nothing iterates them where the order could show in the output.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Votes the consensus looks back over: a device's vote is its newest among the partition's last
 /// this many votes, and a run of this many readings ahead of the truth without a vote moves it.
@@ -139,6 +145,8 @@ struct Candidate {
     since: u64,
     /// The truth at its first reading.
     from: i64,
+    /// Rebases of the partition's truth when it began.
+    rebases: u64,
 }
 
 /// The partition's last [`WINDOW`] votes, and each voting device's newest vote among them,
@@ -148,7 +156,7 @@ struct Window {
     /// `(device hash, time)`, oldest first.
     ring: VecDeque<(u64, i64)>,
     /// The voting devices: their votes in the ring, and the newest.
-    voters: HashMap<u64, (u32, i64)>,
+    voters: Map<u64, (u32, i64)>,
     /// The voters' newest votes, sorted.
     sorted: Vec<i64>,
 }
@@ -257,11 +265,10 @@ fn newest(pairs: impl Iterator<Item = (u64, i64)>) -> Vec<(u64, i64)> {
 /// A stable hash of a device (its tenant and id; `0xff` never occurs in UTF-8, so no two pairs
 /// join to the same bytes).
 pub fn device_hash(tenant: &str, device: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(tenant.len() + device.len() + 1);
-    bytes.extend_from_slice(tenant.as_bytes());
-    bytes.push(0xff);
-    bytes.extend_from_slice(device.as_bytes());
-    fnv1a(&bytes)
+    let fold = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    let h = fnv1a(tenant.as_bytes());
+    let h = fold(h, &0xff);
+    device.as_bytes().iter().fold(h, fold)
 }
 
 /// One partition's clock truth and the clocks of its devices that disagree with it.
@@ -279,8 +286,10 @@ pub struct Truth {
     streak: VecDeque<(u64, i64)>,
     /// Votes cast so far.
     cast: u64,
+    /// Times the truth moved on without votes.
+    rebases: u64,
     /// Devices with a known offset or a candidate, by tenant and id.
-    devices: HashMap<String, HashMap<String, DeviceClock>>,
+    devices: Map<String, Map<String, DeviceClock>>,
     device_count: usize,
     /// When the device map next forgets silent devices (its size then).
     prune_at: usize,
@@ -333,11 +342,7 @@ impl Truth {
         wm: Option<i64>,
         rules: &ClockRules,
     ) -> Judged {
-        let trusted = match record {
-            RecordTime::Broker(t) => Some(t),
-            RecordTime::Producer(t) if rules.trust_producer => Some(t),
-            _ => None,
-        };
+        let trusted = trusted_time(record, rules);
         self.raise(trusted);
         let hash = device_hash(tenant, device);
         let Some(mut truth) = trusted.or_else(|| self.judged()) else {
@@ -354,8 +359,13 @@ impl Truth {
             };
         };
         let tolerance = rules.tolerance_ms;
-        if trusted.is_none() && ts.saturating_sub(truth) > tolerance {
-            self.streak.push_back((hash, ts));
+        // A device that votes, or whose wrong clock is known, ahead of the truth by its own
+        // measure: the partition may have moved on.
+        let known = self.offset_of(tenant, device);
+        let corrected = ts.saturating_sub(known);
+        let counts = known != 0 || self.window.voters.contains_key(&hash);
+        if trusted.is_none() && counts && corrected.saturating_sub(truth) > tolerance {
+            self.streak.push_back((hash, corrected));
             if self.streak.len() > WINDOW {
                 self.streak.pop_front();
             }
@@ -388,13 +398,12 @@ impl Truth {
         wm: Option<i64>,
         rules: &ClockRules,
     ) -> (Judged, bool) {
-        let trusted = matches!(record, RecordTime::Broker(_))
-            || (rules.trust_producer && matches!(record, RecordTime::Producer(_)));
+        let trusted = trusted_time(record, rules).is_some();
         let skew = ts.saturating_sub(truth);
         let (offset, agrees) = self.device(tenant, device, skew, truth, rules, trusted);
+        // Whatever becomes of the reading, the device reported, at the truth of its arrival.
         let arrival = Some(wm.map_or(truth, |w| truth.max(w)));
-        let behind = |t: i64| wm.is_some_and(|w| t < w);
-        let reject = |reason, arrival| Judged::Reject {
+        let reject = |reason| Judged::Reject {
             reason,
             offset,
             skew: Some(skew),
@@ -402,12 +411,10 @@ impl Truth {
         };
         if agrees && offset != 0 {
             if !rules.correction {
-                return (reject(DeadLetterReason::ClockSkew, arrival), false);
+                return (reject(DeadLetterReason::ClockSkew), false);
             }
-            let ts = ts.saturating_sub(offset);
-            if behind(ts) {
-                return (reject(DeadLetterReason::Late, None), false);
-            }
+            // The offset is known within the tolerance only: a re-timed reading is never late.
+            let ts = ts.saturating_sub(offset).max(wm.unwrap_or(i64::MIN));
             let retimed = Judged::Accept {
                 ts,
                 offset,
@@ -419,10 +426,10 @@ impl Truth {
             .millis()
             .is_some_and(|r| ts.saturating_sub(r) <= rules.max_future_skew_ms);
         if skew > rules.max_future_skew_ms && !vouched {
-            return (reject(DeadLetterReason::Future, arrival), false);
+            return (reject(DeadLetterReason::Future), false);
         }
-        if behind(ts) {
-            return (reject(DeadLetterReason::Late, None), false);
+        if wm.is_some_and(|w| ts < w) {
+            return (reject(DeadLetterReason::Late), false);
         }
         let accepted = Judged::Accept {
             ts,
@@ -479,6 +486,7 @@ impl Truth {
             self.window.push(*d, *t);
         }
         self.streak.clear();
+        self.rebases += 1;
         let mut times: Vec<i64> = run.iter().map(|(_, t)| *t).collect();
         times.sort_unstable();
         self.raise(lower_median(&times));
@@ -523,11 +531,16 @@ impl Truth {
                     readings: 1,
                     since: self.cast,
                     from: truth,
+                    rebases: self.rebases,
                 },
             };
             let kept = candidate.readings >= CONFIRM_READINGS
                 && truth.saturating_sub(candidate.from) >= rules.tolerance_ms;
-            let supported = trusted || self.cast - candidate.since >= CONFIRM_SUPPORT;
+            // Votes upheld the truth meanwhile, and it never had to move on without them (then
+            // the device may be one of a partition whose devices report rarely, or came back).
+            let supported = trusted
+                || (self.cast - candidate.since >= CONFIRM_SUPPORT
+                    && self.rebases == candidate.rebases);
             if kept && supported {
                 clock.offset = candidate.offset;
                 clock.candidate = None;
@@ -543,6 +556,44 @@ impl Truth {
             self.insert(tenant, device, clock);
         }
         result
+    }
+
+    /// The known clock offset of a device (0: none).
+    fn offset_of(&self, tenant: &str, device: &str) -> i64 {
+        if self.device_count == 0 {
+            return 0;
+        }
+        self.devices
+            .get(tenant)
+            .and_then(|d| d.get(device))
+            .map_or(0, |c| c.offset)
+    }
+
+    /// The latest event time a reading of `tenant`/`device` stamped `ts` can be taken at, for the
+    /// cut bookkeeping: its stamp; an arrival at the truth, which a trusted record time, a vote
+    /// or a rebase (to the run's times, this one's re-timed by its known offset) can move first;
+    /// or, re-timed by a known offset, within the tolerance above that truth.
+    pub fn reach(
+        &self,
+        tenant: &str,
+        device: &str,
+        ts: i64,
+        record: RecordTime,
+        wm: Option<i64>,
+        rules: &ClockRules,
+    ) -> i64 {
+        let known = self.offset_of(tenant, device);
+        let streak = self.streak.iter().map(|(_, t)| *t).max();
+        let corrected = Some(ts.saturating_sub(known));
+        let truth = [self.judged(), record.millis(), wm, streak, corrected]
+            .into_iter()
+            .flatten()
+            .fold(ts, i64::max);
+        if known == 0 {
+            truth
+        } else {
+            truth.saturating_add(rules.tolerance_ms)
+        }
     }
 
     fn insert(&mut self, tenant: &str, device: &str, clock: DeviceClock) {
@@ -576,9 +627,23 @@ impl Truth {
             devices.retain(|_, c| now.saturating_sub(c.seen) <= FORGET_AFTER_MS);
         }
         self.devices.retain(|_, d| !d.is_empty());
-        self.device_count = self.devices.values().map(HashMap::len).sum();
+        self.device_count = self.devices.values().map(Map::len).sum();
         self.prune_at = 2 * self.device_count;
     }
+}
+
+/// The truth a record's timestamp gives, if it is trusted: the broker's always, a producer's when
+/// configured, and neither outside the range a reading may have (a timestamp in microseconds
+/// would set the partition's truth for good).
+fn trusted_time(record: RecordTime, rules: &ClockRules) -> Option<i64> {
+    let t = match record {
+        RecordTime::Broker(t) => t,
+        RecordTime::Producer(t) if rules.trust_producer => t,
+        _ => return None,
+    };
+    (schemas::TS_MIN_MS..schemas::TS_MAX_MS)
+        .contains(&t)
+        .then_some(t)
 }
 
 #[cfg(test)]
@@ -819,6 +884,65 @@ mod tests {
             p.truth.time()
         );
         assert_eq!(p.truth.device_count, 0, "b's clock was not taken for wrong");
+    }
+
+    #[test]
+    fn a_burst_from_a_device_that_never_voted_cannot_take_the_truth() {
+        let mut p = Partition::new(RULES);
+        for s in 0..60 {
+            p.honest_second(5, T0 + s * 1_000);
+        }
+        // A device an hour ahead reconnects and flushes two hundred buffered readings at once.
+        for i in 0..200 {
+            let ts = T0 + 3_600_000 + i * 1_000;
+            p.read("tz", ts, RecordTime::Producer(ts));
+        }
+        assert!(p.truth.time().is_some_and(|t| t < T0 + 61_000));
+    }
+
+    #[test]
+    fn a_known_wrong_clock_left_alone_keeps_the_truth_moving() {
+        let mut p = Partition::new(RULES);
+        let mut offset = 0;
+        for s in 0..60 {
+            let at = T0 + s * 1_000;
+            p.honest_second(3, at);
+            if let Judged::Accept { offset: o, .. } =
+                p.read("slow", at - 3_600_000, RecordTime::None)
+            {
+                offset = o;
+            }
+        }
+        assert!((offset + 3_600_000).abs() < 2_000, "{offset}");
+        // The honest devices fall silent, their last votes pinning the median: the wrong clock's
+        // readings, measured by its offset, carry the truth on after a window of them. Every
+        // reading meanwhile still counts as an arrival.
+        let mut last = None;
+        for s in 60..300 {
+            let at = T0 + s * 1_000;
+            let j = p.read("slow", at - 3_600_000, RecordTime::None);
+            assert!(
+                matches!(
+                    j,
+                    Judged::Accept { .. }
+                        | Judged::Reject {
+                            arrival: Some(_),
+                            ..
+                        }
+                ),
+                "{s}: {j:?}"
+            );
+            last = Some(j);
+        }
+        assert!(
+            matches!(last, Some(Judged::Accept { retimed: true, .. })),
+            "{last:?}"
+        );
+        assert!(
+            p.truth.time().is_some_and(|t| t > T0 + 200_000),
+            "{:?}",
+            p.truth.time()
+        );
     }
 
     #[test]

@@ -59,9 +59,21 @@ impl std::fmt::Debug for RtDigest {
     }
 }
 
-/// The `f64` with the shortest decimal form that reads back to `x`.
+/// The `f64` with the shortest decimal form that reads back to `x`; formatted on the stack, as
+/// this runs for every quantile of every window.
 fn widen(x: f32) -> f64 {
-    x.to_string().parse().unwrap_or(f64::from(x))
+    use std::io::Write;
+    // An f32 prints in at most 48 characters (the smallest subnormal, in positional notation).
+    let mut buf = [0u8; 64];
+    let mut rest = &mut buf[..];
+    if write!(rest, "{x}").is_err() {
+        return f64::from(x);
+    }
+    let len = 64 - rest.len();
+    std::str::from_utf8(&buf[..len])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::from(x))
 }
 
 fn new_sketch() -> DDSketch {
@@ -146,17 +158,35 @@ impl RtDigest {
     /// quantile`, for values of at least 0.001). `q = 0` and `q = 1` are the exact minimum and
     /// maximum either way.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if q.is_nan() {
-            return None;
-        }
-        let q = q.clamp(0.0, 1.0);
-        match self {
-            RtDigest::Empty => None,
+        let [v] = self.quantiles([q]);
+        v
+    }
+
+    /// Several quantiles at once, as [`RtDigest::quantile`] gives each: the exact values are
+    /// sorted once for all of them.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let sorted = match self {
             RtDigest::Exact(values) => {
                 let mut sorted = values.clone();
                 // Widening is monotonic, so sorting the f32 values sorts their widened forms;
                 // only the (at most) two values the interpolation reads are widened.
                 sorted.sort_unstable_by(f32::total_cmp);
+                sorted
+            }
+            _ => Vec::new(),
+        };
+        qs.map(|q| {
+            if q.is_nan() {
+                return None;
+            }
+            self.quantile_of(&sorted, q.clamp(0.0, 1.0))
+        })
+    }
+
+    fn quantile_of(&self, sorted: &[f32], q: f64) -> Option<f64> {
+        match self {
+            RtDigest::Empty => None,
+            RtDigest::Exact(_) => {
                 interpolate(sorted.len(), q, |rank| sorted.get(rank).copied().map(widen))
             }
             RtDigest::Sketch(sketch) => {

@@ -5,8 +5,9 @@
 //! producer's record time, or a consensus of its devices that no minority of wrong clocks can
 //! move) minus the allowed out-of-orderness. A reading behind it is late; judging per partition
 //! makes lateness a function of the partition's own order, not of how partitions interleave. A
-//! partition silent (on the wall clock) for longer than the idle timeout follows the wall clock
-//! instead, so it stops holding the frontier back;
+//! partition whose truth has not moved for longer than the idle timeout of wall-clock time
+//! (silent, or sending only records that do not move it) follows the wall clock instead, so it
+//! stops holding the frontier back;
 //! in bounded runs (files, `--until-end`) there is no idleness, and a partition that has been read
 //! to its end holds its last watermark until every partition has, so the frontier, and hence the
 //! output, never depends on which partition finished first.
@@ -169,23 +170,25 @@ impl Watermarks {
                 retimed: false,
             };
         };
-        // The state before this record, kept only when it may reach a new grid point: a
-        // reading is taken at most its stamp, or within the tolerance of the truth.
-        let bound = {
+        // The state before this record, kept only when the record may reach a new grid point.
+        let before = self.grid.and_then(|_| {
             let p = &self.partitions[i];
-            let truth = [p.truth.judged(), record.millis(), p.wm]
-                .into_iter()
-                .flatten()
-                .max();
-            truth.map_or(ts, |t| ts.max(t.saturating_add(bounds.clock.tolerance_ms)))
-        };
-        let before = self.new_point(i, bound).map(|_| self.partitions[i].clone());
+            let bound = p
+                .truth
+                .reach(tenant, device, ts, record, p.wm, &bounds.clock);
+            self.new_point(i, bound).map(|_| p.clone())
+        });
         let p = &mut self.partitions[i];
+        let data = p.data(&bounds);
         let judged = p
             .truth
             .judge(tenant, device, ts, record, p.wm, &bounds.clock);
         p.follow_data(&bounds);
-        p.last_activity = now;
+        // Progress is what keeps a partition from idling: records that do not move its truth
+        // (garbage, late readings, a clock stuck in the past) do not hold the frontier back.
+        if data.is_none() || p.data(&bounds) > data {
+            p.last_activity = now;
+        }
         let at = match judged {
             Judged::Accept { ts, .. } => Some(ts),
             Judged::Reject { arrival, .. } => arrival,
@@ -248,11 +251,9 @@ impl Watermarks {
         }
     }
 
-    /// Counts the record at `offset` that was not a usable reading as activity: the partition is
-    /// not idle.
-    pub fn touch(&mut self, id: i32, offset: i64, now: i64) {
+    /// Notes that the record at `offset` was not a usable reading: read, but no progress.
+    pub fn touch(&mut self, id: i32, offset: i64) {
         if let Some(i) = self.index(id) {
-            self.partitions[i].last_activity = now;
             self.history[i].next = Some(offset + 1);
         }
     }

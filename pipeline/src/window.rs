@@ -128,7 +128,8 @@ impl WindowState {
     ) -> WindowAggregate {
         let rt_count = self.rt.count();
         let rt_mean = (rt_count > 0).then(|| self.rt_sum / rt_count as f64);
-        let rt_p95 = self.rt.quantile(0.95);
+        let [rt_min, rt_p50, rt_p95, rt_p99, rt_max] =
+            self.rt.quantiles([0.0, 0.5, 0.95, 0.99, 1.0]);
         let signal_mean =
             (self.signal_count > 0).then(|| self.signal_sum / f64::from(self.signal_count));
         let size = self.end - self.start;
@@ -152,12 +153,12 @@ impl WindowState {
             count: i64::from(self.count),
             errors: i64::from(self.errors),
             error_rate,
-            rt_min: self.rt.quantile(0.0),
+            rt_min,
             rt_mean,
-            rt_p50: self.rt.quantile(0.5),
+            rt_p50,
             rt_p95,
-            rt_p99: self.rt.quantile(0.99),
-            rt_max: self.rt.quantile(1.0),
+            rt_p99,
+            rt_max,
             battery_last: known(self.battery_last),
             battery_min: known(self.battery_min),
             signal_mean,

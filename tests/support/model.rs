@@ -21,7 +21,7 @@ use pipeline::source::memory::MemoryRecord;
 use pipeline::tenant::Tenants;
 use schemas::{
     AnomalyKind, Codec, DeadLetter, DeadLetterReason, DeviceStatus, InputFormat, StatusTransition,
-    Telemetry, TransitionReason, WindowAggregate,
+    TS_MAX_MS, TS_MIN_MS, Telemetry, TransitionReason, WindowAggregate,
 };
 
 /// How a device takes an accepted reading.
@@ -50,8 +50,8 @@ struct Accepted {
 #[derive(Debug, Clone, Default)]
 struct DeviceClock {
     offset: i64,
-    /// (offset, readings, votes cast when it began, truth when it began)
-    candidate: Option<(i64, u32, u64, i64)>,
+    /// (offset, readings, votes cast when it began, truth when it began, rebases then)
+    candidate: Option<(i64, u32, u64, i64, u64)>,
 }
 
 /// One partition's clock truth, computed the plain way: every list kept whole and sorted anew.
@@ -65,6 +65,7 @@ struct PartitionModel {
     /// Readings ahead of the truth since the last vote.
     streak: Vec<(String, i64)>,
     cast: u64,
+    rebases: u64,
     devices: BTreeMap<String, DeviceClock>,
 }
 
@@ -139,7 +140,8 @@ impl PartitionModel {
             RecordTime::Broker(t) => Some(t),
             RecordTime::Producer(t) if cfg.trust_record_time => Some(t),
             _ => None,
-        };
+        }
+        .filter(|t| (TS_MIN_MS..TS_MAX_MS).contains(t));
         self.raise(trusted);
         let Some(mut at) = trusted.or(self.truth) else {
             self.push(device, ts);
@@ -150,11 +152,13 @@ impl PartitionModel {
             return Judgement::Accept(ts, 0, Kind::Stamped);
         };
         let near = |a: i64, b: i64| (a - b).abs() <= tolerance;
-        if trusted.is_none() && ts - at > tolerance {
+        let known = self.devices.get(device).map_or(0, |c| c.offset);
+        let counts = known != 0 || self.voters().contains_key(device);
+        if trusted.is_none() && counts && ts - known - at > tolerance {
             // A run of readings ahead of the truth with no vote between them, from more than
             // half of the devices voting lately, or as long as the window, are the truth's votes
             // and set it.
-            self.streak.push((device.to_string(), ts));
+            self.streak.push((device.to_string(), ts - known));
             if self.streak.len() > WINDOW {
                 self.streak.remove(0);
             }
@@ -168,6 +172,7 @@ impl PartitionModel {
                 let earlier = self.streak.len() - 1;
                 self.window = self.streak[..earlier].to_vec();
                 self.streak.clear();
+                self.rebases += 1;
                 self.raise(lower_median(run.into_values().collect()));
                 at = self.truth.unwrap_or(at);
             }
@@ -181,12 +186,13 @@ impl PartitionModel {
             clock = DeviceClock::default();
             true
         } else {
-            let (readings, since, from) = match clock.candidate {
-                Some((c, n, since, from)) if near(skew, c) => (n + 1, since, from),
-                _ => (1, self.cast, at),
+            let (readings, since, from, rebases) = match clock.candidate {
+                Some((c, n, since, from, r)) if near(skew, c) => (n + 1, since, from, r),
+                _ => (1, self.cast, at, self.rebases),
             };
             let kept = readings >= CONFIRM_READINGS && at - from >= tolerance;
-            let supported = trusted.is_some() || self.cast - since >= CONFIRM_SUPPORT;
+            let supported = trusted.is_some()
+                || (self.cast - since >= CONFIRM_SUPPORT && self.rebases == rebases);
             if kept && supported {
                 clock = DeviceClock {
                     offset: skew,
@@ -194,7 +200,7 @@ impl PartitionModel {
                 };
                 true
             } else {
-                clock.candidate = Some((skew, readings, since, from));
+                clock.candidate = Some((skew, readings, since, from, rebases));
                 false
             }
         };
@@ -215,15 +221,14 @@ impl PartitionModel {
                     Judgement::Reject(DeadLetterReason::ClockSkew, arrival),
                     false,
                 )
-            } else if behind(ts - offset) {
-                (Judgement::Reject(DeadLetterReason::Late, None), false)
             } else {
-                (Judgement::Accept(ts - offset, offset, Kind::Retimed), false)
+                let retimed = (ts - offset).max(self.wm.unwrap_or(i64::MIN));
+                (Judgement::Accept(retimed, offset, Kind::Retimed), false)
             }
         } else if skew > cfg.max_future_skew_ms && !vouched {
             (Judgement::Reject(DeadLetterReason::Future, arrival), false)
         } else if behind(ts) {
-            (Judgement::Reject(DeadLetterReason::Late, None), false)
+            (Judgement::Reject(DeadLetterReason::Late, arrival), false)
         } else {
             (Judgement::Accept(ts, offset, Kind::Stamped), agrees)
         };
@@ -282,8 +287,15 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
         let mut clock = PartitionModel::default();
         for (offset, rec) in records.iter().enumerate() {
             let offset = offset as i64;
-            let reason = match codec.decode_telemetry(&rec.value, InputFormat::Auto) {
-                Err(e) => Some(e.reason()),
+            let decoded = if rec.value.len() > cfg.limits.message_bytes {
+                Err(DeadLetterReason::InvalidField)
+            } else {
+                codec
+                    .decode_telemetry(&rec.value, InputFormat::Auto)
+                    .map_err(|e| e.reason())
+            };
+            let reason = match decoded {
+                Err(reason) => Some(reason),
                 Ok(t) if over_limits(rec.value.len(), &t, cfg) => {
                     Some(DeadLetterReason::InvalidField)
                 }

@@ -448,7 +448,7 @@ pub fn source<'scope>(
                             }
                         }
                         Err(why) => {
-                            wm.touch(rec.partition, rec.offset, now);
+                            wm.touch(rec.partition, rec.offset);
                             Some(why)
                         }
                     };
@@ -583,8 +583,8 @@ fn rejection(reason: DeadLetterReason, ts: i64, skew: Option<i64>, offset: i64) 
              correction is off"
         ),
         _ if offset != 0 => format!(
-            "ts {ts}, re-timed by the device's clock offset of {offset} ms, is behind its \
-             partition's watermark"
+            "ts {ts}{off} is behind its partition's watermark, and off the device's known clock \
+             offset of {offset} ms"
         ),
         _ => format!("ts {ts}{off} is behind its partition's watermark"),
     }
