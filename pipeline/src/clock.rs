@@ -26,8 +26,8 @@
 //! reading that does not is an outlier, judged as stamped (late, future, or accepted as it is)
 //! until the device keeps a new offset for [`CONFIRM_READINGS`] readings in a row, over at least
 //! the tolerance of the truth's time, while other devices upheld the truth with
-//! [`CONFIRM_SUPPORT`] votes and it never moved on without them (a trusted record time needs no
-//! support): the offset is then the device's, its readings are re-timed by it (or dead-lettered as `clock_skew` without
+//! [`CONFIRM_SUPPORT`] votes (a trusted record time needs no support), the count starting again
+//! whenever the truth moved on without votes: the offset is then the device's, its readings are re-timed by it (or dead-lettered as `clock_skew` without
 //! correction), and the device operator raises a `clock_skew` anomaly. A burst of old readings
 //! replayed at once spans no time and is never taken for a clock. A reading that agrees with the
 //! truth itself puts the device's offset back to zero at once.
@@ -520,8 +520,10 @@ impl Truth {
             clock.candidate = None;
             (0, true)
         } else {
+            // A candidate older than the truth's last move without votes starts again: what it
+            // saw before may have been the lag of a partition that came back.
             let candidate = match clock.candidate {
-                Some(c) if near(skew, c.offset) => Candidate {
+                Some(c) if near(skew, c.offset) && c.rebases == self.rebases => Candidate {
                     offset: skew,
                     readings: c.readings.saturating_add(1),
                     ..c
@@ -536,11 +538,8 @@ impl Truth {
             };
             let kept = candidate.readings >= CONFIRM_READINGS
                 && truth.saturating_sub(candidate.from) >= rules.tolerance_ms;
-            // Votes upheld the truth meanwhile, and it never had to move on without them (then
-            // the device may be one of a partition whose devices report rarely, or came back).
-            let supported = trusted
-                || (self.cast - candidate.since >= CONFIRM_SUPPORT
-                    && self.rebases == candidate.rebases);
+            // Votes upheld the truth meanwhile.
+            let supported = trusted || self.cast - candidate.since >= CONFIRM_SUPPORT;
             if kept && supported {
                 clock.offset = candidate.offset;
                 clock.candidate = None;

@@ -522,18 +522,18 @@ impl Device {
     /// device nobody tracks), and a last transition says the device is retired.
     fn retire(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
         let silent = ts - self.last_seen;
+        let message = format!(
+            "the device was retired after {} s of silence",
+            silent / 1000
+        );
         for kind in self.switches.firing() {
-            let obs = || Observation {
+            let obs = Observation {
                 observed: silent as f64,
                 threshold: ctx.cfg.device_retention_ms as f64,
                 baseline: None,
-                message: format!(
-                    "the device was retired after {} s of silence",
-                    silent / 1000
-                ),
+                message: message.clone(),
             };
-            let obs = obs();
-            self.change(kind, false, true, ts, || obs, ctx);
+            self.change(kind, false, true, ts, move || obs, ctx);
         }
         let previous = match self.presence {
             Some(Presence::Online) => DeviceStatus::Online,

@@ -186,13 +186,15 @@ impl PartitionModel {
             clock = DeviceClock::default();
             true
         } else {
+            // A candidate from before the truth last moved without votes starts again.
             let (readings, since, from, rebases) = match clock.candidate {
-                Some((c, n, since, from, r)) if near(skew, c) => (n + 1, since, from, r),
+                Some((c, n, since, from, r)) if near(skew, c) && r == self.rebases => {
+                    (n + 1, since, from, r)
+                }
                 _ => (1, self.cast, at, self.rebases),
             };
             let kept = readings >= CONFIRM_READINGS && at - from >= tolerance;
-            let supported = trusted.is_some()
-                || (self.cast - since >= CONFIRM_SUPPORT && self.rebases == rebases);
+            let supported = trusted.is_some() || self.cast - since >= CONFIRM_SUPPORT;
             if kept && supported {
                 clock = DeviceClock {
                     offset: skew,
