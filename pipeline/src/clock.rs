@@ -363,8 +363,10 @@ impl Truth {
         // measure: the partition may have moved on.
         let known = self.offset_of(tenant, device);
         let corrected = ts.saturating_sub(known);
-        let counts = known != 0 || self.window.voters.contains_key(&hash);
-        if trusted.is_none() && counts && corrected.saturating_sub(truth) > tolerance {
+        if trusted.is_none()
+            && corrected.saturating_sub(truth) > tolerance
+            && (known != 0 || self.window.voters.contains_key(&hash))
+        {
             self.streak.push_back((hash, corrected));
             if self.streak.len() > WINDOW {
                 self.streak.pop_front();
@@ -373,7 +375,8 @@ impl Truth {
                 truth = self.judged().unwrap_or(truth);
             }
         }
-        let (judged, votes) = self.verdict(tenant, device, ts, record, truth, wm, rules);
+        let trusts = trusted.is_some();
+        let (judged, votes) = self.verdict(tenant, device, ts, record, trusts, truth, wm, rules);
         if votes {
             self.cast += 1;
             self.streak.clear();
@@ -385,8 +388,8 @@ impl Truth {
         judged
     }
 
-    /// What becomes of a reading judged against `truth`, and whether it votes (it agrees with
-    /// the truth and its device's clock has no offset).
+    /// What becomes of a reading judged against `truth` (its record's own time when `trusted`),
+    /// and whether it votes (it agrees with the truth and its device's clock has no offset).
     #[allow(clippy::too_many_arguments)] // one reading and what it is judged by
     fn verdict(
         &mut self,
@@ -394,11 +397,11 @@ impl Truth {
         device: &str,
         ts: i64,
         record: RecordTime,
+        trusted: bool,
         truth: i64,
         wm: Option<i64>,
         rules: &ClockRules,
     ) -> (Judged, bool) {
-        let trusted = trusted_time(record, rules).is_some();
         let skew = ts.saturating_sub(truth);
         let (offset, agrees) = self.device(tenant, device, skew, truth, rules, trusted);
         // Whatever becomes of the reading, the device reported, at the truth of its arrival.
