@@ -6,7 +6,10 @@
 //! reads is dropped while a reading one keeps up. A client that leaves and comes back on another
 //! bridge with its cursor gets what it missed, once; two bridges give the same events; Redis
 //! holds what the bridges know, is reported on `/readyz` when it dies, and is whole again after.
-//! And the dashboard, in headless Chromium, shows the right counts and a device gone offline.
+//! Last-seen records move a device's time forward only, in the store, in Redis (24 h from the
+//! reading) and to the clients of its tenant, in `last_seen` messages without a cursor. And the
+//! dashboard, in headless Chromium, shows the right counts, a device gone offline, and "last
+//! seen N s ago" counting up between messages.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,8 +21,8 @@ use futures_util::{SinkExt, StreamExt};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use schemas::{
-    Anomaly, AnomalyKind, AnomalyState, Codec, DeviceStatus, Record, Severity, StatusTransition,
-    TransitionReason, WindowAggregate,
+    Anomaly, AnomalyKind, AnomalyState, Codec, DeviceStatus, LastSeen, Record, Severity,
+    StatusTransition, TransitionReason, WindowAggregate,
 };
 use support::browser::Browser;
 use support::*;
@@ -100,6 +103,16 @@ fn anomaly(tenant: &str, device: &str, ts: i64) -> Anomaly {
     }
 }
 
+fn last_seen(tenant: &str, device: &str, class: Option<&str>, at: i64) -> LastSeen {
+    LastSeen {
+        tenant_id: tenant.into(),
+        device_id: device.into(),
+        device_class: class.map(str::to_string),
+        last_seen: at,
+        event_id: format!("lastseen/{tenant}/{device}/{at}"),
+    }
+}
+
 struct Producing {
     producer: BaseProducer,
     codec: Codec,
@@ -121,7 +134,8 @@ impl Producing {
     fn send<R: Record>(&self, kind: &str, record: &R) {
         let value = self.codec.encode(record).unwrap();
         let topic = format!("{}-{kind}", self.prefix);
-        let mut r = BaseRecord::to(&topic).key(record.key()).payload(&value);
+        let key = record.key();
+        let mut r = BaseRecord::to(&topic).key(key.as_ref()).payload(&value);
         loop {
             match self.producer.send(r) {
                 Ok(()) => break,
@@ -723,6 +737,316 @@ async fn resume_on_another_bridge_two_bridges_agree_and_redis_comes_back() {
     assert!(agree, "redis caught up:\n{store}\n{held}");
 }
 
+/// A Redis command's answer, as `redis-cli` prints it.
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", url])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The next `last_seen` message of `ws` as its (tenant/device, last seen) pairs, if one comes
+/// by `deadline`; any other message (heartbeats aside) fails the test.
+async fn next_last_seen(ws: &mut Ws, deadline: tokio::time::Instant) -> Option<Vec<(String, i64)>> {
+    let m = tokio::time::timeout_at(deadline, next(ws)).await.ok()?;
+    assert_eq!(m["type"], "last_seen", "{m}");
+    assert!(
+        m.get("cursor").is_none(),
+        "state, not a sequenced event: {m}"
+    );
+    Some(
+        m["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let id = format!(
+                    "{}/{}",
+                    d["tenant_id"].as_str().unwrap(),
+                    d["device_id"].as_str().unwrap()
+                );
+                (id, d["last_seen"].as_i64().unwrap())
+            })
+            .collect(),
+    )
+}
+
+/// The `last_seen` messages `ws` gets within `wait`.
+async fn last_seen_within(ws: &mut Ws, wait: Duration) -> Vec<Vec<(String, i64)>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Some(m) = next_last_seen(ws, deadline).await {
+        got.push(m);
+    }
+    got
+}
+
+/// The latest time per device over `messages`.
+fn latest(messages: &[Vec<(String, i64)>]) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (id, at) in messages.iter().flatten() {
+        let held = out.entry(id.clone()).or_insert(*at);
+        *held = (*held).max(*at);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_records_move_devices_forward_in_the_store_redis_and_their_tenant_s_clients() {
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let prefix = unique("bridge-lastseen");
+    create_derived(brokers, &prefix, 3).await;
+    let redis = testkit::Service::start(Kind::Redis);
+    let redis_url = redis.address().to_string();
+    let p = Producing::new(brokers, &prefix);
+    // Before the bridge starts: it reads them back at start.
+    let w0 = wall_ms() - 60_000;
+    p.send("status", &status("t1", "s-1", DeviceStatus::Online, w0));
+    p.send(
+        "lastseen",
+        &last_seen("t1", "s-1", Some("sensor"), w0 + 50_000),
+    );
+    p.send("status", &status("t2", "b-1", DeviceStatus::Online, w0));
+    p.flush();
+    // Clients here are read in turns: long heartbeats keep the unread ones connected.
+    let (_bridge, base) = bridge(
+        brokers,
+        &prefix,
+        &[
+            "--redis-url",
+            &redis_url,
+            "--set",
+            "bridge.heartbeat_ms=60000",
+        ],
+    );
+    let t1 = token("t1", "viewer", now() + 600, SECRET);
+    let t2 = token("t2", "viewer", now() + 600, SECRET);
+    let device = |id: &str, token: &str| {
+        http(
+            &base,
+            "GET",
+            &format!("/api/devices/{id}?token={token}"),
+            None,
+        )
+        .1
+    };
+    assert_eq!(
+        device("s-1", &t1)["last_seen"],
+        w0 + 50_000,
+        "ready once the last-seen topic is read too"
+    );
+
+    // Three clients: t1's tenant, t2's tenant, and one device of t1.
+    let mut one = connect(&base, Some(&t1)).await.unwrap();
+    let snapshot = subscribe(&mut one, None).await.remove(0);
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["devices"][0]["device_id"], "s-1");
+    assert_eq!(
+        snapshot["devices"][0]["last_seen"],
+        w0 + 50_000,
+        "{snapshot}"
+    );
+    let mut other = connect(&base, Some(&t2)).await.unwrap();
+    subscribe(&mut other, None).await;
+    let mut single = connect(&base, Some(&t1)).await.unwrap();
+    assert_eq!(next(&mut single).await["type"], "connected");
+    say(
+        &mut single,
+        r#"{"type":"subscribe","topics":["devices.s-1"]}"#,
+    )
+    .await;
+    assert_eq!(next(&mut single).await["type"], "subscribed");
+    assert_eq!(next(&mut single).await["type"], "snapshot");
+
+    // Live: a known device moves on, an unknown one appears, and t2's device moves on.
+    let w1 = wall_ms() - 1_000;
+    let sent = std::time::Instant::now();
+    p.send("lastseen", &last_seen("t1", "s-1", None, w1));
+    p.send("lastseen", &last_seen("t1", "new-1", Some("meter"), w1));
+    p.send("lastseen", &last_seen("t2", "b-1", None, w1 + 1));
+    p.flush();
+    let rest = {
+        let (base, t1) = (base.clone(), t1.clone());
+        tokio::task::spawn_blocking(move || {
+            let at = |id: &str| {
+                http(&base, "GET", &format!("/api/devices/{id}?token={t1}"), None).1["last_seen"]
+                    .clone()
+            };
+            let current = testkit::wait_for(Duration::from_secs(10), || {
+                at("s-1") == w1 && at("new-1") == w1
+            });
+            (current, sent.elapsed())
+        })
+    };
+    let cached = {
+        let url = redis_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let current = testkit::wait_for(Duration::from_secs(10), || {
+                redis_cli(&url, &["GET", "device:lastseen:t1/s-1"]) == w1.to_string()
+                    && redis_cli(&url, &["GET", "device:lastseen:t1/new-1"]) == w1.to_string()
+            });
+            (current, sent.elapsed())
+        })
+    };
+    let mut to_one = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while latest(&to_one).get("t1/new-1") != Some(&w1) || latest(&to_one).get("t1/s-1") != Some(&w1)
+    {
+        let m = next_last_seen(&mut one, deadline).await;
+        to_one.push(m.unwrap_or_else(|| panic!("t1's client got its times: {to_one:?}")));
+    }
+    let by_ws = sent.elapsed();
+    let (current, by_rest) = rest.await.unwrap();
+    assert!(current, "/api/devices has the new times");
+    let (current, by_redis) = cached.await.unwrap();
+    assert!(current, "redis has the new times");
+    println!(
+        "produced to seen: /api/devices {by_rest:?}, redis {by_redis:?} (both polled every \
+         100 ms), websocket {by_ws:?}"
+    );
+    // What the bridge adds is well under a second (the REST read is from memory, Redis is
+    // written every 100 ms, clients get last-seen times every 500 ms); 2 s leaves a loaded
+    // test machine room.
+    assert!(by_rest < Duration::from_secs(2), "{by_rest:?}");
+    assert!(by_redis < Duration::from_secs(2), "{by_redis:?}");
+    assert!(by_ws < Duration::from_secs(2), "{by_ws:?}");
+    let to_other = last_seen_within(&mut other, Duration::from_secs(1)).await;
+    assert_eq!(
+        latest(&to_other),
+        [("t2/b-1".to_string(), w1 + 1)].into(),
+        "t2's client: its own device only"
+    );
+    let to_single = last_seen_within(&mut single, Duration::from_secs(1)).await;
+    assert_eq!(
+        latest(&to_single),
+        [("t1/s-1".to_string(), w1)].into(),
+        "a device's client: that device only"
+    );
+    assert!(
+        to_one.iter().flatten().all(|(id, _)| id.starts_with("t1/")),
+        "t1's client: t1's devices only: {to_one:?}"
+    );
+
+    // The device first known by its last-seen time: no status yet, its class, t1's only.
+    let new = device("new-1", &t1);
+    assert_eq!(new["status"], serde_json::Value::Null, "{new}");
+    assert_eq!(new["device_class"], "meter", "{new}");
+    assert_eq!(
+        http(
+            &base,
+            "GET",
+            &format!("/api/devices/new-1?token={t2}"),
+            None
+        )
+        .0,
+        404
+    );
+    let (_, listed) = http(&base, "GET", &format!("/api/devices?token={t1}"), None);
+    let seen: Vec<(&str, i64)> = listed["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap(),
+                d["last_seen"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("new-1", w1), ("s-1", w1)]);
+    // Redis: the time, expiring 24 h after the reading (not after the write).
+    let pttl: i64 = redis_cli(&redis_url, &["PTTL", "device:lastseen:t1/s-1"])
+        .parse()
+        .unwrap();
+    let expected = w1 + 86_400_000 - wall_ms();
+    assert!(
+        (expected - 5_000..=expected + 1_000).contains(&pttl),
+        "expires 24 h after the reading: {pttl} ms left, {expected} expected"
+    );
+    assert_eq!(
+        redis_cli(&redis_url, &["HGET", "device:status:t1/new-1", "tenant"]),
+        "t1",
+        "a device first known by its last-seen time is indexed"
+    );
+
+    // An older record (late, replayed) moves nothing back: not the store, not Redis, not the
+    // clients. The bridge has read it once its count says so.
+    p.send("lastseen", &last_seen("t1", "s-1", None, w1 - 30_000));
+    p.flush();
+    assert!(
+        testkit::wait_for(Duration::from_secs(30), || {
+            http_text(&base, "GET", "/metrics", None)
+                .1
+                .lines()
+                .any(|l| l == "fleetpulse_bridge_last_seen_total 5")
+        }),
+        "the older record was read"
+    );
+    let late = last_seen_within(&mut one, Duration::from_secs(1)).await;
+    assert!(late.is_empty(), "nothing moved, nothing sent: {late:?}");
+    assert_eq!(device("s-1", &t1)["last_seen"], w1);
+    assert_eq!(
+        redis_cli(&redis_url, &["GET", "device:lastseen:t1/s-1"]),
+        w1.to_string()
+    );
+
+    // A reading older than 24 h: the store has it, Redis writes no last-seen key for it (first
+    // as a new device's whole write, then as a last-seen write alone).
+    let old = wall_ms() - 25 * 3_600_000;
+    p.send("lastseen", &last_seen("t1", "old-1", None, old));
+    p.flush();
+    assert!(testkit::wait_for(Duration::from_secs(10), || {
+        redis_cli(&redis_url, &["SISMEMBER", "tenant:devices:t1", "old-1"]) == "1"
+    }));
+    p.send("lastseen", &last_seen("t1", "old-1", None, old + 1_000));
+    p.flush();
+    assert!(testkit::wait_for(Duration::from_secs(10), || {
+        device("old-1", &t1)["last_seen"] == old + 1_000
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        redis_cli(&redis_url, &["EXISTS", "device:lastseen:t1/old-1"]),
+        "0"
+    );
+
+    // A new client's snapshot (from Redis) and a resuming client (no snapshot) both get the
+    // current times.
+    let mut fresh = connect(&base, Some(&t1)).await.unwrap();
+    let snapshot = subscribe(&mut fresh, None).await.remove(0);
+    let times: Vec<(&str, Option<i64>)> = snapshot["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device_id"].as_str().unwrap(), d["last_seen"].as_i64()))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            ("new-1", Some(w1)),
+            ("old-1", Some(old + 1_000)),
+            ("s-1", Some(w1))
+        ],
+        "{snapshot}"
+    );
+    let cursor = snapshot["cursor"].as_str().unwrap();
+    let mut back = connect(&base, Some(&t1)).await.unwrap();
+    subscribe(&mut back, Some(cursor)).await;
+    let resumed = last_seen_within(&mut back, Duration::from_secs(2)).await;
+    assert_eq!(
+        latest(&resumed),
+        [
+            ("t1/new-1".to_string(), w1),
+            ("t1/old-1".to_string(), old + 1_000),
+            ("t1/s-1".to_string(), w1)
+        ]
+        .into(),
+        "a resumed client gets the current times instead of a replay"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_counts_and_a_device_gone_offline() {
     let kafka = shared(Kind::Kafka);
@@ -743,6 +1067,11 @@ async fn the_dashboard_shows_counts_and_a_device_gone_offline() {
     p.send(
         "status",
         &status("t1", "pump-2", DeviceStatus::Offline, t0 + 90_000),
+    );
+    // pump-1 was heard from a few seconds ago.
+    p.send(
+        "lastseen",
+        &last_seen("t1", "pump-1", None, wall_ms() - 3_000),
     );
     p.flush();
     let (_bridge, base) = bridge(brokers, &prefix, &[]);
@@ -793,6 +1122,54 @@ async fn the_dashboard_shows_counts_and_a_device_gone_offline() {
             .unwrap()
             .contains("error_rate_high firing"),
         "the anomaly feed: {shown}"
+    );
+
+    // Each row says how long ago its device was last seen, and the page counts on between
+    // messages: nothing of pump-1 arrives from here on.
+    let ago = |device: &str| {
+        format!(
+            r#"(() => {{
+                const row = [...document.querySelectorAll("tr")].find((r) => r.dataset.device === "{device}");
+                const m = row && /last seen (\d+) s ago/.exec(row.textContent);
+                return m ? Number(m[1]) : null;
+            }})()"#
+        )
+    };
+    let first = browser.eval(&ago("pump-1")).await.as_i64();
+    assert!(
+        first.is_some_and(|n| (3..30).contains(&n)),
+        "pump-1's row says last seen N s ago: {first:?}"
+    );
+    // The page recounts every second: 3.5 s later it has counted at least 2 more, wherever in
+    // its second each look falls.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let later = browser.eval(&ago("pump-1")).await.as_i64();
+    assert!(
+        later.zip(first).is_some_and(|(l, f)| l >= f + 2),
+        "N counts up while no record arrives: {first:?} then {later:?}"
+    );
+    // A time that arrives live (`last_seen`) shows at once.
+    assert_eq!(
+        browser.eval(&ago("pump-3")).await,
+        serde_json::Value::Null,
+        "years ago"
+    );
+    p.send(
+        "lastseen",
+        &last_seen("t1", "pump-3", None, wall_ms() - 1_000),
+    );
+    p.flush();
+    let mut live = None;
+    for _ in 0..50 {
+        live = browser.eval(&ago("pump-3")).await.as_i64();
+        if live.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        live.is_some_and(|n| n < 10),
+        "pump-3's new time shows: {live:?}"
     );
     let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.screenshot(&png).await;

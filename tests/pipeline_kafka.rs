@@ -387,6 +387,7 @@ fn wrong_clocks_on_a_broker_stamped_topic_cost_honest_devices_nothing() {
                 Output::Aggregate(a) => a.tenant_id == "t1",
                 Output::Anomaly(a) => a.tenant_id == "t1",
                 Output::Status(s) => s.tenant_id == "t1",
+                Output::LastSeen(l) => l.tenant_id == "t1",
                 Output::DeadLetter(_) => false,
             })
             .cloned()

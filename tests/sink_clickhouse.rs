@@ -6,6 +6,8 @@
 //! With ClickHouse killed mid-stream and started again 30 s later, or the sink killed with
 //! SIGKILL mid-batch and started again, nothing is lost and nothing shows twice. And every query
 //! of docs/queries.md, run on a fleet that crosses midnight, answers what the reference model says.
+//! `device_last_seen` holds, per device, the newest of its last-seen records, even when an older
+//! one arrives after it, within about a batch time (`clickhouse.batch_ms`) of the record.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,13 +17,14 @@ mod support;
 mod model;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clickhouse_sink::Connection;
-use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
+use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, LastSeenRow, StatusRow};
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
-use schemas::{AnomalyState, DeviceStatus};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use schemas::{AnomalyState, Codec, DeviceStatus, LastSeen, Record};
 use support::clickhouse::{connect, rows};
 use support::*;
 use testkit::{Kind, shared, unique};
@@ -75,13 +78,33 @@ struct Want {
     anomalies: Vec<AnomalyRow>,
     status: Vec<StatusRow>,
     dead_letters: Vec<DeadLetterRow>,
+    /// Per device, its last-seen record with the largest `last_seen`.
+    last_seen: Vec<LastSeenRow>,
+    /// The records of the last-seen topic: the most rows `device_last_seen` may store.
+    last_seen_records: u64,
 }
 
 impl Want {
+    /// Rows of the history tables, one per record.
     fn total(&self) -> u64 {
         (self.aggregates.len() + self.anomalies.len() + self.status.len() + self.dead_letters.len())
             as u64
     }
+}
+
+/// Per (tenant, device), the record with the largest `last_seen` of `records` (in topic order: of
+/// two with the same time, the later, as ClickHouse keeps the row inserted last), by `event_id`.
+fn newest_per_device<'a>(records: impl IntoIterator<Item = &'a LastSeen>) -> Vec<LastSeenRow> {
+    let mut newest: BTreeMap<(&str, &str), &LastSeen> = BTreeMap::new();
+    for r in records {
+        let key = (r.tenant_id.as_str(), r.device_id.as_str());
+        if newest.get(&key).is_none_or(|n| n.last_seen <= r.last_seen) {
+            newest.insert(key, r);
+        }
+    }
+    let mut rows: Vec<LastSeenRow> = newest.into_values().map(LastSeenRow::from).collect();
+    rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    rows
 }
 
 /// A fleet through the pipeline: the derived topics' prefix and what the tables must hold.
@@ -141,15 +164,22 @@ fn derived_fleet_at(
         anomalies: Vec::new(),
         status: Vec::new(),
         dead_letters: Vec::new(),
+        last_seen: Vec::new(),
+        last_seen_records: 0,
     };
-    for o in &derived_all(brokers, &prefix) {
+    let derived = derived_all(brokers, &prefix);
+    let mut last_seen = Vec::new();
+    for o in &derived {
         match o {
             Output::Aggregate(a) => want.aggregates.push(AggregateRow::from(a)),
             Output::Anomaly(a) => want.anomalies.push(AnomalyRow::from(a)),
             Output::Status(s) => want.status.push(StatusRow::from(s)),
             Output::DeadLetter(d) => want.dead_letters.push(DeadLetterRow::from(d)),
+            Output::LastSeen(l) => last_seen.push(l),
         }
     }
+    want.last_seen = newest_per_device(last_seen.iter().copied());
+    want.last_seen_records = last_seen.len() as u64;
     want.aggregates.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     want.anomalies.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     want.status.sort_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -173,19 +203,23 @@ async fn total(c: &Connection, fin: bool) -> u64 {
 fn check(rt: &tokio::runtime::Runtime, c: &Connection, want: &Want) {
     let arrived = testkit::wait_for(Duration::from_secs(120), || {
         rt.block_on(total(c, true)) >= want.total()
+            && rt.block_on(rows::<LastSeenRow>(c, "device_last_seen")) == want.last_seen
     });
     assert!(
         arrived,
-        "every derived record reaches ClickHouse: {} of {} ({} stored)",
+        "every derived record reaches ClickHouse: {} of {} ({} stored); last seen of {} of {} devices",
         rt.block_on(total(c, true)),
         want.total(),
-        rt.block_on(total(c, false))
+        rt.block_on(total(c, false)),
+        rt.block_on(count(c, "device_last_seen", true)),
+        want.last_seen.len(),
     );
     rt.block_on(async {
         assert!(rows::<AggregateRow>(c, "device_aggregates").await == want.aggregates);
         assert!(rows::<AnomalyRow>(c, "device_anomalies").await == want.anomalies);
         assert!(rows::<StatusRow>(c, "device_status").await == want.status);
         assert!(rows::<DeadLetterRow>(c, "dead_letters").await == want.dead_letters);
+        assert!(rows::<LastSeenRow>(c, "device_last_seen").await == want.last_seen);
         assert_eq!(total(c, true).await, want.total(), "none visible twice");
     });
 }
@@ -210,6 +244,14 @@ fn the_tables_hold_the_derived_topics_once_each() {
     let rt = runtime();
     let c = rt.block_on(connect(clickhouse.address(), &database));
     check(&rt, &c, &want);
+    // A device's older rows are replaced on merge, which may have happened already: never more
+    // rows than records.
+    let last_seen_stored = rt.block_on(count(&c, "device_last_seen", false));
+    assert!(
+        last_seen_stored <= want.last_seen_records,
+        "{last_seen_stored} rows of {} last-seen records",
+        want.last_seen_records
+    );
     assert_eq!(http_text(&http, "GET", "/readyz", None).0, 200);
     let (_, metrics) = http_text(&http, "GET", "/metrics", None);
     assert!(
@@ -227,6 +269,11 @@ fn the_tables_hold_the_derived_topics_once_each() {
         want.total(),
         "nothing inserted twice, even before merges"
     );
+    assert!(
+        rt.block_on(count(&c, "device_last_seen", false)) <= last_seen_stored,
+        "no last-seen row inserted again"
+    );
+    assert!(rt.block_on(rows::<LastSeenRow>(&c, "device_last_seen")) == want.last_seen);
 
     // A table of an older release, without the column added since, gets it at start-up.
     rt.block_on(
@@ -379,6 +426,269 @@ fn a_sink_killed_mid_batch_loses_nothing() {
     terminate(&mut child);
 }
 
+/// Last-seen records written by hand into the topic the sink reads, as the pipeline writes them
+/// (keyed by tenant and device).
+struct LastSeenOut {
+    producer: BaseProducer,
+    codec: Codec,
+    topic: String,
+}
+
+impl LastSeenOut {
+    fn new(brokers: &str, prefix: &str) -> LastSeenOut {
+        LastSeenOut {
+            producer: rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "0")
+                .create()
+                .unwrap(),
+            codec: Codec::builtin(),
+            topic: format!("{prefix}-lastseen"),
+        }
+    }
+
+    /// Sends `records` in order and waits until Kafka has them.
+    fn send(&self, records: &[LastSeen]) {
+        for r in records {
+            let value = self.codec.encode(r).unwrap();
+            let key = r.key();
+            self.producer
+                .send(
+                    BaseRecord::to(&self.topic)
+                        .key(key.as_ref())
+                        .payload(&value),
+                )
+                .unwrap();
+        }
+        self.producer.flush(Duration::from_secs(30)).unwrap();
+    }
+}
+
+fn last_seen(tenant: &str, device: &str, ms: i64, class: Option<&str>) -> LastSeen {
+    LastSeen {
+        tenant_id: tenant.into(),
+        device_id: device.into(),
+        device_class: class.map(str::to_string),
+        last_seen: ms,
+        event_id: format!("lastseen/{tenant}/{device}/{ms}"),
+    }
+}
+
+/// The time `not_reported_since` asks about in docs/queries.md: 2023-11-15 00:00:00 UTC.
+const CUTOFF_MS: i64 = 1_700_006_400_000;
+const MINUTE: i64 = 60_000;
+
+#[test]
+fn the_newest_last_seen_of_each_device_wins_whatever_order_it_arrives_in() {
+    let kafka = shared(Kind::Kafka);
+    let clickhouse = shared(Kind::ClickHouse);
+    let brokers = kafka.address();
+    let prefix = unique("sink-lastseen");
+    let rt = runtime();
+    rt.block_on(create_derived(brokers, &prefix, 2));
+    let database = unique("fp_lastseen").replace('-', "_");
+    // The default batch limits: how long last-seen rows wait is part of what is checked.
+    let (mut child, http) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
+    let c = rt.block_on(connect(clickhouse.address(), &database));
+    // Parts stay apart, so the queries below see the table as it is before ClickHouse merges.
+    rt.block_on(
+        c.client
+            .query("SYSTEM STOP MERGES device_last_seen")
+            .execute(),
+    )
+    .unwrap();
+    let out = LastSeenOut::new(brokers, &prefix);
+    let stored = || rt.block_on(count(&c, "device_last_seen", false));
+    let latest = || rt.block_on(rows::<LastSeenRow>(&c, "device_last_seen"));
+
+    // The sink is reading once its first record is in (a new group waits a few seconds first).
+    let mut sent = vec![last_seen("t2", "d5", CUTOFF_MS + 19 * MINUTE, None)];
+    out.send(&sent);
+    assert!(testkit::wait_for(Duration::from_secs(60), || stored() == 1));
+
+    // Newer times first for d1 and d6 (d6's record twice, as the pipeline repeats itself after a
+    // crash), older ones first for d2 and d3.
+    let first = [
+        last_seen("t1", "d1", CUTOFF_MS + 10 * MINUTE, Some("sensor")),
+        last_seen("t1", "d2", CUTOFF_MS - 120 * MINUTE, None),
+        last_seen("t1", "d3", CUTOFF_MS - 30 * MINUTE, Some("gateway")),
+        last_seen("t2", "d4", CUTOFF_MS - 1_440 * MINUTE, Some("meter")),
+        last_seen("t1", "d6", CUTOFF_MS + 6 * MINUTE, Some("sensor")),
+        last_seen("t1", "d6", CUTOFF_MS + 6 * MINUTE, Some("sensor")),
+    ];
+    let started = Instant::now();
+    out.send(&first);
+    sent.extend(first);
+    let mut prompt = Vec::new();
+    assert!(testkit::wait_for(Duration::from_secs(30), || stored() == 7));
+    prompt.push(started.elapsed());
+    let second = [
+        last_seen("t1", "d1", CUTOFF_MS - 60 * MINUTE, Some("gateway")),
+        last_seen("t1", "d2", CUTOFF_MS + MINUTE, Some("sensor")),
+        last_seen("t1", "d3", CUTOFF_MS - 10 * MINUTE, None),
+    ];
+    let started = Instant::now();
+    out.send(&second);
+    sent.extend(second);
+    assert!(testkit::wait_for(Duration::from_secs(30), || stored() == 10));
+    prompt.push(started.elapsed());
+    // A trickle waits out `clickhouse.batch_ms` (1 s), then one insert: within the 2 s beyond
+    // the pipeline's interval that the end-to-end freshness check allows.
+    eprintln!("last-seen rows in ClickHouse after {prompt:?}");
+    assert!(
+        prompt.iter().all(|p| *p < Duration::from_secs(2)),
+        "last-seen rows are inserted promptly: {prompt:?}"
+    );
+
+    let newest = vec![
+        LastSeenRow::from(last_seen(
+            "t1",
+            "d1",
+            CUTOFF_MS + 10 * MINUTE,
+            Some("sensor"),
+        )),
+        LastSeenRow::from(last_seen("t1", "d2", CUTOFF_MS + MINUTE, Some("sensor"))),
+        LastSeenRow::from(last_seen("t1", "d3", CUTOFF_MS - 10 * MINUTE, None)),
+        LastSeenRow::from(last_seen(
+            "t1",
+            "d6",
+            CUTOFF_MS + 6 * MINUTE,
+            Some("sensor"),
+        )),
+        LastSeenRow::from(last_seen(
+            "t2",
+            "d4",
+            CUTOFF_MS - 1_440 * MINUTE,
+            Some("meter"),
+        )),
+        LastSeenRow::from(last_seen("t2", "d5", CUTOFF_MS + 19 * MINUTE, None)),
+    ];
+    let mut by_id = newest.clone();
+    by_id.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    assert_eq!(
+        newest_per_device(&sent),
+        by_id,
+        "the test's own expectation"
+    );
+    assert_eq!(latest(), by_id, "FINAL: the newest per device");
+    let parts: u64 = rt
+        .block_on(
+            c.client
+                .query(
+                    "SELECT count() FROM system.parts WHERE database = currentDatabase() \
+                     AND table = 'device_last_seen' AND active",
+                )
+                .fetch_one(),
+        )
+        .unwrap();
+    assert!(
+        parts >= 2,
+        "the older rows are still stored apart: {parts} parts"
+    );
+
+    // The documented queries, before and after the merge: d1's and d2's old rows are before the
+    // cutoff but their newest are not; d3's newest reading gave no class, its older one did.
+    let queries = documented_queries();
+    let since = &queries["not_reported_since"];
+    assert!(since.contains("'2023-11-15 00:00:00'"), "{since}");
+    let now_s = (CUTOFF_MS + 20 * MINUTE) / 1_000;
+    let answers = || {
+        let not_reported: Vec<(String, String, Option<String>, String)> =
+            ask(&rt, &c, &database, since, now_s)
+                .iter()
+                .map(|r| {
+                    (
+                        text(&r["tenant_id"]),
+                        text(&r["device_id"]),
+                        r["device_class"].as_str().map(str::to_string),
+                        text(&r["last_seen"]),
+                    )
+                })
+                .collect();
+        let silent: Vec<(String, u64, u64, String, Vec<String>)> = ask(
+            &rt,
+            &c,
+            &database,
+            &queries["silent_devices_per_tenant"],
+            now_s,
+        )
+        .iter()
+        .map(|r| {
+            (
+                text(&r["tenant_id"]),
+                num(&r["silent"]) as u64,
+                num(&r["devices"]) as u64,
+                text(&r["silent_since"]),
+                r["silent_devices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(text)
+                    .collect(),
+            )
+        })
+        .collect();
+        (not_reported, silent)
+    };
+    let expected = (
+        vec![
+            (
+                "t2".to_string(),
+                "d4".to_string(),
+                Some("meter".to_string()),
+                datetime(CUTOFF_MS - 1_440 * MINUTE),
+            ),
+            (
+                "t1".to_string(),
+                "d3".to_string(),
+                None,
+                datetime(CUTOFF_MS - 10 * MINUTE),
+            ),
+        ],
+        // Silent since before now - 15 min = cutoff + 5 min: d2, d3 of t1 (of four), d4 of t2.
+        vec![
+            (
+                "t1".to_string(),
+                2,
+                4,
+                datetime(CUTOFF_MS - 10 * MINUTE),
+                vec!["d2".to_string(), "d3".to_string()],
+            ),
+            (
+                "t2".to_string(),
+                1,
+                2,
+                datetime(CUTOFF_MS - 1_440 * MINUTE),
+                vec!["d4".to_string()],
+            ),
+        ],
+    );
+    assert_eq!(answers(), expected, "before the merge");
+
+    rt.block_on(async {
+        c.client
+            .query("SYSTEM START MERGES device_last_seen")
+            .execute()
+            .await?;
+        c.client
+            .query("OPTIMIZE TABLE device_last_seen FINAL")
+            .execute()
+            .await
+    })
+    .unwrap();
+    assert_eq!(stored(), 6, "one row per device after the merge");
+    assert_eq!(latest(), by_id);
+    assert_eq!(answers(), expected, "after the merge");
+
+    assert_eq!(http_text(&http, "GET", "/readyz", None).0, 200);
+    let (_, metrics) = http_text(&http, "GET", "/metrics", None);
+    assert!(
+        metrics.contains(r#"fleetpulse_sink_rows_inserted_total{table="device_last_seen"} 10"#),
+        "{metrics}"
+    );
+    terminate(&mut child);
+}
+
 /// The queries of docs/queries.md, by name.
 fn documented_queries() -> BTreeMap<String, String> {
     let text = include_str!("../docs/queries.md");
@@ -518,7 +828,7 @@ fn the_documented_queries_answer_what_the_model_says() {
             m
         });
     let queries = documented_queries();
-    assert_eq!(queries.len(), 7, "{:?}", queries.keys());
+    assert_eq!(queries.len(), 9, "{:?}", queries.keys());
     let rows = |name: &str| ask(&rt, &c, &database, &queries[name], now_s);
     assert!(
         testkit::wait_for(Duration::from_secs(60), || {
@@ -758,6 +1068,113 @@ fn the_documented_queries_answer_what_the_model_says() {
         })
         .collect();
     assert_eq!(got, reasons.into_iter().collect::<Vec<_>>());
+
+    // Last seen, from the newest record per device of the last-seen topic (the model has none):
+    // the devices not reported since midnight, and those silent for 15 minutes, per tenant. Most
+    // devices report until the fleet's end, so these may list nobody: asked again with the
+    // cutoff at the devices' median last-seen time (and `now()` 15 minutes after it), about half
+    // of them are listed.
+    let since = &queries["not_reported_since"];
+    let documented = format!("'{}'", datetime(midnight));
+    assert!(since.contains(&documented), "{since}");
+    let mut times: Vec<i64> = want.last_seen.iter().map(|l| l.last_seen_ms).collect();
+    times.sort();
+    let median_s = times.get(times.len() / 2).map_or(now_s, |t| t / 1_000);
+    let shifted = since.replace(&documented, &format!("'{}'", datetime(median_s * 1_000)));
+    for (sql, cutoff_s) in [(since, midnight / 1_000), (&shifted, median_s)] {
+        let mut expected: Vec<_> = want
+            .last_seen
+            .iter()
+            .filter(|l| l.last_seen_ms < cutoff_s * 1_000)
+            .map(|l| {
+                (
+                    l.last_seen,
+                    l.tenant_id.clone(),
+                    l.device_id.clone(),
+                    l.device_class.clone(),
+                )
+            })
+            .collect();
+        expected.sort();
+        let expected: Vec<_> = expected
+            .into_iter()
+            .map(|(s, t, d, class)| (datetime(i64::from(s) * 1_000), t, d, class))
+            .collect();
+        let got: Vec<_> = ask(&rt, &c, &database, sql, now_s)
+            .iter()
+            .map(|r| {
+                (
+                    text(&r["last_seen"]),
+                    text(&r["tenant_id"]),
+                    text(&r["device_id"]),
+                    r["device_class"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            expected,
+            "not reported since {}",
+            datetime(cutoff_s * 1_000)
+        );
+    }
+    for at_s in [now_s, median_s + 15 * 60] {
+        let cutoff = (at_s - 15 * 60) * 1_000;
+        let mut silent: BTreeMap<String, (u64, u64, i64, Vec<String>)> = BTreeMap::new();
+        for l in &want.last_seen {
+            let t = silent
+                .entry(l.tenant_id.clone())
+                .or_insert((0, 0, i64::MAX, Vec::new()));
+            t.1 += 1;
+            if l.last_seen_ms < cutoff {
+                t.0 += 1;
+                t.2 = t.2.min(i64::from(l.last_seen) * 1_000);
+                t.3.push(l.device_id.clone());
+            }
+        }
+        let mut expected: Vec<_> = silent
+            .into_iter()
+            .filter(|(_, t)| t.0 > 0)
+            .map(|(tenant, (n, devices, since, mut ids))| {
+                ids.sort();
+                ids.truncate(100);
+                (std::cmp::Reverse(n), tenant, devices, datetime(since), ids)
+            })
+            .collect();
+        expected.sort();
+        let got: Vec<_> = ask(
+            &rt,
+            &c,
+            &database,
+            &queries["silent_devices_per_tenant"],
+            at_s,
+        )
+        .iter()
+        .map(|r| {
+            (
+                std::cmp::Reverse(num(&r["silent"]) as u64),
+                text(&r["tenant_id"]),
+                num(&r["devices"]) as u64,
+                text(&r["silent_since"]),
+                r["silent_devices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(text)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+        assert_eq!(got, expected, "silent at {}", datetime(at_s * 1_000));
+    }
+    if !want.last_seen.is_empty() {
+        let listed = ask(&rt, &c, &database, &shifted, now_s).len();
+        assert!(
+            listed > 0 && listed < want.last_seen.len(),
+            "{listed} of {} devices not reported since the median",
+            want.last_seen.len()
+        );
+    }
     terminate(&mut child);
 }
 

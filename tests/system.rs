@@ -146,6 +146,7 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
             Output::Anomaly(a) => expected.anomalies.push(a.into()),
             Output::Status(s) => expected.status.push(s.into()),
             Output::DeadLetter(d) => expected.dead_letters.push(d.into()),
+            Output::LastSeen(_) => {}
         }
     }
     let tenant = "tenant-01";

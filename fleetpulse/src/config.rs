@@ -176,6 +176,9 @@ pub struct Topics {
     /// Dead letters out.
     #[serde(default = "topic::dlq")]
     pub dlq: TopicName,
+    /// Last-seen times out (compacted).
+    #[serde(default = "topic::lastseen")]
+    pub lastseen: TopicName,
 }
 
 mod topic {
@@ -196,6 +199,9 @@ mod topic {
     pub(super) fn dlq() -> TopicName {
         TopicName::new(RecordKind::DeadLetter.default_topic())
     }
+    pub(super) fn lastseen() -> TopicName {
+        TopicName::new(RecordKind::LastSeen.default_topic())
+    }
 }
 
 impl Default for Topics {
@@ -206,6 +212,7 @@ impl Default for Topics {
             anomalies: topic::anomalies(),
             status: topic::status(),
             dlq: topic::dlq(),
+            lastseen: topic::lastseen(),
         }
     }
 }
@@ -220,6 +227,7 @@ impl Topics {
             Anomaly => &self.anomalies,
             StatusTransition => &self.status,
             DeadLetter => &self.dlq,
+            LastSeen => &self.lastseen,
         }
     }
 

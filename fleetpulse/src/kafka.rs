@@ -43,6 +43,25 @@ pub(crate) async fn ensure_topic(
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<()> {
+    create_unless_there(config, topic, partitions, &[]).await
+}
+
+/// As [`ensure_topic`], compacted: a topic of the latest record per key (last-seen times). A
+/// topic that exists is left as it is.
+pub(crate) async fn ensure_compacted_topic(
+    config: &Config,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    create_unless_there(config, topic, partitions, &[("cleanup.policy", "compact")]).await
+}
+
+async fn create_unless_there(
+    config: &Config,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)?
         // Asking about a missing topic must not create it with the broker's default partitions.
         .set("allow.auto.create.topics", "false")
@@ -62,7 +81,10 @@ pub(crate) async fn ensure_topic(
         return Ok(());
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let new = settings.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)),
+        |new, (k, v)| new.set(k, v),
+    );
     let results = admin
         .create_topics([&new], &options)
         .await

@@ -22,8 +22,9 @@ use crate::reading::{fnv1a as checksum, route};
 use crate::tenant::Tenants;
 use crate::watermark::PartitionClock;
 
-/// The format's mark; 03 holds each partition's clock truth and its devices' clock offsets.
-const MAGIC: &[u8; 8] = b"FPCKPT03";
+/// The format's mark; 03 held each partition's clock truth and its devices' clock offsets, 04
+/// adds the last-seen announcements and what each device told.
+const MAGIC: &[u8; 8] = b"FPCKPT04";
 /// Generations kept besides the newest: if the newest turns out partial (a crash while its
 /// parts were written), the one before is complete.
 const KEEP: u64 = 2;

@@ -37,6 +37,10 @@ pub struct PipelineConfig {
     pub device_retention_ms: i64,
     /// Bounds on what a reading may hold; beyond them it is a dead letter `invalid_field`.
     pub limits: schemas::Limits,
+    /// A device's last-seen time goes out at most once per this much event time (and at once
+    /// when its status changes), so a fleet reporting every second costs one record per device
+    /// per interval, not one per reading.
+    pub lastseen_interval_ms: i64,
     /// Granularity of the sources' capabilities: progress is tracked in steps of this size.
     pub watermark_step_ms: i64,
     /// Share of a tenant's online devices that, going offline within `mass_offline_window_ms`,
@@ -150,6 +154,7 @@ impl Default for PipelineConfig {
             clock_correction: true,
             device_retention_ms: 30 * DAY_MS,
             limits: schemas::Limits::default(),
+            lastseen_interval_ms: 5_000,
             watermark_step_ms: 100,
             mass_offline_share: 0.5,
             mass_offline_min_devices: 20,
@@ -332,6 +337,7 @@ impl PipelineConfig {
             ));
         }
         positive("watermark_step_ms", self.watermark_step_ms)?;
+        positive("lastseen_interval_ms", self.lastseen_interval_ms)?;
         positive("checkpoint_interval_ms", self.checkpoint_interval_ms)?;
         positive("mass_offline_window_ms", self.mass_offline_window_ms)?;
         share("mass_offline_share", self.mass_offline_share)?;

@@ -175,7 +175,7 @@ fn devices<'s>(
             move |(readings, f1), (marks, f2), output| {
                 readings.for_each(|_, data| {
                     for r in data.drain(..) {
-                        engine.push(r);
+                        engine.push(r, &mut out);
                     }
                 });
                 marks.for_each(|_, data| {
@@ -212,6 +212,11 @@ fn devices<'s>(
                 let Some(held) = cap.as_mut() else {
                     return;
                 };
+                // Last-seen times announced as readings arrived go out now, at the time the
+                // operator holds (before any cut it has yet to save: see Engine::encode).
+                if !out.is_empty() {
+                    output.session(held).give_iterator(out.drain(..));
+                }
                 match frontier {
                     Some(f) if f > *held.time() => {
                         // A cut first: the state it keeps is what events before it produced.

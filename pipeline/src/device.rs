@@ -1,6 +1,8 @@
 //! Everything the pipeline knows about one device: its open windows, presence and anomaly rules,
 //! driven in event-time order by readings and by its own timers (window ends, offline deadline,
-//! prolonged offline, flapping decay, retirement after `device_retention_ms` of silence).
+//! prolonged offline, flapping decay, retirement after `device_retention_ms` of silence), and
+//! that its latest reading time goes out ([`crate::lastseen`]): announced on arrival, or at a
+//! status change, or `lastseen_interval_ms` after it when no reading followed, or at the end.
 //!
 //! At one millisecond the order is: windows ending there close, then readings stamped there, then
 //! the offline deadline, then rule timers. A reading exactly at `last_seen + timeout` therefore
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::{self, Baseline, Observation, Switches};
 use crate::config::{PipelineConfig, Thresholds};
 use crate::event_id;
+use crate::lastseen::{self, Announcer};
 use crate::metrics;
 use crate::output::Output;
 use crate::reading::{Reading, ReadingKind};
@@ -79,6 +82,8 @@ pub struct Ctx<'a> {
     /// The largest event time telemetry itself (not idleness) has moved any partition's
     /// watermark to; deadlines beyond it passed only because the input was idle.
     pub data_watermark: i64,
+    /// The last-seen times announced on arrival.
+    pub announced: &'a Announcer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +109,8 @@ pub struct Device {
     presence: Option<Presence>,
     since: i64,
     last_seen: i64,
+    /// The latest `last_seen` that went out as a last-seen record.
+    told: i64,
     /// The last response times, as `f32`: half the memory, and 7 significant digits are plenty
     /// for a mean compared with a threshold.
     recent_rt: VecDeque<f32>,
@@ -142,6 +149,7 @@ impl Device {
             presence: None,
             since: 0,
             last_seen: 0,
+            told: i64::MIN,
             recent_rt: VecDeque::new(),
             flaps: None,
             p95_baseline: Baseline::default(),
@@ -184,8 +192,8 @@ impl Device {
         self.windows.iter().filter(|w| w.is_some()).count()
     }
 
-    /// The next thing due on this device, whose state is kept for `retention_ms` of silence.
-    pub fn next_due(&self, retention_ms: i64) -> Option<Due> {
+    /// The next thing due on this device.
+    pub fn next_due(&self, cfg: &PipelineConfig) -> Option<Due> {
         let windows = self.windows.iter().flatten().map(|w| (w.end, CLOSE));
         let presence = match self.presence {
             Some(Presence::Online) => Some((
@@ -199,10 +207,16 @@ impl Device {
         };
         let retire = match self.presence {
             Some(Presence::Online | Presence::Offline { .. }) => {
-                Some((self.last_seen.saturating_add(retention_ms), RULE))
+                Some((self.last_seen.saturating_add(cfg.device_retention_ms), RULE))
             }
             _ => None,
         };
+        let untold = (self.told < self.last_seen && self.tracked()).then(|| {
+            (
+                self.last_seen.saturating_add(cfg.lastseen_interval_ms),
+                RULE,
+            )
+        });
         let flapping = self
             .switches
             .is_firing(AnomalyKind::Flapping)
@@ -213,15 +227,17 @@ impl Device {
                     .map(|t| (t + self.thresholds.flapping_period_ms, RULE))
             })
             .flatten();
-        windows.chain(presence).chain(flapping).chain(retire).min()
+        windows
+            .chain(presence)
+            .chain(flapping)
+            .chain(retire)
+            .chain(untold)
+            .min()
     }
 
     /// Processes everything due strictly before `until`.
     pub fn advance(&mut self, until: Due, ctx: &mut Ctx<'_>) {
-        while let Some(due) = self
-            .next_due(ctx.cfg.device_retention_ms)
-            .filter(|d| *d < until)
-        {
+        while let Some(due) = self.next_due(ctx.cfg).filter(|d| *d < until) {
             match due.1 {
                 CLOSE => self.close_windows(due.0, ctx),
                 DEADLINE => self.go_offline(due.0, ctx),
@@ -230,14 +246,48 @@ impl Device {
         }
     }
 
-    /// Closes every open window, whatever its end: the input is exhausted. Rules do not judge
-    /// these windows; they are judged only up to the input's last watermark.
+    /// Closes every open window, whatever its end, and tells the device's last-seen time: the
+    /// input is exhausted. Rules do not judge these windows; they are judged only up to the
+    /// input's last watermark.
     pub fn close_all(&mut self, ctx: &mut Ctx<'_>) {
         for i in 0..self.windows.len() {
             if let Some(w) = self.windows[i].take() {
                 self.emit_window(w, false, ctx);
             }
         }
+        self.tell_last_seen(ctx);
+    }
+
+    /// Sends the latest reading time, unless it went out already; then, if a newer reading
+    /// was announced on arrival before this, that announcement again (see [`crate::lastseen`]).
+    fn tell_last_seen(&mut self, ctx: &mut Ctx<'_>) {
+        if self.told >= self.last_seen || !self.tracked() {
+            return;
+        }
+        self.told = self.last_seen;
+        let class = self.class.as_deref();
+        ctx.out.push(lastseen::record(
+            &self.tenant,
+            &self.id,
+            class,
+            self.last_seen,
+        ));
+        if let Some(newer) = ctx
+            .announced
+            .last_of(&self.tenant, &self.id)
+            .filter(|t| *t > self.last_seen)
+        {
+            ctx.out
+                .push(lastseen::record(&self.tenant, &self.id, class, newer));
+        }
+    }
+
+    /// Whether the device has been seen and not retired.
+    fn tracked(&self) -> bool {
+        matches!(
+            self.presence,
+            Some(Presence::Online | Presence::Offline { .. })
+        )
     }
 
     /// Whether the device was retired and is to be freed.
@@ -256,6 +306,7 @@ impl Device {
             self.class = Some(class);
         }
         let ts = r.ts;
+        let came_online = self.presence != Some(Presence::Online);
         // An arrival opens windows too, so they count the offline time it ends; a window no
         // measured reading joins is neither emitted nor judged.
         for (i, size) in ctx.cfg.windows_ms.iter().enumerate() {
@@ -295,6 +346,12 @@ impl Device {
             Some(Presence::Online | Presence::Retired) => {}
         }
         self.last_seen = ts;
+        if r.announced {
+            self.told = self.told.max(ts);
+        }
+        if came_online {
+            self.tell_last_seen(ctx);
+        }
         self.clock_rule(r.clock_offset_ms, ts, ctx);
         if r.kind == ReadingKind::Arrival {
             return;
@@ -476,6 +533,7 @@ impl Device {
     }
 
     fn go_offline(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        self.tell_last_seen(ctx);
         let reason = if ts < ctx.data_watermark {
             TransitionReason::Timeout
         } else {
@@ -491,6 +549,11 @@ impl Device {
     }
 
     fn rule_timer(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        // No reading followed the latest within an interval: its time goes out now. A device
+        // about to retire has had it told at the latest when it went offline.
+        if ts >= self.last_seen.saturating_add(ctx.cfg.lastseen_interval_ms) {
+            self.tell_last_seen(ctx);
+        }
         if ts >= self.last_seen.saturating_add(ctx.cfg.device_retention_ms) {
             self.retire(ts, ctx);
             return;

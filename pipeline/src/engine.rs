@@ -1,5 +1,6 @@
 //! One worker's share of the devices: readings wait here until the frontier passes their `ts`,
-//! then every device's readings and timers are processed in event-time order.
+//! then every device's readings and timers are processed in event-time order. A reading's
+//! arrival may announce its device's last-seen time at once ([`crate::lastseen`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -11,12 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
 use crate::device::{Ctx, Device, Due, Profiles, READING};
+use crate::lastseen::{self, Announcer};
 use crate::output::Output;
 use crate::pending::PendingQueue;
 use crate::reading::Reading;
 
-/// What a checkpoint keeps of an engine: every device, the readings not yet processed, and how
-/// far data has moved event time (see [`Engine::encode`]).
+/// What a checkpoint keeps of an engine: every device, the readings not yet processed, how far
+/// data has moved event time, and the last-seen announcements (see [`Engine::encode`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct EngineState {
     /// The devices.
@@ -25,6 +27,8 @@ pub struct EngineState {
     pub pending: Vec<Reading>,
     /// See [`Ctx::data_watermark`].
     pub data_watermark: i64,
+    /// The time of each device's last announcement.
+    pub announced: Announcer,
 }
 
 /// Devices, their timers and the readings not yet processed.
@@ -35,6 +39,7 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Due, u32)>>,
     pending: PendingQueue,
     data_watermark: i64,
+    announcer: Announcer,
     profiles: Profiles,
     /// Devices whose windows the end of input has closed.
     closed: usize,
@@ -50,6 +55,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             pending: PendingQueue::default(),
             data_watermark: i64::MIN,
+            announcer: Announcer::default(),
             profiles: Profiles::default(),
             closed: 0,
         }
@@ -71,8 +77,14 @@ impl Engine {
     }
 
     /// Encodes the state for a checkpoint: every device, the readings not yet processed unless
-    /// `without_pending` (a cut's part, whose source replays them), and the data watermark. The
-    /// bytes decode as an [`EngineState`]; encoding from borrows spares a copy of every device.
+    /// `without_pending` (a cut's part, whose source replays them), the data watermark and the
+    /// announcements. The bytes decode as an [`EngineState`]; encoding from borrows spares a
+    /// copy of every device.
+    ///
+    /// A cut's announcements include readings at or after the cut that arrived before it was
+    /// saved: their records went out at or before the cut's time (a checkpoint is written once
+    /// everything up to that time is), and announcing is idempotent (a replayed reading is never
+    /// announced twice), so the replay announces what it would have.
     pub fn encode(&self, without_pending: bool) -> Result<Vec<u8>, bincode::Error> {
         /// [`EngineState`]'s layout over borrowed data (bincode writes a slice as a `Vec`).
         #[derive(Serialize)]
@@ -80,6 +92,7 @@ impl Engine {
             devices: &'a [Device],
             pending: Vec<&'a Reading>,
             data_watermark: i64,
+            announced: &'a Announcer,
         }
         let pending = if without_pending {
             Vec::new()
@@ -90,6 +103,7 @@ impl Engine {
             devices: &self.devices,
             pending,
             data_watermark: self.data_watermark,
+            announced: &self.announcer,
         })
     }
 
@@ -97,6 +111,7 @@ impl Engine {
     /// it) that `keep` says are this worker's (by device id).
     pub fn restore(&mut self, state: EngineState, keep: impl Fn(&str) -> bool) {
         self.data_watermark = self.data_watermark.max(state.data_watermark);
+        self.announcer.absorb(state.announced);
         let cfg = Arc::clone(&self.cfg);
         let mut out = Vec::new();
         let mut ctx = Ctx {
@@ -104,6 +119,7 @@ impl Engine {
             profiles: &mut self.profiles,
             out: &mut out,
             data_watermark: self.data_watermark,
+            announced: &self.announcer,
         };
         let mut restored = Vec::new();
         for device in state.devices.into_iter().filter(|d| keep(d.id())) {
@@ -117,12 +133,22 @@ impl Engine {
             self.reschedule(slot);
         }
         for r in state.pending.into_iter().filter(|r| keep(&r.device_id)) {
-            self.push(r);
+            self.pending.push(r);
         }
     }
 
-    /// Queues a reading until the frontier passes its `ts`.
-    pub fn push(&mut self, r: Reading) {
+    /// Queues a reading until the frontier passes its `ts`; its arrival may announce its
+    /// device's last-seen time, into `out`.
+    pub fn push(&mut self, mut r: Reading, out: &mut Vec<Output>) {
+        if self.announcer.arrive(&r, self.cfg.lastseen_interval_ms) {
+            r.announced = true;
+            out.push(lastseen::record(
+                &r.tenant_id,
+                &r.device_id,
+                r.device_class.as_deref(),
+                r.ts,
+            ));
+        }
         self.pending.push(r);
     }
 
@@ -141,7 +167,14 @@ impl Engine {
         out: &mut Vec<Output>,
         budget: usize,
     ) -> bool {
-        self.run(frontier, timer_limit.min(frontier), out, budget)
+        let done = self.run(frontier, timer_limit.min(frontier), out, budget);
+        // Only once every reading before the frontier is processed: a device telling an older
+        // time looks up a newer announcement, which may be of a reading processed in this run.
+        if done {
+            self.announcer
+                .prune(frontier, self.cfg.lastseen_interval_ms);
+        }
+        done
     }
 
     /// The input is exhausted: processes every queued reading, timers only before `last_watermark`
@@ -164,6 +197,7 @@ impl Engine {
             profiles: &mut self.profiles,
             out,
             data_watermark: self.data_watermark,
+            announced: &self.announcer,
         };
         while let Some(d) = self.devices.get_mut(self.closed) {
             if ctx.out.len() >= budget {
@@ -184,11 +218,14 @@ impl Engine {
     ) -> bool {
         let cfg = Arc::clone(&self.cfg);
         let mut profiles = std::mem::take(&mut self.profiles);
+        // Readings arrive between runs, never during one.
+        let announcer = std::mem::take(&mut self.announcer);
         let mut ctx = Ctx {
             cfg: &cfg,
             profiles: &mut profiles,
             out,
             data_watermark: self.data_watermark,
+            announced: &announcer,
         };
         self.pending.release(reading_limit);
         let done = loop {
@@ -222,6 +259,7 @@ impl Engine {
             }
         };
         self.profiles = profiles;
+        self.announcer = announcer;
         self.pending.shrink();
         done
     }
@@ -277,9 +315,8 @@ impl Engine {
     /// case: every reading pushes the offline deadline back) leaves the earlier entry in place,
     /// and that entry reschedules when it fires, so the queue never fills with stale entries.
     fn reschedule(&mut self, slot: u32) {
-        let retention = self.cfg.device_retention_ms;
         let device = &mut self.devices[slot as usize];
-        let Some(next) = device.next_due(retention) else {
+        let Some(next) = device.next_due(&self.cfg) else {
             return;
         };
         if device.scheduled().is_none_or(|s| next < s) {

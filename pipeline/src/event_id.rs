@@ -38,6 +38,11 @@ pub fn status(tenant: &str, device: &str, status: DeviceStatus, ts: i64) -> Stri
     format!("status/{tenant}/{device}/{s}/{ts}")
 }
 
+/// A last-seen time: device and time.
+pub fn last_seen(tenant: &str, device: &str, ts: i64) -> String {
+    format!("lastseen/{tenant}/{device}/{ts}")
+}
+
 /// A dead letter: where the rejected record was read.
 pub fn dead_letter(topic: &str, partition: i32, offset: i64) -> String {
     format!("dlq/{topic}/{partition}/{offset}")
@@ -59,5 +64,6 @@ mod tests {
             "status/t/d/offline/7"
         );
         assert_eq!(dead_letter("telemetry", 3, 9), "dlq/telemetry/3/9");
+        assert_eq!(last_seen("t", "d", 11), "lastseen/t/d/11");
     }
 }

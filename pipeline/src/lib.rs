@@ -5,8 +5,9 @@
 //! and tracks its partitions' watermarks; accepted readings are exchanged by device to the
 //! [`engine`], which holds them in its [`pending`] queue until the frontier passes them and
 //! drives each [`device`] through readings and timers in event-time order;
-//! status transitions are exchanged by tenant to the [`tenant`] operator (mass offline); every
-//! derived record goes to a [`sink`]. The semantics are those of DESIGN.md; docs/pipeline.md
+//! status transitions are exchanged by tenant to the [`tenant`] operator (mass offline); each
+//! device's latest reading time goes out within seconds ([`lastseen`]); every derived record goes
+//! to a [`sink`]. The semantics are those of DESIGN.md; docs/pipeline.md
 //! records the decisions the design left open.
 
 pub mod anomaly;
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod engine;
 pub mod event_id;
 pub mod health;
+pub mod lastseen;
 pub mod metrics;
 pub mod output;
 pub mod pending;

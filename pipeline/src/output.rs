@@ -1,6 +1,6 @@
-//! What the dataflow emits: one enum over the four derived records, so one sink writes them all.
+//! What the dataflow emits: one enum over the five derived records, so one sink writes them all.
 
-use schemas::{Anomaly, DeadLetter, StatusTransition, WindowAggregate};
+use schemas::{Anomaly, DeadLetter, LastSeen, StatusTransition, WindowAggregate};
 use serde::{Deserialize, Serialize};
 
 /// A derived record bound for its topic.
@@ -14,6 +14,8 @@ pub enum Output {
     Status(StatusTransition),
     /// To `telemetry-dlq`.
     DeadLetter(DeadLetter),
+    /// To `device-lastseen`.
+    LastSeen(LastSeen),
 }
 
 impl Output {
@@ -24,6 +26,7 @@ impl Output {
             Output::Anomaly(r) => &r.event_id,
             Output::Status(r) => &r.event_id,
             Output::DeadLetter(r) => &r.event_id,
+            Output::LastSeen(r) => &r.event_id,
         }
     }
 }

@@ -172,6 +172,7 @@ mod tests {
             signal_dbm: None,
             clock_offset_ms: 0,
             kind: crate::reading::ReadingKind::Stamped,
+            announced: false,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct Reading {
     pub clock_offset_ms: i64,
     /// What the reading is to the device.
     pub kind: ReadingKind,
+    /// Its time went out as the device's last seen when it arrived ([`crate::lastseen`]).
+    pub announced: bool,
 }
 
 /// How the device operator takes a reading.
@@ -68,6 +70,7 @@ impl Reading {
             signal_dbm: t.signal_dbm,
             clock_offset_ms,
             kind,
+            announced: false,
         }
     }
 

@@ -328,9 +328,11 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         };
         let written = |probe: &timely::dataflow::ProbeHandle<u64>| -> Result<(), String> {
             loop {
+                // Past the cut, not only at it: the device operator may hold the cut's own time
+                // when it saves its part, and last-seen times it announces then are stamped there.
                 let ready = cuts
                     .borrow_mut()
-                    .take_ready(|at| !probe.less_than(&u64::try_from(at).unwrap_or(0)));
+                    .take_ready(|at| !probe.less_equal(&u64::try_from(at).unwrap_or(0)));
                 let Some((generation, part)) = ready else {
                     return Ok(());
                 };

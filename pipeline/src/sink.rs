@@ -37,7 +37,7 @@ pub trait OutputSink {
 /// Builds worker `index`'s sink.
 pub type SinkFactory = Arc<dyn Fn(usize) -> Result<Box<dyn OutputSink>, SinkError> + Send + Sync>;
 
-/// The four derived topics.
+/// The five derived topics.
 #[derive(Debug, Clone)]
 pub struct Topics {
     /// Window aggregates.
@@ -48,6 +48,8 @@ pub struct Topics {
     pub status: String,
     /// Dead letters.
     pub dlq: String,
+    /// Last-seen times (compacted).
+    pub lastseen: String,
 }
 
 impl SinkError {
@@ -95,6 +97,8 @@ pub struct Written {
     pub status: AtomicU64,
     /// Dead letters.
     pub dead_letters: AtomicU64,
+    /// Last-seen times.
+    pub last_seen: AtomicU64,
 }
 
 /// The process-wide producer and what every worker's sink shares.
@@ -162,9 +166,10 @@ impl KafkaSink {
     fn send<R: Record>(&mut self, topic: &str, record: &R) -> Result<(), SinkError> {
         self.buf.clear();
         self.shared.codec.encode_into(record, &mut self.buf)?;
+        let key = record.key();
         let mut backoff = Duration::from_millis(1);
         loop {
-            let r = BaseRecord::to(topic).key(record.key()).payload(&self.buf);
+            let r = BaseRecord::to(topic).key(key.as_ref()).payload(&self.buf);
             match self.shared.producer.send(r) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -197,6 +202,10 @@ impl OutputSink for KafkaSink {
             Output::DeadLetter(r) => {
                 self.send(&topics.dlq, r)?;
                 ("dlq", &topics.dlq, &written.dead_letters)
+            }
+            Output::LastSeen(r) => {
+                self.send(&topics.lastseen, r)?;
+                ("lastseen", &topics.lastseen, &written.last_seen)
             }
         };
         count.fetch_add(1, Ordering::Relaxed);

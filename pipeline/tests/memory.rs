@@ -51,6 +51,7 @@ fn reading(device: usize, ts: i64) -> Reading {
         signal_dbm: Some(-70.0),
         clock_offset_ms: 0,
         kind: ReadingKind::Stamped,
+        announced: false,
     }
 }
 
@@ -63,7 +64,7 @@ fn heap_with(devices: usize) -> isize {
     for step in 0..27 {
         for d in 0..devices {
             let ts = T0 + step * 10_000 + (d * 10_000 / devices) as i64;
-            engine.push(reading(d, ts));
+            engine.push(reading(d, ts), &mut out);
             if d % 500 == 499 {
                 engine.advance(ts - 1_000, ts - 1_000, &mut out, usize::MAX);
                 out.clear();

@@ -312,11 +312,13 @@ fn the_random_streams_cover_every_rule() {
                 Output::Anomaly(a) => format!("{:?}/{:?}", a.kind, a.state),
                 Output::Status(s) => format!("{:?}", s.reason),
                 Output::DeadLetter(d) => format!("{:?}", d.reason),
+                Output::LastSeen(_) => "last_seen".to_string(),
             });
         }
     }
     for want in [
         "aggregate",
+        "last_seen",
         "FirstSeen",
         "Timeout",
         "Resumed",
@@ -393,6 +395,6 @@ proptest! {
             })
             .sum();
         prop_assert_eq!(dead + counted, n as i64);
-        prop_assert!(compare(&partitions, &cfg, 1).is_ok());
+        compare(&partitions, &cfg, 1)?;
     }
 }

@@ -302,7 +302,7 @@ mod tests {
             Some(other.clone()),
         )
         .await;
-        assert_eq!((status, body["id"].as_u64()), (200, Some(11)));
+        assert_eq!((status, body["id"].as_u64()), (200, Some(12)));
         let (status, body) = call(&app, "POST", "/subjects/x-value", Some(other)).await;
         assert_eq!((status, body["version"].as_u64()), (200, Some(1)));
 

@@ -303,10 +303,10 @@ mod tests {
     fn registering_is_idempotent_and_enforces_backward() {
         let mut s = Subjects::builtin();
         let first = s.register("other-value", OTHER_V1).ok();
-        assert_eq!(first, Some(11));
+        assert_eq!(first, Some(12));
         assert_eq!(s.register("other-value", OTHER_V1).ok(), first);
         assert_eq!(s.register("copy-value", OTHER_V1).ok(), first);
-        assert_eq!(s.register("other-value", OTHER_V2).ok(), Some(12));
+        assert_eq!(s.register("other-value", OTHER_V2).ok(), Some(13));
         assert!(matches!(
             s.register("other-value", OTHER_BAD),
             Err(RegistryError::Incompatible { .. })
@@ -348,14 +348,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("registry.json");
         let id = Subjects::open(&path).and_then(|mut s| s.register("other-value", OTHER_V1));
-        assert_eq!(id.ok(), Some(11));
+        assert_eq!(id.ok(), Some(12));
         let reopened = Subjects::open(&path);
         assert_eq!(
             reopened
                 .and_then(|s| s.lookup("other-value", OTHER_V1))
                 .map(|r| r.id)
                 .ok(),
-            Some(11)
+            Some(12)
         );
     }
 }

@@ -15,7 +15,7 @@ fn short(what: &str) -> DecodeError {
 }
 
 /// A zig-zag varint `long` (at most 10 bytes).
-fn long(body: &mut &[u8]) -> Result<i64, DecodeError> {
+pub(crate) fn long(body: &mut &[u8]) -> Result<i64, DecodeError> {
     let mut value: u64 = 0;
     for shift in (0..70).step_by(7) {
         let (&byte, rest) = body.split_first().ok_or_else(|| short("a long"))?;
@@ -39,7 +39,7 @@ fn double(body: &mut &[u8]) -> Result<f64, DecodeError> {
     Ok(f64::from_le_bytes(*bytes))
 }
 
-fn string<'a>(body: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
+pub(crate) fn string<'a>(body: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
     let len = usize::try_from(long(body)?)
         .map_err(|_| DecodeError::Avro("a string of negative length".into()))?;
     if body.len() < len {
@@ -51,7 +51,7 @@ fn string<'a>(body: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
 }
 
 /// A `["null", T]` union: branch 0 is null, branch 1 is `T`.
-fn optional<'a, T>(
+pub(crate) fn optional<'a, T>(
     body: &mut &'a [u8],
     read: fn(&mut &'a [u8]) -> Result<T, DecodeError>,
 ) -> Result<Option<T>, DecodeError> {
@@ -61,6 +61,33 @@ fn optional<'a, T>(
         n => Err(DecodeError::Avro(format!(
             "union branch {n} of a nullable field"
         ))),
+    }
+}
+
+/// Appends `v` as an Avro `long` (zig-zag varint).
+pub(crate) fn write_long(buf: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        buf.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    buf.push(z as u8);
+}
+
+/// Appends `s` as an Avro `string`.
+pub(crate) fn write_string(buf: &mut Vec<u8>, s: &str) {
+    write_long(buf, i64::try_from(s.len()).unwrap_or(i64::MAX));
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Appends a nullable string (`["null", "string"]`).
+pub(crate) fn write_optional_string(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => write_long(buf, 0),
+        Some(s) => {
+            write_long(buf, 1);
+            write_string(buf, s);
+        }
     }
 }
 

@@ -69,6 +69,9 @@ impl Codec {
         let current = self.store.writer(R::KIND);
         buf.push(0);
         buf.extend_from_slice(&current.id.to_be_bytes());
+        if record.write_current(buf) {
+            return Ok(());
+        }
         current
             .writer
             .write_ser(buf, record)

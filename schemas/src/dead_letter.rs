@@ -1,6 +1,8 @@
 //! The dead-letter record: input the pipeline could not use, kept with its reason and source
 //! position so nothing is lost silently and an operator can replay or inspect it.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Record, RecordKind};
@@ -77,10 +79,12 @@ impl Record for DeadLetter {
 
     /// The original key when it is text (normally the device id), so a device's rejects stay
     /// together; otherwise empty.
-    fn key(&self) -> &str {
-        self.key
-            .as_deref()
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .unwrap_or("")
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(
+            self.key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .unwrap_or(""),
+        )
     }
 }

@@ -1,6 +1,8 @@
 //! The records the pipeline derives from telemetry: window aggregates, anomaly state changes and
 //! status transitions. Field docs are in the matching `schemas/avro/*.avsc`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Record, RecordKind};
@@ -53,8 +55,8 @@ pub struct WindowAggregate {
 impl Record for WindowAggregate {
     const KIND: RecordKind = RecordKind::WindowAggregate;
 
-    fn key(&self) -> &str {
-        &self.device_id
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.device_id)
     }
 
     fn read_current(body: &mut &[u8]) -> Option<Result<Self, crate::DecodeError>> {
@@ -246,12 +248,12 @@ pub struct Anomaly {
 impl Record for Anomaly {
     const KIND: RecordKind = RecordKind::Anomaly;
 
-    fn key(&self) -> &str {
-        if self.device_id.is_empty() {
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(if self.device_id.is_empty() {
             &self.tenant_id
         } else {
             &self.device_id
-        }
+        })
     }
 }
 
@@ -310,7 +312,7 @@ pub struct StatusTransition {
 impl Record for StatusTransition {
     const KIND: RecordKind = RecordKind::StatusTransition;
 
-    fn key(&self) -> &str {
-        &self.device_id
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.device_id)
     }
 }

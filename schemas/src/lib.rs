@@ -1,5 +1,5 @@
-//! The vocabulary every part of fleetpulse shares: the five records of the design (telemetry in,
-//! aggregates, anomalies, status transitions and dead letters out), their Avro schemas, the
+//! The vocabulary every part of fleetpulse shares: the six records of the design (telemetry in,
+//! aggregates, anomalies, status transitions, dead letters and last-seen times out), their Avro schemas, the
 //! Confluent-framed Avro codec, and the JSON form of telemetry that devices may send instead.
 //!
 //! This crate is a leaf: it does no I/O. The schemas under `schemas/avro/` are compiled in and
@@ -22,6 +22,7 @@ mod dead_letter;
 mod derived;
 mod error;
 mod json;
+mod last_seen;
 mod limits;
 mod record;
 mod store;
@@ -35,6 +36,7 @@ pub use derived::{
     WindowAggregate, WindowAggregateRef,
 };
 pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
+pub use last_seen::{LastSeen, device_key};
 pub use limits::Limits;
 pub use record::{Record, RecordKind, wire_name};
 pub use store::{BuiltinSchema, SchemaStore, builtin_schemas};

@@ -1,12 +1,14 @@
 //! What makes a type a fleetpulse record: which schema it has, where it goes by default, and how
 //! it checks its own field values.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{DecodeError, InvalidField};
 
-/// The five kinds of record, one per topic of the design.
+/// The six kinds of record, one per topic of the design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {
     /// A device reading ([`crate::Telemetry`]).
@@ -19,16 +21,19 @@ pub enum RecordKind {
     StatusTransition,
     /// Rejected input ([`crate::DeadLetter`]).
     DeadLetter,
+    /// When each device was last heard from ([`crate::LastSeen`]).
+    LastSeen,
 }
 
 impl RecordKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [RecordKind; 5] = [
+    pub const ALL: [RecordKind; 6] = [
         RecordKind::Telemetry,
         RecordKind::WindowAggregate,
         RecordKind::Anomaly,
         RecordKind::StatusTransition,
         RecordKind::DeadLetter,
+        RecordKind::LastSeen,
     ];
 
     /// The Avro full name of the record's schema.
@@ -39,6 +44,7 @@ impl RecordKind {
             RecordKind::Anomaly => "io.fleetpulse.Anomaly",
             RecordKind::StatusTransition => "io.fleetpulse.StatusTransition",
             RecordKind::DeadLetter => "io.fleetpulse.DeadLetter",
+            RecordKind::LastSeen => "io.fleetpulse.LastSeen",
         }
     }
 
@@ -50,6 +56,7 @@ impl RecordKind {
             RecordKind::Anomaly => "device-anomalies",
             RecordKind::StatusTransition => "device-status",
             RecordKind::DeadLetter => "telemetry-dlq",
+            RecordKind::LastSeen => "device-lastseen",
         }
     }
 
@@ -85,12 +92,12 @@ pub fn wire_name<T: Serialize>(value: &T) -> String {
 
 /// A record type with an Avro schema in this crate.
 pub trait Record: Serialize + DeserializeOwned {
-    /// Which of the five records this is.
+    /// Which of the six records this is.
     const KIND: RecordKind;
 
     /// The Kafka key the record is written with: the device id, so one device stays in one
-    /// partition and in order.
-    fn key(&self) -> &str;
+    /// partition and in order (tenant and device for the compacted last-seen topic).
+    fn key(&self) -> Cow<'_, str>;
 
     /// Checks the field values the schema cannot express (ranges, non-empty ids).
     fn validate(&self) -> Result<(), InvalidField> {
@@ -101,5 +108,11 @@ pub trait Record: Serialize + DeserializeOwned {
     /// this crate has a reader faster than apache-avro's (`None` where it has not).
     fn read_current(_body: &mut &[u8]) -> Option<Result<Self, DecodeError>> {
         None
+    }
+
+    /// Appends the record's Avro binary under its current schema to `buf`, where this crate has
+    /// a writer faster than apache-avro's serde path (`false` where it has not).
+    fn write_current(&self, _buf: &mut Vec<u8>) -> bool {
+        false
     }
 }

@@ -31,7 +31,7 @@ pub struct BuiltinSchema {
 
 // Ids are part of the wire format of everything written without a networked registry: never
 // renumber, only append.
-const BUILTIN: [BuiltinSchema; 10] = [
+const BUILTIN: [BuiltinSchema; 11] = [
     BuiltinSchema {
         id: 1,
         kind: RecordKind::Telemetry,
@@ -94,6 +94,12 @@ const BUILTIN: [BuiltinSchema; 10] = [
         version: 2,
         json: include_str!("../avro/dead_letter.avsc"),
     },
+    BuiltinSchema {
+        id: 11,
+        kind: RecordKind::LastSeen,
+        version: 1,
+        json: include_str!("../avro/last_seen.avsc"),
+    },
 ];
 
 /// The schemas shipped with fleetpulse, oldest first.
@@ -136,7 +142,7 @@ fn newest(kind: RecordKind) -> &'static BuiltinSchema {
 
 /// The current (newest) schema of each kind, the one data is written and read with.
 #[allow(clippy::expect_used)] // compiled-in constants, parsed by a unit test; not input
-static CURRENT: LazyLock<[&'static Schema; 5]> = LazyLock::new(|| {
+static CURRENT: LazyLock<[&'static Schema; 6]> = LazyLock::new(|| {
     RecordKind::ALL.map(|kind| parse(newest(kind).json).expect("built-in schemas parse").1)
 });
 
@@ -159,7 +165,7 @@ pub(crate) struct CurrentSchema {
 #[derive(Clone)]
 pub struct SchemaStore {
     writers: HashMap<u32, Arc<WriterSchema>>,
-    current: [Arc<CurrentSchema>; 5],
+    current: [Arc<CurrentSchema>; 6],
 }
 
 impl std::fmt::Debug for SchemaStore {

@@ -1,6 +1,7 @@
 //! The telemetry record: one reading of one device, and the checks a reading must pass before the
 //! pipeline uses it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,10 @@ pub const TS_MIN_MS: i64 = 0;
 /// Largest accepted event time (exclusive): 2100-01-01T00:00:00Z. Anything later is a broken
 /// clock or a unit mistake (microseconds sent as milliseconds), not a reading.
 pub const TS_MAX_MS: i64 = 4_102_444_800_000;
+/// Largest accepted response time: a day. Anything longer is not a response time, and values
+/// past `f32::MAX` (which the pipeline's windows store) would turn a window's quantiles and
+/// health score into infinities and NaN.
+pub const RESPONSE_TIME_MAX_MS: f64 = 86_400_000.0;
 
 /// One reading of one device. Field docs are in `schemas/avro/telemetry.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,8 +84,8 @@ fn finite(field: &'static str, v: Option<f64>) -> Result<(), InvalidField> {
 impl Record for Telemetry {
     const KIND: RecordKind = RecordKind::Telemetry;
 
-    fn key(&self) -> &str {
-        &self.device_id
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.device_id)
     }
 
     fn validate(&self) -> Result<(), InvalidField> {
@@ -104,6 +109,15 @@ impl Record for Telemetry {
             return Err(InvalidField::new(
                 "response_time_ms",
                 format!("{rt} is negative"),
+            ));
+        }
+        if let Some(rt) = self
+            .response_time_ms
+            .filter(|rt| *rt > RESPONSE_TIME_MAX_MS)
+        {
+            return Err(InvalidField::new(
+                "response_time_ms",
+                format!("{rt} is more than a day ({RESPONSE_TIME_MAX_MS} ms)"),
             ));
         }
         finite("battery_pct", self.battery_pct)?;
@@ -136,13 +150,14 @@ mod tests {
     #[test]
     fn each_rule_names_its_field() {
         type Breaker = fn(&mut Telemetry);
-        let cases: [(&str, Breaker); 9] = [
+        let cases: [(&str, Breaker); 10] = [
             ("tenant_id", |t| t.tenant_id.clear()),
             ("device_id", |t| t.device_id.clear()),
             ("ts", |t| t.ts = -1),
             ("ts", |t| t.ts = TS_MAX_MS),
             ("response_time_ms", |t| t.response_time_ms = Some(-0.5)),
             ("response_time_ms", |t| t.response_time_ms = Some(f64::NAN)),
+            ("response_time_ms", |t| t.response_time_ms = Some(1e39)),
             ("battery_pct", |t| t.battery_pct = Some(100.5)),
             ("battery_pct", |t| t.battery_pct = Some(-1.0)),
             ("signal_dbm", |t| t.signal_dbm = Some(f64::INFINITY)),
@@ -159,5 +174,9 @@ mod tests {
         assert_eq!(with(|t| t.battery_pct = Some(0.0)), Ok(()));
         assert_eq!(with(|t| t.battery_pct = Some(100.0)), Ok(()));
         assert_eq!(with(|t| t.response_time_ms = Some(0.0)), Ok(()));
+        assert_eq!(
+            with(|t| t.response_time_ms = Some(RESPONSE_TIME_MAX_MS)),
+            Ok(())
+        );
     }
 }

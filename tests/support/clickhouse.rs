@@ -19,7 +19,8 @@ pub async fn connect(url: &str, database: &str) -> Connection {
     for _ in 0..300 {
         if let Ok(c) = Connection::open(&target).await
             && c.client
-                .query("SELECT count() FROM dead_letters")
+                // The last table the sink creates.
+                .query("SELECT count() FROM device_last_seen")
                 .fetch_one::<u64>()
                 .await
                 .is_ok()

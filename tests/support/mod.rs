@@ -20,7 +20,7 @@ use pipeline::source::memory::MemoryRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Timestamp;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use schemas::{Anomaly, Codec, DeadLetter, StatusTransition, WindowAggregate};
+use schemas::{Anomaly, Codec, DeadLetter, LastSeen, StatusTransition, WindowAggregate};
 
 /// The binary under test.
 pub fn fleetpulse() -> Command {
@@ -227,7 +227,7 @@ pub fn derived_topics(prefix: &str) -> Vec<String> {
 }
 
 /// The kinds of derived topic, as `derived_topics` names them.
-pub const DERIVED: [&str; 4] = ["aggregates", "anomalies", "status", "dlq"];
+pub const DERIVED: [&str; 5] = ["aggregates", "anomalies", "status", "dlq", "lastseen"];
 
 /// A derived record read from the topic of `kind`.
 pub fn decode_output(codec: &Codec, kind: &str, value: &[u8]) -> Derived {
@@ -235,6 +235,7 @@ pub fn decode_output(codec: &Codec, kind: &str, value: &[u8]) -> Derived {
         "aggregates" => Derived::Aggregate(codec.decode::<WindowAggregate>(value).unwrap()),
         "anomalies" => Derived::Anomaly(codec.decode::<Anomaly>(value).unwrap()),
         "status" => Derived::Status(codec.decode::<StatusTransition>(value).unwrap()),
+        "lastseen" => Derived::LastSeen(codec.decode::<LastSeen>(value).unwrap()),
         _ => Derived::DeadLetter(codec.decode::<DeadLetter>(value).unwrap()),
     }
 }

@@ -5,8 +5,9 @@
 //! The model shares only leaf primitives with the pipeline (the health formula, the quantile
 //! digest, the fire/resolve switch, the baseline estimator and the tenant counter, each unit-
 //! tested on its own); clock truth, lateness, ordering, windowing, presence, timers, retirement
-//! and the end of input are written here again: each partition's clock as a plain sequential
-//! scan over its records, everything after it as batch computations over sorted lists.
+//! and the end of input are written here again: each partition's clock (and the last-seen
+//! announcements on arrival) as a plain sequential scan over its records, everything after it as
+//! batch computations over sorted lists.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +21,8 @@ use pipeline::output::Output;
 use pipeline::source::memory::MemoryRecord;
 use pipeline::tenant::Tenants;
 use schemas::{
-    AnomalyKind, Codec, DeadLetter, DeadLetterReason, DeviceStatus, InputFormat, StatusTransition,
-    TS_MAX_MS, TS_MIN_MS, Telemetry, TransitionReason, WindowAggregate,
+    AnomalyKind, Codec, DeadLetter, DeadLetterReason, DeviceStatus, InputFormat, LastSeen,
+    StatusTransition, TS_MAX_MS, TS_MIN_MS, Telemetry, TransitionReason, WindowAggregate,
 };
 
 /// How a device takes an accepted reading.
@@ -44,6 +45,8 @@ struct Accepted {
     /// The device's known clock offset.
     clock: i64,
     kind: Kind,
+    /// Its time went out as the device's last seen on arrival.
+    announced: bool,
 }
 
 /// One device's clock as its partition sees it.
@@ -284,6 +287,8 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
     let mut out = Vec::new();
     let mut accepted: Vec<Accepted> = Vec::new();
     let mut last_watermarks = Vec::new();
+    // Each device's last announced time (a device's readings are all in one partition).
+    let mut announced: BTreeMap<String, i64> = BTreeMap::new();
     for (p, records) in partitions.iter().enumerate() {
         let p = p as i32;
         let mut clock = PartitionModel::default();
@@ -314,12 +319,20 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
                         ),
                     };
                     if let Some((ts, clock, kind)) = accept {
+                        let due = announced
+                            .get(&key)
+                            .is_none_or(|last| ts >= last + cfg.lastseen_interval_ms);
+                        if due {
+                            announced.insert(key, ts);
+                            out.push(last_seen(&t.tenant_id, &t.device_id, &t.device_class, ts));
+                        }
                         accepted.push(Accepted {
                             t: Telemetry { ts, ..t },
                             partition: p,
                             offset,
                             clock,
                             kind,
+                            announced: due,
                         });
                     }
                     reason
@@ -383,6 +396,16 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
         i = j;
     }
     out
+}
+
+fn last_seen(tenant: &str, device: &str, class: &Option<String>, ts: i64) -> Output {
+    Output::LastSeen(LastSeen {
+        tenant_id: tenant.into(),
+        device_id: device.into(),
+        device_class: class.clone(),
+        last_seen: ts,
+        event_id: event_id::last_seen(tenant, device, ts),
+    })
 }
 
 /// One device's readings (of one life: from its first reading to its retirement), judged as a
@@ -640,9 +663,40 @@ impl<'a> DeviceModel<'a> {
             }
         }
         self.anomalies(&transitions, &rule_windows, out);
+        self.last_seen(out);
         for t in transitions {
             all_transitions.push(t.clone());
             out.push(Output::Status(t));
+        }
+    }
+
+    /// What the device side tells of its last-seen times: a reading not announced on arrival
+    /// goes out when it brings the device online, or when neither a reading nor the end of the
+    /// life came within an interval (or the offline timeout, whichever is shorter) after it.
+    fn last_seen(&self, out: &mut Vec<Output>) {
+        let within = self
+            .cfg
+            .lastseen_interval_ms
+            .min(self.th.offline_timeout_ms);
+        let mut told = i64::MIN;
+        let mut class = None;
+        for (i, a) in self.readings.iter().enumerate() {
+            let ts = a.t.ts;
+            if a.t.device_class.is_some() {
+                class.clone_from(&a.t.device_class);
+            }
+            let came_online = i == 0 || self.readings[i - 1].t.ts + self.th.offline_timeout_ms < ts;
+            if a.announced {
+                told = told.max(ts);
+            }
+            let next = self.readings.get(i + 1).map(|n| n.t.ts);
+            // The life's last reading goes out at the latest at the end of the input or when
+            // the device retires.
+            let silence = next.is_none_or(|n| ts + within < n);
+            if told < ts && (came_online || silence) {
+                told = ts;
+                out.push(last_seen(self.tenant, self.device, &class, ts));
+            }
         }
     }
 
@@ -915,7 +969,9 @@ impl<'a> DeviceModel<'a> {
 }
 
 /// Both sides, made comparable: sorted by id, with free-text fields blanked (the model does not
-/// restate messages word for word; the values they explain are compared).
+/// restate messages word for word; the values they explain are compared), and a last-seen time
+/// repeated after a device told an older one dropped (consumers drop it by `event_id`; whether
+/// it is repeated depends on when the newer reading arrived).
 pub fn normalise(mut records: Vec<Output>) -> Vec<Output> {
     for r in &mut records {
         match r {
@@ -928,5 +984,8 @@ pub fn normalise(mut records: Vec<Output>) -> Vec<Output> {
         }
     }
     records.sort_by(|a, b| a.event_id().cmp(b.event_id()));
+    records.dedup_by(|b, a| {
+        matches!((&*a, &*b), (Output::LastSeen(x), Output::LastSeen(y)) if x.event_id == y.event_id)
+    });
     records
 }

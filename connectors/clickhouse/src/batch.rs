@@ -3,10 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use schemas::{Anomaly, Codec, DeadLetter, DecodeError, StatusTransition, WindowAggregate};
+use schemas::{
+    Anomaly, Codec, DeadLetter, DecodeError, LastSeen, StatusTransition, WindowAggregate,
+};
 
 use crate::encoded::AggregateRows;
-use crate::rows::{AnomalyRow, DeadLetterRow, StatusRow};
+use crate::rows::{AnomalyRow, DeadLetterRow, LastSeenRow, StatusRow};
 
 /// Which table a topic feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -19,6 +21,8 @@ pub enum Table {
     Status,
     /// `dead_letters`.
     DeadLetters,
+    /// `device_last_seen`.
+    LastSeen,
 }
 
 impl Table {
@@ -29,6 +33,7 @@ impl Table {
             Table::Anomalies => "device_anomalies",
             Table::Status => "device_status",
             Table::DeadLetters => "dead_letters",
+            Table::LastSeen => "device_last_seen",
         }
     }
 }
@@ -48,6 +53,11 @@ pub struct Batch {
     pub status: Vec<StatusRow>,
     /// `dead_letters`.
     pub dead_letters: Vec<DeadLetterRow>,
+    /// `device_last_seen`: every record, not only each device's newest. The table keeps the
+    /// newest on merge anyway, and collapsing here would rarely pay for its map: a device sends
+    /// one per interval (5 s by default), a trickle batch lasts a second, and a backlog batch of
+    /// `batch_rows` spans a few seconds of any fleet big enough for the rows to matter.
+    pub last_seen: Vec<LastSeenRow>,
     /// Per (topic, partition), the offset after the last record taken: a handful of entries,
     /// looked up for every record without allocating.
     offsets: Vec<(String, i32, i64)>,
@@ -108,6 +118,9 @@ impl Batch {
             Table::DeadLetters => self
                 .dead_letters
                 .push(DeadLetterRow::from(&codec.decode::<DeadLetter>(value)?)),
+            Table::LastSeen => self
+                .last_seen
+                .push(LastSeenRow::from(codec.decode::<LastSeen>(value)?)),
         }
         Ok(())
     }
@@ -120,6 +133,7 @@ impl Batch {
         self.anomalies.clear();
         self.status.clear();
         self.dead_letters.clear();
+        self.last_seen.clear();
         self.offsets.clear();
         self.bytes = 0;
         self.since = None;
@@ -127,7 +141,11 @@ impl Batch {
 
     /// Rows held.
     pub fn rows(&self) -> usize {
-        self.aggregates.len() + self.anomalies.len() + self.status.len() + self.dead_letters.len()
+        self.aggregates.len()
+            + self.anomalies.len()
+            + self.status.len()
+            + self.dead_letters.len()
+            + self.last_seen.len()
     }
 
     /// Whether anything was taken (rows, or offsets of records that did not decode).
@@ -199,5 +217,50 @@ mod tests {
             batch.dead_letters.capacity() >= 2,
             "kept for the next batch"
         );
+    }
+
+    #[test]
+    fn last_seen_records_become_rows_and_other_records_on_their_topic_do_not() {
+        let codec = Codec::builtin();
+        let seen = LastSeen {
+            tenant_id: "t1".into(),
+            device_id: "d1".into(),
+            device_class: None,
+            last_seen: 1_700_000_000_500,
+            event_id: "lastseen/t1/d1/1700000000500".into(),
+        };
+        let value = codec.encode(&seen).unwrap_or_default();
+        let mut batch = Batch::default();
+        assert!(
+            batch
+                .add(&codec, Table::LastSeen, "lastseen", 1, 3, &value)
+                .is_ok()
+        );
+        let wrong = codec
+            .encode(&DeadLetter {
+                event_id: "dlq/t/0/7".into(),
+                source_topic: "t".into(),
+                source_partition: 0,
+                source_offset: 7,
+                key: None,
+                raw: vec![],
+                reason: DeadLetterReason::Undecodable,
+                detail: String::new(),
+                record_ts: None,
+            })
+            .unwrap_or_default();
+        assert!(
+            batch
+                .add(&codec, Table::LastSeen, "lastseen", 1, 4, &wrong)
+                .is_err()
+        );
+        assert_eq!(batch.rows(), 1);
+        assert_eq!(batch.last_seen, vec![LastSeenRow::from(seen)]);
+        assert_eq!(
+            batch.offsets().collect::<Vec<_>>(),
+            vec![("lastseen", 1, 5)]
+        );
+        batch.clear();
+        assert!(batch.last_seen.is_empty() && batch.rows() == 0);
     }
 }

@@ -49,7 +49,7 @@ impl Default for SinkConfig {
             group_id: "fleetpulse-clickhouse".into(),
             batch_rows: 100_000,
             batch_bytes: 32 * 1024 * 1024,
-            batch_ms: 1_000,
+            batch_ms: 500,
             rollup_window_ms: 60_000,
             rollup_grace_ms: 300_000,
             dead_letter_days: 30,

@@ -8,8 +8,9 @@
 
 use crate::server::{Connection, SinkError, Version};
 
-/// The table definitions, in the order they are applied: raw tables, then the rollups.
-pub const TABLES: [(&str, &str); 8] = [
+/// The table definitions, in the order they are applied (file order): raw tables, the rollups,
+/// then the devices' last-seen times.
+pub const TABLES: [(&str, &str); 9] = [
     (
         "device_aggregates",
         include_str!("../../../schemas/clickhouse/01_device_aggregates.sql"),
@@ -41,6 +42,10 @@ pub const TABLES: [(&str, &str); 8] = [
     (
         "tenant_uptime_daily",
         include_str!("../../../schemas/clickhouse/08_tenant_uptime_daily.sql"),
+    ),
+    (
+        "device_last_seen",
+        include_str!("../../../schemas/clickhouse/09_device_last_seen.sql"),
     ),
 ];
 
@@ -201,6 +206,52 @@ mod tests {
         };
         assert!(!statements(keep)?.join("\n").contains("TTL"));
         assert!(gates("a {since 20.3: b", Version::parse("21.1")?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn every_file_of_the_ddl_directory_is_applied() -> Result<(), std::io::Error> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/clickhouse");
+        let mut files: Vec<String> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let tables: Vec<&str> = TABLES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(files.len(), tables.len(), "{files:?}");
+        for (file, table) in files.iter().zip(tables) {
+            assert!(
+                file.ends_with(&format!("_{table}.sql")),
+                "{file} vs {table}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The newest reading must win on merge whatever order rows arrived in, and a device silent
+    /// for months must keep its row: no partition by time for duplicates to miss each other in,
+    /// and no TTL, on any server.
+    #[test]
+    fn last_seen_is_replaced_by_time_and_never_expires() -> Result<(), SinkError> {
+        for version in ["18.16.1", "24.8.4.13"] {
+            let all = statements(target(version)?)?;
+            let last_seen = all
+                .iter()
+                .find(|s| s.contains(".device_last_seen"))
+                .ok_or_else(|| SinkError::Ddl("no device_last_seen".into()))?;
+            assert!(
+                last_seen.contains("ENGINE = ReplacingMergeTree(last_seen_ms)"),
+                "{last_seen}"
+            );
+            assert!(
+                last_seen
+                    .trim_end()
+                    .ends_with("ORDER BY (tenant_id, device_id)"),
+                "{last_seen}"
+            );
+            assert!(!last_seen.contains("PARTITION BY"), "{last_seen}");
+            assert!(!last_seen.contains("TTL"), "{last_seen}");
+        }
         Ok(())
     }
 }

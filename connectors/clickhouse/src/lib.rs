@@ -1,5 +1,5 @@
 //! The ClickHouse sink: the pipeline's derived records (window aggregates, anomalies, status
-//! transitions, dead letters) as rows of tables analysts query.
+//! transitions, dead letters, last-seen times) as rows of tables analysts query.
 //!
 //! [`ddl`] owns the tables (`schemas/clickhouse/*.sql`) and applies them idempotently; [`rows`]
 //! maps each record to its row ([`encoded`] writes the bulk of them, window aggregates, straight

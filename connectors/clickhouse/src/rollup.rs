@@ -191,6 +191,9 @@ impl Rollups {
         for a in &batch.anomalies {
             see(a.ts_ms);
         }
+        // Last-seen times are left out: they are readings' times, ahead of what the pipeline has
+        // closed by its out-of-orderness and by any device clock it has not corrected yet, and
+        // the horizon is meant to follow what it has closed.
         self.horizon = newest;
     }
 

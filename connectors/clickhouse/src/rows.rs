@@ -3,7 +3,9 @@
 //! and stay exact in `*_ms` columns where the record has milliseconds.
 
 use clickhouse::Row;
-use schemas::{Anomaly, DeadLetter, StatusTransition, WindowAggregate, wire_name as name};
+use schemas::{
+    Anomaly, DeadLetter, LastSeen, StatusTransition, WindowAggregate, wire_name as name,
+};
 use serde::{Deserialize, Serialize};
 
 /// Seconds for a `DateTime` column; times before 1970 or after 2106 (the column's range) clamp.
@@ -242,6 +244,44 @@ impl From<&DeadLetter> for DeadLetterRow {
     }
 }
 
+/// `device_last_seen`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct LastSeenRow {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Device class the latest reading gave.
+    pub device_class: Option<String>,
+    /// The device's latest reading, s.
+    pub last_seen: u32,
+    /// The device's latest reading, ms: the version the newest row wins by.
+    pub last_seen_ms: i64,
+    /// Deterministic id.
+    pub event_id: String,
+}
+
+impl From<&LastSeen> for LastSeenRow {
+    fn from(l: &LastSeen) -> LastSeenRow {
+        LastSeenRow::from(l.clone())
+    }
+}
+
+/// By value, as the sink converts: one of these comes per device and interval, the most frequent
+/// derived record, and its strings move instead of being copied.
+impl From<LastSeen> for LastSeenRow {
+    fn from(l: LastSeen) -> LastSeenRow {
+        LastSeenRow {
+            last_seen: seconds(l.last_seen),
+            last_seen_ms: l.last_seen,
+            tenant_id: l.tenant_id,
+            device_id: l.device_id,
+            device_class: l.device_class,
+            event_id: l.event_id,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +291,33 @@ mod tests {
         assert_eq!(seconds(1_700_000_000_999), 1_700_000_000);
         assert_eq!(seconds(-5), 0);
         assert_eq!(seconds(i64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn a_last_seen_keeps_its_milliseconds_beside_the_seconds() {
+        let record = LastSeen {
+            tenant_id: "t1".into(),
+            device_id: "d1".into(),
+            device_class: Some("sensor".into()),
+            last_seen: 1_700_000_001_999,
+            event_id: "lastseen/x".into(),
+        };
+        let row = LastSeenRow::from(&record);
+        assert_eq!(
+            (row.last_seen, row.last_seen_ms),
+            (1_700_000_001, 1_700_000_001_999)
+        );
+        assert_eq!(row, LastSeenRow::from(record));
+        assert_eq!(
+            <LastSeenRow as Row>::COLUMN_NAMES,
+            [
+                "tenant_id",
+                "device_id",
+                "device_class",
+                "last_seen",
+                "last_seen_ms",
+                "event_id"
+            ]
+        );
     }
 }

@@ -219,6 +219,9 @@ pub async fn insert_batch(
     // What the tables already cover must be known before the batch is judged against it.
     rollups.load(client).await?;
     rollups.observe(batch);
+    // First: last-seen times are read for how fresh they are, and the aggregates of a backlog
+    // batch can take a while to go in.
+    insert(client, Table::LastSeen, &batch.last_seen).await?;
     insert_aggregates(client, &batch.aggregates).await?;
     insert(client, Table::Anomalies, &batch.anomalies).await?;
     insert(client, Table::Status, &batch.status).await?;

@@ -1,11 +1,12 @@
 //! Against a real `clickhouse-server` (Debian's 18.16 in the tests): the tables apply, twice, and
 //! every row type goes in and comes back as it was; a record inserted twice is seen once through
-//! `FINAL`, as the documented queries read.
+//! `FINAL`, as the documented queries read; of a device's last-seen times the newest wins, even
+//! inserted before an older one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use clickhouse::{RowOwned, RowRead, RowWrite};
-use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
+use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, LastSeenRow, StatusRow};
 use clickhouse_sink::server::Target;
 use clickhouse_sink::{Connection, ddl};
 use testkit::{Kind, shared, unique};
@@ -129,6 +130,97 @@ async fn every_row_goes_in_and_comes_back_once() {
         event_id: "dlq/telemetry/3/42".into(),
     };
     assert_eq!(twice(&connection, "dead_letters", &dead).await, vec![dead]);
+
+    let seen = last_seen("d1", 1_700_000_100_250, Some("sensor"));
+    assert_eq!(
+        twice(&connection, "device_last_seen", &seen).await,
+        vec![seen]
+    );
+}
+
+fn last_seen(device: &str, ms: i64, class: Option<&str>) -> LastSeenRow {
+    LastSeenRow {
+        tenant_id: "t1".into(),
+        device_id: device.into(),
+        device_class: class.map(str::to_string),
+        last_seen: u32::try_from(ms / 1_000).unwrap(),
+        last_seen_ms: ms,
+        event_id: format!("lastseen/t1/{device}/{ms}"),
+    }
+}
+
+async fn insert_one(connection: &Connection, row: &LastSeenRow) {
+    let mut insert = connection
+        .client
+        .insert::<LastSeenRow>("device_last_seen")
+        .await
+        .unwrap();
+    insert.write(row).await.unwrap();
+    insert.end().await.unwrap();
+}
+
+async fn final_last_seen(connection: &Connection) -> Vec<LastSeenRow> {
+    connection
+        .client
+        .query("SELECT ?fields FROM device_last_seen FINAL ORDER BY tenant_id, device_id")
+        .fetch_all()
+        .await
+        .unwrap()
+}
+
+/// A replay, or a partition read again after a rebalance, can bring a device's older last-seen
+/// time after its newer one: the newer stays, through `FINAL` before the parts merge and in the
+/// one row left after.
+#[tokio::test]
+async fn an_older_last_seen_inserted_after_a_newer_one_does_not_replace_it() {
+    let connection = connect(&unique("fp_last_seen").replace('-', "_")).await;
+    let client = &connection.client;
+    // Kept apart, so that FINAL is what hides the older row.
+    client
+        .query("SYSTEM STOP MERGES device_last_seen")
+        .execute()
+        .await
+        .unwrap();
+    let newer = last_seen("d1", 1_700_000_200_000, Some("sensor"));
+    let older = last_seen("d1", 1_700_000_100_000, Some("gateway"));
+    let other = last_seen("d2", 1_700_000_000_000, None);
+    insert_one(&connection, &newer).await;
+    insert_one(&connection, &other).await;
+    insert_one(&connection, &older).await;
+    let parts: u64 = client
+        .query(
+            "SELECT count() FROM system.parts WHERE database = currentDatabase() \
+             AND table = 'device_last_seen' AND active",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(parts, 3, "not merged yet");
+    assert_eq!(
+        final_last_seen(&connection).await,
+        vec![newer.clone(), other.clone()]
+    );
+
+    client
+        .query("SYSTEM START MERGES device_last_seen")
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query("OPTIMIZE TABLE device_last_seen FINAL")
+        .execute()
+        .await
+        .unwrap();
+    let stored: Vec<LastSeenRow> = client
+        .query("SELECT ?fields FROM device_last_seen ORDER BY tenant_id, device_id")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![newer, other],
+        "one row per device after the merge"
+    );
 }
 
 /// The window aggregates are written as RowBinary the sink encodes itself; a table whose columns

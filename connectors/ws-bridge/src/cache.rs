@@ -5,7 +5,8 @@
 //!
 //! Keys, per device (`{id}` is `{tenant_id}/{device_id}`: the pipeline keys devices by tenant
 //! and id, so two tenants may both have a `pump-1`): `device:status:{id}` (hash: tenant, device,
-//! class, status, since), `device:lastseen:{id}` (ms; expires 24 h after that time),
+//! class, status, since), `device:lastseen:{id}` (ms; expires 24 h after that time; written by
+//! a script of its own when only it changed, the frequent case),
 //! `device:health:{id}` (hash: at, health, error_rate), `device:anomalies:{id}` (hash: kind ->
 //! `ts|open|since|severity`); per tenant `tenant:devices:{tenant_id}` (its device ids) and
 //! `tenants`. A key whose stored tenant is another's (a tenant id holding `/`) is never written
@@ -28,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
-use crate::store::{DeviceState, OpenAnomaly, Store};
+use crate::store::{Change, DeviceState, OpenAnomaly, Store};
 
 /// How long `device:lastseen:*` lives after the reading it holds, ms.
 const LAST_SEEN_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -78,6 +79,43 @@ for _, d in ipairs(cjson.decode(ARGV[1])) do
         local held = redis.call('HGET', ak, a.k)
         local ts = held and tonumber(string.match(held, '^(%d+)'))
         if not ts or ts <= tonumber(a.ts) then redis.call('HSET', ak, a.k, a.ts .. '|' .. a.v) end
+      end
+    end
+  end
+end
+return 1
+";
+
+/// Writes last-seen times alone, the frequent change (one per device and pipeline interval: up to
+/// 200,000 a second for a million devices), in as few commands as it can: ARGV[1] the TTL, then
+/// per device tenant, device, last seen (ms) and class (empty: none). One `SET ... GET` both
+/// writes and reads what was held, and puts that back in the rare case it was newer (a lagging
+/// bridge), which nobody sees: a script runs alone. A device Redis does not hold yet is indexed
+/// as a whole write would. Needs Redis 6.2 (`SET` with `PXAT` and `GET`).
+const LAST_SEEN: &str = r"
+local ttl_ms = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for i = 2, #ARGV - 3, 4 do
+  local t, d, ls, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local id = t .. '/' .. d
+  local sk = 'device:status:' .. id
+  local owner = redis.call('HGET', sk, 'tenant')
+  if not owner then
+    redis.call('SADD', 'tenants', t)
+    redis.call('SADD', 'tenant:devices:' .. t, d)
+    redis.call('HSET', sk, 'tenant', t, 'device', d)
+    if c ~= '' then redis.call('HSET', sk, 'class', c) end
+  end
+  if not owner or owner == t then
+    local at = tonumber(ls)
+    local expires = at + ttl_ms
+    if expires > now_ms then
+      local lk = 'device:lastseen:' .. id
+      local held = redis.call('SET', lk, ls, 'PXAT', string.format('%d', expires), 'GET')
+      local before = held and tonumber(held)
+      if before and before > at then
+        redis.call('SET', lk, held, 'PXAT', string.format('%d', before + ttl_ms))
       end
     end
   end
@@ -194,6 +232,23 @@ fn to_write(d: &DeviceState) -> Write<'_> {
     }
 }
 
+/// The arguments of the last-seen script after the TTL: tenant, device, last seen, class (empty:
+/// none) of each device that has a last-seen time.
+fn last_seen_args<'a>(devices: impl IntoIterator<Item = &'a DeviceState>) -> Vec<String> {
+    let mut args = Vec::new();
+    for d in devices {
+        if let Some(at) = d.last_seen {
+            args.extend([
+                d.tenant_id.clone(),
+                d.device_id.clone(),
+                at.to_string(),
+                d.device_class.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    args
+}
+
 /// Which devices a snapshot reads.
 #[derive(Debug, Clone)]
 pub enum Devices {
@@ -207,6 +262,7 @@ pub enum Devices {
 pub struct Cache {
     client: fred::clients::Client,
     write: Script,
+    last_seen: Script,
     read: Script,
     up: AtomicBool,
     /// How many of the hub's events Redis reflects.
@@ -230,6 +286,7 @@ impl Cache {
         Ok(Arc::new(Cache {
             client,
             write: Script::from_lua(WRITE),
+            last_seen: Script::from_lua(LAST_SEEN),
             read: Script::from_lua(READ),
             up: AtomicBool::new(false),
             written: watch::channel(0).0,
@@ -262,22 +319,11 @@ impl Cache {
             let keys: Vec<_> = changed.into_iter().collect();
             let mut failed = None;
             for (i, chunk) in keys.chunks(CHUNK).enumerate() {
-                let devices = store.get(chunk);
-                let writes: Vec<Write<'_>> = devices.iter().map(to_write).collect();
-                let json = serde_json::to_string(&writes).unwrap_or_default();
-                let args = vec![json, LAST_SEEN_TTL_MS.to_string()];
-                match self
-                    .write
-                    .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
-                    .await
-                {
-                    Ok(_) => counter!("fleetpulse_bridge_redis_writes_total")
-                        .increment(chunk.len() as u64),
-                    Err(e) => {
-                        failed = Some((i, e));
-                        break;
-                    }
+                if let Err(e) = self.write_chunk(store, chunk).await {
+                    failed = Some((i, e));
+                    break;
                 }
+                counter!("fleetpulse_bridge_redis_writes_total").increment(chunk.len() as u64);
             }
             match failed {
                 None => {
@@ -295,6 +341,35 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// Writes one chunk of changed devices: those wholly changed with the general script, those
+    /// whose last-seen time alone moved with the cheaper one.
+    async fn write_chunk(
+        &self,
+        store: &Store,
+        chunk: &[(crate::store::DeviceKey, Change)],
+    ) -> Result<(), CacheError> {
+        let devices = store.get(chunk.iter().map(|(k, c)| (k, c)));
+        let (whole, seen): (Vec<_>, Vec<_>) = devices.iter().partition(|(_, c)| *c == Change::All);
+        if !whole.is_empty() {
+            let writes: Vec<Write<'_>> = whole.iter().map(|(d, _)| to_write(d)).collect();
+            let json = serde_json::to_string(&writes).unwrap_or_default();
+            let args = vec![json, LAST_SEEN_TTL_MS.to_string()];
+            self.write
+                .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
+                .await?;
+        }
+        let seen = last_seen_args(seen.iter().map(|(d, _)| d));
+        if !seen.is_empty() {
+            let mut args = Vec::with_capacity(seen.len() + 1);
+            args.push(LAST_SEEN_TTL_MS.to_string());
+            args.extend(seen);
+            self.last_seen
+                .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
+                .await?;
+        }
+        Ok(())
     }
 
     fn set_up(&self, up: bool) {
@@ -466,5 +541,42 @@ mod tests {
         .map(|v| v.map_or(serde_json::Value::Bool(false), serde_json::Value::String))
         .collect();
         assert_eq!(parse(&row).ok(), Some(d));
+    }
+
+    #[test]
+    fn last_seen_writes_carry_four_texts_per_device() {
+        let mut d = DeviceState {
+            tenant_id: "t".into(),
+            device_id: "d".into(),
+            device_class: Some("sensor".into()),
+            status: None,
+            status_since: None,
+            last_seen: Some(1_764_979_260_456),
+            health: None,
+            health_at: None,
+            error_rate: None,
+            open_anomalies: BTreeMap::new(),
+            anomaly_changed: BTreeMap::new(),
+        };
+        let mut classless = d.clone();
+        classless.device_id = "e".into();
+        classless.device_class = None;
+        let mut never = d.clone();
+        never.last_seen = None;
+        assert_eq!(
+            last_seen_args([&d, &classless, &never]),
+            [
+                "t",
+                "d",
+                "1764979260456",
+                "sensor",
+                "t",
+                "e",
+                "1764979260456",
+                ""
+            ]
+        );
+        d.last_seen = Some(-1);
+        assert_eq!(last_seen_args([&d])[2], "-1");
     }
 }

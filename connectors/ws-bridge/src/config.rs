@@ -29,6 +29,9 @@ pub struct BridgeConfig {
     /// Recent events kept for clients that resume from a cursor; one whose cursor is older gets
     /// `resync` and a snapshot.
     pub resume_events: usize,
+    /// How often a client gets one `last_seen` message with the devices' last-seen times that
+    /// moved, ms: the most a last-seen time waits in the bridge before it is sent.
+    pub last_seen_every_ms: u64,
 }
 
 impl Default for BridgeConfig {
@@ -44,6 +47,7 @@ impl Default for BridgeConfig {
             heartbeat_ms: 15_000,
             redis_url: String::new(),
             resume_events: 100_000,
+            last_seen_every_ms: 500,
         }
     }
 }
@@ -70,6 +74,9 @@ impl BridgeConfig {
         }
         if self.heartbeat_ms < 100 {
             return fail("heartbeat_ms", "at least 100");
+        }
+        if !(10..=60_000).contains(&self.last_seen_every_ms) {
+            return fail("last_seen_every_ms", "from 10 to 60000");
         }
         if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") {
             return fail(

@@ -1,7 +1,8 @@
 //! The derived topics into events: one consumer reads every partition of the aggregates,
-//! anomalies and status topics (no consumer group: every bridge sees everything, so any bridge
-//! can serve any client), keeps the [`Store`] current, and publishes each record once, already
-//! serialized, to every connection.
+//! anomalies, status and last-seen topics (no consumer group: every bridge sees everything, so
+//! any bridge can serve any client), keeps the [`Store`] current, and publishes each record once,
+//! already serialized, to every connection. Last-seen times are state rather than events: they
+//! go to the hub to be batched ([`Hub::note_last_seen`]), outside the cursor's sequence.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,12 +13,16 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::{Anomaly, Codec, StatusTransition, WindowAggregate};
+use schemas::{Anomaly, Codec, LastSeen, StatusTransition, WindowAggregate};
 use serde::Serialize;
 
 use crate::cursor::{Position, Source};
 use crate::hub::Hub;
+use crate::protocol::Seen;
 use crate::store::Store;
+
+/// How often the feed looks for a last-seen topic that did not exist when it started.
+const LOOK_FOR_LAST_SEEN: Duration = Duration::from_secs(5);
 
 /// Which kind of record an event carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,8 @@ pub enum Kind {
     Aggregate,
     /// An anomaly change (`anomaly`).
     Anomaly,
+    /// Devices' last-seen times (`last_seen`), batched by the hub.
+    LastSeen,
 }
 
 /// One derived record, ready to send.
@@ -45,8 +52,9 @@ pub struct Event {
     pub json: axum::extract::ws::Utf8Bytes,
     /// The feed's position right after it, as in the JSON.
     pub cursor: Arc<str>,
-    /// Where the record is.
-    pub source: Source,
+    /// Where the record is; `None` for a `last_seen` batch, state outside the topics' sequence
+    /// (no cursor, never replayed).
+    pub source: Option<Source>,
     /// When the feed read it, for the lag from Kafka to the client.
     pub read_at: std::time::Instant,
 }
@@ -72,6 +80,7 @@ fn event<T: Serialize>(
         Kind::Status => "device_status",
         Kind::Aggregate => "aggregate",
         Kind::Anomaly => "anomaly",
+        Kind::LastSeen => "last_seen",
     };
     let json = serde_json::to_string(&Wire {
         kind: name,
@@ -86,7 +95,7 @@ fn event<T: Serialize>(
         kind,
         json: json.into(),
         cursor,
-        source,
+        source: Some(source),
         read_at: std::time::Instant::now(),
     }
 }
@@ -100,6 +109,9 @@ pub struct Topics {
     pub anomalies: String,
     /// Status transitions.
     pub status: String,
+    /// Last-seen times (compacted). Read once it exists: a bridge may be upgraded before the
+    /// pipeline that creates it.
+    pub lastseen: String,
 }
 
 impl Topics {
@@ -148,6 +160,8 @@ pub fn run(
     }
     let consumer: BaseConsumer = config.create()?;
     let mut assigned = false;
+    let mut reading_last_seen = false;
+    let mut looked_for_last_seen = std::time::Instant::now();
     // Per (topic, partition), the end offset at assignment: the bridge is ready once it has
     // read that far everywhere, so a first snapshot is not a partial one.
     let mut behind: Ends = Vec::new();
@@ -156,11 +170,20 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         if !assigned {
             match assign(&consumer, topics) {
-                Ok((start, ends)) => {
+                Ok(a) => {
                     assigned = true;
-                    hub.start_at(&start);
-                    position = start;
-                    behind = ends;
+                    hub.start_at(&a.start);
+                    position = a.start;
+                    behind = a.ends;
+                    reading_last_seen = a.last_seen;
+                    looked_for_last_seen = std::time::Instant::now();
+                    if !reading_last_seen {
+                        tracing::warn!(
+                            topic = topics.lastseen,
+                            "the last-seen topic does not exist yet; read once it does (last seen \
+                             comes from status transitions meanwhile)"
+                        );
+                    }
                     kafka_up.store(behind.is_empty(), Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -171,14 +194,29 @@ pub fn run(
             }
             continue;
         }
+        if !reading_last_seen && looked_for_last_seen.elapsed() >= LOOK_FOR_LAST_SEEN {
+            looked_for_last_seen = std::time::Instant::now();
+            match assign_last_seen(&consumer, topics) {
+                Ok(true) => {
+                    reading_last_seen = true;
+                    tracing::info!(topic = topics.lastseen, "reading the last-seen topic");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the last-seen topic yet"),
+            }
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let value = m.payload().unwrap_or_default();
                 let (p, o) = (m.partition(), m.offset());
                 if !behind.is_empty() {
                     behind.retain(|(t, bp, end)| !(t == m.topic() && *bp == p && o + 1 >= *end));
                 }
                 kafka_up.store(behind.is_empty(), Ordering::Relaxed);
+                if m.topic() == topics.lastseen {
+                    last_seen(m.payload(), codec, store, hub, (m.topic(), p, o));
+                    continue;
+                }
+                let value = m.payload().unwrap_or_default();
                 let topic = topics.index(m.topic());
                 position.set(topic, p, o + 1);
                 let source = Source {
@@ -260,23 +298,70 @@ pub fn run(
     Ok(())
 }
 
+/// A last-seen record into the store, and to the hub when it moved a device's time. A record
+/// without a value is a compaction tombstone: nothing to show.
+fn last_seen(
+    value: Option<&[u8]>,
+    codec: &Codec,
+    store: &Store,
+    hub: &Hub,
+    (topic, partition, offset): (&str, i32, i64),
+) {
+    let Some(value) = value else {
+        return;
+    };
+    match codec.decode::<LastSeen>(value) {
+        Ok(l) => {
+            counter!("fleetpulse_bridge_last_seen_total").increment(1);
+            if let Some((device_class, last_seen)) = store.last_seen(&l) {
+                hub.note_last_seen(Seen {
+                    tenant_id: l.tenant_id,
+                    device_id: l.device_id,
+                    device_class,
+                    last_seen,
+                });
+            }
+        }
+        Err(e) => {
+            counter!("fleetpulse_bridge_undecodable_total").increment(1);
+            tracing::error!(error = %e, topic, partition, offset, "a last-seen record does not decode; skipped");
+        }
+    }
+}
+
 /// Partitions that held records at assignment, with their end offsets.
 type Ends = Vec<(String, i32, i64)>;
 
+/// What [`assign`] assigned.
+struct Assigned {
+    /// Where the cursor's topics start.
+    start: Position,
+    /// The partitions that held records, with their end offsets.
+    ends: Ends,
+    /// Whether the last-seen topic exists and is read.
+    last_seen: bool,
+}
+
+/// The partitions of `topic`; none if it does not exist.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, FeedError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 /// Assigns every partition of the topics, from the beginning; returns where that is, and the
-/// partitions that hold records, with their end offsets.
-fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<(Position, Ends), FeedError> {
+/// partitions that hold records, with their end offsets. The last-seen topic is assigned if it
+/// exists.
+fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<Assigned, FeedError> {
     let mut list = TopicPartitionList::new();
     let mut start = Position::default();
     let mut ends = Vec::new();
     for (index, topic) in (0u8..).zip([&topics.status, &topics.anomalies, &topics.aggregates]) {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = partitions(consumer, topic)?;
         if partitions.is_empty() {
             return Err(FeedError::Kafka(rdkafka::error::KafkaError::MetadataFetch(
                 rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
@@ -291,6 +376,36 @@ fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<(Position, Ends), 
             }
         }
     }
+    let last_seen = partitions(consumer, &topics.lastseen)?;
+    for p in &last_seen {
+        list.add_partition_offset(&topics.lastseen, *p, Offset::Beginning)?;
+        let (low, high) =
+            consumer.fetch_watermarks(&topics.lastseen, *p, Duration::from_secs(5))?;
+        if high > low {
+            ends.push((topics.lastseen.clone(), *p, high));
+        }
+    }
     consumer.assign(&list)?;
-    Ok((start, ends))
+    Ok(Assigned {
+        start,
+        ends,
+        last_seen: !last_seen.is_empty(),
+    })
+}
+
+/// Adds the last-seen topic's partitions, from the beginning, to what the consumer reads, if
+/// the topic exists now. Readiness does not wait for them: the bridge was serving already.
+fn assign_last_seen(consumer: &BaseConsumer, topics: &Topics) -> Result<bool, FeedError> {
+    let partitions = partitions(consumer, &topics.lastseen)?;
+    if partitions.is_empty() {
+        return Ok(false);
+    }
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        list.add_partition_offset(&topics.lastseen, p, Offset::Beginning)?;
+    }
+    // Partitions are assigned by hand (no group protocol), so adding to the assignment leaves
+    // the other topics' positions where they are.
+    consumer.incremental_assign(&list)?;
+    Ok(true)
 }

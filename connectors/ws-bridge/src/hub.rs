@@ -7,17 +7,25 @@
 //!
 //! The hub also keeps the last `resume_events` events, in the order published, so that a client
 //! that comes back with a cursor gets what it missed (see [`crate::cursor`]).
+//!
+//! Last-seen times are state, not events: each superseded by the next, one per device every few
+//! seconds (the most frequent record by far). The hub keeps the latest per device that moved and,
+//! every `last_seen_every`, hands each connection one `last_seen` message with those its topics
+//! cover, queued like an event but without a cursor and outside the resume ring: they never
+//! crowd status changes and anomalies out of a client's queue or of the ring.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use metrics::counter;
 use tokio::sync::mpsc;
 
 use crate::cursor::Position;
 use crate::feed::{Event, Kind};
-use crate::protocol::Topic;
+use crate::protocol::{Seen, ServerMessage, Topic};
+use crate::store::DeviceKey;
 
 /// The key admins are filed under: they see every tenant. No tenant id can be it (a token
 /// without a tenant is refused, and ids hold no control characters).
@@ -38,6 +46,26 @@ pub fn wants(topics: &BTreeSet<Topic>, e: &Event) -> bool {
         Topic::Status => e.kind == Kind::Status,
         Topic::Anomalies => e.kind == Kind::Anomaly,
         Topic::Aggregates => e.kind == Kind::Aggregate,
+        Topic::LastSeen => e.kind == Kind::LastSeen,
+    })
+}
+
+/// Whether `topics` cover every last-seen time of the tenant (not only some devices').
+fn wants_every_last_seen(topics: &BTreeSet<Topic>) -> bool {
+    topics.contains(&Topic::Tenant) || topics.contains(&Topic::LastSeen)
+}
+
+/// A `last_seen` message of `devices`, for connections filed under `key`.
+fn last_seen_event(key: &str, devices: Vec<&Seen>) -> Arc<Event> {
+    Arc::new(Event {
+        tenant: key.to_string(),
+        device: String::new(),
+        class: None,
+        kind: Kind::LastSeen,
+        json: ServerMessage::LastSeen { devices }.json().into(),
+        cursor: Arc::from(""),
+        source: None,
+        read_at: std::time::Instant::now(),
     })
 }
 
@@ -47,6 +75,8 @@ pub struct Hub {
     next: AtomicU64,
     clients: RwLock<HashMap<String, HashMap<u64, Client>>>,
     recent: Mutex<Recent>,
+    /// The latest last-seen time of each device that moved since the last `last_seen` messages.
+    seen: Mutex<HashMap<DeviceKey, Seen>>,
 }
 
 /// The events a resuming client may be owed.
@@ -111,6 +141,7 @@ impl Hub {
                 cursor: Position::default().encode().into(),
                 published: 0,
             }),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -216,14 +247,100 @@ impl Hub {
             }
             drop(recent);
         }
-        if !full.is_empty() {
-            let mut clients = self.write();
-            for (key, id) in full {
-                counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
-                // Dropping its sender closes the queue: the connection drains it and ends.
-                if let Some(m) = clients.get_mut(&key) {
-                    m.remove(&id);
+        self.strike_off(full);
+    }
+
+    /// Notes a device's new last-seen time for the next `last_seen` messages; dropped at once if
+    /// no connection of its tenant (nor an admin) is registered: one that subscribes later gets
+    /// it from its snapshot, which reads the store, updated before this.
+    pub fn note_last_seen(&self, s: Seen) {
+        {
+            let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
+            if !clients.contains_key(&s.tenant_id) && !clients.contains_key(ADMINS) {
+                return;
+            }
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (s.tenant_id.clone(), s.device_id.clone());
+        match seen.get_mut(&key) {
+            Some(held) if held.last_seen >= s.last_seen => {}
+            Some(held) => *held = s,
+            None => {
+                seen.insert(key, s);
+            }
+        }
+    }
+
+    /// Hands every connection a `last_seen` message with the noted times its topics cover (one
+    /// message per tenant, serialized once, for connections that take all of the tenant's);
+    /// strikes off those whose queue is full.
+    pub fn send_last_seen(&self) {
+        let noted = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
+        if noted.is_empty() {
+            return;
+        }
+        let mut by_tenant: HashMap<&str, Vec<&Seen>> = HashMap::new();
+        for s in noted.values() {
+            by_tenant.entry(&s.tenant_id).or_default().push(s);
+        }
+        let everyone: Vec<&Seen> = noted.values().collect();
+        let mut full = Vec::new();
+        {
+            let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
+            for (key, connections) in clients.iter() {
+                let entries = if key == ADMINS {
+                    &everyone
+                } else {
+                    match by_tenant.get(key.as_str()) {
+                        Some(entries) => entries,
+                        None => continue,
+                    }
+                };
+                let mut shared = None;
+                let mut index = None;
+                for (id, c) in connections {
+                    let event = if wants_every_last_seen(&c.topics) {
+                        Arc::clone(
+                            shared.get_or_insert_with(|| last_seen_event(key, entries.clone())),
+                        )
+                    } else {
+                        let index = index.get_or_insert_with(|| Index::new(entries));
+                        let mine = index.covered(&c.topics);
+                        if mine.is_empty() {
+                            continue;
+                        }
+                        last_seen_event(key, mine)
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = c.queue.try_send(event) {
+                        c.slow.store(true, Ordering::Relaxed);
+                        full.push((key.clone(), *id));
+                    }
                 }
+            }
+        }
+        self.strike_off(full);
+    }
+
+    /// Sends the `last_seen` messages every `every`, until `stop`.
+    pub async fn send_last_seen_every(&self, every: Duration, stop: &AtomicBool) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            self.send_last_seen();
+        }
+    }
+
+    fn strike_off(&self, full: Vec<(String, u64)>) {
+        if full.is_empty() {
+            return;
+        }
+        let mut clients = self.write();
+        for (key, id) in full {
+            counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
+            // Dropping its sender closes the queue: the connection drains it and ends.
+            if let Some(m) = clients.get_mut(&key) {
+                m.remove(&id);
             }
         }
     }
@@ -250,19 +367,69 @@ impl Hub {
     }
 }
 
+/// The noted last-seen times of one tenant (or all, for admins) by device and by class, built
+/// only when a connection takes some devices' times and not all: looking each of its topics up
+/// costs what it receives, not what the tenant has.
+struct Index<'a> {
+    by_device: HashMap<&'a str, Vec<usize>>,
+    by_class: HashMap<&'a str, Vec<usize>>,
+    entries: &'a [&'a Seen],
+}
+
+impl<'a> Index<'a> {
+    fn new(entries: &'a [&'a Seen]) -> Index<'a> {
+        let mut by_device: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_class: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, s) in entries.iter().enumerate() {
+            by_device.entry(&s.device_id).or_default().push(i);
+            if let Some(class) = &s.device_class {
+                by_class.entry(class).or_default().push(i);
+            }
+        }
+        Index {
+            by_device,
+            by_class,
+            entries,
+        }
+    }
+
+    /// The entries `topics` cover through device and class topics, each once.
+    fn covered(&self, topics: &BTreeSet<Topic>) -> Vec<&'a Seen> {
+        let mut at: Vec<usize> = topics
+            .iter()
+            .filter_map(|t| match t {
+                Topic::Device(id) => self.by_device.get(id.as_str()),
+                Topic::Class(class) => self.by_class.get(class.as_str()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        at.into_iter()
+            .filter_map(|i| self.entries.get(i).copied())
+            .collect()
+    }
+}
+
 impl Recent {
     fn push(&mut self, e: &Arc<Event>) {
+        // Only events with a place in the topics are held; the feed publishes no other.
+        let Some(source) = e.source else {
+            return;
+        };
         self.published += 1;
         self.cursor = Arc::clone(&e.cursor);
         if self.capacity == 0 {
-            let s = e.source;
-            self.floor.set(s.topic, s.partition, s.offset + 1);
+            self.floor
+                .set(source.topic, source.partition, source.offset + 1);
             return;
         }
         if self.events.len() == self.capacity
             && let Some(old) = self.events.pop_front()
+            && let Some(s) = old.source
         {
-            let s = old.source;
             self.floor.set(s.topic, s.partition, s.offset + 1);
         }
         self.events.push_back(Arc::clone(e));
@@ -282,7 +449,7 @@ impl Recent {
         for e in self
             .events
             .iter()
-            .filter(|e| from.owes(e.source) && wanted(e))
+            .filter(|e| e.source.is_some_and(|s| from.owes(s)) && wanted(e))
         {
             // More than a client may have waiting would strike it off as it resumes.
             if missed.len() == limit {
@@ -306,11 +473,11 @@ mod tests {
             kind,
             json: "{}".into(),
             cursor: "".into(),
-            source: crate::cursor::Source {
+            source: Some(crate::cursor::Source {
                 topic: 0,
                 partition: 0,
                 offset: 0,
-            },
+            }),
             read_at: std::time::Instant::now(),
         })
     }
@@ -359,11 +526,11 @@ mod tests {
             kind: Kind::Status,
             json: format!("{partition}/{offset}").into(),
             cursor: after.encode().into(),
-            source: crate::cursor::Source {
+            source: Some(crate::cursor::Source {
                 topic: 0,
                 partition,
                 offset,
-            },
+            }),
             read_at: std::time::Instant::now(),
         })
     }
@@ -416,5 +583,114 @@ mod tests {
         start.set(0, 0, 5);
         let s = hub.subscribe(&r4, &topics, Some(&start));
         assert!(matches!(s.owed, Owed::Resync(_)), "{:?}", s.owed);
+    }
+
+    fn seen(tenant: &str, device: &str, class: Option<&str>, at: i64) -> Seen {
+        Seen {
+            tenant_id: tenant.into(),
+            device_id: device.into(),
+            device_class: class.map(str::to_string),
+            last_seen: at,
+        }
+    }
+
+    /// The (device, last seen) pairs of the `last_seen` messages waiting for `r`.
+    fn last_seen_of(r: &mut Registration) -> Vec<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        while let Ok(e) = r.events.try_recv() {
+            assert_eq!(e.kind, Kind::LastSeen);
+            assert!(e.source.is_none());
+            let m: serde_json::Value = serde_json::from_str(e.json.as_str()).unwrap();
+            assert_eq!(m["type"], "last_seen");
+            assert!(m.get("cursor").is_none(), "{m}");
+            let mut got: Vec<(String, i64)> = m["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    (
+                        format!(
+                            "{}/{}",
+                            d["tenant_id"].as_str().unwrap(),
+                            d["device_id"].as_str().unwrap()
+                        ),
+                        d["last_seen"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            got.sort();
+            out.push(got);
+        }
+        out
+    }
+
+    #[test]
+    fn last_seen_times_are_batched_per_tick_by_tenant_and_topic() {
+        let hub = Hub::new(10, 100);
+        // Nobody listens: nothing is kept.
+        hub.note_last_seen(seen("t1", "a", None, 1));
+        assert!(hub.seen.lock().unwrap().is_empty());
+
+        let mut tenant = hub.register("t1", false);
+        let mut device = hub.register("t1", false);
+        let mut class = hub.register("t1", false);
+        let mut status = hub.register("t1", false);
+        let mut other = hub.register("t2", false);
+        let mut admin = hub.register("ops", true);
+        hub.subscribe(&tenant, &[Topic::Tenant].into(), None);
+        hub.subscribe(&device, &[Topic::Device("b".into())].into(), None);
+        hub.subscribe(
+            &class,
+            &[Topic::Class("pump".into()), Topic::Device("a".into())].into(),
+            None,
+        );
+        hub.subscribe(&status, &[Topic::Status].into(), None);
+        hub.subscribe(&other, &[Topic::Tenant, Topic::LastSeen].into(), None);
+        hub.subscribe(&admin, &[Topic::LastSeen].into(), None);
+
+        hub.note_last_seen(seen("t1", "a", Some("pump"), 10));
+        hub.note_last_seen(seen("t1", "b", None, 20));
+        // Superseded within the tick: only the latest goes out; an older one changes nothing.
+        hub.note_last_seen(seen("t1", "b", None, 25));
+        hub.note_last_seen(seen("t1", "b", None, 21));
+        hub.note_last_seen(seen("t3", "c", None, 30));
+        hub.send_last_seen();
+
+        let a = ("t1/a".to_string(), 10);
+        let b = ("t1/b".to_string(), 25);
+        let c = ("t3/c".to_string(), 30);
+        assert_eq!(last_seen_of(&mut tenant), [vec![a.clone(), b.clone()]]);
+        assert_eq!(last_seen_of(&mut device), [vec![b.clone()]]);
+        assert_eq!(
+            last_seen_of(&mut class),
+            [vec![a.clone()]],
+            "once, by class and id"
+        );
+        assert!(
+            last_seen_of(&mut status).is_empty(),
+            "status is transitions only"
+        );
+        assert!(
+            last_seen_of(&mut other).is_empty(),
+            "another tenant's are never sent"
+        );
+        assert_eq!(last_seen_of(&mut admin), [vec![a, b, c]]);
+        // Not events: nothing in the resume ring, no sequence used.
+        assert_eq!(hub.published(), 0);
+        assert!(hub.recent().events.is_empty());
+        // Nothing moved since: no message.
+        hub.send_last_seen();
+        assert!(last_seen_of(&mut tenant).is_empty());
+    }
+
+    #[test]
+    fn a_client_whose_queue_is_full_of_events_is_struck_off_by_a_last_seen_batch_too() {
+        let hub = Hub::new(1, 0);
+        let r = hub.register("t1", false);
+        hub.subscribe(&r, &[Topic::Tenant].into(), None);
+        hub.publish(&event("t1", Kind::Status));
+        hub.note_last_seen(seen("t1", "d", None, 1));
+        hub.send_last_seen();
+        assert!(r.slow.load(Ordering::Relaxed));
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! [`auth`] checks the bearer token before a connection is upgraded; [`protocol`] is the JSON
 //! both sides speak (docs/websocket-protocol.md); [`feed`] turns the derived topics into
-//! [`Event`]s; [`hub`] hands each to the connections that may see and want it; [`server`] serves
+//! [`Event`]s; [`hub`] hands each (and, batched, the devices' last-seen times) to the connections
+//! that may see and want it; [`server`] serves
 //! `/ws` and the REST endpoints; [`config`] is `[bridge]`. [`cursor`] is where a client is in the
 //! topics, so it can resume on any bridge; [`cache`] keeps Redis current when configured.
 

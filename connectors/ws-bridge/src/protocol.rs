@@ -11,7 +11,8 @@ use crate::store::DeviceState;
 pub enum ClientMessage {
     /// Start receiving `topics` (a snapshot of their devices first).
     Subscribe {
-        /// `devices.<id>`, `classes.<class>`, `tenant`, `status`, `anomalies`, `aggregates`.
+        /// `devices.<id>`, `classes.<class>`, `tenant`, `status`, `anomalies`, `aggregates`,
+        /// `last_seen`.
         topics: Vec<String>,
         /// The last cursor the client saw, to resume from.
         #[serde(default)]
@@ -27,7 +28,8 @@ pub enum ClientMessage {
 }
 
 /// A message from the server. Events (`device_status`, `aggregate`, `anomaly`) are serialized once
-/// by the feed and sent to every client as they are; see [`crate::feed::Event`].
+/// by the feed and sent to every client as they are; see [`crate::feed::Event`]. `last_seen` is
+/// state, not an event: the hub batches the times that moved, without a cursor.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
@@ -55,6 +57,13 @@ pub enum ServerMessage<'a> {
         /// One entry per device.
         devices: Vec<DeviceState>,
     },
+    /// Devices' latest reading times that moved since the last such message (every
+    /// `bridge.last_seen_every_ms`), or, after a resume, those of the devices the new topics
+    /// cover. No cursor: each supersedes the last, and a client keeps the latest per device.
+    LastSeen {
+        /// One entry per device.
+        devices: Vec<&'a Seen>,
+    },
     /// The server is alive (every `heartbeat_ms`, and in answer to `ping`).
     Heartbeat {
         /// Server time, ms since the epoch.
@@ -71,6 +80,20 @@ pub enum ServerMessage<'a> {
         /// For people.
         message: String,
     },
+}
+
+/// One device's last-seen time, as a `last_seen` message carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Device class, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<String>,
+    /// The device's latest reading, ms.
+    pub last_seen: i64,
 }
 
 impl ServerMessage<'_> {
@@ -95,16 +118,20 @@ pub enum Topic {
     Anomalies,
     /// Window aggregates.
     Aggregates,
+    /// Last-seen times.
+    LastSeen,
 }
 
 impl Topic {
-    /// Reads `devices.<id>`, `classes.<class>`, `tenant`, `status`, `anomalies`, `aggregates`.
+    /// Reads `devices.<id>`, `classes.<class>`, `tenant`, `status`, `anomalies`, `aggregates`,
+    /// `last_seen`.
     pub fn parse(text: &str) -> Option<Topic> {
         match text {
             "tenant" => Some(Topic::Tenant),
             "status" => Some(Topic::Status),
             "anomalies" => Some(Topic::Anomalies),
             "aggregates" => Some(Topic::Aggregates),
+            "last_seen" => Some(Topic::LastSeen),
             _ => match text.split_once('.') {
                 Some(("devices", id)) if !id.is_empty() => Some(Topic::Device(id.into())),
                 Some(("classes", class)) if !class.is_empty() => Some(Topic::Class(class.into())),
@@ -122,6 +149,7 @@ impl Topic {
             Topic::Status => "status".into(),
             Topic::Anomalies => "anomalies".into(),
             Topic::Aggregates => "aggregates".into(),
+            Topic::LastSeen => "last_seen".into(),
         }
     }
 }
@@ -155,6 +183,7 @@ mod tests {
             "status",
             "anomalies",
             "aggregates",
+            "last_seen",
         ] {
             assert_eq!(Topic::parse(name).map(|t| t.name()), Some(name.to_string()));
         }
@@ -170,5 +199,19 @@ mod tests {
         }
         .json();
         assert_eq!(text, r#"{"type":"error","code":"bad_topic","message":"x"}"#);
+        let seen = Seen {
+            tenant_id: "t".into(),
+            device_id: "d".into(),
+            device_class: None,
+            last_seen: 5,
+        };
+        let text = ServerMessage::LastSeen {
+            devices: vec![&seen],
+        }
+        .json();
+        assert_eq!(
+            text,
+            r#"{"type":"last_seen","devices":[{"tenant_id":"t","device_id":"d","last_seen":5}]}"#
+        );
     }
 }

@@ -29,7 +29,7 @@ use crate::cache::{Cache, Devices};
 use crate::config::BridgeConfig;
 use crate::cursor::Position;
 use crate::hub::{Hub, Owed, Registration};
-use crate::protocol::{ClientMessage, ServerMessage, Topic};
+use crate::protocol::{ClientMessage, Seen, ServerMessage, Topic};
 use crate::store::{DeviceState, Store};
 
 /// How long a client's socket may take to accept one message before it counts as too slow.
@@ -222,16 +222,19 @@ impl Connection {
                     }
                 }
                 event = self.registration.events.recv() => match event {
-                    // The hub chose it; the tenant is checked once more all the same.
+                    // The hub chose it; the tenant is checked once more all the same. A
+                    // `last_seen` batch has no place in the topics: it is never owed or skipped.
                     Some(e) if self.claims.sees(&e.tenant)
-                        && self.seen.as_ref().is_none_or(|p| p.owes(e.source)) => {
+                        && e.source.is_none_or(|s| self.seen.as_ref().is_none_or(|p| p.owes(s))) => {
                         if !send(&mut socket, e.json.clone()).await {
                             counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
                             slow(&mut socket, "the socket did not take a message in time").await;
                             return;
                         }
                         counter!("fleetpulse_bridge_messages_sent_total").increment(1);
-                        histogram!("fleetpulse_bridge_lag_seconds").record(e.read_at.elapsed().as_secs_f64());
+                        if e.source.is_some() {
+                            histogram!("fleetpulse_bridge_lag_seconds").record(e.read_at.elapsed().as_secs_f64());
+                        }
                     }
                     Some(_) => {}
                     None if self.registration.slow.load(Ordering::Relaxed) => {
@@ -326,6 +329,9 @@ impl Connection {
                                 .filter(|e| self.claims.sees(&e.tenant))
                                 .map(|e| e.json.to_string()),
                         );
+                        // Last-seen times are not replayed: the current ones stand for every
+                        // one it missed.
+                        replies.extend(self.last_seen_now(&new));
                         self.seen = Some(from);
                         return (replies, Next::Go);
                     }
@@ -376,6 +382,40 @@ impl Connection {
         .json()
     }
 
+    /// A `last_seen` message with the store's last-seen times of the visible devices whose
+    /// times `topics` cover, if there are any.
+    fn last_seen_now(&self, topics: &BTreeSet<Topic>) -> Option<String> {
+        let covered = |d: &DeviceState| {
+            d.last_seen.is_some()
+                && topics.iter().any(|t| match t {
+                    Topic::Device(id) => d.device_id == *id,
+                    Topic::Class(class) => d.device_class.as_deref() == Some(class),
+                    Topic::Tenant | Topic::LastSeen => true,
+                    Topic::Status | Topic::Anomalies | Topic::Aggregates => false,
+                })
+        };
+        let seen: Vec<Seen> = self
+            .bridge
+            .store
+            .select(|tenant| self.claims.sees(tenant), covered)
+            .into_iter()
+            .filter_map(|d| {
+                Some(Seen {
+                    last_seen: d.last_seen?,
+                    tenant_id: d.tenant_id,
+                    device_id: d.device_id,
+                    device_class: d.device_class,
+                })
+            })
+            .collect();
+        (!seen.is_empty()).then(|| {
+            ServerMessage::LastSeen {
+                devices: seen.iter().collect(),
+            }
+            .json()
+        })
+    }
+
     /// The state of the visible devices that `topics` cover: from Redis when it is configured
     /// and has the first `published` events, else from memory.
     async fn snapshot(&self, topics: &BTreeSet<Topic>, published: u64) -> Vec<DeviceState> {
@@ -387,7 +427,11 @@ impl Connection {
                 && topics.iter().any(|t| match t {
                     Topic::Device(id) => d.device_id == *id,
                     Topic::Class(class) => d.device_class.as_deref() == Some(class),
-                    Topic::Tenant | Topic::Status | Topic::Anomalies | Topic::Aggregates => true,
+                    Topic::Tenant
+                    | Topic::Status
+                    | Topic::Anomalies
+                    | Topic::Aggregates
+                    | Topic::LastSeen => true,
                 })
         };
         if let Some(cache) = &self.bridge.cache {
@@ -410,6 +454,15 @@ impl Connection {
             };
             if let Some(mut held) = cache.snapshot(&devices, published, SNAPSHOT_WAIT).await {
                 held.retain(|d| wanted(d));
+                // Redis waits for the events published, not for last-seen times, which it may
+                // trail by a write; the store has every time the hub may already have sent.
+                let now = self.bridge.store.last_seen_of(
+                    held.iter()
+                        .map(|d| (d.tenant_id.as_str(), d.device_id.as_str())),
+                );
+                for (d, last_seen) in held.iter_mut().zip(now) {
+                    d.last_seen = d.last_seen.max(last_seen);
+                }
                 held.sort_by(|a, b| {
                     (&a.tenant_id, &a.device_id).cmp(&(&b.tenant_id, &b.device_id))
                 });

@@ -177,7 +177,7 @@ fn child_memory(config: &Config, topic: &str) -> anyhow::Result<(u64, u64)> {
         .args(["--brokers", config.brokers()?.as_str()])
         .args(["--set", &format!("topics.telemetry={topic}")])
         .args(
-            ["aggregates", "anomalies", "status", "dlq"]
+            ["aggregates", "anomalies", "status", "dlq", "lastseen"]
                 .iter()
                 .flat_map(|k| ["--set".to_string(), format!("topics.{k}={id}-{k}")]),
         )
@@ -231,6 +231,7 @@ async fn run_pipeline(
         anomalies: format!("{id}-anomalies"),
         status: format!("{id}-status"),
         dlq: format!("{id}-dlq"),
+        lastseen: format!("{id}-lastseen"),
     };
     let codec = Arc::new(Codec::builtin());
     let output = super::pipeline::output(config, topics, Arc::clone(&codec)).await?;
@@ -302,6 +303,18 @@ pub(crate) async fn run(config: &Config, args: PipelineBench) -> anyhow::Result<
             rate / raw_rate,
         );
     }
+    // The same job with last-seen times only at each device's first reading and at the end:
+    // what the records at the default interval (one per reading of this fleet) cost.
+    let mut rarely = config.clone();
+    rarely.pipeline.lastseen_interval_ms = i64::MAX / 4;
+    let seconds = run_pipeline(&rarely, input.clone(), 1, "w1-rarely", None).await?;
+    let rate = events as f64 / seconds;
+    println!(
+        "pipeline, 1 worker, last seen once     {rate:>10.0} events/s   ratio b/a {:.2}, every {} s / once {:.3}",
+        rate / raw_rate,
+        config.pipeline.lastseen_interval_ms / 1000,
+        one_worker.map_or(f64::NAN, |w| w / rate),
+    );
     // The same job taking a checkpoint every `pipeline.checkpoint_interval_ms`.
     let dir = std::env::temp_dir().join(format!("bench-{}-checkpoints", std::process::id()));
     let store = Store::new(&dir);

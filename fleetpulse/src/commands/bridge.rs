@@ -75,12 +75,14 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         RecordKind::WindowAggregate,
         RecordKind::Anomaly,
         RecordKind::StatusTransition,
+        RecordKind::LastSeen,
     ];
     let codec = super::codec(config, &kinds).await?;
     let topics = Topics {
         aggregates: config.topics.aggregates.as_str().into(),
         anomalies: config.topics.anomalies.as_str().into(),
         status: config.topics.status.as_str().into(),
+        lastseen: config.topics.lastseen.as_str().into(),
     };
     let kafka: Vec<(String, String)> = crate::kafka::properties(config)?.into_iter().collect();
     let feed = {
@@ -105,6 +107,11 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             cache.write_behind(&store, &hub, WRITE_EVERY, &stop).await;
         })
     });
+    let last_seen = {
+        let (hub, stop) = (Arc::clone(&hub), Arc::clone(&stop));
+        let every = Duration::from_millis(c.last_seen_every_ms);
+        tokio::spawn(async move { hub.send_last_seen_every(every, &stop).await })
+    };
     let ready = Arc::clone(&kafka_up);
     let redis = cache.clone();
     let bridge = Arc::new(Bridge {
@@ -150,5 +157,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(writer) = writer {
         writer.await.context("the redis writer failed")?;
     }
+    // Connections end with the process: no batch is owed to anyone.
+    last_seen.abort();
     Ok(())
 }

@@ -75,6 +75,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             &mut c.topics.anomalies,
             &mut c.topics.status,
             &mut c.topics.dlq,
+            &mut c.topics.lastseen,
         ] {
             *topic = topic.prefixed("fleetpulse-demo-");
         }
@@ -97,6 +98,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
                 &c.topics.anomalies,
                 &c.topics.status,
                 &c.topics.dlq,
+                &c.topics.lastseen,
             ] {
                 mock.create_topic(topic.as_str(), 4, 1)?;
             }

@@ -94,8 +94,8 @@ fn fetcher(config: &Config) -> anyhow::Result<Option<Arc<dyn SchemaFetcher>>> {
     })))
 }
 
-/// Creates the derived topics (4 partitions) unless they exist, and the producer that writes
-/// them.
+/// Creates the derived topics (4 partitions; the last-seen one compacted) unless they exist, and
+/// the producer that writes them.
 pub(crate) async fn output(
     config: &Config,
     topics: Topics,
@@ -109,6 +109,7 @@ pub(crate) async fn output(
     ] {
         crate::kafka::ensure_topic(config, topic, 4).await?;
     }
+    crate::kafka::ensure_compacted_topic(config, &topics.lastseen, 4).await?;
     let properties = crate::kafka::properties(config)?;
     Ok(KafkaOutput::new(&properties, codec, topics)?)
 }
@@ -142,6 +143,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         anomalies: config.topics.anomalies.as_str().into(),
         status: config.topics.status.as_str().into(),
         dlq: config.topics.dlq.as_str().into(),
+        lastseen: config.topics.lastseen.as_str().into(),
     };
     let codec = Arc::new(
         super::codec(
@@ -152,6 +154,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
                 RecordKind::Anomaly,
                 RecordKind::StatusTransition,
                 RecordKind::DeadLetter,
+                RecordKind::LastSeen,
             ],
         )
         .await?,

@@ -105,6 +105,7 @@ pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result
         RecordKind::Anomaly,
         RecordKind::StatusTransition,
         RecordKind::DeadLetter,
+        RecordKind::LastSeen,
     ];
     let codec = Arc::new(super::codec(config, &kinds).await?);
     let t = &config.topics;
@@ -116,6 +117,7 @@ pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result
             (t.anomalies.as_str().into(), Table::Anomalies),
             (t.status.as_str().into(), Table::Status),
             (t.dlq.as_str().into(), Table::DeadLetters),
+            (t.lastseen.as_str().into(), Table::LastSeen),
         ],
         codec,
         stop,

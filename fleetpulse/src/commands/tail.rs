@@ -10,7 +10,8 @@ use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schemas::{
-    Anomaly, Codec, DeadLetter, InputFormat, Record, RecordKind, StatusTransition, WindowAggregate,
+    Anomaly, Codec, DeadLetter, InputFormat, LastSeen, Record, RecordKind, StatusTransition,
+    WindowAggregate,
 };
 use serde_json::{Value, json};
 
@@ -58,6 +59,7 @@ fn decode_any(
         RecordKind::Anomaly => decode::<Anomaly>(codec, bytes),
         RecordKind::StatusTransition => decode::<StatusTransition>(codec, bytes),
         RecordKind::DeadLetter => decode::<DeadLetter>(codec, bytes),
+        RecordKind::LastSeen => decode::<LastSeen>(codec, bytes),
     }
 }
 
