@@ -187,7 +187,7 @@ fn the_pipeline_fetches_a_newer_writer_schema_instead_of_dead_lettering() {
         .args(["--listen", "127.0.0.1:0"])
         .args(["--set", &format!("schema_registry.url={}", registry.url)])
         .args(["--set", &format!("topics.telemetry={topic}")]);
-    for kind in ["aggregates", "anomalies", "status", "dlq"] {
+    for kind in ["aggregates", "anomalies", "status", "dlq", "lastseen"] {
         command.args(["--set", &format!("topics.{kind}={prefix}-{kind}")]);
     }
     let summary = summary(&run_ok(&mut command).stdout);

@@ -46,10 +46,16 @@ fn generate(brokers: &str, topic: &str, extra: &[&str]) {
 /// Records written, from the JSON summary.
 fn total(stdout: &[u8]) -> usize {
     let summary = summary(stdout);
-    ["aggregates", "anomalies", "status", "dead_letters"]
-        .iter()
-        .map(|k| summary[k].as_u64().unwrap() as usize)
-        .sum()
+    [
+        "aggregates",
+        "anomalies",
+        "status",
+        "dead_letters",
+        "last_seen",
+    ]
+    .iter()
+    .map(|k| summary[k].as_u64().unwrap() as usize)
+    .sum()
 }
 
 fn pipeline(brokers: &str, telemetry: &str, prefix: &str, extra: &[&str]) -> usize {
@@ -63,11 +69,11 @@ fn pipeline(brokers: &str, telemetry: &str, prefix: &str, extra: &[&str]) -> usi
     total(&output.stdout)
 }
 
-/// Reads the four derived topics of `prefix` back as outputs.
+/// Reads the five derived topics of `prefix` back as outputs.
 fn derived(brokers: &str, prefix: &str, expected: usize) -> Vec<Output> {
     let codec = Codec::builtin();
     let mut out = Vec::new();
-    for kind in ["aggregates", "anomalies", "status", "dlq"] {
+    for kind in DERIVED {
         let topic = format!("{prefix}-{kind}");
         let remaining = expected - out.len();
         for m in read_topic(brokers, &topic, remaining, Duration::from_secs(5)) {

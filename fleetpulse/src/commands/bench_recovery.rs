@@ -47,7 +47,7 @@ fn pipeline(
         .arg(dir)
         .args(["--set", &format!("topics.telemetry={topic}")])
         .args(
-            ["aggregates", "anomalies", "status", "dlq"]
+            ["aggregates", "anomalies", "status", "dlq", "lastseen"]
                 .iter()
                 .flat_map(|k| ["--set".to_string(), format!("topics.{k}={id}-{k}")]),
         )

@@ -198,6 +198,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
             "anomalies": w.anomalies.load(Ordering::Relaxed),
             "status": w.status.load(Ordering::Relaxed),
             "dead_letters": w.dead_letters.load(Ordering::Relaxed),
+            "last_seen": w.last_seen.load(Ordering::Relaxed),
             "seconds": started.elapsed().as_secs_f64(),
         })
     );
