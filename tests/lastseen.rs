@@ -93,15 +93,7 @@ async fn every_device_s_last_seen_is_current_within_the_interval_everywhere() {
     let interval = format!("pipeline.lastseen_interval_ms={INTERVAL_MS}");
 
     let database = unique("fp_lastseen").replace('-', "_");
-    let (sink, _) = spawn_serving(
-        fleetpulse()
-            .args(["sink", "clickhouse", "--brokers", brokers])
-            .args(["--url", clickhouse.address(), "--listen", "127.0.0.1:0"])
-            .args(["--set", &format!("clickhouse.database={database}")])
-            .args(["--set", &format!("clickhouse.group_id={database}")])
-            .args(derived_topics(&prefix)),
-    );
-    let _sink = Running(sink);
+    let (_sink, _) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
     let (bridge, base) = spawn_serving(
         fleetpulse()
             .args(["bridge", "--brokers", brokers, "--listen", "127.0.0.1:0"])

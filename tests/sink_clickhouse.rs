@@ -36,26 +36,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Starts the sink on the derived topics of `prefix` into `database`.
-fn sink(
-    brokers: &str,
-    url: &str,
-    prefix: &str,
-    database: &str,
-    extra: &[&str],
-) -> (Running, String) {
-    let (child, http) = spawn_serving(
-        fleetpulse()
-            .args(["sink", "clickhouse", "--brokers", brokers, "--url", url])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--set", &format!("clickhouse.database={database}")])
-            .args(["--set", &format!("clickhouse.group_id={database}")])
-            .args(derived_topics(prefix))
-            .args(extra),
-    );
-    (Running(child), http)
-}
-
 async fn count(c: &Connection, table: &str, fin: bool) -> u64 {
     let fin = if fin { "FINAL" } else { "" };
     c.client
@@ -470,7 +450,7 @@ fn last_seen(tenant: &str, device: &str, ms: i64, class: Option<&str>) -> LastSe
         device_id: device.into(),
         device_class: class.map(str::to_string),
         last_seen: ms,
-        event_id: format!("lastseen/{tenant}/{device}/{ms}"),
+        event_id: pipeline::event_id::last_seen(tenant, device, ms),
     }
 }
 

@@ -177,15 +177,7 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
     let prefix = unique("system");
     create_derived(brokers, &prefix, 4).await;
     let database = unique("fp_system").replace('-', "_");
-    let (sink, _) = spawn_serving(
-        fleetpulse()
-            .args(["sink", "clickhouse", "--brokers", brokers])
-            .args(["--url", clickhouse.address(), "--listen", "127.0.0.1:0"])
-            .args(["--set", &format!("clickhouse.database={database}")])
-            .args(["--set", &format!("clickhouse.group_id={database}")])
-            .args(derived_topics(&prefix)),
-    );
-    let _sink = Running(sink);
+    let (_sink, _) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
     let (bridge, base) = spawn_serving(
         fleetpulse()
             .args(["bridge", "--brokers", brokers, "--listen", "127.0.0.1:0"])

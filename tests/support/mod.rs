@@ -332,6 +332,27 @@ pub fn spawn_serving(command: &mut Command) -> (Child, String) {
     (child, http)
 }
 
+/// `fleetpulse sink clickhouse` on the derived topics of `prefix`, into `database` at `url`
+/// (its consumer group named after it), with `extra` flags; and its HTTP address.
+pub fn sink(
+    brokers: &str,
+    url: &str,
+    prefix: &str,
+    database: &str,
+    extra: &[&str],
+) -> (Running, String) {
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["sink", "clickhouse", "--brokers", brokers, "--url", url])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("clickhouse.database={database}")])
+            .args(["--set", &format!("clickhouse.group_id={database}")])
+            .args(derived_topics(prefix))
+            .args(extra),
+    );
+    (Running(child), http)
+}
+
 /// Creates the derived topics of `prefix` with `partitions` partitions each, as the pipeline
 /// would: a cursor then spans several partitions per topic.
 pub async fn create_derived(brokers: &str, prefix: &str, partitions: i32) {
