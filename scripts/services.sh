@@ -8,11 +8,16 @@
 #                                                       install what is missing (no args = the
 #                                                       three services; chromium, Debian's, is
 #                                                       the browser the dashboard tests drive)
-#   services.sh run SERVICE --dir DIR [--remove-on-exit] foreground: start, print one line
+#   services.sh run SERVICE --dir DIR [--remove-on-exit] [--secure]
+#                                                       foreground: start, print one line
 #                                                       "READY <service> <address>" on stdout,
 #                                                       stop the server on SIGTERM/SIGINT
-#   services.sh up [SERVICE ...]                        start in the background (no args = all),
+#   services.sh up [--secure] [SERVICE ...]             start in the background (no args = all),
 #                                                       print shell `export` lines
+#
+# --secure: TLS with a CA made under DIR/tls and a password user for every service (Kafka:
+# SASL_SSL with PLAIN and SCRAM, and an mTLS listener; Redis: TLS and an ACL user; ClickHouse:
+# a password user). Passwords are in DIR/secrets. See docs/services.md.
 #   services.sh down DIR                                stop what `up` started in DIR, remove DIR
 #
 # Only READY lines (run) and export lines (up) go to stdout; everything else to stderr.
@@ -36,8 +41,8 @@ die() { log "error: $*"; exit 1; }
 usage() {
   cat >&2 <<'EOF'
 usage: services.sh install [kafka|clickhouse|redis|chromium ...]
-       services.sh run (kafka|clickhouse|redis) --dir DIR [--remove-on-exit]
-       services.sh up [kafka|clickhouse|redis ...]
+       services.sh run (kafka|clickhouse|redis) --dir DIR [--remove-on-exit] [--secure]
+       services.sh up [--secure] [kafka|clickhouse|redis ...]
        services.sh down DIR
 EOF
   exit 2
@@ -359,6 +364,51 @@ cmd_install() {
 }
 
 # ---------------------------------------------------------------------------------------
+# secure mode: a CA, a server and a client certificate, and one password per service
+
+SECURE=0
+# The user every secured service knows; its password is DIR/secrets/<service>-password.
+SECURE_USER=fleet
+
+# Makes DIR/tls (CA, server certificate for 127.0.0.1 and localhost, client certificate for
+# mTLS) and DIR/secrets once; services started in parallel in one DIR share them.
+ensure_secure_material() {
+  local dir="$1" tls="$1/tls" secrets="$1/secrets"
+  mkdir -p "$tls" "$secrets"
+  (
+    flock 9
+    if [[ -f "$tls/.complete" ]]; then exit 0; fi
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (Debian package openssl)"
+    log "tls: making a CA and certificates in $tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=fleetpulse test CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    local name
+    for name in server client; do
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$([[ $name == server ]] && echo localhost || echo $SECURE_USER)" \
+        -keyout "$tls/$name.key.pkcs1" -out "$tls/$name.csr" 2>/dev/null
+      # PKCS#8 keys: the form Kafka's PEM key store reads.
+      openssl pkcs8 -topk8 -nocrypt -in "$tls/$name.key.pkcs1" -out "$tls/$name.key"
+      rm -f "$tls/$name.key.pkcs1"
+      printf 'subjectAltName=%s\nextendedKeyUsage=%s\n' \
+        "$([[ $name == server ]] && echo 'IP:127.0.0.1,DNS:localhost' || echo "DNS:$SECURE_USER")" \
+        "$([[ $name == server ]] && echo serverAuth || echo clientAuth)" >"$tls/$name.ext"
+      openssl x509 -req -in "$tls/$name.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 30 -extfile "$tls/$name.ext" -out "$tls/$name.pem" 2>/dev/null
+      rm -f "$tls/$name.csr" "$tls/$name.ext"
+    done
+    chmod 600 "$tls"/*.key
+    local svc
+    for svc in "${ALL_SERVICES[@]}"; do
+      [[ -s "$secrets/$svc-password" ]] ||
+        (umask 077 && openssl rand -hex 16 | tr -d '\n' >"$secrets/$svc-password")
+    done
+    : >"$tls/.complete"
+  ) 9>"$dir/.secure.lock"
+}
+
+secret_of() { cat "$1/secrets/$2-password"; }
+
+# ---------------------------------------------------------------------------------------
 # per-service configuration; each sets SERVER_CMD, READY_ADDR and READY_CHECK
 
 SERVER_CMD=()
@@ -370,22 +420,63 @@ prepare_kafka() {
   local dir="$1" home ports p_client p_ctrl kdir data java cluster_id
   home="$(kafka_home)" || die "kafka is not installed"
   java="$(java_bin)"
-  ports="$(service_ports "$dir" kafka 2)"
-  read -r p_client p_ctrl <<<"$ports"
   kdir="$dir/kafka"
   data="$kdir/data"
   mkdir -p "$data"
+  local listeners security=() scram=()
+  if ((SECURE)); then
+    local p_mtls p_internal password tls="$dir/tls"
+    ensure_secure_material "$dir"
+    ports="$(service_ports "$dir" kafka 4)"
+    read -r p_client p_ctrl p_mtls p_internal <<<"$ports"
+    password="$(secret_of "$dir" kafka)"
+    # Clients use SASL_SSL (READY address) or mTLS (kafka/mtls.address); the broker talks to
+    # itself over a loopback PLAINTEXT listener no client is told about.
+    listeners="SASL_SSL://127.0.0.1:$p_client,SSL://127.0.0.1:$p_mtls,INTERNAL://127.0.0.1:$p_internal"
+    printf '127.0.0.1:%s\n' "$p_mtls" >"$kdir/mtls.address"
+    cat "$tls/server.key" "$tls/server.pem" >"$kdir/keystore.pem"
+    chmod 600 "$kdir/keystore.pem"
+    security=(
+      "advertised.listeners=$listeners"
+      "listener.security.protocol.map=SASL_SSL:SASL_SSL,SSL:SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+      "inter.broker.listener.name=INTERNAL"
+      "ssl.keystore.type=PEM"
+      "ssl.keystore.location=$kdir/keystore.pem"
+      "ssl.truststore.type=PEM"
+      "ssl.truststore.location=$tls/ca.pem"
+      "listener.name.ssl.ssl.client.auth=required"
+      "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER"
+      "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SECURE_USER=\"$password\";"
+      "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+      "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+      # Unsecured JWTs (signature "none"), Kafka's own test validator: enough to show that a
+      # client sends the token it is given; a real deployment validates against its IdP.
+      "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub=\"$SECURE_USER\";"
+    )
+    scram=(--add-scram "SCRAM-SHA-256=[name=$SECURE_USER,password=$password]"
+      --add-scram "SCRAM-SHA-512=[name=$SECURE_USER,password=$password]")
+  else
+    ports="$(service_ports "$dir" kafka 2)"
+    read -r p_client p_ctrl <<<"$ports"
+    listeners="PLAINTEXT://127.0.0.1:$p_client"
+    security=(
+      "advertised.listeners=$listeners"
+      "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+      "inter.broker.listener.name=PLAINTEXT"
+    )
+  fi
 
-  cat >"$kdir/server.properties" <<EOF
+  {
+    cat <<EOF
 # Generated by fleetpulse scripts/services.sh: one-node KRaft broker+controller for tests.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$p_ctrl
-listeners=PLAINTEXT://127.0.0.1:$p_client,CONTROLLER://127.0.0.1:$p_ctrl
-advertised.listeners=PLAINTEXT://127.0.0.1:$p_client
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners,CONTROLLER://127.0.0.1:$p_ctrl
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
+EOF
+    printf '%s\n' "${security[@]}"
+    cat <<EOF
 log.dirs=$data
 metadata.log.dir=$data
 num.partitions=1
@@ -416,6 +507,8 @@ log.retention.ms=-1
 broker.session.timeout.ms=4000
 broker.heartbeat.interval.ms=500
 EOF
+  } >"$kdir/server.properties"
+  chmod 600 "$kdir/server.properties"
 
   cat >"$kdir/log4j2.properties" <<EOF
 # Generated by fleetpulse scripts/services.sh: broker log to $SERVER_LOG only.
@@ -456,7 +549,7 @@ print(s)' 2>/dev/null ||
     log "kafka: formatting $data (cluster id $cluster_id)"
     if ! "$java" -Xmx256m -Dlog4j2.configurationFile="$kdir/log4j2.properties" -cp "$home/lib/*" \
       kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$kdir/server.properties" \
-      >>"$SERVER_LOG" 2>&1; then
+      "${scram[@]}" >>"$SERVER_LOG" 2>&1; then
       tail -n 30 "$SERVER_LOG" >&2
       die "kafka: storage format failed"
     fi
@@ -474,11 +567,32 @@ kafka_ready() {
 }
 
 prepare_clickhouse() {
-  local dir="$1" ports p_http p_tcp cdir
+  local dir="$1" ports p_http p_tcp cdir listen user password="<password></password>" tls=""
   ports="$(service_ports "$dir" clickhouse 2)"
   read -r p_http p_tcp <<<"$ports"
   cdir="$dir/clickhouse"
   mkdir -p "$cdir/data" "$cdir/tmp" "$cdir/user_files" "$cdir/format_schemas"
+  listen="<http_port>$p_http</http_port>"
+  user=default
+  if ((SECURE)); then
+    ensure_secure_material "$dir"
+    tls="$dir/tls"
+    user="$SECURE_USER"
+    password="<password_sha256_hex>$(printf '%s' "$(secret_of "$dir" clickhouse)" | sha256sum | cut -d' ' -f1)</password_sha256_hex>"
+    # HTTPS only; the native port (tests' own tools) stays on loopback behind the password.
+    listen="<https_port>$p_http</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>$tls/server.pem</certificateFile>
+            <privateKeyFile>$tls/server.key</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>"
+  fi
   cat >"$cdir/config.xml" <<EOF
 <?xml version="1.0"?>
 <!-- Generated by fleetpulse scripts/services.sh: ClickHouse for tests, users in this file. -->
@@ -492,7 +606,7 @@ prepare_clickhouse() {
         <console>0</console>
     </logger>
     <listen_host>127.0.0.1</listen_host>
-    <http_port>$p_http</http_port>
+    $listen
     <tcp_port>$p_tcp</tcp_port>
     <max_connections>512</max_connections>
     <keep_alive_timeout>10</keep_alive_timeout>
@@ -517,15 +631,15 @@ prepare_clickhouse() {
         </default>
     </profiles>
     <users>
-        <default>
-            <password></password>
+        <$user>
+            $password
             <networks>
                 <ip>127.0.0.1</ip>
                 <ip>::1</ip>
             </networks>
             <profile>default</profile>
             <quota>default</quota>
-        </default>
+        </$user>
     </users>
     <quotas>
         <default>
@@ -545,13 +659,22 @@ EOF
   cmd="$(clickhouse_cmd)" || die "clickhouse is not installed"
   read -r -a SERVER_CMD <<<"$cmd"
   SERVER_CMD+=("--config-file=$cdir/config.xml")
-  READY_ADDR="http://127.0.0.1:$p_http"
-  READY_CHECK="clickhouse_ready $p_http"
+  if ((SECURE)); then
+    chmod 600 "$cdir/config.xml"
+    READY_ADDR="https://127.0.0.1:$p_http"
+    READY_CHECK="clickhouse_ready $p_http $tls/ca.pem"
+  else
+    READY_ADDR="http://127.0.0.1:$p_http"
+    READY_CHECK="clickhouse_ready $p_http"
+  fi
 }
 
+# clickhouse_ready PORT [CA]: with CA, over HTTPS.
 clickhouse_ready() {
   local body
-  if command -v curl >/dev/null 2>&1; then
+  if [[ -n "${2:-}" ]]; then
+    body="$(curl -s --max-time 2 --cacert "$2" "https://127.0.0.1:$1/ping" 2>/dev/null)" || return 1
+  elif command -v curl >/dev/null 2>&1; then
     body="$(curl -s --max-time 2 "http://127.0.0.1:$1/ping" 2>/dev/null)" || return 1
   else
     # shellcheck disable=SC2016 # $1 is expanded by the inner bash
@@ -564,15 +687,35 @@ prepare_redis() {
   local dir="$1" port
   port="$(service_ports "$dir" redis 1)"
   mkdir -p "$dir/redis"
-  SERVER_CMD=(redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no
+  SERVER_CMD=(redis-server --bind 127.0.0.1 --save '' --appendonly no
     --dir "$dir/redis" --daemonize no)
-  READY_ADDR="redis://127.0.0.1:$port"
-  READY_CHECK="redis_ready $port"
+  if ((SECURE)); then
+    local tls="$dir/tls"
+    ensure_secure_material "$dir"
+    # TLS only, and no default user: every client names the ACL user and its password. The
+    # ACL line goes through a file so the password is not on the command line.
+    printf 'user default off\nuser %s on >%s ~* &* +@all\n' "$SECURE_USER" \
+      "$(secret_of "$dir" redis)" >"$dir/redis/users.acl"
+    chmod 600 "$dir/redis/users.acl"
+    SERVER_CMD+=(--port 0 --tls-port "$port" --tls-cert-file "$tls/server.pem"
+      --tls-key-file "$tls/server.key" --tls-ca-cert-file "$tls/ca.pem" --tls-auth-clients optional
+      --aclfile "$dir/redis/users.acl")
+    READY_ADDR="rediss://127.0.0.1:$port"
+    READY_CHECK="redis_ready $port $dir"
+  else
+    SERVER_CMD+=(--port "$port")
+    READY_ADDR="redis://127.0.0.1:$port"
+    READY_CHECK="redis_ready $port"
+  fi
 }
 
+# redis_ready PORT [DIR]: with DIR, over TLS as the secure user.
 redis_ready() {
   local reply
-  if command -v redis-cli >/dev/null 2>&1; then
+  if [[ -n "${2:-}" ]]; then
+    reply="$(REDISCLI_AUTH="$(secret_of "$2" redis)" timeout 2 redis-cli -h 127.0.0.1 -p "$1" \
+      --tls --cacert "$2/tls/ca.pem" --user "$SECURE_USER" ping 2>/dev/null)" || return 1
+  elif command -v redis-cli >/dev/null 2>&1; then
     reply="$(timeout 2 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" || return 1
   else
     # shellcheck disable=SC2016 # $1 is expanded by the inner bash
@@ -656,6 +799,7 @@ cmd_run() {
       --dir) dir="${2:-}"; shift 2 || usage ;;
       --dir=*) dir="${1#--dir=}"; shift ;;
       --remove-on-exit) RUN_REMOVE=1; shift ;;
+      --secure) SECURE=1; shift ;;
       *) usage ;;
     esac
   done
@@ -769,7 +913,13 @@ stop_run_pids() {
 }
 
 cmd_up() {
-  local svcs=("$@") svc dir
+  local svcs=() svc dir secure=()
+  while (($#)); do
+    case "$1" in
+      --secure) SECURE=1; secure=(--secure); shift ;;
+      *) svcs+=("$1"); shift ;;
+    esac
+  done
   ((${#svcs[@]})) || svcs=("${ALL_SERVICES[@]}")
   for svc in "${svcs[@]}"; do check_service "$svc"; done
   cmd_install "${svcs[@]}"
@@ -777,11 +927,12 @@ cmd_up() {
   dir="$(mktemp -d "${TMPDIR:-/tmp}/fleetpulse-services.XXXXXX")"
   : >"$dir/$MARKER"
   trap 'stop_run_pids "$dir"; rm -rf "$dir"; exit 1' INT TERM HUP
+  if ((SECURE)); then ensure_secure_material "$dir"; fi
 
   local -A pid_of=()
   for svc in "${svcs[@]}"; do
     log "$svc: starting in the background (log $dir/$svc.log)"
-    setsid "$SELF" run "$svc" --dir "$dir" </dev/null >"$dir/$svc.out" 2>"$dir/$svc.err" &
+    setsid "$SELF" run "$svc" --dir "$dir" "${secure[@]}" </dev/null >"$dir/$svc.out" 2>"$dir/$svc.err" &
     pid_of[$svc]=$!
   done
 
@@ -807,6 +958,12 @@ cmd_up() {
   trap - INT TERM HUP
 
   printf "export FLEETPULSE_SERVICES_DIR='%s'\n" "$dir"
+  if ((SECURE)); then
+    # Secrets as files (the way Docker and Kubernetes mount them), never as values here.
+    printf "export SERVICES_CA_FILE='%s'\n" "$dir/tls/ca.pem"
+    printf "export SERVICES_SECRETS_DIR='%s'\n" "$dir/secrets"
+    printf "export SERVICES_USER='%s'\n" "$SECURE_USER"
+  fi
   for svc in "${svcs[@]}"; do
     case "$svc" in
       kafka) printf 'export KAFKA_BROKERS=%s\n' "${addr_of[$svc]}" ;;

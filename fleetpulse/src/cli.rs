@@ -87,7 +87,21 @@ const SECRETS: [(&str, &str); 3] = [
     ("schema_registry", "password"),
 ];
 
-/// The configuration as TOML with the secrets that are set replaced by `"<redacted>"`.
+/// Parts of librdkafka property names that mark a secret value (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, `ssl.key.pem`, `sasl.jaas.config`...).
+const SECRET_PROPERTIES: [&str; 6] = [
+    "password",
+    "secret",
+    "token",
+    ".pem",
+    "jaas",
+    "oauthbearer.config",
+];
+
+const REDACTED: &str = "<redacted>";
+
+/// The configuration as TOML with the secrets that are set replaced by `"<redacted>"`: the
+/// secret keys, librdkafka properties that hold secrets, and passwords inside URLs.
 fn redacted(config: &Config) -> anyhow::Result<toml::Table> {
     let mut table = toml::Table::try_from(config)?;
     for (section, key) in SECRETS {
@@ -96,10 +110,41 @@ fn redacted(config: &Config) -> anyhow::Result<toml::Table> {
             .and_then(|s| s.get_mut(key))
             .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
         {
-            *value = toml::Value::String("<redacted>".into());
+            *value = toml::Value::String(REDACTED.into());
         }
     }
+    if let Some(properties) = table
+        .get_mut("kafka")
+        .and_then(|k| k.get_mut("properties"))
+        .and_then(toml::Value::as_table_mut)
+    {
+        for (name, value) in properties.iter_mut() {
+            if SECRET_PROPERTIES.iter().any(|s| name.contains(s)) {
+                *value = toml::Value::String(REDACTED.into());
+            }
+        }
+    }
+    for (_, section) in table.iter_mut() {
+        redact_urls(section);
+    }
     Ok(table)
+}
+
+/// Replaces the password of every URL with credentials (`rediss://user:secret@host`).
+fn redact_urls(value: &mut toml::Value) {
+    match value {
+        toml::Value::String(text) => {
+            if let Ok(mut url) = url::Url::parse(text)
+                && url.password().is_some()
+                && url.set_password(Some(REDACTED)).is_ok()
+            {
+                *text = url.to_string();
+            }
+        }
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| redact_urls(v)),
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_urls),
+        _ => {}
+    }
 }
 
 /// Runs the command line; the exit code says whether it worked.
@@ -178,12 +223,36 @@ mod tests {
         let mut config = Config::default();
         config.bridge.jwt_secret = "a-secret-of-sixteen".into();
         config.clickhouse.password = "hunter2".into();
+        config.bridge.redis_url = "rediss://fleet:redis-pass@127.0.0.1:6380".into();
+        for (name, value) in [
+            ("sasl.password", "kafka-pass"),
+            ("ssl.key.password", "key-pass"),
+            ("sasl.oauthbearer.client.secret", "oauth-secret"),
+        ] {
+            config.kafka.properties.insert(name.into(), value.into());
+        }
+        config
+            .kafka
+            .properties
+            .insert("sasl.username".into(), "fleet".into());
         let text = redacted(&config).map(|t| t.to_string()).unwrap_or_default();
         assert!(
-            !text.contains("a-secret-of-sixteen") && !text.contains("hunter2"),
+            [
+                "a-secret-of-sixteen",
+                "hunter2",
+                "redis-pass",
+                "kafka-pass",
+                "key-pass",
+                "oauth-secret"
+            ]
+            .iter()
+            .all(|s| !text.contains(s)),
             "{text}"
         );
-        assert!(text.contains("<redacted>"), "{text}");
+        assert!(
+            text.contains("<redacted>") && text.contains("fleet"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub struct KafkaConfig {
     /// Extra librdkafka settings for every client (for example `security.protocol`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka settings whose values are read from files at start-up, as Docker and
+    /// Kubernetes mount secrets: `"sasl.password" = "/run/secrets/kafka-password"`. A value in
+    /// [`KafkaConfig::properties`] under the same name loses to the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub property_files: BTreeMap<String, PathBuf>,
 }
 
 /// A validated bootstrap list.
@@ -383,9 +388,10 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
     for (key, value) in overrides {
         figment = figment.merge((key.as_str(), value.clone()));
     }
-    let config: Config = figment
+    let mut config: Config = figment
         .extract()
         .map_err(|e| ConfigError::Keys(describe(e)))?;
+    read_secret_files(&mut config)?;
     if let Err((key, expected)) = config.generate.validate() {
         return Err(ConfigError::invalid(&format!("generate.{key}"), expected));
     }
@@ -406,6 +412,28 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
         )]));
     }
     Ok(config)
+}
+
+/// Reads the settings that name a file instead of holding their value.
+fn read_secret_files(config: &mut Config) -> Result<(), ConfigError> {
+    for (property, path) in &config.kafka.property_files {
+        let value = read_secret(path).map_err(|detail| {
+            ConfigError::Keys(vec![ConfigError::key(
+                &format!("kafka.property_files.\"{property}\""),
+                None,
+                detail,
+            )])
+        })?;
+        config.kafka.properties.insert(property.clone(), value);
+    }
+    Ok(())
+}
+
+/// A secret from a file, without the line end an editor or `echo` leaves after it.
+pub(crate) fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the file {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 impl Config {

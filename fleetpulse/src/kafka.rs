@@ -1,12 +1,15 @@
 //! Kafka plumbing the commands share: client settings from the configuration, and topic creation.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
@@ -96,4 +99,96 @@ async fn create_unless_there(
         }
     }
     Ok(())
+}
+
+/// Checks at start-up that the brokers take this client's TLS settings and credentials, so a
+/// wrong password or an untrusted certificate ends the command with a message that says so,
+/// instead of a client that retries for ever in silence. Brokers that cannot be reached are
+/// only warned about: the commands wait and retry for them (and show it on `/readyz`).
+pub(crate) async fn check_access(config: &Config) -> anyhow::Result<()> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || check_access_now(&config)).await?
+}
+
+fn check_access_now(config: &Config) -> anyhow::Result<()> {
+    let brokers = config.brokers()?.as_str().to_string();
+    // A producer: polling it hands librdkafka's global errors to the context.
+    let client: BaseProducer<Rejections> = client_config(config)?
+        .create_with_context(Rejections::default())
+        .map_err(|e| anyhow::anyhow!("Kafka at {brokers}: the client settings are refused: {e}"))?;
+    let deadline = Instant::now() + ACCESS_CHECK_TIME;
+    while Instant::now() < deadline {
+        let answered = client
+            .client()
+            .fetch_metadata(None, Duration::from_millis(500))
+            .is_ok();
+        client.poll(Duration::ZERO);
+        if let Some(refusal) = client.context().refusal() {
+            anyhow::bail!("Kafka at {brokers}: {refusal}");
+        }
+        if answered {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::warn!(
+        %brokers,
+        last_error = client.context().last().unwrap_or_default(),
+        "Kafka cannot be reached yet; carrying on, the clients retry"
+    );
+    Ok(())
+}
+
+/// How long [`check_access`] waits for the brokers' answer: long enough for a TLS handshake and
+/// a SASL exchange on a loaded machine, short enough that a stopped broker only delays start-up.
+const ACCESS_CHECK_TIME: Duration = Duration::from_secs(10);
+
+/// The errors a client met while [`check_access`] waited: a refusal (TLS or credentials) ends
+/// the wait, the others are kept for the warning.
+#[derive(Default)]
+struct Rejections {
+    refusal: Mutex<Option<String>>,
+    last: Mutex<Option<String>>,
+}
+
+impl Rejections {
+    fn refusal(&self) -> Option<String> {
+        self.refusal.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn last(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl ClientContext for Rejections {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                Some("the credentials are refused")
+            }
+            Some(RDKafkaErrorCode::SSL) => Some("TLS failed"),
+            _ => None,
+        };
+        let slot = if kind.is_some() {
+            &self.refusal
+        } else {
+            &self.last
+        };
+        if let Ok(mut slot) = slot.lock() {
+            *slot = Some(match kind {
+                Some(kind) => format!("{kind}: {reason}"),
+                None => reason.to_string(),
+            });
+        }
+    }
+
+    // librdkafka also logs each failed attempt; the error above says it once, clearly.
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+}
+
+impl ProducerContext for Rejections {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
 }

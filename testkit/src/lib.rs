@@ -88,12 +88,62 @@ impl Service {
     /// Starts an instance in `dir`; a directory used before keeps its data and ports, so a
     /// test can stop a service and start it again where it was.
     pub fn start_in(kind: Kind, dir: &Path) -> Service {
-        Service::launch(kind, dir, false)
+        Service::launch(kind, dir, Mode::Plain)
     }
 
-    /// Starts an instance in `dir`, removing `dir` when it stops if `remove`.
-    fn launch(kind: Kind, dir: &Path, remove: bool) -> Service {
-        let child = spawn_keeper().spawn(kind, dir, remove);
+    /// Starts a private instance that takes only TLS clients with credentials
+    /// (`services.sh run --secure`): see [`Service::ca_file`], [`Service::user`] and
+    /// [`Service::password_file`].
+    pub fn start_secure(kind: Kind) -> Service {
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("fleetpulse-secure-{}-", kind.name()))
+            .tempdir()
+            .expect("temporary directory");
+        let mut service = Service::launch(kind, temp.path(), Mode::Secure);
+        service._temp = Some(temp);
+        service
+    }
+
+    /// The CA that signed a secure instance's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+
+    /// The client certificate and key a secure instance's CA signed (for mTLS).
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join("tls/client.pem"),
+            self.dir.join("tls/client.key"),
+        )
+    }
+
+    /// The user a secure instance knows.
+    pub fn user(&self) -> &'static str {
+        "fleet"
+    }
+
+    /// The file holding that user's password.
+    pub fn password_file(&self) -> PathBuf {
+        self.dir
+            .join(format!("secrets/{}-password", self.kind.name()))
+    }
+
+    /// That user's password.
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.password_file()).expect("the password file")
+    }
+
+    /// A secure Kafka's listener that takes client certificates instead of SASL.
+    pub fn mtls_address(&self) -> String {
+        std::fs::read_to_string(self.dir.join("kafka/mtls.address"))
+            .expect("a secure Kafka's mTLS address")
+            .trim()
+            .to_string()
+    }
+
+    /// Starts an instance in `dir`.
+    fn launch(kind: Kind, dir: &Path, mode: Mode) -> Service {
+        let child = spawn_keeper().spawn(kind, dir, mode);
         let mut child = child.expect("cannot run scripts/services.sh");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut address = None;
@@ -178,20 +228,31 @@ impl std::fmt::Debug for Service {
     }
 }
 
-/// What to run, where, whether to remove the directory when it stops, and where to answer.
-type SpawnRequest = (Kind, PathBuf, bool, mpsc::Sender<std::io::Result<Child>>);
+/// How an instance is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Plain, kept when stopped.
+    Plain,
+    /// Plain, its directory removed when it stops.
+    Throwaway,
+    /// TLS and credentials, kept when stopped (the caller owns the directory).
+    Secure,
+}
+
+/// What to run, where, how, and where to answer.
+type SpawnRequest = (Kind, PathBuf, Mode, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns children from one thread that never exits, so the parent-death signal fires when the
 /// process ends, not when the test thread that asked for the service does.
 struct Keeper(Mutex<mpsc::Sender<SpawnRequest>>);
 
 impl Keeper {
-    fn spawn(&self, kind: Kind, dir: &Path, remove: bool) -> std::io::Result<Child> {
+    fn spawn(&self, kind: Kind, dir: &Path, mode: Mode) -> std::io::Result<Child> {
         let (reply, answer) = mpsc::channel();
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send((kind, dir.to_path_buf(), remove, reply))
+            .send((kind, dir.to_path_buf(), mode, reply))
             .expect("keeper thread alive");
         answer.recv().expect("keeper thread answers")
     }
@@ -204,7 +265,7 @@ fn spawn_keeper() -> &'static Keeper {
         std::thread::Builder::new()
             .name("testkit-keeper".into())
             .spawn(move || {
-                for (kind, dir, remove, reply) in incoming {
+                for (kind, dir, mode, reply) in incoming {
                     let script = workspace_root().join("scripts/services.sh");
                     let mut command = Command::new("bash");
                     command
@@ -213,7 +274,8 @@ fn spawn_keeper() -> &'static Keeper {
                         .arg(kind.name())
                         .arg("--dir")
                         .arg(&dir)
-                        .args(remove.then_some("--remove-on-exit"))
+                        .args((mode == Mode::Throwaway).then_some("--remove-on-exit"))
+                        .args((mode == Mode::Secure).then_some("--secure"))
                         .stdin(Stdio::null())
                         .stdout(Stdio::piped())
                         .stderr(Stdio::inherit());
@@ -254,7 +316,7 @@ pub fn shared(kind: Kind) -> &'static Service {
             .tempdir()
             .expect("temporary directory")
             .keep();
-        Service::launch(kind, &dir, true)
+        Service::launch(kind, &dir, Mode::Throwaway)
     })
 }
 

@@ -54,6 +54,7 @@ impl BenchCommand {
 }
 
 pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
+    crate::kafka::check_access(config).await?;
     match command {
         BenchCommand::Generate(args) => generate(config, args).await,
         BenchCommand::Pipeline(args) => super::bench_pipeline::run(config, args).await,

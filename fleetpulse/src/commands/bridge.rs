@@ -52,6 +52,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     if let Err((key, expected)) = c.validate() {
         return Err(ConfigError::invalid(&format!("bridge.{key}"), &expected).into());
     }
+    crate::kafka::check_access(config).await?;
     let metrics = crate::observability::metrics()?;
     // One file per connection: the soft limit (often 1,024) goes up to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {

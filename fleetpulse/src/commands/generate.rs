@@ -95,6 +95,7 @@ pub(crate) async fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<(
         Some(path) => Box::new(FileSink::create(path)?),
         None => {
             let topic = config.topics.telemetry.as_str();
+            crate::kafka::check_access(config).await?;
             crate::kafka::ensure_topic(config, topic, args.partitions).await?;
             let codec = super::codec(config, &[RecordKind::Telemetry]).await?;
             Box::new(KafkaSink::new(

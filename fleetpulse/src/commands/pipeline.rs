@@ -115,6 +115,7 @@ pub(crate) async fn output(
 }
 
 pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<()> {
+    crate::kafka::check_access(config).await?;
     let addresses = match &args.hostfile {
         Some(path) => Some(
             std::fs::read_to_string(path)

@@ -87,6 +87,7 @@ async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connectio
 
 pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result<()> {
     let SinkCommand::Clickhouse(_) = command;
+    crate::kafka::check_access(config).await?;
     let health = Arc::new(Health::default());
     // Not ready until ClickHouse has answered and the tables are there.
     health.clickhouse(false);

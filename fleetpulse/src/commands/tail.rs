@@ -64,6 +64,7 @@ fn decode_any(
 }
 
 pub(crate) async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
+    crate::kafka::check_access(config).await?;
     let topic = args
         .topic
         .clone()
