@@ -659,7 +659,8 @@ async fn resume_on_another_bridge_two_bridges_agree_and_redis_comes_back() {
         &status("t1", "t1-now", DeviceStatus::Online, wall_ms()),
     );
     p.flush();
-    let cache = ws_bridge::cache::Cache::connect(&redis_url).unwrap();
+    let cache =
+        ws_bridge::cache::Cache::connect(&ws_bridge::cache::Target::url(&redis_url)).unwrap();
     let same = || async {
         let mut last = (String::new(), String::new());
         for _ in 0..100 {

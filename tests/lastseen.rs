@@ -141,7 +141,8 @@ async fn every_device_s_last_seen_is_current_within_the_interval_everywhere() {
         SECRET,
     )
     .unwrap();
-    let cache = ws_bridge::cache::Cache::connect(redis.address()).unwrap();
+    let cache =
+        ws_bridge::cache::Cache::connect(&ws_bridge::cache::Target::url(redis.address())).unwrap();
     let c = connect(clickhouse.address(), &database).await;
 
     let started = Instant::now();

@@ -1,8 +1,9 @@
 //! fleetpulse against secured services, as production runs them: Apache Kafka over SASL_SSL
-//! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and over mTLS, with the broker's certificate checked
-//! against a CA file and every secret read from a file. A wrong password or an untrusted
-//! certificate ends a command at start-up with a message that names the service and the cause,
-//! and no secret appears in any output.
+//! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and over mTLS, ClickHouse over HTTPS with a password
+//! user, Redis over TLS with an ACL user; every certificate checked against a CA file and every
+//! secret read from a file. A wrong password or an untrusted certificate ends a command at
+//! start-up with a message that names the service and the cause, and no secret appears in any
+//! output.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,9 +12,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use support::*;
-use testkit::{Kind, Service, unique};
+use testkit::{Kind, Service, unique, wait_for};
 
 /// One secured Kafka for the tests of this binary (they keep to topics of their own).
 fn kafka() -> &'static Service {
@@ -214,6 +216,208 @@ fn an_unreadable_secret_file_is_named_at_start_up() {
     assert!(!output.status.success(), "{said}");
     assert!(
         said.contains("kafka.property_files.\"sasl.password\"") && said.contains("no-such-secret"),
+        "{said}"
+    );
+}
+
+/// The Kafka part of a configuration any service of these tests uses (SCRAM-SHA-512).
+fn kafka_section(kafka: &Service) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{}\"\n\"ssl.ca.location\" = \"{}\"\n[kafka.property_files]\n\"sasl.password\" = \"{}\"\n",
+        kafka.address(),
+        kafka.user(),
+        kafka.ca_file().display(),
+        kafka.password_file().display()
+    )
+}
+
+/// Writes `text` as a configuration file in `dir`.
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join(format!("{}.toml", unique("config")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs a service command with `config` until `/readyz` answers 200 (then stops it), or until it
+/// exits; its stdout and stderr either way.
+fn run_until_ready(config: &Path, command: &[&str]) -> (bool, String) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["--config", config.to_str().unwrap()])
+            .args(command)
+            .stderr(log.reopen().unwrap()),
+    );
+    let mut child = Running(child);
+    let ready = !http.is_empty()
+        && wait_for(Duration::from_secs(60), || {
+            http_text(&http, "GET", "/readyz", None).0 == 200
+        });
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    (
+        ready,
+        std::fs::read_to_string(log.path()).unwrap_or_default(),
+    )
+}
+
+/// Runs a command that should fail at start-up; its output.
+fn run_failing(config: &Path, command: &[&str]) -> String {
+    let output = fleetpulse()
+        .args(["--config", config.to_str().unwrap()])
+        .args(command)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    text(&output)
+}
+
+#[test]
+fn the_clickhouse_sink_logs_in_over_https_and_says_why_it_cannot() {
+    let kafka = kafka();
+    let clickhouse = Service::start_secure(Kind::ClickHouse);
+    let dir = tempfile::tempdir().unwrap();
+    let section = |login: &str, ca: bool| {
+        let ca = if ca {
+            format!("ca_file = \"{}\"\n", clickhouse.ca_file().display())
+        } else {
+            String::new()
+        };
+        format!(
+            "{}[clickhouse]\nurl = \"{}\"\nuser = \"{}\"\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n{login}{ca}",
+            kafka_section(kafka),
+            clickhouse.address(),
+            clickhouse.user(),
+            unique("secure").replace('-', "_"),
+        )
+    };
+    let password = clickhouse.password();
+    let good = write_config(
+        dir.path(),
+        &section(
+            &format!(
+                "password_file = \"{}\"\n",
+                clickhouse.password_file().display()
+            ),
+            true,
+        ),
+    );
+    let (ready, log) = run_until_ready(&good, &["sink", "clickhouse"]);
+    assert!(ready, "the sink never became ready: {log}");
+    assert!(!log.contains(&password), "the password is in the log");
+
+    let wrong = write_config(dir.path(), &section("password = \"not-it-4711\"\n", true));
+    let said = run_failing(&wrong, &["sink", "clickhouse"]);
+    assert!(
+        said.contains(&format!("ClickHouse at {}", clickhouse.address()))
+            && said.contains("credentials are refused"),
+        "{said}"
+    );
+    assert!(!said.contains("not-it-4711"), "{said}");
+
+    let untrusted = write_config(
+        dir.path(),
+        &section(
+            &format!(
+                "password_file = \"{}\"\n",
+                clickhouse.password_file().display()
+            ),
+            false,
+        ),
+    );
+    let said = run_failing(&untrusted, &["sink", "clickhouse"]);
+    assert!(
+        said.contains(&format!("ClickHouse at {}", clickhouse.address()))
+            && said.contains("TLS failed"),
+        "{said}"
+    );
+    assert!(!said.contains(&password), "{said}");
+}
+
+#[test]
+fn the_bridge_logs_in_to_redis_over_tls_and_says_why_it_cannot() {
+    let kafka = kafka();
+    let redis = Service::start_secure(Kind::Redis);
+    let dir = tempfile::tempdir().unwrap();
+    // rediss://fleet@127.0.0.1:PORT: the user in the URL, the password from a file.
+    let url = redis
+        .address()
+        .replace("rediss://", &format!("rediss://{}@", redis.user()));
+    let secret_file = dir.path().join("jwt-secret");
+    std::fs::write(&secret_file, "a-bridge-secret-from-a-file\n").unwrap();
+    let section = |login: &str, ca: bool| {
+        let ca = if ca {
+            format!("redis_ca_file = \"{}\"\n", redis.ca_file().display())
+        } else {
+            String::new()
+        };
+        format!(
+            "{}[bridge]\nlisten = \"127.0.0.1:0\"\njwt_secret_file = \"{}\"\nredis_url = \"{url}\"\n{login}{ca}",
+            kafka_section(kafka),
+            secret_file.display(),
+        )
+    };
+    // The pipeline, over SASL_SSL too, makes the derived topics the bridge waits for.
+    let fleet = dir.path().join("fleet.ndjson");
+    run_ok(
+        fleetpulse()
+            .args(["generate", "--output", fleet.to_str().unwrap()])
+            .args(["--events", "500", "--devices", "20", "--no-progress"]),
+    );
+    let pipeline_config = write_config(dir.path(), &kafka_section(kafka));
+    run_ok(
+        fleetpulse()
+            .args(["--config", pipeline_config.to_str().unwrap()])
+            .args(["pipeline", "--input", fleet.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let password = redis.password();
+    let good = write_config(
+        dir.path(),
+        &section(
+            &format!(
+                "redis_password_file = \"{}\"\n",
+                redis.password_file().display()
+            ),
+            true,
+        ),
+    );
+    let (ready, log) = run_until_ready(&good, &["bridge"]);
+    assert!(ready, "the bridge never became ready: {log}");
+    assert!(!log.contains(&password), "the password is in the log");
+    let shown = fleetpulse()
+        .args(["--config", good.to_str().unwrap(), "config"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown));
+    for secret in [password.as_str(), "a-bridge-secret-from-a-file"] {
+        assert!(!text(&shown).contains(secret), "`config` shows a secret");
+    }
+
+    let wrong = write_config(
+        dir.path(),
+        &section("redis_password = \"not-it-4711\"\n", true),
+    );
+    let said = run_failing(&wrong, &["bridge"]);
+    assert!(
+        said.contains(&format!("Redis at {url}")) && said.contains("credentials are refused"),
+        "{said}"
+    );
+    assert!(!said.contains("not-it-4711"), "{said}");
+
+    let untrusted = write_config(
+        dir.path(),
+        &section(
+            &format!(
+                "redis_password_file = \"{}\"\n",
+                redis.password_file().display()
+            ),
+            false,
+        ),
+    );
+    let said = run_failing(&untrusted, &["bridge"]);
+    assert!(
+        said.contains(&format!("Redis at {url}")) && said.contains("TLS failed"),
         "{said}"
     );
 }

@@ -294,7 +294,8 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
         SECRET,
     )
     .unwrap();
-    let cache = ws_bridge::cache::Cache::connect(redis.address()).unwrap();
+    let cache =
+        ws_bridge::cache::Cache::connect(&ws_bridge::cache::Target::url(redis.address())).unwrap();
     let mut agree = false;
     let (mut held, mut store) = (serde_json::Value::Null, serde_json::Value::Null);
     for _ in 0..100 {

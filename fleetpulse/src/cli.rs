@@ -81,8 +81,9 @@ fn parse_set(entry: &str) -> Result<Override, String> {
 }
 
 /// The keys whose values `config` does not print: it is run to show a configuration to others.
-const SECRETS: [(&str, &str); 3] = [
+const SECRETS: [(&str, &str); 4] = [
     ("bridge", "jwt_secret"),
+    ("bridge", "redis_password"),
     ("clickhouse", "password"),
     ("schema_registry", "password"),
 ];

@@ -416,15 +416,24 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
 
 /// Reads the settings that name a file instead of holding their value.
 fn read_secret_files(config: &mut Config) -> Result<(), ConfigError> {
+    let failed =
+        |key: &str, detail: String| ConfigError::Keys(vec![ConfigError::key(key, None, detail)]);
     for (property, path) in &config.kafka.property_files {
-        let value = read_secret(path).map_err(|detail| {
-            ConfigError::Keys(vec![ConfigError::key(
-                &format!("kafka.property_files.\"{property}\""),
-                None,
-                detail,
-            )])
-        })?;
+        let value = read_secret(path)
+            .map_err(|d| failed(&format!("kafka.property_files.\"{property}\""), d))?;
         config.kafka.properties.insert(property.clone(), value);
+    }
+    let c = &mut config.clickhouse;
+    if let Some(path) = &c.password_file {
+        c.password = read_secret(path).map_err(|d| failed("clickhouse.password_file", d))?;
+    }
+    let b = &mut config.bridge;
+    if let Some(path) = &b.jwt_secret_file {
+        b.jwt_secret = read_secret(path).map_err(|d| failed("bridge.jwt_secret_file", d))?;
+    }
+    if let Some(path) = &b.redis_password_file {
+        b.redis_password =
+            read_secret(path).map_err(|d| failed("bridge.redis_password_file", d))?;
     }
     Ok(())
 }

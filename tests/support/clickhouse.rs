@@ -14,6 +14,7 @@ pub async fn connect(url: &str, database: &str) -> Connection {
         database: database.to_string(),
         user: "default".into(),
         password: String::new(),
+        ca_file: None,
         validation: None,
     };
     for _ in 0..300 {

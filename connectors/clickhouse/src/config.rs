@@ -6,14 +6,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// The HTTP interface, `http://host:port`.
+    /// The HTTP interface, `http://host:port` or `https://host:port`.
     pub url: String,
+    /// The CA that signed the server's certificate, PEM, when it is not one the system trusts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The database of the tables (created if missing).
     pub database: String,
     /// User.
     pub user: String,
     /// Password.
     pub password: String,
+    /// A file holding the password (read at start-up into `password`, which it wins over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
     /// The `clickhouse` crate's row validation; unset: on for servers from 24.1, off before
     /// (18.16 cannot do it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,13 +44,29 @@ pub struct SinkConfig {
     pub listen: std::net::SocketAddr,
 }
 
+impl SinkConfig {
+    /// Where these settings connect.
+    pub fn target(&self) -> crate::server::Target {
+        crate::server::Target {
+            url: self.url.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            ca_file: self.ca_file.clone(),
+            validation: self.validation,
+        }
+    }
+}
+
 impl Default for SinkConfig {
     fn default() -> SinkConfig {
         SinkConfig {
             url: "http://127.0.0.1:8123".into(),
+            ca_file: None,
             database: "fleetpulse".into(),
             user: "default".into(),
             password: String::new(),
+            password_file: None,
             validation: None,
             group_id: "fleetpulse-clickhouse".into(),
             batch_rows: 100_000,

@@ -1,6 +1,12 @@
 //! Connecting to ClickHouse and learning what it can do from `SELECT version()`.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use clickhouse::Client;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +20,44 @@ pub enum SinkError {
     /// A table definition is malformed.
     #[error("table definitions: {0}")]
     Ddl(String),
+    /// The CA file cannot be read or used.
+    #[error("the ClickHouse CA file {path}: {detail}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+impl SinkError {
+    /// Whether the server refused who the sink says it is, or its certificate did not verify:
+    /// retrying cannot help, unlike a server that is not there yet. The cause, if so.
+    pub fn refusal(&self) -> Option<&'static str> {
+        let SinkError::ClickHouse(e) = self else {
+            return None;
+        };
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        // 192 UNKNOWN_USER, 193 WRONG_PASSWORD, 194 REQUIRED_PASSWORD (18.16), 516
+        // AUTHENTICATION_FAILED (from 20.x).
+        if ["Code: 192", "Code: 193", "Code: 194", "Code: 516"]
+            .iter()
+            .any(|code| text.contains(code))
+        {
+            Some("the credentials are refused")
+        } else if text.contains("certificate verify failed") {
+            Some(
+                "TLS failed: the server's certificate does not verify (set clickhouse.ca_file to its CA)",
+            )
+        } else {
+            None
+        }
+    }
 }
 
 /// A server version, major and minor (`18.16.1` is 18.16).
@@ -57,6 +101,8 @@ pub struct Target {
     pub user: String,
     /// Password.
     pub password: String,
+    /// The CA of an HTTPS server's certificate, when the system does not trust it.
+    pub ca_file: Option<PathBuf>,
     /// Row validation: `None` follows the server's version ([`Version::validates_rows`]).
     pub validation: Option<bool>,
 }
@@ -73,11 +119,14 @@ pub struct Connection {
 impl Connection {
     /// Connects to `target` and asks the server its version.
     pub async fn open(target: &Target) -> Result<Connection, SinkError> {
-        let base = Client::default()
-            .with_url(&target.url)
-            .with_user(&target.user)
-            .with_password(&target.password)
-            .with_validation(false);
+        let base = match &target.ca_file {
+            Some(ca) => https_client(ca)?,
+            None => Client::default(),
+        }
+        .with_url(&target.url)
+        .with_user(&target.user)
+        .with_password(&target.password)
+        .with_validation(false);
         let text: String = base.query("SELECT version()").fetch_one().await?;
         let version = Version::parse(&text)?;
         let validation = target.validation.unwrap_or(version.validates_rows());
@@ -88,6 +137,30 @@ impl Connection {
             version,
         })
     }
+}
+
+/// Mirrors the keep-alive and pool settings of the crate's default client (0.15), with `ca`
+/// trusted besides the system's CAs.
+fn https_client(ca: &Path) -> Result<Client, SinkError> {
+    let fail = |detail: String| SinkError::CaFile {
+        path: ca.to_path_buf(),
+        detail,
+    };
+    let pem = std::fs::read(ca).map_err(|e| fail(e.to_string()))?;
+    let certificate = native_tls::Certificate::from_pem(&pem).map_err(|e| fail(e.to_string()))?;
+    let tls = native_tls::TlsConnector::builder()
+        .add_root_certificate(certificate)
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut http = HttpConnector::new();
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let connector = hyper_tls::HttpsConnector::from((http, tls.into()));
+    Ok(Client::with_http_client(
+        HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build(connector),
+    ))
 }
 
 #[cfg(test)]

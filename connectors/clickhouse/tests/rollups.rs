@@ -30,6 +30,7 @@ async fn connect() -> Connection {
         database: database.clone(),
         user: "default".into(),
         password: String::new(),
+        ca_file: None,
         validation: None,
     };
     let connection = Connection::open(&target).await.unwrap();

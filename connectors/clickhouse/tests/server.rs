@@ -18,6 +18,7 @@ async fn connect(database: &str) -> Connection {
         database: database.to_string(),
         user: "default".into(),
         password: String::new(),
+        ca_file: None,
         validation: None,
     };
     let connection = Connection::open(&target).await.unwrap();

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fred::error::ErrorKind;
 use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
+use fred::types::config::TlsConnector;
 use fred::types::scripts::Script;
 use metrics::{counter, gauge};
 use serde::Serialize;
@@ -169,6 +171,23 @@ pub enum CacheError {
     /// Redis refused, failed or is not there.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    /// Redis refused the bridge's credentials, or its certificate did not verify: retrying
+    /// cannot help.
+    #[error("Redis at {url}: {cause}")]
+    Refused {
+        /// The server, without the password.
+        url: String,
+        /// What was refused, and Redis' or OpenSSL's words.
+        cause: String,
+    },
+    /// The CA file cannot be read or used.
+    #[error("the Redis CA file {path}: {detail}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// Redis answered something the bridge did not write.
     #[error("redis holds an unreadable device: {0}")]
     Unreadable(String),
@@ -269,11 +288,95 @@ pub struct Cache {
     written: watch::Sender<u64>,
 }
 
+/// Where the cache lives and how the bridge logs in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// The password, when it is not in the URL.
+    pub password: Option<String>,
+    /// The CA of a TLS server's certificate, when the system does not trust it.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Target {
+    /// A server the URL says everything about.
+    pub fn url(url: &str) -> Target {
+        Target {
+            url: url.to_string(),
+            password: None,
+            ca_file: None,
+        }
+    }
+
+    fn config(&self) -> Result<Config, CacheError> {
+        let mut config = Config::from_url(&self.url)?;
+        if let Some(password) = &self.password {
+            config.password = Some(password.clone());
+        }
+        if let (Some(path), Some(tls)) = (&self.ca_file, config.tls.as_mut()) {
+            let fail = |detail: String| CacheError::CaFile {
+                path: path.clone(),
+                detail,
+            };
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let ca = native_tls::Certificate::from_pem(&pem).map_err(|e| fail(e.to_string()))?;
+            let mut builder = native_tls::TlsConnector::builder();
+            builder.add_root_certificate(ca);
+            tls.connector = TlsConnector::try_from(builder)?;
+        }
+        Ok(config)
+    }
+
+    /// The URL without its password, for messages.
+    fn shown(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("<redacted>"));
+                url.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+
+    /// Connects once, for up to `wait`: a refused login or certificate is an error, a server
+    /// that is not there is not (the cache retries for it and `/readyz` shows it).
+    pub async fn check(&self, wait: Duration) -> Result<(), CacheError> {
+        let client = Builder::from_config(self.config()?)
+            .with_connection_config(|c| c.connection_timeout = wait)
+            .build()?;
+        let error = match tokio::time::timeout(wait, client.init()).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) | Err(_) => {
+                let _ = client.quit().await;
+                return Ok(());
+            }
+        };
+        let details = error.details();
+        let cause = if details.contains("certificate verify failed") {
+            "TLS failed: the server's certificate does not verify (set bridge.redis_ca_file to its CA)"
+                .to_string()
+        } else if *error.kind() == ErrorKind::Tls {
+            format!("TLS failed: {details}")
+        } else if *error.kind() == ErrorKind::Auth
+            // Redis answers a wrong ACL password with an error reply, not an `Auth` kind.
+            || ["WRONGPASS", "NOAUTH", "NOPERM"].iter().any(|w| details.contains(w))
+        {
+            format!("the credentials are refused: {details}")
+        } else {
+            return Ok(());
+        };
+        Err(CacheError::Refused {
+            url: self.shown(),
+            cause,
+        })
+    }
+}
+
 impl Cache {
-    /// A cache on `url` (`redis://host:port[/db]`); connects in the background and keeps
-    /// reconnecting.
-    pub fn connect(url: &str) -> Result<Arc<Cache>, CacheError> {
-        let client = Builder::from_config(Config::from_url(url)?)
+    /// A cache on `target`; connects in the background and keeps reconnecting.
+    pub fn connect(target: &Target) -> Result<Arc<Cache>, CacheError> {
+        let client = Builder::from_config(target.config()?)
             .with_config(|c| c.fail_fast = false)
             .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
             .with_connection_config(|c| {

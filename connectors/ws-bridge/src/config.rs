@@ -11,6 +11,9 @@ pub struct BridgeConfig {
     pub listen: std::net::SocketAddr,
     /// The HS256 secret tokens are signed with. Empty: the bridge refuses to start.
     pub jwt_secret: String,
+    /// A file holding the secret (read at start-up into `jwt_secret`, which it wins over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
     /// Connections served at once; more are refused with 503.
     pub max_connections: usize,
     /// Topics one client may subscribe to.
@@ -24,8 +27,17 @@ pub struct BridgeConfig {
     pub max_errors: u32,
     /// How often the server sends `heartbeat`, ms; a client silent for three of these is closed.
     pub heartbeat_ms: u64,
-    /// `redis://host:port[/db]` of the status cache; empty: the in-process store only.
+    /// `redis://[user@]host:port[/db]` (or `rediss://` for TLS) of the status cache; empty: the
+    /// in-process store only.
     pub redis_url: String,
+    /// The password of the URL's user (ACL) or of `requirepass`, when it is not in the URL.
+    pub redis_password: String,
+    /// A file holding that password (read at start-up into `redis_password`, which it wins over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// The CA of a `rediss://` server's certificate, PEM, when the system does not trust it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Recent events kept for clients that resume from a cursor; one whose cursor is older gets
     /// `resync` and a snapshot.
     pub resume_events: usize,
@@ -39,6 +51,7 @@ impl Default for BridgeConfig {
         BridgeConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt_secret: String::new(),
+            jwt_secret_file: None,
             max_connections: 20_000,
             max_subscriptions: 64,
             max_message_bytes: 16 * 1024,
@@ -46,6 +59,9 @@ impl Default for BridgeConfig {
             max_errors: 10,
             heartbeat_ms: 15_000,
             redis_url: String::new(),
+            redis_password: String::new(),
+            redis_password_file: None,
+            redis_ca_file: None,
             resume_events: 100_000,
             last_seen_every_ms: 500,
         }
@@ -53,6 +69,15 @@ impl Default for BridgeConfig {
 }
 
 impl BridgeConfig {
+    /// The Redis these settings name, if any.
+    pub fn redis(&self) -> Option<crate::cache::Target> {
+        (!self.redis_url.is_empty()).then(|| crate::cache::Target {
+            url: self.redis_url.clone(),
+            password: (!self.redis_password.is_empty()).then(|| self.redis_password.clone()),
+            ca_file: self.redis_ca_file.clone(),
+        })
+    }
+
     /// Checks the values; the error names the key (within `[bridge]`) and what it expects.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, why: &str| Err((key.to_string(), why.to_string()));
@@ -78,10 +103,13 @@ impl BridgeConfig {
         if !(10..=60_000).contains(&self.last_seen_every_ms) {
             return fail("last_seen_every_ms", "from 10 to 60000");
         }
-        if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") {
+        if !self.redis_url.is_empty()
+            && !self.redis_url.starts_with("redis://")
+            && !self.redis_url.starts_with("rediss://")
+        {
             return fail(
                 "redis_url",
-                "empty (no Redis) or a URL like redis://127.0.0.1:6379",
+                "empty (no Redis) or a URL like redis://127.0.0.1:6379 or rediss://user@host:6380",
             );
         }
         Ok(())

@@ -108,11 +108,8 @@ async fn count(connection: &Connection) -> u64 {
 async fn connect(config: &Config, database: &str) -> anyhow::Result<Connection> {
     let c = &config.clickhouse;
     let target = Target {
-        url: c.url.clone(),
         database: database.into(),
-        user: c.user.clone(),
-        password: c.password.clone(),
-        validation: c.validation,
+        ..c.target()
     };
     Connection::open(&target)
         .await

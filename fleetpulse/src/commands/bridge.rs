@@ -60,10 +60,12 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let stop = super::stop_on_signal();
-    let cache = if c.redis_url.is_empty() {
-        None
-    } else {
-        Some(Cache::connect(&c.redis_url).context("bridge.redis_url")?)
+    let cache = match c.redis() {
+        None => None,
+        Some(redis) => {
+            redis.check(Duration::from_secs(5)).await?;
+            Some(Cache::connect(&redis).context("bridge.redis_url")?)
+        }
     };
     let store = Arc::new(if cache.is_some() {
         Store::noting_changes()

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use clickhouse_sink::batch::Table;
-use clickhouse_sink::server::Target;
 use clickhouse_sink::sink::{Health, Sink};
 use clickhouse_sink::{Connection, ddl};
 use schemas::RecordKind;
@@ -54,13 +53,7 @@ impl SinkCommand {
 /// Connects and creates the tables, retrying with backoff while ClickHouse is not there yet.
 async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connection> {
     let c = &config.clickhouse;
-    let target = Target {
-        url: c.url.clone(),
-        database: c.database.clone(),
-        user: c.user.clone(),
-        password: c.password.clone(),
-        validation: c.validation,
-    };
+    let target = c.target();
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
@@ -74,6 +67,11 @@ async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connectio
             // hide it.
             Err(e @ clickhouse_sink::SinkError::Ddl(_)) => {
                 return Err(e).context("the sink's tables do not match what it writes");
+            }
+            Err(e @ clickhouse_sink::SinkError::CaFile { .. }) => return Err(e.into()),
+            Err(e) if e.refusal().is_some() => {
+                let cause = e.refusal().unwrap_or_default();
+                anyhow::bail!("ClickHouse at {}: {cause}: {e}", c.url);
             }
             Err(e) if !stop.load(Ordering::Relaxed) => {
                 tracing::warn!(error = %e, url = %c.url, "ClickHouse not ready; retrying");
