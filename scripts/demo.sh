@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 cache="${FLEETPULSE_CACHE:-$HOME/.cache/fleetpulse}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
+scripts/services.sh install build >&2
 echo "demo: building fleetpulse (the first build takes a few minutes)" >&2
 cargo build --locked --release -p fleetpulse >&2
 bin="$CARGO_TARGET_DIR/release/fleetpulse"

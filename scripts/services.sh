@@ -4,10 +4,11 @@
 # on free 127.0.0.1 ports under a directory chosen by the caller. Never uses a fixed
 # port or a machine-wide service.
 #
-#   services.sh install [kafka|clickhouse|redis|chromium ...]
+#   services.sh install [kafka|clickhouse|redis|chromium|build ...]
 #                                                       install what is missing (no args = the
 #                                                       three services; chromium, Debian's, is
-#                                                       the browser the dashboard tests drive)
+#                                                       the browser the dashboard tests drive;
+#                                                       build: pkg-config, libssl-dev, openssl)
 #   services.sh run SERVICE --dir DIR [--remove-on-exit] [--secure]
 #                                                       foreground: start, print one line
 #                                                       "READY <service> <address>" on stdout,
@@ -40,7 +41,7 @@ die() { log "error: $*"; exit 1; }
 
 usage() {
   cat >&2 <<'EOF'
-usage: services.sh install [kafka|clickhouse|redis|chromium ...]
+usage: services.sh install [kafka|clickhouse|redis|chromium|build ...]
        services.sh run (kafka|clickhouse|redis) --dir DIR [--remove-on-exit] [--secure]
        services.sh up [--secure] [kafka|clickhouse|redis ...]
        services.sh down DIR
@@ -330,6 +331,7 @@ is_installed() {
     clickhouse) clickhouse_cmd >/dev/null ;;
     redis) command -v redis-server >/dev/null 2>&1 ;;
     chromium) command -v chromium >/dev/null 2>&1 ;;
+    build) command -v openssl >/dev/null 2>&1 && pkg-config --exists openssl 2>/dev/null ;;
   esac
 }
 
@@ -344,6 +346,9 @@ install_service() {
       clickhouse) install_clickhouse ;;
       redis) install_redis ;;
       chromium) is_installed chromium || apt_install chromium ;;
+      # What the build links (OpenSSL for TLS to Kafka, ClickHouse and Redis, found through
+      # pkg-config) and the `openssl` tool that makes --secure's certificates.
+      build) is_installed build || for pkg in pkg-config libssl-dev openssl; do apt_install "$pkg"; done ;;
     esac
   ) 9>"$CACHE/install.lock"
 }
@@ -351,7 +356,7 @@ install_service() {
 cmd_install() {
   local svcs=("$@") svc start
   ((${#svcs[@]})) || svcs=("${ALL_SERVICES[@]}")
-  for svc in "${svcs[@]}"; do [[ "$svc" == chromium ]] || check_service "$svc"; done
+  for svc in "${svcs[@]}"; do [[ "$svc" == chromium || "$svc" == build ]] || check_service "$svc"; done
   for svc in "${svcs[@]}"; do
     if is_installed "$svc"; then
       log "$svc: already installed"

@@ -21,6 +21,7 @@ for component in rustfmt clippy; do
 done
 
 step "services and interop dependencies"
+scripts/services.sh install build
 scripts/services.sh install kafka
 scripts/services.sh install clickhouse
 scripts/services.sh install redis
