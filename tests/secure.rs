@@ -238,9 +238,9 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// Runs a service command with `config` until `/readyz` answers 200 (then stops it), or until it
-/// exits; its stdout and stderr either way.
-fn run_until_ready(config: &Path, command: &[&str]) -> (bool, String) {
+/// A service command started with `config`: the process, the address it serves on, and the file
+/// its stderr goes to.
+fn serve(config: &Path, command: &[&str]) -> (Running, String, tempfile::NamedTempFile) {
     let log = tempfile::NamedTempFile::new().unwrap();
     let (child, http) = spawn_serving(
         fleetpulse()
@@ -248,10 +248,32 @@ fn run_until_ready(config: &Path, command: &[&str]) -> (bool, String) {
             .args(command)
             .stderr(log.reopen().unwrap()),
     );
-    let mut child = Running(child);
+    (Running(child), http, log)
+}
+
+/// `/readyz` of `base` with curl (`https://` checked against `ca`, HTTP/2 asked for if `http2`,
+/// else HTTP/1.1): the status and the HTTP version that answered.
+fn readyz(base: &str, ca: Option<&Path>, http2: bool) -> (u16, String) {
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-s", "-o", "/dev/null", "--max-time", "5"])
+        .args(["-w", "%{http_code} %{http_version}"]);
+    if let Some(ca) = ca {
+        curl.arg("--cacert").arg(ca);
+    }
+    curl.arg(if http2 { "--http2" } else { "--http1.1" });
+    let out = curl.arg(format!("{base}/readyz")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (code, version) = text.split_once(' ').unwrap_or(("0", ""));
+    (code.parse().unwrap_or(0), version.to_string())
+}
+
+/// Runs a service command with `config` until `/readyz` answers 200 (then stops it), or until it
+/// exits; its stdout and stderr either way.
+fn run_until_ready(config: &Path, command: &[&str]) -> (bool, String) {
+    let (mut child, http, log) = serve(config, command);
     let ready = !http.is_empty()
         && wait_for(Duration::from_secs(60), || {
-            http_text(&http, "GET", "/readyz", None).0 == 200
+            readyz(&http, None, false).0 == 200
         });
     let _ = child.0.kill();
     let _ = child.0.wait();
@@ -385,6 +407,55 @@ fn the_bridge_logs_in_to_redis_over_tls_and_says_why_it_cannot() {
     let (ready, log) = run_until_ready(&good, &["bridge"]);
     assert!(ready, "the bridge never became ready: {log}");
     assert!(!log.contains(&password), "the password is in the log");
+
+    // Served over TLS itself: https and wss with a certificate the client checks.
+    let tls = redis.dir().join("tls");
+    let served = write_config(
+        dir.path(),
+        &format!(
+            "{}tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            section(
+                &format!(
+                    "redis_password_file = \"{}\"\n",
+                    redis.password_file().display()
+                ),
+                true,
+            ),
+            tls.join("server.pem").display(),
+            tls.join("server.key").display()
+        ),
+    );
+    let (_bridge, base, log) = serve(&served, &["bridge"]);
+    assert!(base.starts_with("https://"), "{base}");
+    let ca = redis.ca_file();
+    assert!(
+        wait_for(Duration::from_secs(60), || readyz(&base, Some(&ca), false)
+            .0
+            == 200),
+        "never ready over https: {}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
+    assert_eq!(
+        readyz(&base, Some(&ca), true),
+        (200, "2".to_string()),
+        "HTTP/2"
+    );
+    assert_eq!(readyz(&base, Some(&ca), false).1, "1.1", "HTTP/1.1");
+    assert_eq!(
+        readyz(&base, None, false).0,
+        0,
+        "curl trusts only the test CA"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let snapshot = wss_snapshot(&base, &ca, "a-bridge-secret-from-a-file").await;
+        assert_eq!(snapshot.unwrap()["type"], "snapshot");
+        let untrusting = wss_snapshot(&base, Path::new("/nonexistent"), "x").await;
+        assert!(
+            untrusting.is_err_and(|e| e.contains("certificate verify failed")),
+            "a client without the CA must refuse the bridge"
+        );
+    });
     let shown = fleetpulse()
         .args(["--config", good.to_str().unwrap(), "config"])
         .output()
@@ -420,4 +491,48 @@ fn the_bridge_logs_in_to_redis_over_tls_and_says_why_it_cannot() {
         said.contains(&format!("Redis at {url}")) && said.contains("TLS failed"),
         "{said}"
     );
+}
+
+/// Connects to `base`'s `/ws` over TLS, trusting only `ca` (no file: no CA at all), subscribes to
+/// status and returns the snapshot, or why it could not.
+async fn wss_snapshot(base: &str, ca: &Path, secret: &str) -> Result<serde_json::Value, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use ws_bridge::auth::{Claims, issue, now};
+
+    let mut tls = native_tls::TlsConnector::builder();
+    tls.disable_built_in_roots(true);
+    if let Ok(pem) = std::fs::read(ca) {
+        tls.add_root_certificate(native_tls::Certificate::from_pem(&pem).unwrap());
+    }
+    let connector = tokio_tungstenite::Connector::NativeTls(tls.build().unwrap());
+    let token = issue(
+        &Claims {
+            sub: "operator".into(),
+            tenant: "t1".into(),
+            role: "viewer".into(),
+            exp: now() + 3_600,
+        },
+        secret,
+    )
+    .unwrap();
+    let url = format!("{}/ws?token={token}", base.replace("https://", "wss://"));
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","topics":["status"]}"#.into(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        if let Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "snapshot" {
+                return Ok(v);
+            }
+        }
+    }
+    Err("no snapshot".into())
 }

@@ -9,6 +9,13 @@ pub struct BridgeConfig {
     /// Where `/ws`, the REST endpoints, `/metrics`, `/healthz` and `/readyz` are served; port 0
     /// picks a free one.
     pub listen: std::net::SocketAddr,
+    /// The certificate chain (PEM) to serve `https://` and `wss://` with, for deployments without
+    /// a TLS proxy; with `tls_key_file`. Unset: plain `http://` and `ws://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// The HS256 secret tokens are signed with. Empty: the bridge refuses to start.
     pub jwt_secret: String,
     /// A file holding the secret (read at start-up into `jwt_secret`, which it wins over).
@@ -50,6 +57,8 @@ impl Default for BridgeConfig {
     fn default() -> BridgeConfig {
         BridgeConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert_file: None,
+            tls_key_file: None,
             jwt_secret: String::new(),
             jwt_secret_file: None,
             max_connections: 20_000,
@@ -102,6 +111,16 @@ impl BridgeConfig {
         }
         if !(10..=60_000).contains(&self.last_seen_every_ms) {
             return fail("last_seen_every_ms", "from 10 to 60000");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return fail(
+                if self.tls_cert_file.is_some() {
+                    "tls_key_file"
+                } else {
+                    "tls_cert_file"
+                },
+                "both tls_cert_file and tls_key_file, or neither",
+            );
         }
         if !self.redis_url.is_empty()
             && !self.redis_url.starts_with("redis://")
