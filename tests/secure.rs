@@ -791,3 +791,96 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
         assert_eq!(got, want, "{tenant}'s snapshot over wss");
     }
 }
+
+#[test]
+fn the_registry_serves_https_and_takes_registrations_only_with_its_token() {
+    let kafka = kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = kafka.dir().join("tls");
+    let token_file = dir.path().join("registry-token");
+    std::fs::write(&token_file, "registry-write-token-4711\n").unwrap();
+    let server_config = write_config(
+        dir.path(),
+        &format!(
+            "[registry]\nlisten = \"127.0.0.1:0\"\nwrite_token_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            token_file.display(),
+            tls.join("server.pem").display(),
+            tls.join("server.key").display()
+        ),
+    );
+    let mut child = fleetpulse()
+        .args(["--config", server_config.to_str().unwrap(), "registry"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _registry = Running(child);
+    let url = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .find_map(|l| l.split("listening on ").nth(1).map(str::to_string))
+        .expect("the registry's address");
+    assert!(url.starts_with("https://"), "{url}");
+
+    // Reads are open, over TLS checked against the CA.
+    let subjects = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(kafka.ca_file())
+        .arg(format!("{url}/subjects"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&subjects.stdout), "200");
+
+    let client = |extra: &str| {
+        write_config(
+            dir.path(),
+            &format!(
+                "{}[schema_registry]\nurl = \"{url}\"\n{extra}",
+                kafka_section(kafka)
+            ),
+        )
+    };
+    let generate = |config: &Path| {
+        fleetpulse()
+            .args(["--config", config.to_str().unwrap()])
+            .args(["generate", "--topic", &unique("registry")])
+            .args(["--events", "50", "--devices", "5", "--no-progress"])
+            .output()
+            .unwrap()
+    };
+    let ca = format!("ca_file = \"{}\"\n", kafka.ca_file().display());
+    let with_token = client(&format!("{ca}token_file = \"{}\"\n", token_file.display()));
+    let registered = generate(&with_token);
+    assert!(registered.status.success(), "{}", text(&registered));
+    assert!(!text(&registered).contains("registry-write-token-4711"));
+
+    let without_token = generate(&client(&ca));
+    assert!(!without_token.status.success(), "{}", text(&without_token));
+    assert!(
+        text(&without_token).contains("write token"),
+        "{}",
+        text(&without_token)
+    );
+
+    let untrusted = generate(&client(&format!(
+        "token_file = \"{}\"\n",
+        token_file.display()
+    )));
+    assert!(!untrusted.status.success(), "{}", text(&untrusted));
+    assert!(
+        text(&untrusted).contains(&format!("schema registry at {url}")),
+        "{}",
+        text(&untrusted)
+    );
+
+    let shown = fleetpulse()
+        .args(["--config", with_token.to_str().unwrap(), "config"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(!text(&shown).contains("registry-write-token-4711"));
+    let shown = fleetpulse()
+        .args(["--config", server_config.to_str().unwrap(), "config"])
+        .output()
+        .unwrap();
+    assert!(!text(&shown).contains("registry-write-token-4711"));
+}

@@ -81,9 +81,11 @@ fn parse_set(entry: &str) -> Result<Override, String> {
 }
 
 /// The keys whose values `config` does not print: it is run to show a configuration to others.
-const SECRETS: [(&str, &str); 4] = [
+const SECRETS: [(&str, &str); 6] = [
     ("bridge", "jwt_secret"),
     ("bridge", "redis_password"),
+    ("registry", "write_token"),
+    ("schema_registry", "token"),
     ("clickhouse", "password"),
     ("schema_registry", "password"),
 ];

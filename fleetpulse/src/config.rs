@@ -427,6 +427,20 @@ fn read_secret_files(config: &mut Config) -> Result<(), ConfigError> {
     if let Some(path) = &c.password_file {
         c.password = read_secret(path).map_err(|d| failed("clickhouse.password_file", d))?;
     }
+    if let Some(c) = &mut config.schema_registry {
+        if let Some(path) = &c.password_file {
+            c.password =
+                Some(read_secret(path).map_err(|d| failed("schema_registry.password_file", d))?);
+        }
+        if let Some(path) = &c.token_file {
+            c.token = Some(read_secret(path).map_err(|d| failed("schema_registry.token_file", d))?);
+        }
+    }
+    let r = &mut config.registry;
+    if let Some(path) = &r.write_token_file {
+        r.write_token =
+            Some(read_secret(path).map_err(|d| failed("registry.write_token_file", d))?);
+    }
     let b = &mut config.bridge;
     if let Some(path) = &b.jwt_secret_file {
         b.jwt_secret = read_secret(path).map_err(|d| failed("bridge.jwt_secret_file", d))?;

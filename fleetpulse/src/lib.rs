@@ -6,3 +6,4 @@ mod commands;
 pub mod config;
 mod kafka;
 mod observability;
+mod serve;

@@ -36,14 +36,42 @@ impl RegistryClient {
         if let Some(user) = &config.username {
             builder.set_basic_authorization(user, config.password.as_deref());
         }
-        let settings = builder.build().map_err(|e| RegistryError::Unavailable {
+        if let Some(token) = &config.token {
+            builder.set_token_authorization(token);
+        }
+        let unusable = |detail: String| RegistryError::Unavailable {
             url: url.clone(),
-            detail: e.to_string(),
-        })?;
+            detail,
+        };
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| unusable(format!("the CA file {}: {e}", path.display())))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| unusable(format!("the CA file {}: {e}", path.display())))?;
+            http = http.add_root_certificate(ca);
+        }
+        let settings = builder
+            .build_with(http)
+            .map_err(|e| unusable(e.to_string()))?;
         Ok(RegistryClient { settings, url })
     }
 
     fn error(&self, e: SRCError) -> RegistryError {
+        // reqwest calls a failed TLS handshake a failed request, which the converter marks
+        // retriable; a certificate that does not verify stays so.
+        let mut causes = String::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            causes.push_str(&s.to_string());
+            source = s.source();
+        }
+        if causes.contains("certificate verify failed") {
+            return RegistryError::Untrusted {
+                url: self.url.clone(),
+                detail: "the server's certificate does not verify (set schema_registry.ca_file to its CA)".into(),
+            };
+        }
         if e.retriable {
             RegistryError::Unavailable {
                 url: self.url.clone(),

@@ -17,6 +17,19 @@ pub struct ServerConfig {
     /// memory only; the built-in schemas are always there.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// A bearer token registrations (`POST /subjects/{subject}/versions`) must carry; reads stay
+    /// open to consumers. Unset: anyone who reaches the registry may register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_token: Option<String>,
+    /// A file holding that token (read at start-up into `write_token`, which it wins over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_token_file: Option<PathBuf>,
+    /// The certificate chain (PEM) to serve `https://` with; with `tls_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -28,6 +41,10 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             state_file: None,
+            write_token: None,
+            write_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -49,6 +66,18 @@ pub struct ClientConfig {
     /// Password for HTTP basic authentication.
     #[serde(default)]
     pub password: Option<String>,
+    /// A file holding the password (read at start-up into `password`, which it wins over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// A bearer token, for registries that take one instead of basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A file holding the token (read at start-up into `token`, which it wins over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The CA of an `https://` registry's certificate, PEM, when the system does not trust it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -13,6 +13,14 @@ pub enum RegistryError {
         /// What the client saw.
         detail: String,
     },
+    /// The registry's certificate does not verify; retrying will not help.
+    #[error("schema registry at {url}: TLS failed: {detail}")]
+    Untrusted {
+        /// The registry's URL.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// The registry refused the request (unknown id, incompatible schema, bad input); retrying
     /// the same request will not help.
     #[error("schema registry refused: {0}")]

@@ -112,16 +112,6 @@ impl BridgeConfig {
         if !(10..=60_000).contains(&self.last_seen_every_ms) {
             return fail("last_seen_every_ms", "from 10 to 60000");
         }
-        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            return fail(
-                if self.tls_cert_file.is_some() {
-                    "tls_key_file"
-                } else {
-                    "tls_cert_file"
-                },
-                "both tls_cert_file and tls_key_file, or neither",
-            );
-        }
         if !self.redis_url.is_empty()
             && !self.redis_url.starts_with("redis://")
             && !self.redis_url.starts_with("rediss://")

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum_server::tls_openssl::{OpenSSLAcceptor, OpenSSLConfig};
 use clap::Args;
 use schemas::RecordKind;
 use ws_bridge::auth::Verifier;
@@ -136,26 +135,16 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             }
         }),
     });
-    let tls = match (&c.tls_cert_file, &c.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            Some(OpenSSLConfig::from_pem_file(cert, key).with_context(|| {
-                format!(
-                    "bridge.tls_cert_file {} and bridge.tls_key_file {} cannot be served",
-                    cert.display(),
-                    key.display()
-                )
-            })?)
-        }
-        _ => None,
-    };
-    let listener = std::net::TcpListener::bind(c.listen)
-        .with_context(|| format!("cannot listen on {} (bridge.listen)", c.listen))?;
-    listener.set_nonblocking(true)?;
-    let address = listener.local_addr()?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%address, scheme, "bridge listening");
-    println!("fleetpulse bridge: /ws, /api/devices on {scheme}://{address}");
-    println!("fleetpulse bridge metrics on {scheme}://{address}");
+    let listener = crate::serve::Listener::bind(
+        c.listen,
+        "bridge.listen",
+        (&c.tls_cert_file, &c.tls_key_file),
+        "bridge",
+    )?;
+    let url = listener.url()?;
+    tracing::info!(%url, "bridge listening");
+    println!("fleetpulse bridge: /ws, /api/devices on {url}");
+    println!("fleetpulse bridge metrics on {url}");
     let stopped = {
         let stop = Arc::clone(&stop);
         async move {
@@ -164,21 +153,9 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             }
         }
     };
-    let served = async {
-        match tls {
-            // HTTP/1.1 and HTTP/2, chosen by ALPN.
-            Some(tls) => {
-                axum_server::from_tcp(listener)?
-                    .acceptor(OpenSSLAcceptor::new(tls))
-                    .serve(router(bridge).into_make_service())
-                    .await
-            }
-            None => axum::serve(tokio::net::TcpListener::from_std(listener)?, router(bridge)).await,
-        }
-    };
     // Open WebSocket connections end with the process; clients reconnect elsewhere.
     tokio::select! {
-        served = served => served.context("the bridge server failed")?,
+        served = listener.serve(router(bridge), std::future::pending()) => served.context("the bridge server failed")?,
         () = stopped => {}
     }
     stop.store(true, Ordering::Relaxed);

@@ -133,6 +133,10 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         timeout_ms: 10_000,
         username: None,
         password: None,
+        password_file: None,
+        token: None,
+        token_file: None,
+        ca_file: None,
     });
 
     c.generate.devices = args.devices;

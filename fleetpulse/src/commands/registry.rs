@@ -34,21 +34,23 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         Some(path) => Subjects::open(path)?,
         None => Subjects::builtin(),
     };
-    let app = registry::server::router(subjects, move || metrics.render());
-    let listener = tokio::net::TcpListener::bind(config.registry.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (registry.listen)",
-                config.registry.listen
-            )
-        })?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "schema registry listening");
+    let mut app = registry::server::router(subjects, move || metrics.render());
+    let r = &config.registry;
+    if let Some(token) = &r.write_token {
+        app = registry::server::require_write_token(app, token);
+    }
+    let listener = crate::serve::Listener::bind(
+        r.listen,
+        "registry.listen",
+        (&r.tls_cert_file, &r.tls_key_file),
+        "registry",
+    )?;
+    let url = listener.url()?;
+    tracing::info!(%url, "schema registry listening");
     // Scripts and tests read the address from here when they asked for port 0.
-    println!("fleetpulse registry listening on http://{address}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(super::shutdown_signal())
+    println!("fleetpulse registry listening on {url}");
+    listener
+        .serve(app, super::shutdown_signal())
         .await
         .context("the registry server failed")
 }
