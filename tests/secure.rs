@@ -506,45 +506,14 @@ async fn wss_snapshot_of(
     secret: &str,
     tenant: &str,
 ) -> Result<serde_json::Value, String> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    use ws_bridge::auth::{Claims, issue, now};
-
     let mut tls = native_tls::TlsConnector::builder();
     tls.disable_built_in_roots(true);
     if let Ok(pem) = std::fs::read(ca) {
         tls.add_root_certificate(native_tls::Certificate::from_pem(&pem).unwrap());
     }
     let connector = tokio_tungstenite::Connector::NativeTls(tls.build().unwrap());
-    let token = issue(
-        &Claims {
-            sub: "operator".into(),
-            tenant: tenant.into(),
-            role: "viewer".into(),
-            exp: now() + 3_600,
-        },
-        secret,
-    )
-    .unwrap();
-    let url = format!("{}/ws?token={token}", base.replace("https://", "wss://"));
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-    ws.send(Message::Text(
-        r#"{"type":"subscribe","topics":["status"]}"#.into(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        if let Message::Text(t) = m {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == "snapshot" {
-                return Ok(v);
-            }
-        }
-    }
-    Err("no snapshot".into())
+    let (_, snapshot) = support::ws::subscribed(base, tenant, secret, Some(connector)).await?;
+    Ok(snapshot)
 }
 
 /// The derived topics of a run, read back with `fleetpulse tail` (each record as JSON, sorted):

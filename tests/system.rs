@@ -17,60 +17,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
-use futures_util::{SinkExt, StreamExt};
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
 use schemas::wire_name;
 use support::clickhouse::{connect, rows};
+use support::ws::{Ws, message, subscribed};
 use support::*;
 use testkit::{Kind, shared, unique};
-use tokio_tungstenite::tungstenite::Message;
 use ws_bridge::auth::{Claims, issue, now};
 
 const SECRET: &str = "system-test-secret-0123456789";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// A client of `tenant` subscribed to status transitions; past the `subscribed` reply and the
 /// snapshot, which it returns.
 async fn client(bridge: &str, tenant: &str) -> (Ws, serde_json::Value) {
-    let token = issue(
-        &Claims {
-            sub: "operator".into(),
-            tenant: tenant.into(),
-            role: "viewer".into(),
-            exp: now() + 3_600,
-        },
-        SECRET,
-    )
-    .unwrap();
-    let url = format!("{}/ws?token={token}", bridge.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.send(Message::Text(
-        r#"{"type":"subscribe","topics":["status"]}"#.into(),
-    ))
-    .await
-    .unwrap();
-    loop {
-        let m = message(&mut ws, Duration::from_secs(30)).await.unwrap();
-        if m["type"] == "snapshot" {
-            return (ws, m);
-        }
-    }
-}
-
-/// The next message that is not a heartbeat, if one comes within `wait`.
-async fn message(ws: &mut Ws, wait: Duration) -> Option<serde_json::Value> {
-    loop {
-        let m = tokio::time::timeout(wait, ws.next()).await.ok()??.unwrap();
-        if let Message::Text(t) = m {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if v["type"] != "heartbeat" {
-                return Some(v);
-            }
-        }
-    }
+    subscribed(bridge, tenant, SECRET, None).await.unwrap()
 }
 
 /// The rows the model's outputs make, with the free text blanked as `model::normalise` does.

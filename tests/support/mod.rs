@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod clickhouse;
 pub mod registry;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
