@@ -87,6 +87,9 @@ impl SinkConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return fail("url", "an http:// or https:// URL of the HTTP interface");
         }
+        if self.ca_file.is_some() && !self.url.starts_with("https://") {
+            return fail("ca_file", "unset, unless url is an https:// URL");
+        }
         let valid_name =
             |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name(&self.database) {
@@ -131,5 +134,10 @@ mod tests {
             ..SinkConfig::default()
         };
         assert_eq!(bad.validate().map_err(|e| e.0), Err("batch_rows".into()));
+        let bad = SinkConfig {
+            ca_file: Some("/etc/ca.pem".into()),
+            ..SinkConfig::default()
+        };
+        assert_eq!(bad.validate().map_err(|e| e.0), Err("ca_file".into()));
     }
 }

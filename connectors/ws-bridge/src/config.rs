@@ -112,6 +112,12 @@ impl BridgeConfig {
         if !(10..=60_000).contains(&self.last_seen_every_ms) {
             return fail("last_seen_every_ms", "from 10 to 60000");
         }
+        if self.redis_ca_file.is_some() && !self.redis_url.starts_with("rediss://") {
+            return fail(
+                "redis_ca_file",
+                "unset, unless redis_url is a rediss:// (TLS) URL",
+            );
+        }
         if !self.redis_url.is_empty()
             && !self.redis_url.starts_with("redis://")
             && !self.redis_url.starts_with("rediss://")
@@ -140,6 +146,20 @@ mod tests {
             BridgeConfig::default().validate().map_err(|e| e.0),
             Err("jwt_secret".into())
         );
+        let ca_without_tls = BridgeConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: Some("/etc/ca.pem".into()),
+            ..good.clone()
+        };
+        assert_eq!(
+            ca_without_tls.validate().map_err(|e| e.0),
+            Err("redis_ca_file".into())
+        );
+        let tls = BridgeConfig {
+            redis_url: "rediss://fleet@127.0.0.1:6380".into(),
+            ..ca_without_tls
+        };
+        assert!(tls.validate().is_ok());
         let bad = BridgeConfig {
             client_queue: 0,
             ..good
