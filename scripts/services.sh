@@ -128,10 +128,14 @@ proc_alive() {
 
 # Read the ports stored for a service in DIR, or pick and store new ones.
 service_ports() {
-  local dir="$1" svc="$2" n="$3" file="$1/$2.ports" ports
+  local dir="$1" svc="$2" n="$3" file="$1/$2.ports" ports stored
   if [[ -s "$file" ]]; then
     ports="$(head -n1 "$file")"
     if [[ "$ports" =~ ^[0-9]+( [0-9]+)*$ ]]; then
+      read -r -a stored <<<"$ports"
+      # Secure mode has more listeners: a DIR keeps the mode it was first started in.
+      ((${#stored[@]} == n)) ||
+        die "$svc: $dir was first started $( ((${#stored[@]} < n)) && echo without || echo with) --secure; start it the same way, or use a new DIR"
       log "$svc: reusing ports $ports from $file"
       printf '%s\n' "$ports"
       return

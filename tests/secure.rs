@@ -836,7 +836,7 @@ fn the_registry_serves_https_and_takes_registrations_only_with_its_token() {
     )));
     assert!(!untrusted.status.success(), "{}", text(&untrusted));
     assert!(
-        text(&untrusted).contains(&format!("schema registry at {url}")),
+        text(&untrusted).contains(&format!("schema registry at {url}: TLS failed")),
         "{}",
         text(&untrusted)
     );
@@ -851,5 +851,6 @@ fn the_registry_serves_https_and_takes_registrations_only_with_its_token() {
         .args(["--config", server_config.to_str().unwrap(), "config"])
         .output()
         .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown));
     assert!(!text(&shown).contains("registry-write-token-4711"));
 }

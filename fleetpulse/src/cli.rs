@@ -92,8 +92,9 @@ const SECRETS: [(&str, &str); 6] = [
 
 /// Parts of librdkafka property names that mark a secret value (`sasl.password`,
 /// `ssl.key.password`, `sasl.oauthbearer.client.secret`, `ssl.key.pem`, `sasl.jaas.config`...).
-const SECRET_PROPERTIES: [&str; 6] = [
+const SECRET_PROPERTIES: [&str; 7] = [
     "password",
+    "passphrase",
     "secret",
     "token",
     ".pem",
@@ -122,7 +123,10 @@ fn redacted(config: &Config) -> anyhow::Result<toml::Table> {
         .and_then(toml::Value::as_table_mut)
     {
         for (name, value) in properties.iter_mut() {
-            if SECRET_PROPERTIES.iter().any(|s| name.contains(s)) {
+            // A property read from a file is a secret whatever its name.
+            if config.kafka.property_files.contains_key(name.as_str())
+                || SECRET_PROPERTIES.iter().any(|s| name.contains(s))
+            {
                 *value = toml::Value::String(REDACTED.into());
             }
         }
@@ -231,9 +235,19 @@ mod tests {
             ("sasl.password", "kafka-pass"),
             ("ssl.key.password", "key-pass"),
             ("sasl.oauthbearer.client.secret", "oauth-secret"),
+            (
+                "sasl.oauthbearer.assertion.private.key.passphrase",
+                "ph-value-77",
+            ),
+            ("some.future.setting", "from-a-file"),
         ] {
             config.kafka.properties.insert(name.into(), value.into());
         }
+        // Read from a file, so a secret whatever its name.
+        config
+            .kafka
+            .property_files
+            .insert("some.future.setting".into(), "/run/secrets/x".into());
         config
             .kafka
             .properties
@@ -246,14 +260,16 @@ mod tests {
                 "redis-pass",
                 "kafka-pass",
                 "key-pass",
-                "oauth-secret"
+                "oauth-secret",
+                "ph-value-77",
+                "from-a-file",
             ]
             .iter()
             .all(|s| !text.contains(s)),
             "{text}"
         );
         assert!(
-            text.contains("<redacted>") && text.contains("fleet"),
+            text.contains("<redacted>") && text.contains(r#""sasl.username" = "fleet""#),
             "{text}"
         );
     }

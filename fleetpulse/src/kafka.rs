@@ -115,7 +115,13 @@ fn check_access_now(config: &Config) -> anyhow::Result<()> {
     // A producer: polling it hands librdkafka's global errors to the context.
     let client: BaseProducer<Rejections> = client_config(config)?
         .create_with_context(Rejections::default())
-        .map_err(|e| anyhow::anyhow!("Kafka at {brokers}: the client settings are refused: {e}"))?;
+        .map_err(|e| match e {
+            // librdkafka's message repeats the value, which may be a secret.
+            KafkaError::ClientConfig(_, reason, key, _) => anyhow::anyhow!(
+                "Kafka at {brokers}: the client setting {key:?} is refused: {reason}"
+            ),
+            e => anyhow::anyhow!("Kafka at {brokers}: the client settings are refused: {e}"),
+        })?;
     let deadline = Instant::now() + ACCESS_CHECK_TIME;
     while Instant::now() < deadline {
         let answered = client

@@ -30,8 +30,14 @@ impl std::fmt::Debug for RegistryClient {
 impl RegistryClient {
     /// A client for the configured registry. Nothing is sent yet.
     pub fn new(config: &ClientConfig) -> Result<RegistryClient, RegistryError> {
-        let url = config.url.as_str().trim_end_matches('/').to_string();
-        let mut builder = SrSettings::new_builder(url.clone());
+        let mut builder =
+            SrSettings::new_builder(config.url.as_str().trim_end_matches('/').to_string());
+        // The URL as logs and errors show it: a password in it (basic authentication) is not.
+        let mut shown = config.url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("<redacted>"));
+        }
+        let url = shown.as_str().trim_end_matches('/').to_string();
         builder.set_timeout(Duration::from_millis(config.timeout_ms));
         if let Some(user) = &config.username {
             builder.set_basic_authorization(user, config.password.as_deref());
