@@ -117,9 +117,16 @@ fn check_access_now(config: &Config) -> anyhow::Result<()> {
         .create_with_context(Rejections::default())
         .map_err(|e| match e {
             // librdkafka's message repeats the value, which may be a secret.
-            KafkaError::ClientConfig(_, reason, key, _) => anyhow::anyhow!(
-                "Kafka at {brokers}: the client setting {key:?} is refused: {reason}"
-            ),
+            KafkaError::ClientConfig(_, reason, key, value) => {
+                let reason = if value.is_empty() {
+                    reason
+                } else {
+                    reason.replace(&value, "<redacted>")
+                };
+                anyhow::anyhow!(
+                    "Kafka at {brokers}: the client setting {key:?} is refused: {reason}"
+                )
+            }
             e => anyhow::anyhow!("Kafka at {brokers}: the client settings are refused: {e}"),
         })?;
     let deadline = Instant::now() + ACCESS_CHECK_TIME;
