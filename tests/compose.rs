@@ -1,4 +1,5 @@
-//! docker-compose.yml and the Dockerfile, checked without Docker (these machines have none).
+//! docker-compose.yml, its secured variant docker-compose.secure.yml, and the Dockerfile,
+//! checked without Docker (these machines have none).
 //!
 //! Every fleetpulse service of the compose file has its `FLEETPULSE_*` variables loaded by
 //! fleetpulse's own configuration code, as the binary loads them at start-up, so a misspelt key
@@ -6,7 +7,11 @@
 //! subcommand; it listens on 0.0.0.0 at the default port, which is the port published and the
 //! port its health check asks; its topics are the defaults; the addresses it is given for Kafka,
 //! the schema registry, ClickHouse and Redis name services of the file, on the ports those
-//! serve, and it waits for them to be healthy. The Dockerfile builds the locked `fleetpulse`
+//! serve, and it waits for them to be healthy. For the secured file, scripts/compose-secrets.sh
+//! (its one-off step) runs into a temp dir: every secret a service names is one it mounts and
+//! the script made, the services load with those files, the certificate verifies for every
+//! service name, and the passwords the fleetpulse services send are the ones Kafka, ClickHouse,
+//! Redis and the registry hold. The Dockerfile builds the locked `fleetpulse`
 //! package and ships the binary, with what the health checks run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,6 +46,46 @@ struct Compose {
     services: BTreeMap<String, Service>,
     #[serde(default)]
     volumes: BTreeMap<String, IgnoredAny>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretFile>,
+}
+
+/// The compose files checked here.
+const FILES: [&str; 2] = ["docker-compose.yml", "docker-compose.secure.yml"];
+
+/// A compose secret: a file beside the compose file.
+#[derive(Debug, Deserialize)]
+struct SecretFile {
+    file: Option<String>,
+}
+
+/// A secret a service mounts: by name at /run/secrets/NAME, or at a target of its own.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SecretUse {
+    Short(String),
+    Long {
+        source: String,
+        target: Option<String>,
+    },
+}
+
+impl SecretUse {
+    /// `(secret, path in the container)`.
+    fn mount(&self) -> (String, String) {
+        match self {
+            SecretUse::Short(name) => (name.clone(), format!("/run/secrets/{name}")),
+            SecretUse::Long { source, target } => {
+                let target = target.clone().unwrap_or_else(|| source.clone());
+                let path = if target.starts_with('/') {
+                    target
+                } else {
+                    format!("/run/secrets/{target}")
+                };
+                (source.clone(), path)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +102,7 @@ struct Service {
     depends_on: DependsOn,
     restart: Option<String>,
     profiles: Vec<String>,
+    secrets: Vec<SecretUse>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +243,27 @@ enum Mount {
 }
 
 impl Mount {
+    /// `(host path, mount point)` when this binds a file or directory of the host.
+    fn bind(&self) -> Option<(String, String)> {
+        let (source, target) = match self {
+            Mount::Short(spec) => {
+                let mut parts = spec.split(':');
+                (parts.next()?.to_string(), parts.next()?.to_string())
+            }
+            Mount::Long {
+                kind,
+                source,
+                target,
+            } => {
+                if kind.as_deref() != Some("bind") {
+                    return None;
+                }
+                (source.clone()?, target.clone())
+            }
+        };
+        (source.starts_with("./") || source.starts_with('/')).then_some((source, target))
+    }
+
     /// `(named volume, mount point)` when this mounts one of `named`.
     fn named_volume(&self, named: &BTreeSet<String>) -> Option<(String, String)> {
         let (source, target) = match self {
@@ -409,6 +476,15 @@ fn listener(command: &Command, config: &Config) -> Option<(&'static str, SocketA
     }
 }
 
+/// Whether a command serves its HTTP endpoints over TLS.
+fn serves_tls(command: &Command, config: &Config) -> bool {
+    match command {
+        Command::Bridge(_) => config.bridge.tls_cert_file.is_some(),
+        Command::Registry(_) => config.registry.tls_cert_file.is_some(),
+        _ => false,
+    }
+}
+
 /// A fleetpulse service of the compose file, as the binary would see it.
 struct Loaded {
     name: String,
@@ -421,7 +497,7 @@ struct Loaded {
 
 /// Would `service` start with its command and variables? Checked as the binary checks them at
 /// start-up: the command line, the configuration, and the command's own requirements.
-fn load_service(name: &str, service: &Service) -> Result<Loaded, String> {
+fn load_service(name: &str, service: &Service, secrets: &Secrets) -> Result<Loaded, String> {
     if service.entrypoint.is_some() {
         return Err(
             "sets an entrypoint: the image's is `fleetpulse`, the command picks the service".into(),
@@ -452,6 +528,9 @@ fn load_service(name: &str, service: &Service) -> Result<Loaded, String> {
             ));
         }
         let value = interpolate(&value).map_err(|e| format!("{key}: {e}"))?;
+        let value = secrets
+            .resolve(&value, service)
+            .map_err(|e| format!("{key}: {e}"))?;
         env.insert(key, value);
     }
     let config =
@@ -494,8 +573,125 @@ fn load_service(name: &str, service: &Service) -> Result<Loaded, String> {
     })
 }
 
+/// The files scripts/compose-secrets.sh made for a compose file that has secrets, as the
+/// containers would see them.
+struct Secrets {
+    /// Where they are (kept while the checks run).
+    dir: Option<tempfile::TempDir>,
+    /// Each secret of the compose file: the file made for it.
+    files: BTreeMap<String, PathBuf>,
+}
+
+impl Secrets {
+    /// Runs the one-off step into a temp dir when `compose` has secrets.
+    fn made_for(compose: &Compose) -> Result<Secrets, String> {
+        if compose.secrets.is_empty() {
+            return Ok(Secrets {
+                dir: None,
+                files: BTreeMap::new(),
+            });
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let made = std::process::Command::new("bash")
+            .arg(root().join("scripts/compose-secrets.sh"))
+            .arg(dir.path().join("secrets"))
+            .output()
+            .map_err(|e| format!("cannot run scripts/compose-secrets.sh: {e}"))?;
+        if !made.status.success() {
+            return Err(format!(
+                "scripts/compose-secrets.sh failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            ));
+        }
+        let mut secrets = Secrets {
+            dir: Some(dir),
+            files: BTreeMap::new(),
+        };
+        for (name, secret) in &compose.secrets {
+            let file = secret
+                .file
+                .as_deref()
+                .ok_or(format!("secret {name} is not a file"))?;
+            let local = secrets.local(file).ok_or(format!(
+                "secret {name} is {file}, not a file of ./secrets that compose-secrets.sh makes"
+            ))?;
+            if !local.is_file() {
+                return Err(format!(
+                    "secret {name} is {file}, which compose-secrets.sh does not make"
+                ));
+            }
+            secrets.files.insert(name.clone(), local);
+        }
+        Ok(secrets)
+    }
+
+    /// A host path of the compose file under ./secrets, as made here.
+    fn local(&self, path: &str) -> Option<PathBuf> {
+        let rest = path.strip_prefix("./secrets/")?;
+        Some(self.dir.as_ref()?.path().join("secrets").join(rest))
+    }
+
+    /// Each path in `service`'s container that holds something compose-secrets.sh made: its
+    /// secrets and its binds of ./secrets.
+    fn mounted(&self, service: &Service) -> BTreeMap<String, PathBuf> {
+        let mut mounted = BTreeMap::new();
+        for secret in &service.secrets {
+            let (name, path) = secret.mount();
+            if let Some(file) = self.files.get(&name) {
+                mounted.insert(path, file.clone());
+            }
+        }
+        for mount in &service.volumes {
+            if let Some((source, target)) = mount.bind()
+                && let Some(local) = self.local(&source)
+            {
+                mounted.insert(target, local);
+            }
+        }
+        mounted
+    }
+
+    /// The file made here that `service` sees at `path` in its container.
+    fn seen_at(&self, service: &Service, path: &str) -> Option<PathBuf> {
+        self.mounted(service).into_iter().find_map(|(at, local)| {
+            if path == at {
+                Some(local)
+            } else {
+                let rest = path.strip_prefix(&format!("{at}/"))?;
+                Some(local.join(rest))
+            }
+        })
+    }
+
+    /// `value` with each path under /run/secrets replaced by the file made for it; a path of a
+    /// secret `service` does not mount is an error (the container would not find it).
+    fn resolve(&self, value: &str, service: &Service) -> Result<String, String> {
+        const AT: &str = "/run/secrets/";
+        let mounted = self.mounted(service);
+        let mut out = String::new();
+        let mut rest = value;
+        while let Some(start) = rest.find(AT) {
+            out.push_str(&rest[..start]);
+            let tail = &rest[start..];
+            let end = tail[AT.len()..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+                .map_or(tail.len(), |i| i + AT.len());
+            let path = &tail[..end];
+            let file = mounted
+                .get(path)
+                .ok_or(format!("names {path}, a secret the service does not mount"))?;
+            out.push_str(&file.to_string_lossy());
+            rest = &tail[end..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
 /// The compose file, parsed, and its fleetpulse services, loaded.
 struct Stack {
+    file: &'static str,
+    secrets: Secrets,
     compose: Compose,
     /// The services that load.
     loaded: Vec<Loaded>,
@@ -504,28 +700,31 @@ struct Stack {
 }
 
 impl Stack {
-    fn read() -> Stack {
-        let text = std::fs::read_to_string(root().join("docker-compose.yml"))
-            .expect("read docker-compose.yml at the repository root");
+    fn read(file: &'static str) -> Stack {
+        let text = std::fs::read_to_string(root().join(file))
+            .unwrap_or_else(|e| panic!("read {file} at the repository root: {e}"));
         // Merge keys (`<<: *anchor`) are left unexpanded by the YAML parser here: keys merged in
         // would escape every check below.
         assert!(
             !text.lines().any(|l| l.trim_start().starts_with("<<:")),
-            "docker-compose.yml uses a YAML merge key; write the keys out (a plain *alias is fine)"
+            "{file} uses a YAML merge key; write the keys out (a plain *alias is fine)"
         );
-        let compose: Compose =
-            serde_norway::from_str(&text).expect("docker-compose.yml is a compose file");
+        let compose: Compose = serde_norway::from_str(&text)
+            .unwrap_or_else(|e| panic!("{file} is not a compose file: {e}"));
+        let secrets = Secrets::made_for(&compose).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut loaded = Vec::new();
         let mut failures = Vec::new();
         for (name, service) in &compose.services {
             if service.is_fleetpulse() {
-                match load_service(name, service) {
+                match load_service(name, service, &secrets) {
                     Ok(service) => loaded.push(service),
                     Err(why) => failures.push(format!("service {name}: {why}")),
                 }
             }
         }
         Stack {
+            file,
+            secrets,
             compose,
             loaded,
             failures,
@@ -544,7 +743,8 @@ impl Stack {
     fn loaded(&self) -> &[Loaded] {
         assert!(
             !self.loaded.is_empty(),
-            "no fleetpulse service of docker-compose.yml loads:\n{}",
+            "no fleetpulse service of {} loads:\n{}",
+            self.file,
             self.failures.join("\n")
         );
         &self.loaded
@@ -557,45 +757,46 @@ fn report(what: &str, problems: &[String]) {
 
 #[test]
 fn every_fleetpulse_service_starts_from_its_variables_alone() {
-    let stack = Stack::read();
-    let mut problems = stack.failures.clone();
-    let kinds: BTreeSet<&str> = stack.loaded.iter().map(|l| l.kind).collect();
-    for wanted in ["pipeline", "sink", "bridge", "registry", "generate"] {
-        if !kinds.contains(wanted) {
-            problems.push(format!("no service runs `fleetpulse {wanted}` (and loads)"));
+    for file in FILES {
+        let stack = Stack::read(file);
+        let mut problems = stack.failures.clone();
+        let kinds: BTreeSet<&str> = stack.loaded.iter().map(|l| l.kind).collect();
+        for wanted in ["pipeline", "sink", "bridge", "registry", "generate"] {
+            if !kinds.contains(wanted) {
+                problems.push(format!("no service runs `fleetpulse {wanted}` (and loads)"));
+            }
         }
-    }
-    let volumes = stack.named_volumes();
-    for (name, service) in &stack.compose.services {
-        if !service.is_fleetpulse() {
-            continue;
+        let volumes = stack.named_volumes();
+        for (name, service) in &stack.compose.services {
+            if !service.is_fleetpulse() {
+                continue;
+            }
+            match &service.build {
+                Some(Build::Full {
+                    context,
+                    dockerfile,
+                }) if context.as_deref() == Some(".")
+                    && dockerfile.as_deref().unwrap_or("Dockerfile") == "Dockerfile" => {}
+                Some(Build::Context(context)) if context == "." => {}
+                other => problems.push(format!(
+                    "service {name}: builds {other:?}, not the repository's Dockerfile"
+                )),
+            }
+            if service.restart.as_deref() != Some("unless-stopped") {
+                problems.push(format!("service {name}: restart is not unless-stopped"));
+            }
         }
-        match &service.build {
-            Some(Build::Full {
-                context,
-                dockerfile,
-            }) if context.as_deref() == Some(".")
-                && dockerfile.as_deref().unwrap_or("Dockerfile") == "Dockerfile" => {}
-            Some(Build::Context(context)) if context == "." => {}
-            other => problems.push(format!(
-                "service {name}: builds {other:?}, not the repository's Dockerfile"
-            )),
-        }
-        if service.restart.as_deref() != Some("unless-stopped") {
-            problems.push(format!("service {name}: restart is not unless-stopped"));
-        }
-    }
-    for l in stack.loaded() {
-        let service = stack.service(&l.name);
-        let on_volume = |path: &Path| {
-            service
-                .volumes
-                .iter()
-                .filter_map(|m| m.named_volume(&volumes))
-                .any(|(_, target)| path.starts_with(target.as_str()))
-        };
-        if l.kind == "pipeline" {
-            match &l.config.pipeline.checkpoint_dir {
+        for l in stack.loaded() {
+            let service = stack.service(&l.name);
+            let on_volume = |path: &Path| {
+                service
+                    .volumes
+                    .iter()
+                    .filter_map(|m| m.named_volume(&volumes))
+                    .any(|(_, target)| path.starts_with(target.as_str()))
+            };
+            if l.kind == "pipeline" {
+                match &l.config.pipeline.checkpoint_dir {
                 Some(dir) if on_volume(dir.as_path()) => {}
                 Some(dir) => problems.push(format!(
                     "service {}: checkpoints in {} are not on a named volume and die with the container",
@@ -607,84 +808,99 @@ fn every_fleetpulse_service_starts_from_its_variables_alone() {
                     l.name
                 )),
             }
-        }
-        if l.kind == "registry"
-            && let Some(file) = &l.config.registry.state_file
-            && !on_volume(file.as_path())
-        {
-            problems.push(format!(
-                "service {}: registry.state_file {} is not on a named volume",
-                l.name,
-                file.display()
-            ));
-        }
-        if l.kind == "generate" && !service.profiles.iter().any(|p| p == "demo") {
-            problems.push(format!(
+            }
+            if l.kind == "registry"
+                && let Some(file) = &l.config.registry.state_file
+                && !on_volume(file.as_path())
+            {
+                problems.push(format!(
+                    "service {}: registry.state_file {} is not on a named volume",
+                    l.name,
+                    file.display()
+                ));
+            }
+            if l.kind == "generate" && !service.profiles.iter().any(|p| p == "demo") {
+                problems.push(format!(
                 "service {}: a synthetic fleet belongs in the demo profile, not in every `compose up`",
                 l.name
             ));
+            }
+            if l.kind != "generate" && !service.profiles.is_empty() {
+                problems.push(format!(
+                    "service {}: runs only under profiles {:?}",
+                    l.name, service.profiles
+                ));
+            }
         }
-        if l.kind != "generate" && !service.profiles.is_empty() {
-            problems.push(format!(
-                "service {}: runs only under profiles {:?}",
-                l.name, service.profiles
-            ));
-        }
+        report(&format!("{file}'s fleetpulse services"), &problems);
     }
-    report("docker-compose.yml's fleetpulse services", &problems);
 }
 
 #[test]
 fn ports_and_health_checks_follow_the_listen_addresses() {
-    let stack = Stack::read();
-    let runtime = runtime_stage();
-    let mut problems = Vec::new();
-    for l in stack.loaded() {
-        let service = stack.service(&l.name);
-        let name = &l.name;
-        let Some((key, listen, default)) = listener(&l.cli.command, &l.config) else {
-            if !service.ports.is_empty() {
-                problems.push(format!("service {name}: publishes ports but serves none"));
-            }
-            continue;
-        };
-        if !listen.ip().is_unspecified() {
-            problems.push(format!(
+    for file in FILES {
+        let stack = Stack::read(file);
+        let runtime = runtime_stage();
+        let mut problems = Vec::new();
+        for l in stack.loaded() {
+            let service = stack.service(&l.name);
+            let name = &l.name;
+            let Some((key, listen, default)) = listener(&l.cli.command, &l.config) else {
+                if !service.ports.is_empty() {
+                    problems.push(format!("service {name}: publishes ports but serves none"));
+                }
+                continue;
+            };
+            if !listen.ip().is_unspecified() {
+                problems.push(format!(
                 "service {name}: {key} is {listen}; inside a container it must be 0.0.0.0 to be reachable"
             ));
-        }
-        if listen.port() != default.port() {
-            problems.push(format!(
-                "service {name}: {key} port {} differs from the default {}",
-                listen.port(),
-                default.port()
-            ));
-        }
-        for port in &service.ports {
-            match port.mapping() {
-                Ok((host, container)) => {
-                    if container != listen.port() {
-                        problems.push(format!(
+            }
+            if listen.port() != default.port() {
+                problems.push(format!(
+                    "service {name}: {key} port {} differs from the default {}",
+                    listen.port(),
+                    default.port()
+                ));
+            }
+            for port in &service.ports {
+                match port.mapping() {
+                    Ok((host, container)) => {
+                        if container != listen.port() {
+                            problems.push(format!(
                             "service {name}: publishes container port {container}, but {key} is {listen}"
                         ));
-                    }
-                    if host.is_some_and(|h| h != container) {
-                        problems.push(format!(
+                        }
+                        if host.is_some_and(|h| h != container) {
+                            problems.push(format!(
                             "service {name}: publishes {container} as {host:?}; keep the default port on the host too"
                         ));
+                        }
                     }
+                    Err(e) => problems.push(format!("service {name}: {e}")),
                 }
-                Err(e) => problems.push(format!("service {name}: {e}")),
             }
-        }
-        let Some(words) = service.healthcheck.as_ref().and_then(Healthcheck::words) else {
-            problems.push(format!("service {name}: no health check"));
-            continue;
-        };
-        let urls: Vec<&String> = words.iter().filter(|w| w.starts_with("http://")).collect();
-        match urls.as_slice() {
+            let Some(words) = service.healthcheck.as_ref().and_then(Healthcheck::words) else {
+                problems.push(format!("service {name}: no health check"));
+                continue;
+            };
+            let urls: Vec<&String> = words
+                .iter()
+                .filter(|w| w.starts_with("http://") || w.starts_with("https://"))
+                .collect();
+            let tls = serves_tls(&l.cli.command, &l.config);
+            if let [url] = urls.as_slice()
+                && url.starts_with("https://") != tls
+            {
+                problems.push(format!(
+                    "service {name}: health check asks {url}, but the service serves {}",
+                    if tls { "HTTPS" } else { "plain HTTP" }
+                ));
+            }
+            match urls.as_slice() {
             [url] => match address(url) {
                 Some((host, port, path)) => {
+                    // A certificate names localhost, not 127.0.0.1: an HTTPS check asks the name.
                     if !["127.0.0.1", "localhost"].contains(&host.as_str()) {
                         problems.push(format!(
                             "service {name}: health check asks {host}, not the container itself"
@@ -706,140 +922,165 @@ fn ports_and_health_checks_follow_the_listen_addresses() {
                 )),
             },
             _ => problems.push(format!(
-                "service {name}: health check {words:?} does not ask one http:// URL"
+                "service {name}: health check {words:?} does not ask one http:// or https:// URL"
             )),
         }
-        if let Some(program) = words.first()
-            && !runtime.installs(program)
-        {
-            problems.push(format!(
+            if let Some(program) = words.first()
+                && !runtime.installs(program)
+            {
+                problems.push(format!(
                 "service {name}: health check runs {program}, which the Dockerfile's runtime stage does not install"
             ));
+            }
         }
+        report(
+            &format!("{file}'s listen addresses, ports and health checks"),
+            &problems,
+        );
     }
-    report(
-        "docker-compose.yml's listen addresses, ports and health checks",
-        &problems,
-    );
 }
 
 #[test]
 fn topics_and_addresses_agree_across_the_stack() {
-    let stack = Stack::read();
-    let mut problems = Vec::new();
-    let registries: Vec<&Loaded> = stack
-        .loaded()
-        .iter()
-        .filter(|l| l.kind == "registry")
-        .collect();
-    let mut registry_urls = BTreeSet::new();
-    for l in stack.loaded() {
-        let name = &l.name;
-        if l.config.topics != Topics::default() {
-            problems.push(format!(
-                "service {name}: topics {:?} differ from the defaults {:?}",
-                l.config.topics,
-                Topics::default()
-            ));
-        }
-        // Each address it is given: the variable, the address, and what it must name.
-        let mut targets: Vec<(&str, String, Target)> = Vec::new();
-        if l.kind != "registry"
-            && let Ok(brokers) = l.config.brokers()
-        {
-            for broker in brokers.as_str().split(',') {
-                targets.push(("kafka.brokers", broker.trim().to_string(), Target::Kafka));
+    for file in FILES {
+        let stack = Stack::read(file);
+        let mut problems = Vec::new();
+        let registries: Vec<&Loaded> = stack
+            .loaded()
+            .iter()
+            .filter(|l| l.kind == "registry")
+            .collect();
+        let mut registry_urls = BTreeSet::new();
+        for l in stack.loaded() {
+            let name = &l.name;
+            if l.config.topics != Topics::default() {
+                problems.push(format!(
+                    "service {name}: topics {:?} differ from the defaults {:?}",
+                    l.config.topics,
+                    Topics::default()
+                ));
             }
-        }
-        if l.kind != "registry" {
-            let url = l.config.schema_registry.as_ref().map(|r| r.url.to_string());
-            registry_urls.insert(url.clone());
-            if let Some(url) = url {
-                targets.push(("schema_registry.url", url, Target::Registry));
+            // Each address it is given: the variable, the address, and what it must name.
+            let mut targets: Vec<(&str, String, Target)> = Vec::new();
+            if l.kind != "registry"
+                && let Ok(brokers) = l.config.brokers()
+            {
+                for broker in brokers.as_str().split(',') {
+                    targets.push(("kafka.brokers", broker.trim().to_string(), Target::Kafka));
+                }
             }
-        }
-        if l.kind == "sink" {
-            targets.push((
-                "clickhouse.url",
-                l.config.clickhouse.url.clone(),
-                Target::ClickHouse,
-            ));
-        }
-        if l.kind == "bridge" {
-            // Read from the variable: the key is checked by the load above.
-            match l.env.get("FLEETPULSE_BRIDGE__REDIS_URL") {
-                Some(url) => targets.push(("bridge.redis_url", url.clone(), Target::Redis)),
+            if l.kind != "registry" {
+                let url = l.config.schema_registry.as_ref().map(|r| r.url.to_string());
+                registry_urls.insert(url.clone());
+                if let Some(url) = url {
+                    targets.push(("schema_registry.url", url, Target::Registry));
+                }
+            }
+            if l.kind == "sink" {
+                let url = l.config.clickhouse.url.clone();
+                let https = url.starts_with("https://");
+                targets.push(("clickhouse.url", url, Target::ClickHouse { https }));
+            }
+            if l.kind == "bridge" {
+                // Read from the variable: the key is checked by the load above.
+                match l.env.get("FLEETPULSE_BRIDGE__REDIS_URL") {
+                Some(url) => {
+                    let tls = url.starts_with("rediss://");
+                    targets.push(("bridge.redis_url", url.clone(), Target::Redis { tls }));
+                }
                 None => problems.push(format!(
                     "service {name}: no FLEETPULSE_BRIDGE__REDIS_URL; bridges share device status through Redis"
                 )),
             }
-        }
-        let depends = stack.service(name).depends_on.conditions();
-        for (key, text, target) in targets {
-            let Some((host, port, _)) = address(&text) else {
-                problems.push(format!("service {name}: {key} {text:?} has no host:port"));
-                continue;
-            };
-            let Some(service) = stack.compose.services.get(&host) else {
-                problems.push(format!(
-                    "service {name}: {key} names {host}, which is no service of the file"
-                ));
-                continue;
-            };
-            match target.port(service, &host, &registries) {
-                Ok(ports) if ports.contains(&port) => {}
-                Ok(ports) => problems.push(format!(
-                    "service {name}: {key} asks {host} on port {port}, which serves {ports:?}"
-                )),
-                Err(why) => problems.push(format!("service {name}: {key} names {host}: {why}")),
             }
-            if depends.get(&host).map(String::as_str) != Some("service_healthy") {
-                problems.push(format!(
+            let depends = stack.service(name).depends_on.conditions();
+            for (key, text, target) in targets {
+                let Some((host, port, _)) = address(&text) else {
+                    problems.push(format!("service {name}: {key} {text:?} has no host:port"));
+                    continue;
+                };
+                let Some(service) = stack.compose.services.get(&host) else {
+                    problems.push(format!(
+                        "service {name}: {key} names {host}, which is no service of the file"
+                    ));
+                    continue;
+                };
+                match target.port(service, &host, &registries) {
+                    Ok(ports) if ports.contains(&port) => {}
+                    Ok(ports) => problems.push(format!(
+                        "service {name}: {key} asks {host} on port {port}, which serves {ports:?}"
+                    )),
+                    Err(why) => problems.push(format!("service {name}: {key} names {host}: {why}")),
+                }
+                if depends.get(&host).map(String::as_str) != Some("service_healthy") {
+                    problems.push(format!(
                     "service {name}: uses {host} ({key}) without waiting for it (depends_on condition service_healthy)"
                 ));
+                }
             }
-        }
-        if l.kind == "sink" {
-            let clickhouse = address(&l.config.clickhouse.url)
-                .and_then(|(host, _, _)| stack.compose.services.get(&host));
-            if let Some(clickhouse) = clickhouse {
-                let user = clickhouse
-                    .environment
-                    .raw("CLICKHOUSE_USER")
-                    .unwrap_or_else(|| "default".into());
-                if l.config.clickhouse.user != user {
-                    problems.push(format!(
+            // With a password file the sink's login is checked against ClickHouse's users file, in
+            // the secrets test; with variables, against the image's.
+            if l.kind == "sink" && l.config.clickhouse.password_file.is_none() {
+                let clickhouse = address(&l.config.clickhouse.url)
+                    .and_then(|(host, _, _)| stack.compose.services.get(&host));
+                if let Some(clickhouse) = clickhouse {
+                    let user = clickhouse
+                        .environment
+                        .raw("CLICKHOUSE_USER")
+                        .unwrap_or_else(|| "default".into());
+                    if l.config.clickhouse.user != user {
+                        problems.push(format!(
                         "service {name}: clickhouse.user is {:?}, ClickHouse's user is {user:?}",
                         l.config.clickhouse.user
                     ));
-                }
-                let theirs = clickhouse.environment.raw("CLICKHOUSE_PASSWORD");
-                let ours = stack
-                    .service(name)
-                    .environment
-                    .raw("FLEETPULSE_CLICKHOUSE__PASSWORD");
-                if theirs != ours {
-                    problems.push(format!(
+                    }
+                    let theirs = clickhouse.environment.raw("CLICKHOUSE_PASSWORD");
+                    let ours = stack
+                        .service(name)
+                        .environment
+                        .raw("FLEETPULSE_CLICKHOUSE__PASSWORD");
+                    if theirs != ours {
+                        problems.push(format!(
                         "service {name}: FLEETPULSE_CLICKHOUSE__PASSWORD {ours:?} is not ClickHouse's CLICKHOUSE_PASSWORD {theirs:?}"
                     ));
+                    }
                 }
             }
         }
-    }
-    if registry_urls.len() > 1 {
-        problems.push(format!(
+        if registry_urls.len() > 1 {
+            problems.push(format!(
             "the services disagree on the schema registry ({registry_urls:?}): ids written by one would be unknown to another"
         ));
+        }
+        report(&format!("{file}'s topics and addresses"), &problems);
     }
-    report("docker-compose.yml's topics and addresses", &problems);
 }
 
 /// What an address given to a fleetpulse service must point at.
 enum Target {
     Kafka,
     Registry,
-    ClickHouse,
-    Redis,
+    ClickHouse { https: bool },
+    Redis { tls: bool },
+}
+
+/// The word after `flag` in `service`'s command.
+fn flag_value(service: &Service, flag: &str) -> Option<String> {
+    let args = service
+        .command
+        .as_ref()
+        .map(Words::list)
+        .unwrap_or_default();
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).cloned()
+}
+
+/// The text of the first `<tag>` element of an XML text.
+fn xml_value<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&format!("</{tag}>"))? + start;
+    Some(text[start..end].trim())
 }
 
 impl Target {
@@ -873,31 +1114,49 @@ impl Target {
                     .ok_or("not a service running `fleetpulse registry` that loads")?;
                 Ok(vec![registry.config.registry.listen.port()])
             }
-            Target::ClickHouse => {
+            Target::ClickHouse { https } => {
                 if !service.image_starts_with("clickhouse/") {
                     return Err(format!("its image is {:?}, not ClickHouse", service.image));
                 }
-                // ClickHouse's HTTP port, which is also the default of clickhouse.url.
-                let default = address(&Config::default().clickhouse.url)
-                    .ok_or("the default clickhouse.url has no port")?;
-                Ok(vec![default.1])
+                // The image's HTTP port (the default of clickhouse.url) and HTTPS port as the
+                // configuration files mounted into its config.d leave them.
+                let mut http = address(&Config::default().clickhouse.url)
+                    .map(|a| a.1)
+                    .into_iter()
+                    .collect::<Vec<u16>>();
+                let mut tls = Vec::new();
+                for mount in &service.volumes {
+                    let Some((source, target)) = mount.bind() else {
+                        continue;
+                    };
+                    if !target.starts_with("/etc/clickhouse-server/config.d/") {
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(root().join(&source))
+                        .map_err(|e| format!("its config file {source}: {e}"))?;
+                    if text.contains("<http_port remove=") {
+                        http.clear();
+                    }
+                    if let Some(port) = xml_value(&text, "https_port") {
+                        tls.push(port.parse().map_err(|_| "its https_port is not a number")?);
+                    }
+                }
+                Ok(if *https { tls } else { http })
             }
-            Target::Redis => {
+            Target::Redis { tls } => {
                 if !service.image_starts_with("redis") {
                     return Err(format!("its image is {:?}, not Redis", service.image));
                 }
-                let args = service
-                    .command
-                    .as_ref()
-                    .map(Words::list)
-                    .unwrap_or_default();
-                let port = args
-                    .iter()
-                    .position(|a| a == "--port")
-                    .and_then(|i| args.get(i + 1))
-                    .map_or(Ok(6379), |p| p.parse::<u16>())
-                    .map_err(|_| "its --port is not a number")?;
-                Ok(vec![port])
+                let (flag, default) = if *tls {
+                    ("--tls-port", 0)
+                } else {
+                    ("--port", 6379)
+                };
+                let port = flag_value(service, flag)
+                    .map_or(Ok(default), |p| p.parse::<u16>())
+                    .map_err(|_| format!("its {flag} is not a number"))?;
+                // Port 0 turns the listener off.
+                Ok([port].into_iter().filter(|p| *p != 0).collect())
             }
         }
     }
@@ -905,93 +1164,378 @@ impl Target {
 
 #[test]
 fn dependencies_wait_for_health_and_data_lives_on_volumes() {
-    let stack = Stack::read();
-    let volumes = stack.named_volumes();
-    let mut used = BTreeSet::new();
-    let mut problems = Vec::new();
-    for (name, service) in &stack.compose.services {
-        for mount in &service.volumes {
-            if let Some((volume, _)) = mount.named_volume(&volumes) {
-                used.insert(volume);
+    for file in FILES {
+        let stack = Stack::read(file);
+        let volumes = stack.named_volumes();
+        let mut used = BTreeSet::new();
+        let mut problems = Vec::new();
+        for (name, service) in &stack.compose.services {
+            for mount in &service.volumes {
+                if let Some((volume, _)) = mount.named_volume(&volumes) {
+                    used.insert(volume);
+                }
             }
-        }
-        for (dependency, condition) in service.depends_on.conditions() {
-            let Some(target) = stack.compose.services.get(&dependency) else {
-                problems.push(format!(
-                    "service {name}: depends on {dependency}, which is no service"
+            for (dependency, condition) in service.depends_on.conditions() {
+                let Some(target) = stack.compose.services.get(&dependency) else {
+                    problems.push(format!(
+                        "service {name}: depends on {dependency}, which is no service"
+                    ));
+                    continue;
+                };
+                if condition != "service_healthy" {
+                    problems.push(format!(
+                        "service {name}: waits for {dependency} to be {condition}, not healthy"
+                    ));
+                }
+                if target
+                    .healthcheck
+                    .as_ref()
+                    .and_then(Healthcheck::words)
+                    .is_none()
+                {
+                    problems.push(format!(
+                        "service {name}: waits for {dependency}, which has no health check"
+                    ));
+                }
+                if service.profiles.is_empty() && !target.profiles.is_empty() {
+                    problems.push(format!(
+                    "service {name}: always runs but depends on {dependency}, which runs only under profiles {:?}",
+                    target.profiles
                 ));
+                }
+            }
+            if service.is_fleetpulse() {
                 continue;
-            };
-            if condition != "service_healthy" {
-                problems.push(format!(
-                    "service {name}: waits for {dependency} to be {condition}, not healthy"
-                ));
             }
-            if target
+            if service
                 .healthcheck
                 .as_ref()
                 .and_then(Healthcheck::words)
                 .is_none()
             {
-                problems.push(format!(
-                    "service {name}: waits for {dependency}, which has no health check"
-                ));
+                problems.push(format!("service {name}: no health check"));
             }
-            if service.profiles.is_empty() && !target.profiles.is_empty() {
+            if service.restart.as_deref() != Some("unless-stopped") {
+                problems.push(format!("service {name}: restart is not unless-stopped"));
+            }
+            if !service
+                .volumes
+                .iter()
+                .any(|m| m.named_volume(&volumes).is_some())
+            {
                 problems.push(format!(
-                    "service {name}: always runs but depends on {dependency}, which runs only under profiles {:?}",
-                    target.profiles
+                    "service {name}: keeps its data in the container, not on a named volume"
                 ));
             }
         }
-        if service.is_fleetpulse() {
+        if let Some(kafka) = stack
+            .compose
+            .services
+            .values()
+            .find(|s| s.image_starts_with("apache/kafka"))
+        {
+            let log_dirs = kafka.environment.raw("KAFKA_LOG_DIRS").unwrap_or_default();
+            let on_volume = kafka
+                .volumes
+                .iter()
+                .filter_map(|m| m.named_volume(&volumes))
+                .any(|(_, target)| target == log_dirs);
+            if !on_volume {
+                problems.push(format!(
+                    "Kafka's KAFKA_LOG_DIRS {log_dirs:?} is not a named volume's mount point"
+                ));
+            }
+        } else {
+            problems.push("no apache/kafka service".into());
+        }
+        for unused in volumes.difference(&used) {
+            problems.push(format!("volume {unused} is declared but mounted nowhere"));
+        }
+        report(&format!("{file}'s dependencies and volumes"), &problems);
+    }
+}
+
+/// The SHA-256 of `text` in hex: how ClickHouse's users file and Redis's ACL hold a password.
+fn sha256_hex(text: &str) -> String {
+    use std::io::Write;
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs (scripts/services.sh install build)");
+    openssl
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = openssl.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Runs openssl with `args`; whether it succeeded, and what it said.
+fn openssl(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs (scripts/services.sh install build)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_secured_stack_has_every_secret_it_names_and_its_logins_agree() {
+    let mut checked = 0;
+    for file in FILES {
+        let stack = Stack::read(file);
+        if stack.compose.secrets.is_empty() {
             continue;
         }
-        if service
-            .healthcheck
-            .as_ref()
-            .and_then(Healthcheck::words)
-            .is_none()
-        {
-            problems.push(format!("service {name}: no health check"));
+        checked += 1;
+        let mut problems = stack.failures.clone();
+        let secrets = &stack.secrets;
+
+        // Every secret a service names is one it mounts and the one-off step makes.
+        for (name, service) in &stack.compose.services {
+            let mut texts: Vec<String> = service
+                .environment
+                .entries()
+                .into_iter()
+                .filter_map(|(_, v)| v)
+                .collect();
+            texts.extend(
+                service
+                    .command
+                    .as_ref()
+                    .map(Words::list)
+                    .unwrap_or_default(),
+            );
+            texts.extend(
+                service
+                    .healthcheck
+                    .as_ref()
+                    .and_then(Healthcheck::words)
+                    .unwrap_or_default(),
+            );
+            for text in texts {
+                if let Err(e) = secrets.resolve(&text, service) {
+                    problems.push(format!("service {name}: {e}"));
+                }
+            }
+            for secret in &service.secrets {
+                let (secret, _) = secret.mount();
+                if !stack.compose.secrets.contains_key(&secret) {
+                    problems.push(format!(
+                        "service {name}: mounts secret {secret}, which the file does not declare"
+                    ));
+                }
+            }
+            for mount in &service.volumes {
+                if let Some((source, _)) = mount.bind()
+                    && !root().join(&source).exists()
+                    && !secrets.local(&source).is_some_and(|l| l.exists())
+                {
+                    problems.push(format!(
+                        "service {name}: binds {source}, which neither the repository nor compose-secrets.sh has"
+                    ));
+                }
+            }
         }
-        if service.restart.as_deref() != Some("unless-stopped") {
-            problems.push(format!("service {name}: restart is not unless-stopped"));
-        }
-        if !service
-            .volumes
+
+        // The certificate verifies, against the CA clients are given, for every name a client
+        // reaches a TLS server by: the services that are not fleetpulse's, the fleetpulse
+        // services that serve TLS, and the host's localhost.
+        let tls_servers: Vec<&str> = stack
+            .compose
+            .services
             .iter()
-            .any(|m| m.named_volume(&volumes).is_some())
-        {
-            problems.push(format!(
-                "service {name}: keeps its data in the container, not on a named volume"
-            ));
+            .filter(|(name, service)| {
+                !service.is_fleetpulse()
+                    || stack
+                        .loaded
+                        .iter()
+                        .any(|l| &l.name == *name && serves_tls(&l.cli.command, &l.config))
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        match (secrets.files.get("ca"), secrets.files.get("server-cert")) {
+            (Some(ca), Some(cert)) => {
+                for host in tls_servers.into_iter().chain(["localhost"]) {
+                    let (ok, said) = openssl(&[
+                        "verify".as_ref(),
+                        "-CAfile".as_ref(),
+                        ca.as_os_str(),
+                        "-verify_hostname".as_ref(),
+                        host.as_ref(),
+                        cert.as_os_str(),
+                    ]);
+                    if !ok {
+                        problems.push(format!(
+                            "the server certificate does not verify for {host}: {said}"
+                        ));
+                    }
+                }
+            }
+            _ => problems.push("no secrets named ca and server-cert".into()),
         }
-    }
-    if let Some(kafka) = stack
-        .compose
-        .services
-        .values()
-        .find(|s| s.image_starts_with("apache/kafka"))
-    {
-        let log_dirs = kafka.environment.raw("KAFKA_LOG_DIRS").unwrap_or_default();
-        let on_volume = kafka
-            .volumes
+
+        let fleetpulse = stack.loaded();
+        let image = |prefix: &str| {
+            stack
+                .compose
+                .services
+                .values()
+                .find(|s| s.image_starts_with(prefix))
+        };
+
+        // Kafka: the broker's key store opens with its password, and its PLAIN users are the
+        // ones the services log in as.
+        if let Some(kafka) = image("apache/kafka") {
+            let env = |key: &str| kafka.environment.raw(key).unwrap_or_default();
+            let in_secrets =
+                |name: String| secrets.seen_at(kafka, &format!("/etc/kafka/secrets/{name}"));
+            let store = in_secrets(env("KAFKA_SSL_KEYSTORE_FILENAME"));
+            let password = in_secrets(env("KAFKA_SSL_KEYSTORE_CREDENTIALS"));
+            match (store, password) {
+                (Some(store), Some(password)) => {
+                    let mut pass = std::ffi::OsString::from("file:");
+                    pass.push(&password);
+                    let (ok, said) = openssl(&[
+                        "pkcs12".as_ref(),
+                        "-in".as_ref(),
+                        store.as_os_str(),
+                        "-passin".as_ref(),
+                        &pass,
+                        "-noout".as_ref(),
+                    ]);
+                    if !ok {
+                        problems.push(format!("Kafka's key store does not open with its password: {said}"));
+                    }
+                }
+                _ => problems.push(
+                    "Kafka's KAFKA_SSL_KEYSTORE_FILENAME or KAFKA_SSL_KEYSTORE_CREDENTIALS is not in its /etc/kafka/secrets".into(),
+                ),
+            }
+            if in_secrets(env("KAFKA_SSL_KEY_CREDENTIALS")).is_none_or(|f| !f.is_file()) {
+                problems.push(
+                    "Kafka's KAFKA_SSL_KEY_CREDENTIALS is not in its /etc/kafka/secrets".into(),
+                );
+            }
+            let jaas = env("KAFKA_OPTS")
+                .split_whitespace()
+                .find_map(|o| o.strip_prefix("-Djava.security.auth.login.config="))
+                .and_then(|path| secrets.seen_at(kafka, path))
+                .and_then(|path| std::fs::read_to_string(path).ok());
+            match jaas {
+                Some(jaas) => {
+                    for l in fleetpulse.iter().filter(|l| l.kind != "registry") {
+                        let p = &l.config.kafka.properties;
+                        let login = format!(
+                            "user_{}=\"{}\"",
+                            p.get("sasl.username").map_or("", String::as_str),
+                            p.get("sasl.password").map_or("", String::as_str)
+                        );
+                        if !jaas.contains(&login) {
+                            problems.push(format!(
+                                "service {}: its Kafka user and password are not a PLAIN user of the broker's login file",
+                                l.name
+                            ));
+                        }
+                    }
+                }
+                None => {
+                    problems.push("Kafka's KAFKA_OPTS names no login file that is mounted".into())
+                }
+            }
+        }
+
+        // ClickHouse: the sink's user and password are the users file's.
+        if let Some(clickhouse) = image("clickhouse/") {
+            let users: String = clickhouse
+                .volumes
+                .iter()
+                .filter_map(Mount::bind)
+                .filter(|(_, target)| target.starts_with("/etc/clickhouse-server/users.d/"))
+                .filter_map(|(_, target)| secrets.seen_at(clickhouse, &target))
+                .filter_map(|f| std::fs::read_to_string(f).ok())
+                .collect();
+            for l in fleetpulse.iter().filter(|l| l.kind == "sink") {
+                let c = &l.config.clickhouse;
+                let hash = format!(
+                    "<password_sha256_hex>{}</password_sha256_hex>",
+                    sha256_hex(&c.password)
+                );
+                if !users.contains(&format!("<{}>", c.user)) || !users.contains(&hash) {
+                    problems.push(format!(
+                        "service {}: ClickHouse's users file has no user {} with its password",
+                        l.name, c.user
+                    ));
+                }
+            }
+        }
+
+        // Redis: the bridge's user and password are an ACL user's; `default` is off.
+        if let Some(redis) = image("redis") {
+            let acl = flag_value(redis, "--aclfile")
+                .and_then(|path| secrets.seen_at(redis, &path))
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .unwrap_or_default();
+            if !acl.lines().any(|l| l.trim() == "user default off") {
+                problems.push("Redis's ACL leaves the password-less default user on".into());
+            }
+            for l in fleetpulse.iter().filter(|l| l.kind == "bridge") {
+                let url = &l.config.bridge.redis_url;
+                let user = url
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.split_once('@'))
+                    .map_or("default", |(user, _)| {
+                        user.split(':').next().unwrap_or(user)
+                    });
+                let entry = format!(
+                    "user {user} on #{}",
+                    sha256_hex(&l.config.bridge.redis_password)
+                );
+                if !acl.lines().any(|line| line.starts_with(&entry)) {
+                    problems.push(format!(
+                        "service {}: Redis's ACL has no user {user} with its password",
+                        l.name
+                    ));
+                }
+            }
+        }
+
+        // The registry: every service registers its schemas, so each holds the write token.
+        let tokens: BTreeSet<&str> = fleetpulse
             .iter()
-            .filter_map(|m| m.named_volume(&volumes))
-            .any(|(_, target)| target == log_dirs);
-        if !on_volume {
-            problems.push(format!(
-                "Kafka's KAFKA_LOG_DIRS {log_dirs:?} is not a named volume's mount point"
-            ));
+            .filter_map(|l| l.config.registry.write_token.as_deref())
+            .collect();
+        for l in fleetpulse.iter().filter(|l| l.kind != "registry") {
+            let token = l
+                .config
+                .schema_registry
+                .as_ref()
+                .and_then(|r| r.token.as_deref());
+            if !tokens.is_empty() && !token.is_some_and(|t| tokens.contains(t)) {
+                problems.push(format!(
+                    "service {}: registers schemas without the registry's write token",
+                    l.name
+                ));
+            }
         }
-    } else {
-        problems.push("no apache/kafka service".into());
+        report(&format!("{file}'s secrets and logins"), &problems);
     }
-    for unused in volumes.difference(&used) {
-        problems.push(format!("volume {unused} is declared but mounted nowhere"));
-    }
-    report("docker-compose.yml's dependencies and volumes", &problems);
+    assert!(checked > 0, "no compose file with secrets was checked");
 }
 
 /// One stage of a Dockerfile: its base, its name, and its instructions (keyword, arguments).
@@ -1257,7 +1801,11 @@ fn the_checks_catch_a_misspelt_key_a_bad_value_and_a_wrong_command() {
     assert_eq!(fine.pipeline.listen.port(), 9464);
 
     let brokers = ("FLEETPULSE_KAFKA__BROKERS", "kafka:9092");
-    if let Err(e) = load_service("ok", &service_with(&["pipeline"], &[brokers])) {
+    let none = Secrets {
+        dir: None,
+        files: BTreeMap::new(),
+    };
+    if let Err(e) = load_service("ok", &service_with(&["pipeline"], &[brokers]), &none) {
         panic!("a pipeline given its brokers should load: {e}");
     }
     let broken = [
@@ -1290,7 +1838,7 @@ fn the_checks_catch_a_misspelt_key_a_bad_value_and_a_wrong_command() {
     ];
     for (mistake, service) in &broken {
         assert!(
-            load_service(mistake, service).is_err(),
+            load_service(mistake, service, &none).is_err(),
             "a service with {mistake} should not load"
         );
     }

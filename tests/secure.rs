@@ -1,5 +1,5 @@
 //! fleetpulse against secured services, as production runs them: Apache Kafka over SASL_SSL
-//! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and over mTLS, ClickHouse over HTTPS with a password
+//! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER with a token file) and over mTLS, ClickHouse over HTTPS with a password
 //! user, Redis over TLS with an ACL user; every certificate checked against a CA file and every
 //! secret read from a file. A wrong password or an untrusted certificate ends a command at
 //! start-up with a message that names the service and the cause, and no secret appears in any
@@ -229,6 +229,35 @@ fn kafka_section(kafka: &Service) -> String {
         kafka.ca_file().display(),
         kafka.password_file().display()
     )
+}
+
+/// The Kafka part of a configuration that logs in with the OAUTHBEARER token in `token_file`.
+fn token_section(kafka: &Service, token_file: &Path) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"OAUTHBEARER\"\n\"sasl.oauthbearer.config\" = \"token_file={}\"\n\"ssl.ca.location\" = \"{}\"\n",
+        kafka.address(),
+        token_file.display(),
+        kafka.ca_file().display(),
+    )
+}
+
+/// An unsigned JWT (`"alg":"none"`) with `claims`: what the test broker's validator takes, as a
+/// real one takes a token its identity provider signed.
+fn unsigned_jwt(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.",
+        engine.encode(br#"{"alg":"none"}"#),
+        engine.encode(claims.to_string())
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Writes `text` as a configuration file in `dir`.
@@ -614,6 +643,97 @@ fn generate_and_process(config: Option<&Path>, brokers: &str, prefix: &str) -> s
 }
 
 #[test]
+fn an_oauthbearer_token_from_a_file_logs_every_client_in() {
+    let kafka = kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let now = unix_now();
+    let token =
+        unsigned_jwt(&serde_json::json!({"sub": kafka.user(), "iat": now, "exp": now + 3600}));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let scram = write_config(dir.path(), &kafka_section(kafka));
+    let bearer = write_config(dir.path(), &token_section(kafka, &token_file));
+    let prefix = unique("bearer");
+    let telemetry = format!("{prefix}-telemetry");
+    let without_last_seen = |mut counts: serde_json::Value| {
+        counts.as_object_mut().unwrap().remove("last_seen");
+        counts
+    };
+
+    // Over SCRAM the topics are made; the pipeline over OAUTHBEARER then reads the same readings
+    // and counts the same records.
+    let over_scram = generate_and_process(Some(&scram), kafka.address(), &prefix);
+    let mut pipeline = fleetpulse();
+    pipeline
+        .args(["--config", bearer.to_str().unwrap()])
+        .args(["--set", &format!("topics.telemetry={telemetry}")])
+        .args(derived_topics(&prefix))
+        .args(["pipeline", "--brokers", kafka.address(), "--until-end"])
+        .args(["--listen", "127.0.0.1:0"]);
+    let processed = run_ok(&mut pipeline);
+    let mut over_token = summary(&processed.stdout);
+    over_token.as_object_mut().unwrap().remove("seconds");
+    assert_eq!(
+        without_last_seen(over_scram.clone()),
+        without_last_seen(over_token),
+        "the pipeline's counts over SCRAM and over OAUTHBEARER"
+    );
+
+    // The generator and a consumer over OAUTHBEARER.
+    let sent = generate(&bearer, kafka.address(), &telemetry, 300);
+    assert!(sent.status.success(), "{}", text(&sent));
+    assert_eq!(summary(&sent.stdout)["events"], 300);
+    let read = tail(&bearer, kafka.address(), &telemetry, 6300);
+    assert!(read.status.success(), "{}", text(&read));
+    assert_eq!(String::from_utf8_lossy(&read.stdout).lines().count(), 6300);
+    let shown = fleetpulse()
+        .args(["--config", bearer.to_str().unwrap(), "config"])
+        .output()
+        .unwrap();
+    for output in [&processed, &sent, &read, &shown] {
+        assert!(!text(output).contains(&token), "the token is in the output");
+    }
+
+    // rust-rdkafka's admin client cannot log in with a token: a missing topic is said so.
+    let missing = generate(&bearer, kafka.address(), &unique("bearer-new"), 10);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("cannot create topics over SASL OAUTHBEARER"),
+        "{}",
+        text(&missing)
+    );
+
+    // An expired token is said at start-up, with its file, before any client waits for it.
+    let expired_file = dir.path().join("expired");
+    let expired = unsigned_jwt(&serde_json::json!({"sub": kafka.user(), "exp": now - 60}));
+    std::fs::write(&expired_file, &expired).unwrap();
+    let config = write_config(dir.path(), &token_section(kafka, &expired_file));
+    let output = generate(&config, kafka.address(), &telemetry, 10);
+    assert!(!output.status.success());
+    let said = text(&output);
+    assert!(
+        said.contains("expired") && said.contains(expired_file.to_str().unwrap()),
+        "{said}"
+    );
+    assert!(!said.contains(&expired), "the token is in the output");
+
+    // A token the broker refuses (it names no subject) ends the command saying so.
+    let refused_file = dir.path().join("refused");
+    let refused = unsigned_jwt(&serde_json::json!({"exp": now + 3600}));
+    std::fs::write(&refused_file, &refused).unwrap();
+    let config = write_config(dir.path(), &token_section(kafka, &refused_file));
+    let output = generate(&config, kafka.address(), &telemetry, 10);
+    assert!(!output.status.success());
+    let said = text(&output);
+    assert!(
+        said.contains(&format!("Kafka at {}", kafka.address()))
+            && said.contains("credentials are refused"),
+        "{said}"
+    );
+    assert!(!said.contains(&refused), "the token is in the output");
+}
+
+#[test]
 fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
     let secure = kafka();
     let plain = testkit::shared(Kind::Kafka);
@@ -644,6 +764,16 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
         assert!(p == t, "{kind} differ, first: {first:?}");
     }
 
+    // The sink and the bridge log in to Kafka with an OAUTHBEARER token (the topics exist).
+    let now = unix_now();
+    let token_file = dir.path().join("token");
+    std::fs::write(
+        &token_file,
+        unsigned_jwt(&serde_json::json!({"sub": secure.user(), "exp": now + 3600})),
+    )
+    .unwrap();
+    let bearer = token_section(secure, &token_file);
+
     // The sink writes them into ClickHouse over HTTPS with a password.
     let clickhouse = Service::start_secure(Kind::ClickHouse);
     let database = unique("e2e").replace('-', "_");
@@ -651,7 +781,7 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
         dir.path(),
         &format!(
             "{}[clickhouse]\nurl = \"{}\"\nuser = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\nlisten = \"127.0.0.1:0\"\ndatabase = \"{database}\"\ngroup_id = \"{database}\"\n",
-            kafka_section(secure),
+            bearer,
             clickhouse.address(),
             clickhouse.user(),
             clickhouse.password_file().display(),
@@ -703,7 +833,7 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
         dir.path(),
         &format!(
             "{}[bridge]\nlisten = \"127.0.0.1:0\"\njwt_secret = \"a-bridge-secret-of-the-e2e-run\"\nredis_url = \"{}\"\nredis_password_file = \"{}\"\nredis_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-            kafka_section(secure),
+            bearer,
             redis
                 .address()
                 .replace("rediss://", &format!("rediss://{}@", redis.user())),

@@ -5,9 +5,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use kafka_auth::Tokens;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
@@ -22,6 +24,40 @@ pub(crate) fn client_config(config: &Config) -> anyhow::Result<ClientConfig> {
         client.set(k, v);
     }
     Ok(client)
+}
+
+/// A consumer of the configured brokers with `settings` on top, that can ask the brokers at once:
+/// its first poll has answered librdkafka's request for an OAUTHBEARER token.
+pub(crate) fn consumer(
+    config: &Config,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<BaseConsumer<Tokens>> {
+    let mut client = client_config(config)?;
+    for (k, v) in settings {
+        client.set(*k, *v);
+    }
+    let consumer: BaseConsumer<Tokens> = client
+        .create_with_context(Tokens)
+        .context("cannot create a Kafka consumer")?;
+    consumer.poll(Duration::ZERO);
+    Ok(consumer)
+}
+
+/// A producer of the configured brokers with `settings` on top, that can ask the brokers at once
+/// (as [`consumer`]).
+pub(crate) fn producer(
+    config: &Config,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<BaseProducer<Tokens>> {
+    let mut client = client_config(config)?;
+    for (k, v) in settings {
+        client.set(*k, *v);
+    }
+    let producer: BaseProducer<Tokens> = client
+        .create_with_context(Tokens)
+        .context("cannot create a Kafka producer")?;
+    producer.poll(Duration::ZERO);
+    Ok(producer)
 }
 
 /// The brokers and configured properties as a map, for the clients the pipeline builds itself.
@@ -65,15 +101,12 @@ async fn create_unless_there(
     partitions: i32,
     settings: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config)?
-        // Asking about a missing topic must not create it with the broker's default partitions.
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .context("cannot create a Kafka admin client")?;
     // A topic that is there needs no admin rights (nor an admin API: the embedded broker of
-    // `demo` has none that creates topics).
-    let exists = admin
-        .inner()
+    // `demo` has none that creates topics). Asking about a missing topic must not create it with
+    // the broker's default partitions.
+    let asking = producer(config, &[("allow.auto.create.topics", "false")])?;
+    let exists = asking
+        .client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .is_ok_and(|m| {
             m.topics()
@@ -83,6 +116,16 @@ async fn create_unless_there(
     if exists {
         return Ok(());
     }
+    if kafka_auth::refreshes_token(&config.kafka.properties) {
+        // rust-rdkafka's admin client never answers librdkafka's token request
+        // (fede1024/rust-rdkafka#757): it would wait for ever.
+        anyhow::bail!(
+            "topic {topic} does not exist, and fleetpulse cannot create topics over SASL OAUTHBEARER; create it first (kafka-topics.sh --create --topic {topic} --partitions {partitions})"
+        );
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(config)?
+        .create()
+        .context("cannot create a Kafka admin client")?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let new = settings.iter().fold(
         NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)),
@@ -112,6 +155,7 @@ pub(crate) async fn check_access(config: &Config) -> anyhow::Result<()> {
 
 fn check_access_now(config: &Config) -> anyhow::Result<()> {
     let brokers = config.brokers()?.as_str().to_string();
+    kafka_auth::check(&config.kafka.properties)?;
     // A producer: polling it hands librdkafka's global errors to the context.
     let client: BaseProducer<Rejections> = client_config(config)?
         .create_with_context(Rejections::default())
@@ -131,6 +175,8 @@ fn check_access_now(config: &Config) -> anyhow::Result<()> {
         })?;
     let deadline = Instant::now() + ACCESS_CHECK_TIME;
     while Instant::now() < deadline {
+        // The first poll also answers librdkafka's request for an OAUTHBEARER token.
+        client.poll(Duration::ZERO);
         let answered = client
             .client()
             .fetch_metadata(None, Duration::from_millis(500))
@@ -175,6 +221,15 @@ impl Rejections {
 }
 
 impl ClientContext for Rejections {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        kafka_auth::oauth_token(config)
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let kind = match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {

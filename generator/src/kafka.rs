@@ -29,7 +29,16 @@ struct Deliveries {
     first_error: Mutex<Option<String>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        kafka_auth::oauth_token(config)
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();

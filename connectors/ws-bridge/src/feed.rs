@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use kafka_auth::Tokens;
 use metrics::counter;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -158,7 +159,9 @@ pub fn run(
     for (k, v) in kafka {
         config.set(k, v);
     }
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<Tokens> = config.create_with_context(Tokens)?;
+    // Answers librdkafka's request for an OAUTHBEARER token before the brokers are asked anything.
+    consumer.poll(Duration::ZERO);
     let mut assigned = false;
     let mut reading_last_seen = false;
     let mut looked_for_last_seen = std::time::Instant::now();
@@ -343,7 +346,7 @@ struct Assigned {
 }
 
 /// The partitions of `topic`; none if it does not exist.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, FeedError> {
+fn partitions(consumer: &BaseConsumer<Tokens>, topic: &str) -> Result<Vec<i32>, FeedError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     Ok(metadata
         .topics()
@@ -356,7 +359,7 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, FeedErro
 /// Assigns every partition of the topics, from the beginning; returns where that is, and the
 /// partitions that hold records, with their end offsets. The last-seen topic is assigned if it
 /// exists.
-fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<Assigned, FeedError> {
+fn assign(consumer: &BaseConsumer<Tokens>, topics: &Topics) -> Result<Assigned, FeedError> {
     let mut list = TopicPartitionList::new();
     let mut start = Position::default();
     let mut ends = Vec::new();
@@ -395,7 +398,7 @@ fn assign(consumer: &BaseConsumer, topics: &Topics) -> Result<Assigned, FeedErro
 
 /// Adds the last-seen topic's partitions, from the beginning, to what the consumer reads, if
 /// the topic exists now. Readiness does not wait for them: the bridge was serving already.
-fn assign_last_seen(consumer: &BaseConsumer, topics: &Topics) -> Result<bool, FeedError> {
+fn assign_last_seen(consumer: &BaseConsumer<Tokens>, topics: &Topics) -> Result<bool, FeedError> {
     let partitions = partitions(consumer, &topics.lastseen)?;
     if partitions.is_empty() {
         return Ok(false);

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::{DeviceStatus, RecordKind, StatusTransition, TransitionReason};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -171,16 +170,15 @@ fn raw_consumer(
     topic: &str,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<Vec<u64>>> {
-    let mut client = ClientConfig::new();
-    for (k, v) in crate::kafka::properties(config)? {
-        client.set(k, v);
-    }
-    let consumer: BaseConsumer = client
-        .set("group.id", "fleetpulse-bench-bridge")
-        .set("enable.auto.commit", "false")
-        .set("fetch.queue.backoff.ms", "10")
-        .set("fetch.wait.max.ms", "100")
-        .create()?;
+    let consumer = crate::kafka::consumer(
+        config,
+        &[
+            ("group.id", "fleetpulse-bench-bridge"),
+            ("enable.auto.commit", "false"),
+            ("fetch.queue.backoff.ms", "10"),
+            ("fetch.wait.max.ms", "100"),
+        ],
+    )?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut list = TopicPartitionList::new();
     for t in metadata.topics() {
@@ -228,11 +226,7 @@ fn produce(
     topic: &str,
     args: Load,
 ) -> anyhow::Result<u64> {
-    let mut client = ClientConfig::new();
-    for (k, v) in crate::kafka::properties(config)? {
-        client.set(k, v);
-    }
-    let producer: BaseProducer = client.set("linger.ms", "0").create()?;
+    let producer = crate::kafka::producer(config, &[("linger.ms", "0")])?;
     let total = args.rate * args.seconds;
     let start = Instant::now();
     for i in 0..total {

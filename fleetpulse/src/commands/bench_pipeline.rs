@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use generator::{FileSink, GeneratorConfig};
+use kafka_auth::Tokens;
 use pipeline::checkpoint::Store;
 use pipeline::sink::{SinkFactory, Topics};
 use pipeline::source::kafka::KafkaSettings;
@@ -67,15 +68,17 @@ fn fleet(args: &PipelineBench, config: &Config) -> GeneratorConfig {
     }
 }
 
-fn consumer(config: &Config) -> anyhow::Result<BaseConsumer> {
-    let mut client = crate::kafka::client_config(config)?;
-    client
-        .set("group.id", "fleetpulse-bench")
-        .set("enable.auto.commit", "false")
-        // As the pipeline and the sink set it (see the pipeline's Kafka source): the baseline
-        // is a consumer that is not left waiting a second for each refill.
-        .set("fetch.queue.backoff.ms", "10");
-    Ok(client.create()?)
+fn consumer(config: &Config) -> anyhow::Result<BaseConsumer<Tokens>> {
+    crate::kafka::consumer(
+        config,
+        &[
+            ("group.id", "fleetpulse-bench"),
+            ("enable.auto.commit", "false"),
+            // As the pipeline and the sink set it (see the pipeline's Kafka source): the
+            // baseline is a consumer that is not left waiting a second for each refill.
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+    )
 }
 
 /// Messages on `topic` (sum of its partitions' offsets ranges), or 0 when it does not exist.

@@ -12,8 +12,7 @@ use clickhouse_sink::rows::AggregateRow;
 use clickhouse_sink::server::Target;
 use clickhouse_sink::sink::{Health, Sink};
 use clickhouse_sink::{Connection, ddl};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use schemas::{Codec, WindowAggregate};
 
 use crate::cli::KafkaArgs;
@@ -214,11 +213,7 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
     // The topic the sink drains, filled first.
     let topic = format!("{id}-aggregates");
     crate::kafka::ensure_topic(config, &topic, 4).await?;
-    let mut producer_config = ClientConfig::new();
-    for (k, v) in crate::kafka::properties(config)? {
-        producer_config.set(k, v);
-    }
-    let producer: BaseProducer = producer_config.set("linger.ms", "20").create()?;
+    let producer = crate::kafka::producer(config, &[("linger.ms", "20")])?;
     for r in &records {
         let value = codec.encode(r)?;
         let mut record = BaseRecord::to(&topic)

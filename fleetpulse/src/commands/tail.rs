@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schemas::{
     Anomaly, Codec, DeadLetter, InputFormat, LastSeen, Record, RecordKind, StatusTransition,
@@ -78,11 +78,13 @@ pub(crate) async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
         Some(c) => Some(::registry::client::RegistryClient::new(c)?),
         None => None,
     };
-    let consumer: BaseConsumer = crate::kafka::client_config(config)?
-        .set("group.id", "fleetpulse-tail")
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("cannot create a Kafka consumer")?;
+    let consumer = crate::kafka::consumer(
+        config,
+        &[
+            ("group.id", "fleetpulse-tail"),
+            ("enable.auto.commit", "false"),
+        ],
+    )?;
     // A producer started at the same time may not have created the topic yet: wait for it.
     let deadline = std::time::Instant::now() + TOPIC_WAIT;
     let assignment = loop {

@@ -38,6 +38,15 @@ pub struct KafkaSettings {
 pub struct Quiet;
 
 impl ClientContext for Quiet {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        kafka_auth::oauth_token(config)
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
             tracing::warn!(%error, reason, "kafka consumer");
@@ -103,6 +112,8 @@ pub fn watch_brokers(
         .spawn(move || {
             let mut up = true;
             while !done.load(Ordering::Relaxed) {
+                // Polled for librdkafka's OAUTHBEARER token requests: this client reads nothing.
+                consumer.poll(Duration::ZERO);
                 let now = consumer
                     .fetch_metadata(Some(&topic), Duration::from_secs(2))
                     .is_ok();
@@ -135,6 +146,8 @@ impl KafkaInput {
         let mut said = started;
         let mut backoff = Duration::from_millis(200);
         let count = loop {
+            // Answers librdkafka's OAUTHBEARER token request; nothing is assigned yet.
+            consumer.poll(Duration::ZERO);
             let metadata = consumer.fetch_metadata(Some(&settings.topic), Duration::from_secs(5));
             let found = metadata.ok().and_then(|m| {
                 m.topics()

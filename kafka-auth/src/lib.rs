@@ -1,0 +1,17 @@
+//! SASL OAUTHBEARER for every Kafka client of fleetpulse.
+//!
+//! librdkafka asks the application for a token and hands it the `sasl.oauthbearer.config`
+//! property verbatim; [`token`] reads a token from where that property says (a file re-read at
+//! each refresh, as Kubernetes and Docker mount rotating tokens, or the value itself), and
+//! [`Tokens`] is the client context that answers librdkafka with it. Clients with a context of
+//! their own answer through [`oauth_token`].
+//!
+//! librdkafka asks when the client is created and again at 80 % of the token's lifetime, and the
+//! question is answered when the client is polled: a client must be polled (even with a zero
+//! timeout) before it asks the brokers anything, or it waits for a token that never comes.
+
+mod context;
+mod token;
+
+pub use context::{Tokens, oauth_token};
+pub use token::{Token, TokenError, check, refreshes_token, token};
