@@ -16,12 +16,16 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 
-/// A librdkafka configuration with the brokers and the configured extra properties.
-pub(crate) fn client_config(config: &Config) -> anyhow::Result<ClientConfig> {
+/// A librdkafka configuration with the brokers, the configured extra properties, and then
+/// `settings`.
+fn client_config(config: &Config, settings: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", config.brokers()?.as_str());
     for (k, v) in &config.kafka.properties {
         client.set(k, v);
+    }
+    for (k, v) in settings {
+        client.set(*k, *v);
     }
     Ok(client)
 }
@@ -32,11 +36,7 @@ pub(crate) fn consumer(
     config: &Config,
     settings: &[(&str, &str)],
 ) -> anyhow::Result<BaseConsumer<Tokens>> {
-    let mut client = client_config(config)?;
-    for (k, v) in settings {
-        client.set(*k, *v);
-    }
-    let consumer: BaseConsumer<Tokens> = client
+    let consumer: BaseConsumer<Tokens> = client_config(config, settings)?
         .create_with_context(Tokens)
         .context("cannot create a Kafka consumer")?;
     consumer.poll(Duration::ZERO);
@@ -49,11 +49,7 @@ pub(crate) fn producer(
     config: &Config,
     settings: &[(&str, &str)],
 ) -> anyhow::Result<BaseProducer<Tokens>> {
-    let mut client = client_config(config)?;
-    for (k, v) in settings {
-        client.set(*k, *v);
-    }
-    let producer: BaseProducer<Tokens> = client
+    let producer: BaseProducer<Tokens> = client_config(config, settings)?
         .create_with_context(Tokens)
         .context("cannot create a Kafka producer")?;
     producer.poll(Duration::ZERO);
@@ -123,7 +119,7 @@ async fn create_unless_there(
             "topic {topic} does not exist, and fleetpulse cannot create topics over SASL OAUTHBEARER; create it first (kafka-topics.sh --create --topic {topic} --partitions {partitions})"
         );
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(config)?
+    let admin: AdminClient<DefaultClientContext> = client_config(config, &[])?
         .create()
         .context("cannot create a Kafka admin client")?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -157,7 +153,7 @@ fn check_access_now(config: &Config) -> anyhow::Result<()> {
     let brokers = config.brokers()?.as_str().to_string();
     kafka_auth::check(&config.kafka.properties)?;
     // A producer: polling it hands librdkafka's global errors to the context.
-    let client: BaseProducer<Rejections> = client_config(config)?
+    let client: BaseProducer<Rejections> = client_config(config, &[])?
         .create_with_context(Rejections::default())
         .map_err(|e| match e {
             // librdkafka's message repeats the value, which may be a secret.

@@ -16,13 +16,12 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Binds `address` (named by `key` in errors) and loads the certificate and key, if given
-    /// (`section` names their keys).
+    /// Binds `address` and loads the certificate and key, if given; errors name the keys of
+    /// the configuration's `section` (`listen`, `tls_cert_file`, `tls_key_file`).
     pub(crate) fn bind(
-        address: SocketAddr,
-        key: &str,
-        certificate: (&Option<PathBuf>, &Option<PathBuf>),
         section: &str,
+        address: SocketAddr,
+        certificate: (&Option<PathBuf>, &Option<PathBuf>),
     ) -> anyhow::Result<Listener> {
         let tls = match certificate {
             (Some(cert), Some(private)) => Some(
@@ -40,7 +39,7 @@ impl Listener {
             ),
         };
         let listener = std::net::TcpListener::bind(address)
-            .with_context(|| format!("cannot listen on {address} ({key})"))?;
+            .with_context(|| format!("cannot listen on {address} ({section}.listen)"))?;
         listener.set_nonblocking(true)?;
         Ok(Listener { listener, tls })
     }

@@ -135,12 +135,8 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             }
         }),
     });
-    let listener = crate::serve::Listener::bind(
-        c.listen,
-        "bridge.listen",
-        (&c.tls_cert_file, &c.tls_key_file),
-        "bridge",
-    )?;
+    let listener =
+        crate::serve::Listener::bind("bridge", c.listen, (&c.tls_cert_file, &c.tls_key_file))?;
     let url = listener.url()?;
     tracing::info!(%url, "bridge listening");
     println!("fleetpulse bridge: /ws, /api/devices on {url}");

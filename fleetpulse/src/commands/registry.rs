@@ -39,12 +39,8 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(token) = &r.write_token {
         app = registry::server::require_write_token(app, token);
     }
-    let listener = crate::serve::Listener::bind(
-        r.listen,
-        "registry.listen",
-        (&r.tls_cert_file, &r.tls_key_file),
-        "registry",
-    )?;
+    let listener =
+        crate::serve::Listener::bind("registry", r.listen, (&r.tls_cert_file, &r.tls_key_file))?;
     let url = listener.url()?;
     tracing::info!(%url, "schema registry listening");
     // Scripts and tests read the address from here when they asked for port 0.
