@@ -9,7 +9,10 @@
 //! Last-seen records move a device's time forward only, in the store, in Redis (24 h from the
 //! reading) and to the clients of its tenant, in `last_seen` messages without a cursor. And the
 //! dashboard, in headless Chromium, shows the right counts, a device gone offline, and "last
-//! seen N s ago" counting up between messages.
+//! seen N s ago" counting up between messages. Facing strangers: a connection that stays
+//! silent, drips its headers or idles on keep-alive is closed within the header timeout while
+//! others are served; connections are capped per address and per tenant (429) and a client must
+//! speak first; the dashboard carries a strict CSP and every answer protective headers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1179,4 +1182,212 @@ async fn the_dashboard_shows_counts_and_a_device_gone_offline() {
         "a real picture"
     );
     println!("dashboard screenshot: {}", png.display());
+}
+
+/// Reads from `stream` until the server closes it; how long that took, or `None` if it was
+/// still open after `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + limit),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_silent_and_idle_connections_are_closed_while_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let kafka = shared(Kind::Kafka);
+    let prefix = unique("bridge-slow");
+    create_derived(kafka.address(), &prefix, 1).await;
+    let (_bridge, base) = bridge(
+        kafka.address(),
+        &prefix,
+        &["--set", "bridge.header_timeout_ms=1000"],
+    );
+    let address = base.trim_start_matches("http://").to_string();
+
+    // Half a request, then one more header line every 300 ms: closed about 1 s in.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n")
+        .await
+        .unwrap();
+    let dripping = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow
+                .write_all(format!("X-Drip-{i}: x\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return Some(started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+        }
+        None
+    });
+    // Connected and silent: closed about 1 s in.
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // One request answered, then idle on keep-alive: closed about 1 s later.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Meanwhile an ordinary client is served.
+    for _ in 0..5 {
+        assert_eq!(http_text(&base, "GET", "/healthz", None).0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let silent_closed = closed_within(&mut silent, Duration::from_secs(8)).await;
+    assert!(
+        silent_closed.is_some_and(|t| t < Duration::from_secs(5)),
+        "a silent connection is closed: {silent_closed:?}"
+    );
+    let idle_closed = closed_within(&mut idle, Duration::from_secs(8)).await;
+    assert!(
+        idle_closed.is_some_and(|t| t < Duration::from_secs(5)),
+        "an idle keep-alive connection is closed: {idle_closed:?}"
+    );
+    let slow_closed = dripping.await.unwrap();
+    assert!(
+        slow_closed.is_some_and(|t| t < Duration::from_secs(5)),
+        "a client dripping its headers is closed: {slow_closed:?}"
+    );
+    assert_eq!(http_text(&base, "GET", "/healthz", None).0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_address_and_tenant_and_must_speak_first() {
+    let kafka = shared(Kind::Kafka);
+    let prefix = unique("bridge-caps");
+    create_derived(kafka.address(), &prefix, 1).await;
+    let (_bridge, base) = bridge(
+        kafka.address(),
+        &prefix,
+        &[
+            "--set",
+            "bridge.max_connections_per_address=3",
+            "--set",
+            "bridge.max_connections_per_tenant=2",
+            "--set",
+            "bridge.first_message_ms=1500",
+        ],
+    );
+    let viewer = |tenant: &str| token(tenant, "viewer", now() + 600, SECRET);
+    let mut open = Vec::new();
+    for tenant in ["a", "a", "b"] {
+        let mut ws = connect(&base, Some(&viewer(tenant))).await.unwrap();
+        assert_eq!(next(&mut ws).await["type"], "connected");
+        say(&mut ws, r#"{"type":"subscribe","topics":["status"]}"#).await;
+        open.push(ws);
+    }
+    // A third of tenant a, then a fourth from this address: 429.
+    assert_eq!(connect(&base, Some(&viewer("a"))).await.err(), Some(429));
+    assert_eq!(connect(&base, Some(&viewer("c"))).await.err(), Some(429));
+    // One of a leaves: a comes in again once the bridge has seen it go.
+    let mut gone = open.remove(0);
+    gone.close(None).await.unwrap();
+    drop(gone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut again = loop {
+        match connect(&base, Some(&viewer("a"))).await {
+            Ok(ws) => break ws,
+            Err(code) => {
+                assert_eq!(code, 429);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a freed place is given again"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(next(&mut again).await["type"], "connected");
+    say(&mut again, r#"{"type":"subscribe","topics":["status"]}"#).await;
+
+    // b leaves, and a client of c takes the address's place and says nothing: it is told
+    // `timeout` and closed, while those that spoke stay.
+    let b = open.pop().unwrap();
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut mute = loop {
+        match connect(&base, Some(&viewer("c"))).await {
+            Ok(ws) => break ws,
+            Err(code) => {
+                assert_eq!(code, 429);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "b's place is given again"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(next(&mut mute).await["type"], "connected");
+    let told = next(&mut mute).await;
+    assert_eq!(told["type"], "error", "{told}");
+    assert_eq!(told["code"], "timeout", "{told}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spoke = &mut open[0];
+    say(spoke, r#"{"type":"unsubscribe","topics":["status"]}"#).await;
+    loop {
+        let v = next(spoke).await;
+        assert_ne!(v["type"], "error", "{v}");
+        if v["type"] == "subscribed" && v["topics"] == serde_json::json!([]) {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_every_answer_carry_protective_headers() {
+    let kafka = shared(Kind::Kafka);
+    let prefix = unique("bridge-headers");
+    create_derived(kafka.address(), &prefix, 1).await;
+    let (_bridge, base) = bridge(kafka.address(), &prefix, &[]);
+    let headers = |path: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5"])
+            .arg(format!("{base}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let page = headers("/");
+    for wanted in [
+        "content-security-policy: default-src 'none'; script-src 'sha256-",
+        "style-src 'sha256-",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "x-frame-options: deny",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+    ] {
+        assert!(page.contains(wanted), "{wanted} is not among:\n{page}");
+    }
+    assert!(!page.contains("unsafe-inline"), "{page}");
+    let refused = headers("/api/devices");
+    assert!(refused.starts_with("http/1.1 401"), "{refused}");
+    assert!(
+        refused.contains("content-type: application/json"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("x-content-type-options: nosniff"),
+        "{refused}"
+    );
 }

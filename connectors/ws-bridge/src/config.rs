@@ -23,6 +23,16 @@ pub struct BridgeConfig {
     pub jwt_secret_file: Option<std::path::PathBuf>,
     /// Connections served at once; more are refused with 503.
     pub max_connections: usize,
+    /// WebSocket connections served at once from one client address (behind a proxy, the
+    /// proxy's address: raise it there).
+    pub max_connections_per_address: usize,
+    /// WebSocket connections served at once for one tenant (admins count under their own).
+    pub max_connections_per_tenant: usize,
+    /// How long a client has for its first byte, its TLS handshake and each request's headers,
+    /// ms; an idle keep-alive connection is closed after it too.
+    pub header_timeout_ms: u64,
+    /// How long a WebSocket client has after the upgrade to send its first message, ms.
+    pub first_message_ms: u64,
     /// Topics one client may subscribe to.
     pub max_subscriptions: usize,
     /// The largest client message, bytes.
@@ -62,6 +72,10 @@ impl Default for BridgeConfig {
             jwt_secret: String::new(),
             jwt_secret_file: None,
             max_connections: 20_000,
+            max_connections_per_address: 1_000,
+            max_connections_per_tenant: 10_000,
+            header_timeout_ms: 10_000,
+            first_message_ms: 10_000,
             max_subscriptions: 64,
             max_message_bytes: 16 * 1024,
             client_queue: 1_024,
@@ -98,6 +112,14 @@ impl BridgeConfig {
         }
         for (key, value) in [
             ("max_connections", self.max_connections),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address,
+            ),
+            (
+                "max_connections_per_tenant",
+                self.max_connections_per_tenant,
+            ),
             ("max_subscriptions", self.max_subscriptions),
             ("max_message_bytes", self.max_message_bytes),
             ("client_queue", self.client_queue),
@@ -106,8 +128,14 @@ impl BridgeConfig {
                 return fail(key, "at least 1");
             }
         }
-        if self.heartbeat_ms < 100 {
-            return fail("heartbeat_ms", "at least 100");
+        for (key, value) in [
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("first_message_ms", self.first_message_ms),
+        ] {
+            if value < 100 {
+                return fail(key, "at least 100");
+            }
         }
         if !(10..=60_000).contains(&self.last_seen_every_ms) {
             return fail("last_seen_every_ms", "from 10 to 60000");

@@ -6,7 +6,7 @@
 //! both sides speak (docs/websocket-protocol.md); [`feed`] turns the derived topics into
 //! [`Event`]s; [`hub`] hands each (and, batched, the devices' last-seen times) to the connections
 //! that may see and want it; [`server`] serves
-//! `/ws` and the REST endpoints; [`config`] is `[bridge]`. [`cursor`] is where a client is in the
+//! `/ws` and the REST endpoints, within the caps of [`limits`]; [`config`] is `[bridge]`. [`cursor`] is where a client is in the
 //! topics, so it can resume on any bridge; [`cache`] keeps Redis current when configured.
 
 pub mod auth;
@@ -15,6 +15,7 @@ pub mod config;
 pub mod cursor;
 pub mod feed;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -8,27 +8,33 @@
 //! for anyone, so nobody else slows down.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::ws::{
     Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine;
 use metrics::{counter, gauge, histogram};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::cache::{Cache, Devices};
 use crate::config::BridgeConfig;
 use crate::cursor::Position;
 use crate::hub::{Hub, Owed, Registration};
+use crate::limits::{Capped, Limits, Slot};
 use crate::protocol::{ClientMessage, Seen, ServerMessage, Topic};
 use crate::store::{DeviceState, Store};
 
@@ -57,10 +63,48 @@ pub struct Bridge {
     pub hub: Arc<Hub>,
     /// Open WebSocket connections.
     pub connections: AtomicUsize,
+    /// Open WebSocket connections per client address and per tenant.
+    pub limits: Arc<Limits>,
     /// `/metrics`.
     pub metrics: Render,
     /// `/readyz`.
     pub ready: Problem,
+}
+
+/// The dashboard page: its one script and one style sheet are inline, allowed by their hashes.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The dashboard's Content-Security-Policy: nothing but its own inline script and style (by
+/// hash), connections back to this bridge, and no framing, forms or base changes.
+static DASHBOARD_POLICY: LazyLock<String> = LazyLock::new(|| {
+    let hash = |tag: &str| {
+        let inline = DASHBOARD
+            .split_once(&format!("<{tag}>"))
+            .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+            .map_or("", |(inline, _)| inline);
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(inline.as_bytes()))
+        )
+    };
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        hash("script"),
+        hash("style")
+    )
+});
+
+/// Headers on every answer: not to be framed, content-sniffed, or named in a referrer.
+async fn protective_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// The bridge's routes.
@@ -76,20 +120,29 @@ pub fn router(bridge: Arc<Bridge>) -> axum::Router {
             "/metrics",
             get(|State(b): State<Arc<Bridge>>| std::future::ready((b.metrics)())),
         )
+        .layer(axum::middleware::map_response(protective_headers))
         .with_state(bridge)
 }
 
 /// The live dashboard: one page, its script inline; the token is its business (it asks for one).
 async fn dashboard() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("dashboard.html"),
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_POLICY.as_str()),
+        ],
+        DASHBOARD,
     )
         .into_response()
 }
 
 fn refuse(status: StatusCode, code: &str, message: String) -> Response {
-    (status, ServerMessage::Error { code, message }.json()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        ServerMessage::Error { code, message }.json(),
+    )
+        .into_response()
 }
 
 /// The claims of the request's valid token: every route that needs one takes this first, so a
@@ -128,6 +181,7 @@ async fn ws(
     // The token is checked first: a stranger learns nothing else about the endpoint.
     Authorized(claims): Authorized,
     State(b): State<Arc<Bridge>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let upgrade = match upgrade {
@@ -142,10 +196,35 @@ async fn ws(
             format!("{} connections already", b.config.max_connections),
         );
     }
+    let address = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let tenant = (claims.role != "admin").then_some(claims.tenant.as_str());
+    let slot = match b.limits.admit(address, tenant) {
+        Ok(slot) => slot,
+        Err(capped) => {
+            let (reason, message) = match capped {
+                Capped::Address => (
+                    "address",
+                    format!(
+                        "{} connections from this address already",
+                        b.config.max_connections_per_address
+                    ),
+                ),
+                Capped::Tenant => (
+                    "tenant",
+                    format!(
+                        "{} connections for this tenant already",
+                        b.config.max_connections_per_tenant
+                    ),
+                ),
+            };
+            counter!("fleetpulse_bridge_refused_total", "reason" => reason).increment(1);
+            return refuse(StatusCode::TOO_MANY_REQUESTS, "limit", message);
+        }
+    };
     upgrade
         .max_message_size(b.config.max_message_bytes)
         .max_frame_size(b.config.max_message_bytes)
-        .on_upgrade(move |socket| Connection::new(b, claims).serve(socket))
+        .on_upgrade(move |socket| Connection::new(b, claims, slot).serve(socket))
 }
 
 /// One client: who it is and what it subscribed to.
@@ -157,6 +236,8 @@ struct Connection {
     registration: Registration,
     /// The cursor it resumed from: live events before it were seen elsewhere.
     seen: Option<Position>,
+    /// Its place under the per-address and per-tenant caps, given back when it ends.
+    _slot: Slot,
 }
 
 /// What to do after a client message.
@@ -166,7 +247,7 @@ enum Next {
 }
 
 impl Connection {
-    fn new(bridge: Arc<Bridge>, claims: Claims) -> Connection {
+    fn new(bridge: Arc<Bridge>, claims: Claims, slot: Slot) -> Connection {
         bridge.connections.fetch_add(1, Ordering::Relaxed);
         gauge!("fleetpulse_bridge_clients").increment(1.0);
         let registration = bridge.hub.register(&claims.tenant, claims.role == "admin");
@@ -177,6 +258,7 @@ impl Connection {
             errors: 0,
             registration,
             seen: None,
+            _slot: slot,
         }
     }
 
@@ -188,6 +270,11 @@ impl Connection {
         let left = Duration::from_secs(self.claims.exp.saturating_sub(crate::auth::now()) + 5);
         let expiry = tokio::time::sleep(left);
         tokio::pin!(expiry);
+        // A client that upgraded says what it wants in time, or makes room for one that will.
+        let first_message =
+            tokio::time::sleep(Duration::from_millis(self.bridge.config.first_message_ms));
+        tokio::pin!(first_message);
+        let mut spoken = false;
         let hello = ServerMessage::Connected {
             subject: &self.claims.sub,
             tenant: &self.claims.tenant,
@@ -211,6 +298,7 @@ impl Connection {
                         Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                     };
                     heard = Instant::now();
+                    spoken = true;
                     let (replies, next) = self.answer(&text).await;
                     for reply in replies {
                         if !send(&mut socket, reply).await {
@@ -244,6 +332,19 @@ impl Connection {
                     }
                     None => break,
                 },
+                () = &mut first_message, if !spoken => {
+                    counter!("fleetpulse_bridge_drops_total", "reason" => "no_first_message").increment(1);
+                    let timeout = ServerMessage::Error {
+                        code: "timeout",
+                        message: format!(
+                            "no message within {} ms of connecting",
+                            self.bridge.config.first_message_ms
+                        ),
+                    }
+                    .json();
+                    let _ = send(&mut socket, timeout).await;
+                    break;
+                }
                 () = &mut expiry => {
                     let expired = ServerMessage::Error {
                         code: "unauthorized",

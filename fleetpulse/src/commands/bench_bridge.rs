@@ -86,6 +86,9 @@ async fn start_bridge(
         .args(["--set", &format!("topics.anomalies={prefix}-anomalies")])
         .env("FLEETPULSE_BRIDGE__JWT_SECRET", SECRET)
         .env("FLEETPULSE_BRIDGE__MAX_CONNECTIONS", "100000")
+        // Every client of the bench comes from this machine, to one tenant of a few.
+        .env("FLEETPULSE_BRIDGE__MAX_CONNECTIONS_PER_ADDRESS", "100000")
+        .env("FLEETPULSE_BRIDGE__MAX_CONNECTIONS_PER_TENANT", "100000")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -124,6 +124,10 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         cache,
         hub,
         connections: AtomicUsize::new(0),
+        limits: ws_bridge::limits::Limits::new(
+            c.max_connections_per_address,
+            c.max_connections_per_tenant,
+        ),
         metrics: Box::new(move || metrics.render()),
         ready: Box::new(move || {
             if !ready.load(Ordering::Relaxed) {
@@ -135,8 +139,12 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             }
         }),
     });
-    let listener =
-        crate::serve::Listener::bind("bridge", c.listen, (&c.tls_cert_file, &c.tls_key_file))?;
+    let listener = crate::serve::Listener::bind(
+        "bridge",
+        c.listen,
+        (&c.tls_cert_file, &c.tls_key_file),
+        std::time::Duration::from_millis(c.header_timeout_ms),
+    )?;
     let url = listener.url()?;
     tracing::info!(%url, "bridge listening");
     println!("fleetpulse bridge: /ws, /api/devices on {url}");

@@ -6,6 +6,10 @@ use registry::Subjects;
 
 use crate::config::{Config, Override};
 
+/// How long a client of the registry has for its first byte, its TLS handshake and each
+/// request's headers (as the bridge's `header_timeout_ms` default).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Flags of `registry`.
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
@@ -39,8 +43,12 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(token) = &r.write_token {
         app = registry::server::require_write_token(app, token);
     }
-    let listener =
-        crate::serve::Listener::bind("registry", r.listen, (&r.tls_cert_file, &r.tls_key_file))?;
+    let listener = crate::serve::Listener::bind(
+        "registry",
+        r.listen,
+        (&r.tls_cert_file, &r.tls_key_file),
+        HEADER_TIMEOUT,
+    )?;
     let url = listener.url()?;
     tracing::info!(%url, "schema registry listening");
     // Scripts and tests read the address from here when they asked for port 0.
