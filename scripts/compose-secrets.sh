@@ -54,7 +54,8 @@ if [[ ! -s server.pem ]]; then
 fi
 for secret in kafka-password clickhouse-password redis-password registry-token bridge-jwt-secret; do
   if [[ ! -s $secret ]]; then
-    random 24 >"$secret"
+    # 32 bytes: the bridge wants 256 bits in its token secret.
+    random 32 >"$secret"
     made "$secret"
   fi
 done

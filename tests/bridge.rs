@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use ws_bridge::auth::{Claims, issue, now};
 
-const SECRET: &str = "bridge-test-secret-0123456789";
+const SECRET: &str = "Bt7rK2vQ9mW4zX1nP6yL3cH8fJ0dG5sA7eU2iO9kR4tV1wZ6";
 
 fn token(tenant: &str, role: &str, exp: u64, secret: &str) -> String {
     issue(
@@ -1390,4 +1390,109 @@ async fn the_dashboard_and_every_answer_carry_protective_headers() {
         refused.contains("x-content-type-options: nosniff"),
         "{refused}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_held_to_issuer_audience_not_before_lifetime_and_a_strong_secret() {
+    let kafka = shared(Kind::Kafka);
+    let prefix = unique("bridge-tokens");
+    create_derived(kafka.address(), &prefix, 1).await;
+
+    // A weak secret stops the bridge at start-up, naming the key.
+    for weak in [
+        "short-secret",
+        &"a".repeat(80),
+        &"0123456789abcdef".repeat(4),
+    ] {
+        let output = fleetpulse()
+            .args([
+                "bridge",
+                "--brokers",
+                kafka.address(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--set", &format!("bridge.jwt_secret={weak}")])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{weak:?} was taken");
+        assert!(said.contains("bridge.jwt_secret"), "{said}");
+        assert!(!said.contains(weak), "the secret is printed: {said}");
+    }
+
+    let (_bridge, base) = bridge(
+        kafka.address(),
+        &prefix,
+        &[
+            "--set",
+            "bridge.jwt_issuer=https://idp.example",
+            "--set",
+            "bridge.jwt_audience=fleetpulse",
+            "--set",
+            "bridge.jwt_max_lifetime_s=3600",
+            "--set",
+            "bridge.jwt_tenant_claim=org",
+            "--set",
+            "bridge.jwt_role_claim=realm_access.roles",
+        ],
+    );
+    let sign = |claims: serde_json::Value| ws_bridge::auth::sign(&claims, SECRET).unwrap();
+    let good = serde_json::json!({
+        "sub": "op", "org": "t1", "realm_access": {"roles": ["viewer"]},
+        "iss": "https://idp.example", "aud": "fleetpulse",
+        "iat": now(), "nbf": now(), "exp": now() + 600,
+    });
+    let mut ws = connect(&base, Some(&sign(good.clone()))).await.unwrap();
+    let hello = next(&mut ws).await;
+    assert_eq!(hello["tenant"], "t1", "{hello}");
+    for (key, value, why) in [
+        (
+            "iss",
+            serde_json::json!("https://elsewhere"),
+            "another issuer",
+        ),
+        (
+            "aud",
+            serde_json::json!("another-service"),
+            "another audience",
+        ),
+        ("nbf", serde_json::json!(now() + 600), "not valid yet"),
+        ("exp", serde_json::json!(now() + 86_400), "valid for a day"),
+    ] {
+        let mut claims = good.clone();
+        claims[key] = value;
+        assert_eq!(
+            connect(&base, Some(&sign(claims))).await.err(),
+            Some(401),
+            "{why}"
+        );
+    }
+
+    // `fleetpulse token` writes what this bridge asks for, and refuses what it would not take.
+    let token_of = |args: &[&str]| {
+        fleetpulse()
+            .args(["--set", &format!("bridge.jwt_secret={SECRET}")])
+            .args(["--set", "bridge.jwt_issuer=https://idp.example"])
+            .args(["--set", "bridge.jwt_audience=fleetpulse"])
+            .args(["--set", "bridge.jwt_max_lifetime_s=3600"])
+            .args(["--set", "bridge.jwt_tenant_claim=org"])
+            .args(["--set", "bridge.jwt_role_claim=realm_access.roles"])
+            .arg("token")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let admin = token_of(&["--role", "admin", "--lifetime-s", "600"]);
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let admin = String::from_utf8_lossy(&admin.stdout).trim().to_string();
+    let mut ws = connect(&base, Some(&admin)).await.unwrap();
+    assert_eq!(next(&mut ws).await["role"], "admin");
+    let too_long = token_of(&["--tenant", "t1", "--lifetime-s", "7200"]);
+    assert!(!too_long.status.success());
+    assert!(String::from_utf8_lossy(&too_long.stderr).contains("jwt_max_lifetime_s"));
 }

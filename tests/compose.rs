@@ -28,9 +28,9 @@ use fleetpulse::config::{self, Config, Topics};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-/// What a required variable (`${VAR:?message}`) stands for here. Long enough for the bridge's
-/// secret, and not a number, as a real secret would be.
-const REQUIRED: &str = "compose-check-required-value";
+/// What a required variable (`${VAR:?message}`) stands for here. Random enough for the
+/// bridge's secret, and not a number, as a real secret would be.
+const REQUIRED: &str = "Cc5rT8vK3mW2qX7nB9yL4cH1fJ6dG0sA5eU8iO3kR2tV7wZ9";
 
 /// The repository root, where docker-compose.yml and the Dockerfile live.
 fn root() -> PathBuf {

@@ -18,7 +18,7 @@ use support::*;
 use testkit::{Kind, shared, unique};
 use ws_bridge::auth::{Claims, issue, now};
 
-const SECRET: &str = "lastseen-test-secret-0123456789";
+const SECRET: &str = "Ls4rT9vK2mW7qX3nB8yP1cH6fJ0dG5sA4eU7iO2kR9tV3wZ8";
 const DEVICES: u64 = 300;
 const INTERVAL_MS: i64 = 5_000;
 /// How long the fleet reports.

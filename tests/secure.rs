@@ -395,7 +395,11 @@ fn the_bridge_logs_in_to_redis_over_tls_and_says_why_it_cannot() {
         .address()
         .replace("rediss://", &format!("rediss://{}@", redis.user()));
     let secret_file = dir.path().join("jwt-secret");
-    std::fs::write(&secret_file, "a-bridge-secret-from-a-file\n").unwrap();
+    std::fs::write(
+        &secret_file,
+        "Xq3vL9pR2mK7tW4zB8nY1cF6hJ0dG5sA3eU9iO2kT7rV4wQ8\n",
+    )
+    .unwrap();
     let section = |login: &str, ca: bool| {
         let ca = if ca {
             format!("redis_ca_file = \"{}\"\n", redis.ca_file().display())
@@ -477,7 +481,12 @@ fn the_bridge_logs_in_to_redis_over_tls_and_says_why_it_cannot() {
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let snapshot = wss_snapshot(&base, &ca, "a-bridge-secret-from-a-file").await;
+        let snapshot = wss_snapshot(
+            &base,
+            &ca,
+            "Xq3vL9pR2mK7tW4zB8nY1cF6hJ0dG5sA3eU9iO2kT7rV4wQ8",
+        )
+        .await;
         assert_eq!(snapshot.unwrap()["type"], "snapshot");
         let untrusting = wss_snapshot(&base, Path::new("/nonexistent"), "x").await;
         assert!(
@@ -490,7 +499,10 @@ fn the_bridge_logs_in_to_redis_over_tls_and_says_why_it_cannot() {
         .output()
         .unwrap();
     assert!(shown.status.success(), "{}", text(&shown));
-    for secret in [password.as_str(), "a-bridge-secret-from-a-file"] {
+    for secret in [
+        password.as_str(),
+        "Xq3vL9pR2mK7tW4zB8nY1cF6hJ0dG5sA3eU9iO2kT7rV4wQ8",
+    ] {
         assert!(!text(&shown).contains(secret), "`config` shows a secret");
     }
 
@@ -832,7 +844,7 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
     let bridge_config = write_config(
         dir.path(),
         &format!(
-            "{}[bridge]\nlisten = \"127.0.0.1:0\"\njwt_secret = \"a-bridge-secret-of-the-e2e-run\"\nredis_url = \"{}\"\nredis_password_file = \"{}\"\nredis_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            "{}[bridge]\nlisten = \"127.0.0.1:0\"\njwt_secret = \"Pz8rT3vK6mW1qX9nB4yL7cH2fJ5dG0sA8eU3iO6kR1tV9wQ4\"\nredis_url = \"{}\"\nredis_password_file = \"{}\"\nredis_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
             bearer,
             redis
                 .address()
@@ -871,7 +883,7 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
             .block_on(wss_snapshot_of(
                 &base,
                 &ca,
-                "a-bridge-secret-of-the-e2e-run",
+                "Pz8rT3vK6mW1qX9nB4yL7cH2fJ5dG0sA8eU3iO6kR1tV9wQ4",
                 tenant,
             ))
             .unwrap();

@@ -26,7 +26,7 @@ use support::*;
 use testkit::{Kind, shared, unique};
 use ws_bridge::auth::{Claims, issue, now};
 
-const SECRET: &str = "system-test-secret-0123456789";
+const SECRET: &str = "Sy2rT7vK4mW9qX6nB1yL8cH3fJ5dG0sA2eU6iO4kR7tV8wZ1";
 
 /// A client of `tenant` subscribed to status transitions; past the `subscribed` reply and the
 /// snapshot, which it returns.

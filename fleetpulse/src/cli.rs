@@ -46,6 +46,8 @@ pub enum Command {
     Bench(commands::bench::BenchCommand),
     /// Print the effective configuration (file, environment and flags merged) as TOML.
     Config,
+    /// Print a bridge token (HS256, signed with `bridge.jwt_secret`) for an operator or a test.
+    Token(commands::token::TokenArgs),
     /// Everything in one process, nothing to install: an embedded broker, a live fleet, the
     /// pipeline, the bridge and its dashboard (and the sink, given a ClickHouse).
     Demo(commands::demo::DemoArgs),
@@ -181,7 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sink(sink) => sink.overrides(&mut overrides),
         Command::Bridge(args) => args.overrides(&mut overrides),
         Command::Bench(bench) => bench.overrides(&mut overrides),
-        Command::Config => {}
+        Command::Config | Command::Token(_) => {}
         Command::Demo(args) => args.overrides(&mut overrides),
     }
     let config: Config = config::load(cli.config.as_deref(), &overrides)?;
@@ -202,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => runtime.block_on(commands::demo::run(&config, args)),
+        Command::Token(args) => commands::token::run(&config, args),
     }
 }
 

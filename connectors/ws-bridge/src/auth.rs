@@ -1,8 +1,11 @@
 //! Who is asking: a bearer token (JWT, HS256) from the `Authorization` header or the `token`
-//! query parameter, checked before a connection is upgraded or a REST request is answered.
+//! query parameter, checked before a connection is upgraded or a REST request is answered:
+//! signature, expiry, `nbf`, and, when configured, issuer, audience and the longest lifetime a
+//! token may have; the tenant and role are read from the claims an identity provider uses.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// What a token says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,45 +38,192 @@ pub enum AuthError {
     Invalid(String),
 }
 
-/// Checks tokens against one secret.
+/// What a token must say besides a valid signature, `exp` and `sub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// The `iss` it must carry, if any.
+    pub issuer: Option<String>,
+    /// An `aud` it must carry, if any.
+    pub audience: Option<String>,
+    /// The longest a token may be valid for, seconds: its `exp` no further than this from now
+    /// (and from its `iat`).
+    pub max_lifetime_s: Option<u64>,
+    /// The claim that names the tenant (a dotted path reaches into objects).
+    pub tenant_claim: String,
+    /// The claim that names the role: a string, or an array of roles (`admin` among them makes
+    /// an admin).
+    pub role_claim: String,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            issuer: None,
+            audience: None,
+            max_lifetime_s: None,
+            tenant_claim: "tenant".into(),
+            role_claim: "role".into(),
+        }
+    }
+}
+
+/// Clocks of the issuer and the bridge may differ a little; not by minutes.
+const LEEWAY_S: u64 = 5;
+
+/// Checks tokens against one secret and the [`Rules`].
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    rules: Rules,
 }
 
 impl Verifier {
-    /// A verifier of tokens signed with `secret`.
-    pub fn new(secret: &str) -> Result<Verifier, AuthError> {
+    /// A verifier of tokens signed with `secret`, under `rules`.
+    pub fn new(secret: &str, rules: Rules) -> Result<Verifier, AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
-        // Clocks of the issuer and the bridge may differ a little; not by minutes.
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = LEEWAY_S;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &rules.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // A token made for several services may name them; without an audience of ours
+            // there is nothing to check it against.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
         Ok(Verifier {
             key: DecodingKey::from_secret(secret.as_bytes())
                 .map_err(|e| AuthError::Invalid(e.to_string()))?,
             validation,
+            rules,
         })
     }
 
     /// The claims of `token`, if it is valid now.
     pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let all = jsonwebtoken::decode::<Value>(token, &self.key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let invalid = |why: &str| AuthError::Invalid(why.to_string());
+        let exp = all["exp"]
+            .as_u64()
+            .ok_or_else(|| invalid("exp is not a number"))?;
+        if let Some(max) = self.rules.max_lifetime_s {
+            let from = all["iat"].as_u64().unwrap_or(0).max(now());
+            if exp > from.saturating_add(max).saturating_add(LEEWAY_S) {
+                return Err(invalid(
+                    "the token is valid for longer than this bridge allows",
+                ));
+            }
+        }
+        let claims = Claims {
+            sub: all["sub"].as_str().unwrap_or_default().to_string(),
+            tenant: claim(&all, &self.rules.tenant_claim)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            role: role(claim(&all, &self.rules.role_claim)),
+            exp,
+        };
         if claims.tenant.is_empty() && claims.role != "admin" {
-            return Err(AuthError::Invalid("the token names no tenant".into()));
+            return Err(invalid("the token names no tenant"));
         }
         Ok(claims)
     }
 }
 
+/// The claim at a dotted `path` (`realm_access.roles`).
+fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(claims, |value, key| value.get(key))
+}
+
+/// A role claim as one role: a string as it is, an array as `admin` if it holds it, else its
+/// first string.
+fn role(claim: Option<&Value>) -> String {
+    match claim {
+        Some(Value::String(role)) => role.clone(),
+        Some(Value::Array(roles)) => {
+            let mut names = roles.iter().filter_map(Value::as_str);
+            if roles.iter().any(|r| r == "admin") {
+                "admin".into()
+            } else {
+                names.next().unwrap_or_default().to_string()
+            }
+        }
+        _ => String::new(),
+    }
+}
+
 /// Signs `claims` with `secret` (for the demo's printed token and for tests).
 pub fn issue(claims: &Claims, secret: &str) -> Result<String, AuthError> {
+    let claims = serde_json::to_value(claims).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    sign(&claims, secret)
+}
+
+/// Signs any claims with `secret` (`fleetpulse token`, which writes the configured claim
+/// names and registered claims).
+pub fn sign(claims: &Value, secret: &str) -> Result<String, AuthError> {
     let invalid = |e: jsonwebtoken::errors::Error| AuthError::Invalid(e.to_string());
     let key = EncodingKey::from_secret(secret.as_bytes()).map_err(invalid)?;
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).map_err(invalid)
+}
+
+/// Why `secret` is too weak to sign tokens with, if it is: fewer than 256 bits as written (each
+/// character counted at the size of the smallest usual alphabet that holds them all: hex,
+/// base64, printable ASCII, bytes), little variety (the characters' own entropy under 128 bits),
+/// or a repeated pattern. Hand-written because password estimators (zxcvbn) cap a character at
+/// ten guesses and would refuse a random 256-bit hex key.
+pub fn weakness(secret: &str) -> Option<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    let n = chars.len();
+    let hex = chars.iter().all(char::is_ascii_hexdigit);
+    let base64 = chars
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || "+/=-_".contains(*c));
+    let printable = chars.iter().all(|c| c.is_ascii_graphic() || *c == ' ');
+    let per_char = if hex {
+        4.0
+    } else if base64 {
+        6.0
+    } else if printable {
+        95f64.log2()
+    } else {
+        8.0
+    };
+    let nominal = n as f64 * per_char;
+    if nominal < 256.0 {
+        return Some(format!(
+            "{} bits as written; at least 256 (64 random hex digits, or 43 random base64 characters: openssl rand -hex 32)",
+            nominal.floor()
+        ));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_insert(0usize) += 1;
+    }
+    let spread: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum::<f64>()
+        * n as f64;
+    let repeats = (1..=n / 2).any(|period| chars[period..] == chars[..n - period]);
+    if spread < 128.0 || repeats {
+        return Some("too repetitive to be a random secret".into());
+    }
+    None
 }
 
 /// The token of a request: `Authorization: Bearer ...`, else the `token` query parameter.
@@ -99,7 +249,7 @@ pub fn now() -> u64 {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "a-secret-of-some-length";
+    const SECRET: &str = "kR7v2Qx9mT4wZ8pL3nB6yC1dF5gH0jS7aE2uV9iO4tY8rW3qX6";
 
     fn claims(tenant: &str, role: &str, exp: u64) -> Claims {
         Claims {
@@ -112,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_valid_token_passes_and_a_bad_one_names_why() -> Result<(), AuthError> {
-        let v = Verifier::new(SECRET)?;
+        let v = Verifier::new(SECRET, Rules::default())?;
         let good = issue(&claims("t1", "viewer", now() + 60), SECRET)?;
         assert_eq!(v.verify(Some(&good))?.tenant, "t1");
         assert_eq!(v.verify(None), Err(AuthError::Missing));
@@ -134,6 +284,86 @@ mod tests {
             Err(AuthError::Invalid(_))
         ));
         Ok(())
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        sign(&claims, SECRET).unwrap()
+    }
+
+    #[test]
+    fn issuer_audience_not_before_and_lifetime_are_checked_when_configured() -> Result<(), AuthError>
+    {
+        let rules = Rules {
+            issuer: Some("https://idp.example".into()),
+            audience: Some("fleetpulse".into()),
+            max_lifetime_s: Some(3_600),
+            ..Rules::default()
+        };
+        let v = Verifier::new(SECRET, rules)?;
+        let good = serde_json::json!({
+            "sub": "alice", "tenant": "t1", "role": "viewer", "exp": now() + 600,
+            "iss": "https://idp.example", "aud": "fleetpulse", "iat": now(), "nbf": now(),
+        });
+        assert_eq!(v.verify(Some(&signed(good.clone())))?.tenant, "t1");
+        let with = |key: &str, value: serde_json::Value| {
+            let mut claims = good.clone();
+            claims[key] = value;
+            v.verify(Some(&signed(claims))).is_err()
+        };
+        assert!(with("iss", "https://elsewhere".into()), "another issuer");
+        assert!(with("aud", "someone-else".into()), "another audience");
+        assert!(with("aud", serde_json::Value::Null), "no audience");
+        assert!(with("nbf", (now() + 600).into()), "not valid yet");
+        assert!(with("exp", (now() + 86_400).into()), "valid for a day");
+        // Without rules, an audience or a long life are not held against a token.
+        let open = Verifier::new(SECRET, Rules::default())?;
+        let mut long = good.clone();
+        long["exp"] = (now() + 86_400).into();
+        assert!(open.verify(Some(&signed(long))).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn tenant_and_role_come_from_the_claims_an_identity_provider_names() -> Result<(), AuthError> {
+        let v = Verifier::new(
+            SECRET,
+            Rules {
+                tenant_claim: "org".into(),
+                role_claim: "realm_access.roles".into(),
+                ..Rules::default()
+            },
+        )?;
+        let keycloak = signed(serde_json::json!({
+            "sub": "bob", "exp": now() + 60, "org": "acme",
+            "realm_access": {"roles": ["offline_access", "admin"]},
+        }));
+        let c = v.verify(Some(&keycloak))?;
+        assert_eq!((c.tenant.as_str(), c.role.as_str()), ("acme", "admin"));
+        let viewer = signed(serde_json::json!({
+            "sub": "eve", "exp": now() + 60, "org": "acme",
+            "realm_access": {"roles": ["viewer"]},
+        }));
+        assert_eq!(v.verify(Some(&viewer))?.role, "viewer");
+        // The default claim names are not looked at once others are configured.
+        let plain = issue(&claims("t1", "admin", now() + 60), SECRET)?;
+        assert!(v.verify(Some(&plain)).is_err(), "no org, no admin role");
+        Ok(())
+    }
+
+    #[test]
+    fn weak_secrets_are_named_and_random_ones_pass() {
+        assert!(weakness("a-secret-of-some-length").is_some(), "short");
+        assert!(weakness(&"a".repeat(64)).is_some(), "one letter");
+        assert!(weakness(&"ab".repeat(40)).is_some(), "two letters");
+        assert!(
+            weakness(&"0123456789abcdef".repeat(4)).is_some(),
+            "a pattern"
+        );
+        assert!(
+            weakness("9f2c4e0b7a1d3f5e8c6b2a4d0f1e3c5b7a9d8e6f4c2b0a1d3e5f7c9b8a6d4e2f").is_none()
+        );
+        assert!(weakness("q8Zr3K0vXw2LpN7bT5yH1mJ4cF6gD9sA0eU3iO8kR2t").is_none());
+        assert!(weakness(SECRET).is_none());
     }
 
     #[test]

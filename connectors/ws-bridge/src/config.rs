@@ -16,8 +16,21 @@ pub struct BridgeConfig {
     /// The certificate's private key (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<std::path::PathBuf>,
-    /// The HS256 secret tokens are signed with. Empty: the bridge refuses to start.
+    /// The HS256 secret tokens are signed with, at least 256 bits as written. Empty: the bridge
+    /// refuses to start.
     pub jwt_secret: String,
+    /// The `iss` tokens must carry; empty: not checked.
+    pub jwt_issuer: String,
+    /// An `aud` tokens must carry; empty: not checked.
+    pub jwt_audience: String,
+    /// The longest a token may be valid for, seconds (its `exp` at most this far from now and
+    /// from its `iat`); 0: no limit.
+    pub jwt_max_lifetime_s: u64,
+    /// The claim naming the tenant; a dotted path reaches into objects.
+    pub jwt_tenant_claim: String,
+    /// The claim naming the role: a string, or an array of roles (one of them `admin` for an
+    /// admin); a dotted path reaches into objects (`realm_access.roles`).
+    pub jwt_role_claim: String,
     /// A file holding the secret (read at start-up into `jwt_secret`, which it wins over).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret_file: Option<std::path::PathBuf>,
@@ -70,6 +83,11 @@ impl Default for BridgeConfig {
             tls_cert_file: None,
             tls_key_file: None,
             jwt_secret: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_max_lifetime_s: 0,
+            jwt_tenant_claim: "tenant".into(),
+            jwt_role_claim: "role".into(),
             jwt_secret_file: None,
             max_connections: 20_000,
             max_connections_per_address: 1_000,
@@ -101,14 +119,34 @@ impl BridgeConfig {
         })
     }
 
+    /// What tokens must say, from the `jwt_*` keys.
+    pub fn token_rules(&self) -> crate::auth::Rules {
+        let set = |s: &String| (!s.is_empty()).then(|| s.clone());
+        crate::auth::Rules {
+            issuer: set(&self.jwt_issuer),
+            audience: set(&self.jwt_audience),
+            max_lifetime_s: (self.jwt_max_lifetime_s > 0).then_some(self.jwt_max_lifetime_s),
+            tenant_claim: self.jwt_tenant_claim.clone(),
+            role_claim: self.jwt_role_claim.clone(),
+        }
+    }
+
     /// Checks the values; the error names the key (within `[bridge]`) and what it expects.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, why: &str| Err((key.to_string(), why.to_string()));
-        if self.jwt_secret.len() < 16 {
+        if let Some(why) = crate::auth::weakness(&self.jwt_secret) {
             return fail(
                 "jwt_secret",
-                "the HS256 secret tokens are signed with, at least 16 characters",
+                &format!("a random HS256 secret of at least 256 bits; this one has {why}"),
             );
+        }
+        for (key, claim) in [
+            ("jwt_tenant_claim", &self.jwt_tenant_claim),
+            ("jwt_role_claim", &self.jwt_role_claim),
+        ] {
+            if claim.is_empty() {
+                return fail(key, "a claim name");
+            }
         }
         for (key, value) in [
             ("max_connections", self.max_connections),
@@ -166,9 +204,14 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let good = BridgeConfig {
-            jwt_secret: "0123456789abcdef".into(),
+            jwt_secret: "9f2c4e0b7a1d3f5e8c6b2a4d0f1e3c5b7a9d8e6f4c2b0a1d3e5f7c9b8a6d4e2f".into(),
             ..BridgeConfig::default()
         };
+        let weak = BridgeConfig {
+            jwt_secret: "aaaaaaaaaaaaaaaa".into(),
+            ..good.clone()
+        };
+        assert_eq!(weak.validate().map_err(|e| e.0), Err("jwt_secret".into()));
         assert!(good.validate().is_ok());
         assert_eq!(
             BridgeConfig::default().validate().map_err(|e| e.0),

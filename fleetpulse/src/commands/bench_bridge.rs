@@ -44,7 +44,7 @@ pub struct BridgeBench {
     seconds: u64,
 }
 
-const SECRET: &str = "fleetpulse-bench-bridge-secret";
+const SECRET: &str = "Bb9rT4vK1mW6qX8nP3yL5cH7fJ2dG0sA9eU1iO5kR3tV6wZ2";
 /// Marks the produce time, µs since the epoch, inside the event id.
 const STAMP: &str = "\"event_id\":\"bench/";
 

@@ -119,7 +119,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     let redis = cache.clone();
     let bridge = Arc::new(Bridge {
         config: c.clone(),
-        verifier: Verifier::new(&c.jwt_secret).context("bridge.jwt_secret")?,
+        verifier: Verifier::new(&c.jwt_secret, c.token_rules()).context("bridge.jwt_secret")?,
         store,
         cache,
         hub,

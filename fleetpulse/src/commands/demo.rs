@@ -56,12 +56,13 @@ fn free(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 /// A secret for this run's tokens: nobody else's tokens open this dashboard.
-fn secret() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("demo-{nanos:x}-{:x}", std::process::id())
+fn secret() -> anyhow::Result<String> {
+    // 256 bits from the operating system's generator: the time and pid it was made of before
+    // could be guessed.
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no random bytes for the demo's token secret: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
@@ -159,7 +160,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     c.clickhouse.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.bridge.listen = free(args.listen)?;
     if c.bridge.jwt_secret.is_empty() {
-        c.bridge.jwt_secret = secret();
+        c.bridge.jwt_secret = secret()?;
     }
     let token = ws_bridge::auth::issue(
         &ws_bridge::auth::Claims {

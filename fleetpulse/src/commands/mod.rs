@@ -12,6 +12,7 @@ pub(crate) mod pipeline;
 pub(crate) mod registry;
 pub(crate) mod sink;
 pub(crate) mod tail;
+pub(crate) mod token;
 
 use std::time::Duration;
 
