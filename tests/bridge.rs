@@ -1270,6 +1270,25 @@ async fn slow_silent_and_idle_connections_are_closed_while_others_are_served() {
     assert_eq!(http_text(&base, "GET", "/healthz", None).0, 200);
 }
 
+/// Connects with `token` once the bridge has seen a connection leave and given its place back
+/// (429 until then; within 5 s).
+async fn connect_once_freed(base: &str, token: &str) -> Ws {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect(base, Some(token)).await {
+            Ok(ws) => return ws,
+            Err(code) => {
+                assert_eq!(code, 429);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a freed place is given again"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_per_address_and_tenant_and_must_speak_first() {
     let kafka = shared(Kind::Kafka);
@@ -1302,20 +1321,7 @@ async fn connections_are_capped_per_address_and_tenant_and_must_speak_first() {
     let mut gone = open.remove(0);
     gone.close(None).await.unwrap();
     drop(gone);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut again = loop {
-        match connect(&base, Some(&viewer("a"))).await {
-            Ok(ws) => break ws,
-            Err(code) => {
-                assert_eq!(code, 429);
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "a freed place is given again"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let mut again = connect_once_freed(&base, &viewer("a")).await;
     assert_eq!(next(&mut again).await["type"], "connected");
     say(&mut again, r#"{"type":"subscribe","topics":["status"]}"#).await;
 
@@ -1323,20 +1329,7 @@ async fn connections_are_capped_per_address_and_tenant_and_must_speak_first() {
     // `timeout` and closed, while those that spoke stay.
     let b = open.pop().unwrap();
     drop(b);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut mute = loop {
-        match connect(&base, Some(&viewer("c"))).await {
-            Ok(ws) => break ws,
-            Err(code) => {
-                assert_eq!(code, 429);
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "b's place is given again"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let mut mute = connect_once_freed(&base, &viewer("c")).await;
     assert_eq!(next(&mut mute).await["type"], "connected");
     let told = next(&mut mute).await;
     assert_eq!(told["type"], "error", "{told}");

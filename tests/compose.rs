@@ -243,46 +243,32 @@ enum Mount {
 }
 
 impl Mount {
-    /// `(host path, mount point)` when this binds a file or directory of the host.
-    fn bind(&self) -> Option<(String, String)> {
-        let (source, target) = match self {
+    /// `(type if written, source, mount point)`.
+    fn parts(&self) -> Option<(Option<&str>, String, String)> {
+        match self {
             Mount::Short(spec) => {
                 let mut parts = spec.split(':');
-                (parts.next()?.to_string(), parts.next()?.to_string())
+                Some((None, parts.next()?.to_string(), parts.next()?.to_string()))
             }
             Mount::Long {
                 kind,
                 source,
                 target,
-            } => {
-                if kind.as_deref() != Some("bind") {
-                    return None;
-                }
-                (source.clone()?, target.clone())
-            }
-        };
-        (source.starts_with("./") || source.starts_with('/')).then_some((source, target))
+            } => Some((kind.as_deref(), source.clone()?, target.clone())),
+        }
+    }
+
+    /// `(host path, mount point)` when this binds a file or directory of the host.
+    fn bind(&self) -> Option<(String, String)> {
+        let (kind, source, target) = self.parts()?;
+        let path = source.starts_with("./") || source.starts_with('/');
+        (kind.is_none_or(|k| k == "bind") && path).then_some((source, target))
     }
 
     /// `(named volume, mount point)` when this mounts one of `named`.
     fn named_volume(&self, named: &BTreeSet<String>) -> Option<(String, String)> {
-        let (source, target) = match self {
-            Mount::Short(spec) => {
-                let mut parts = spec.split(':');
-                (parts.next()?.to_string(), parts.next()?.to_string())
-            }
-            Mount::Long {
-                kind,
-                source,
-                target,
-            } => {
-                if kind.as_deref().is_some_and(|k| k != "volume") {
-                    return None;
-                }
-                (source.clone()?, target.clone())
-            }
-        };
-        named.contains(&source).then_some((source, target))
+        let (kind, source, target) = self.parts()?;
+        (kind.is_none_or(|k| k == "volume") && named.contains(&source)).then_some((source, target))
     }
 }
 

@@ -112,16 +112,14 @@ async fn create_unless_there(
     if exists {
         return Ok(());
     }
-    if kafka_auth::refreshes_token(&config.kafka.properties) {
-        // rust-rdkafka's admin client never answers librdkafka's token request
-        // (fede1024/rust-rdkafka#757): it would wait for ever.
-        anyhow::bail!(
-            "topic {topic} does not exist, and fleetpulse cannot create topics over SASL OAUTHBEARER; create it first (kafka-topics.sh --create --topic {topic} --partitions {partitions})"
-        );
-    }
     let admin: AdminClient<DefaultClientContext> = client_config(config, &[])?
         .create()
         .context("cannot create a Kafka admin client")?;
+    if kafka_auth::refreshes_token(&config.kafka.properties) {
+        let named = config.kafka.properties.get("sasl.oauthbearer.config");
+        kafka_auth::set_token(admin.inner(), named.map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("cannot give the Kafka admin client its token: {e}"))?;
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let new = settings.iter().fold(
         NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)),
@@ -217,14 +215,7 @@ impl Rejections {
 }
 
 impl ClientContext for Rejections {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        kafka_auth::oauth_token(config)
-    }
+    kafka_auth::answer_token_requests!();
 
     fn error(&self, error: KafkaError, reason: &str) {
         let kind = match error.rdkafka_error_code() {

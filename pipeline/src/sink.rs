@@ -73,14 +73,7 @@ pub struct DeliveryCounter {
 }
 
 impl ClientContext for DeliveryCounter {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        kafka_auth::oauth_token(config)
-    }
+    kafka_auth::answer_token_requests!();
 }
 
 impl ProducerContext for DeliveryCounter {

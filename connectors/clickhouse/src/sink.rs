@@ -90,14 +90,7 @@ impl Health {
 struct Group;
 
 impl ClientContext for Group {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        kafka_auth::oauth_token(config)
-    }
+    kafka_auth::answer_token_requests!();
 
     fn stats(&self, statistics: Statistics) {
         for (name, topic) in &statistics.topics {

@@ -38,14 +38,7 @@ pub struct KafkaSettings {
 pub struct Quiet;
 
 impl ClientContext for Quiet {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        kafka_auth::oauth_token(config)
-    }
+    kafka_auth::answer_token_requests!();
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
