@@ -235,7 +235,9 @@ enum Mode {
     Plain,
     /// Plain, its directory removed when it stops.
     Throwaway,
-    /// TLS and credentials, kept when stopped (the caller owns the directory).
+    /// TLS and credentials, its directory removed when it stops: a secure instance is always
+    /// private and fresh, and one held in a `static` is never dropped, so the server's exit is
+    /// the only moment left to tidy up.
     Secure,
 }
 
@@ -274,7 +276,7 @@ fn spawn_keeper() -> &'static Keeper {
                         .arg(kind.name())
                         .arg("--dir")
                         .arg(&dir)
-                        .args((mode == Mode::Throwaway).then_some("--remove-on-exit"))
+                        .args((mode != Mode::Plain).then_some("--remove-on-exit"))
                         .args((mode == Mode::Secure).then_some("--secure"))
                         .stdin(Stdio::null())
                         .stdout(Stdio::piped())
