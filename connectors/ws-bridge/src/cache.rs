@@ -356,13 +356,14 @@ impl Target {
         let cause = if details.contains("certificate verify failed") {
             "TLS failed: the server's certificate does not verify (set bridge.redis_ca_file to its CA)"
                 .to_string()
-        // Other TLS errors (a reset during the handshake while Redis restarts, say) are retried.
         } else if *error.kind() == ErrorKind::Auth
             // Redis answers a wrong ACL password with an error reply, not an `Auth` kind.
             || ["WRONGPASS", "NOAUTH", "NOPERM"].iter().any(|w| details.contains(w))
         {
             format!("the credentials are refused: {details}")
         } else {
+            // Anything else, other TLS errors too (a reset during the handshake while Redis
+            // restarts, say), is retried.
             return Ok(());
         };
         Err(CacheError::Refused {

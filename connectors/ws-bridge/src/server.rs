@@ -197,7 +197,7 @@ async fn ws(
         );
     }
     let address = peer.map(|Extension(ConnectInfo(a))| a.ip());
-    let tenant = (claims.role != "admin").then_some(claims.tenant.as_str());
+    let tenant = (!claims.is_admin()).then_some(claims.tenant.as_str());
     let slot = match b.limits.admit(address, tenant) {
         Ok(slot) => slot,
         Err(capped) => {
@@ -250,7 +250,7 @@ impl Connection {
     fn new(bridge: Arc<Bridge>, claims: Claims, slot: Slot) -> Connection {
         bridge.connections.fetch_add(1, Ordering::Relaxed);
         gauge!("fleetpulse_bridge_clients").increment(1.0);
-        let registration = bridge.hub.register(&claims.tenant, claims.role == "admin");
+        let registration = bridge.hub.register(&claims.tenant, claims.is_admin());
         Connection {
             bridge,
             claims,
@@ -543,7 +543,7 @@ impl Connection {
                     _ => None,
                 })
                 .collect();
-            let admin = self.claims.role == "admin";
+            let admin = self.claims.is_admin();
             let devices = match ids {
                 Some(ids) if !admin => Devices::Keys(
                     ids.into_iter()
