@@ -28,6 +28,7 @@ use schemas::{
     StatusTransition, TransitionReason, WindowAggregate,
 };
 use support::browser::Browser;
+use support::ws::{Ws, message};
 use support::*;
 use testkit::{Kind, shared, unique};
 use tokio_tungstenite::tungstenite::Message;
@@ -156,9 +157,6 @@ impl Producing {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Connects to `/ws` with `token` in the header; the HTTP status on refusal.
 async fn connect(http: &str, token: Option<&str>) -> Result<Ws, u16> {
     let url = format!("{}/ws", http.replace("http://", "ws://"));
@@ -177,19 +175,9 @@ async fn connect(http: &str, token: Option<&str>) -> Result<Ws, u16> {
 
 /// The next server message that is not a heartbeat.
 async fn next(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("a message within 30 s")
-            .expect("the connection is open")
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if v["type"] != "heartbeat" {
-                return v;
-            }
-        }
-    }
+    message(ws, Duration::from_secs(30))
+        .await
+        .expect("a JSON message within 30 s on an open connection")
 }
 
 async fn say(ws: &mut Ws, text: &str) {
