@@ -561,6 +561,7 @@ fn load_service(name: &str, service: &Service, secrets: &Secrets) -> Result<Load
 
 /// The files scripts/compose-secrets.sh made for a compose file that has secrets, as the
 /// containers would see them.
+#[derive(Default)]
 struct Secrets {
     /// Where they are (kept while the checks run).
     dir: Option<tempfile::TempDir>,
@@ -572,10 +573,7 @@ impl Secrets {
     /// Runs the one-off step into a temp dir when `compose` has secrets.
     fn made_for(compose: &Compose) -> Result<Secrets, String> {
         if compose.secrets.is_empty() {
-            return Ok(Secrets {
-                dir: None,
-                files: BTreeMap::new(),
-            });
+            return Ok(Secrets::default());
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let made = std::process::Command::new("bash")
@@ -1787,10 +1785,7 @@ fn the_checks_catch_a_misspelt_key_a_bad_value_and_a_wrong_command() {
     assert_eq!(fine.pipeline.listen.port(), 9464);
 
     let brokers = ("FLEETPULSE_KAFKA__BROKERS", "kafka:9092");
-    let none = Secrets {
-        dir: None,
-        files: BTreeMap::new(),
-    };
+    let none = Secrets::default();
     if let Err(e) = load_service("ok", &service_with(&["pipeline"], &[brokers]), &none) {
         panic!("a pipeline given its brokers should load: {e}");
     }

@@ -1,9 +1,9 @@
 //! fleetpulse against secured services, as production runs them: Apache Kafka over SASL_SSL
-//! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER with a token file) and over mTLS, ClickHouse over HTTPS with a password
-//! user, Redis over TLS with an ACL user; every certificate checked against a CA file and every
-//! secret read from a file. A wrong password or an untrusted certificate ends a command at
-//! start-up with a message that names the service and the cause, and no secret appears in any
-//! output.
+//! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER with a token file) and over mTLS,
+//! ClickHouse over HTTPS with a password user, Redis over TLS with an ACL user; every
+//! certificate checked against a CA file and every secret read from a file. A wrong password or
+//! an untrusted certificate ends a command at start-up with a message that names the service and
+//! the cause, and no secret appears in any output.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -251,13 +251,6 @@ fn unsigned_jwt(claims: &serde_json::Value) -> String {
         engine.encode(br#"{"alg":"none"}"#),
         engine.encode(claims.to_string())
     )
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// Writes `text` as a configuration file in `dir`.
@@ -658,7 +651,7 @@ fn generate_and_process(config: Option<&Path>, brokers: &str, prefix: &str) -> s
 fn an_oauthbearer_token_from_a_file_logs_every_client_in() {
     let kafka = kafka();
     let dir = tempfile::tempdir().unwrap();
-    let now = unix_now();
+    let now = ws_bridge::auth::now();
     let token =
         unsigned_jwt(&serde_json::json!({"sub": kafka.user(), "iat": now, "exp": now + 3600}));
     let token_file = dir.path().join("token");
@@ -777,7 +770,7 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
     }
 
     // The sink and the bridge log in to Kafka with an OAUTHBEARER token (the topics exist).
-    let now = unix_now();
+    let now = ws_bridge::auth::now();
     let token_file = dir.path().join("token");
     std::fs::write(
         &token_file,
