@@ -49,13 +49,22 @@ impl Listener {
                 "configuration key `{section}.tls_cert_file`: expected both {section}.tls_cert_file and {section}.tls_key_file, or neither"
             ),
         };
+        Ok(Listener {
+            tls,
+            header_timeout,
+            ..Listener::bind_plain(&format!("{section}.listen"), address)?
+        })
+    }
+
+    /// Binds `address` for plain HTTP (a private listener: `/metrics`); errors name `key`.
+    pub(crate) fn bind_plain(key: &str, address: SocketAddr) -> anyhow::Result<Listener> {
         let listener = std::net::TcpListener::bind(address)
-            .with_context(|| format!("cannot listen on {address} ({section}.listen)"))?;
+            .with_context(|| format!("cannot listen on {address} ({key})"))?;
         listener.set_nonblocking(true)?;
         Ok(Listener {
             listener,
-            tls,
-            header_timeout,
+            tls: None,
+            header_timeout: Duration::from_secs(10),
         })
     }
 

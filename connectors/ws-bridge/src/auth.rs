@@ -1,11 +1,16 @@
-//! Who is asking: a bearer token (JWT, HS256) from the `Authorization` header or the `token`
-//! query parameter, checked before a connection is upgraded or a REST request is answered:
-//! signature, expiry, `nbf`, and, when configured, issuer, audience and the longest lifetime a
-//! token may have; the tenant and role are read from the claims an identity provider uses.
+//! Who is asking: a bearer token (JWT) from the `Authorization` header or the `token` query
+//! parameter, checked before a connection is upgraded or a REST request is answered: signature
+//! (HS256 with the shared secret, or RS256/ES256 with an identity provider's [`KeySet`]),
+//! expiry, `nbf`, and, when configured, issuer, audience and the longest lifetime a token may
+//! have; the tenant and role are read from the claims an identity provider uses.
+
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::keys::KeySet;
 
 /// What a token says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,16 +80,18 @@ impl Default for Rules {
 /// Clocks of the issuer and the bridge may differ a little; not by minutes.
 const LEEWAY_S: u64 = 5;
 
-/// Checks tokens against one secret and the [`Rules`].
+/// Checks tokens against a secret, a key set, or both, and the [`Rules`].
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    /// HS256's key; `None` when no secret is configured.
+    secret: Option<DecodingKey>,
+    keys: Option<Arc<KeySet>>,
     validation: Validation,
     rules: Rules,
 }
 
 impl Verifier {
-    /// A verifier of tokens signed with `secret`, under `rules`.
+    /// A verifier of tokens signed with `secret` (none when empty), under `rules`.
     pub fn new(secret: &str, rules: Rules) -> Result<Verifier, AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_S;
@@ -104,18 +111,74 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
+        let secret = match secret {
+            "" => None,
+            secret => Some(
+                DecodingKey::from_secret(secret.as_bytes())
+                    .map_err(|e| AuthError::Invalid(e.to_string()))?,
+            ),
+        };
         Ok(Verifier {
-            key: DecodingKey::from_secret(secret.as_bytes())
-                .map_err(|e| AuthError::Invalid(e.to_string()))?,
+            secret,
+            keys: None,
             validation,
             rules,
         })
     }
 
+    /// Also accepts RS256 and ES256 tokens signed with the keys of `keys`.
+    pub fn with_keys(self, keys: Arc<KeySet>) -> Verifier {
+        Verifier {
+            keys: Some(keys),
+            ..self
+        }
+    }
+
+    /// Whether a key set, if there is one, holds keys (a URL's may not have been fetched yet).
+    pub fn ready(&self) -> bool {
+        self.keys.as_ref().is_none_or(|k| k.ready())
+    }
+
+    /// The key to check `token`'s signature with, and its algorithm: the token's header says
+    /// which, and a key is only ever used with its own algorithm.
+    fn key_of(&self, token: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
+        let invalid = |why: &str| AuthError::Invalid(why.to_string());
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        match header.alg {
+            Algorithm::HS256 => self
+                .secret
+                .clone()
+                .map(|k| (k, Algorithm::HS256))
+                .ok_or_else(|| invalid("HS256 tokens are not accepted here")),
+            alg @ (Algorithm::HS384 | Algorithm::HS512) => Err(AuthError::Invalid(format!(
+                "{alg:?} tokens are not accepted here"
+            ))),
+            alg => {
+                let keys = self
+                    .keys
+                    .as_ref()
+                    .ok_or_else(|| invalid("only HS256 tokens are accepted here"))?;
+                match keys.find(header.kid.as_deref(), alg) {
+                    Some(key) => Ok((key, alg)),
+                    None => {
+                        keys.missed();
+                        Err(invalid(
+                            "no key of the key set fits the token's kid and alg",
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
     /// The claims of `token`, if it is valid now.
     pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let all = jsonwebtoken::decode::<Value>(token, &self.key, &self.validation)
+        let (key, algorithm) = self.key_of(token)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![algorithm];
+        let all = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let invalid = |why: &str| AuthError::Invalid(why.to_string());

@@ -3,14 +3,15 @@
 //! compares and sets in one step), so several bridges, each reading every partition, agree; and
 //! a client's snapshot is read from it.
 //!
-//! Keys, per device (`{id}` is `{tenant_id}/{device_id}`: the pipeline keys devices by tenant
-//! and id, so two tenants may both have a `pump-1`): `device:status:{id}` (hash: tenant, device,
-//! class, status, since), `device:lastseen:{id}` (ms; expires 24 h after that time; written by
-//! a script of its own when only it changed, the frequent case),
+//! Keys, per device (`{id}` is [`crate::key::encode`] of tenant and device: the pipeline keys
+//! devices by tenant and id, so two tenants may both have a `pump-1`, and either id may hold a
+//! `/`): `device:status:{id}` (hash: tenant, device, class, status, since), `device:lastseen:{id}`
+//! (ms; written by a script of its own when only it changed, the frequent case),
 //! `device:health:{id}` (hash: at, health, error_rate), `device:anomalies:{id}` (hash: kind ->
-//! `ts|open|since|severity`); per tenant `tenant:devices:{tenant_id}` (its device ids) and
-//! `tenants`. A key whose stored tenant is another's (a tenant id holding `/`) is never written
-//! nor read for this one.
+//! `ts|open|since|severity`); per tenant `tenant:devices:{tenant_id}` (its device ids), and
+//! `tenants`. Every key of a device expires `bridge.device_retention_ms` after the latest record
+//! of it (a key's expiry only moves forward, in steps of an eighth of that, so the frequent
+//! last-seen write rarely pays for it); a device the store lets go (retired, or swept) is deleted.
 //!
 //! Redis going away does not stop anything: events still flow from the in-process store, the
 //! devices that changed meanwhile stay noted, and once Redis answers again every device is
@@ -31,26 +32,36 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use crate::key;
 use crate::store::{Change, DeviceState, OpenAnomaly, Store};
 
-/// How long `device:lastseen:*` lives after the reading it holds, ms.
-const LAST_SEEN_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Devices per script call: big enough to amortise the round trip, small enough that Redis,
 /// single-threaded, is never blocked for long.
 const CHUNK: usize = 500;
 
-/// Writes a JSON array of devices; each field only if newer than what is held.
+/// Moves a key's expiry to `at` (ms, `text` as written) if it would otherwise expire more than
+/// `slack` ms before that (or never); never brings it earlier.
+const REFRESH: &str = r"
+local function refresh(key, at, text, slack)
+  local held = redis.call('PEXPIRETIME', key)
+  if held == -1 or held < at - slack then redis.call('PEXPIREAT', key, text) end
+end
+";
+
+/// Writes a JSON array of devices (ARGV[1]); each field only if newer than what is held, every
+/// key expiring at the device's `x` (ms). ARGV[2]: the slack of [`REFRESH`].
 const WRITE: &str = r"
-local ttl_ms = tonumber(ARGV[2])
+local slack = tonumber(ARGV[2])
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 for _, d in ipairs(cjson.decode(ARGV[1])) do
-  local id = d.t .. '/' .. d.d
-  local sk = 'device:status:' .. id
-  local owner = redis.call('HGET', sk, 'tenant')
-  if not owner or owner == d.t then
+  local x = tonumber(d.x)
+  if x > now_ms then
+    local sk = 'device:status:' .. d.k
+    local tk = 'tenant:devices:' .. d.t
     redis.call('SADD', 'tenants', d.t)
-    redis.call('SADD', 'tenant:devices:' .. d.t, d.d)
+    redis.call('SADD', tk, d.d)
+    refresh(tk, x, d.x, slack)
     redis.call('HSET', sk, 'tenant', d.t, 'device', d.d)
     if d.c then redis.call('HSET', sk, 'class', d.c) end
     if d.ss then
@@ -59,29 +70,31 @@ for _, d in ipairs(cjson.decode(ARGV[1])) do
         redis.call('HSET', sk, 'status', d.s, 'since', d.ss)
       end
     end
+    refresh(sk, x, d.x, slack)
     if d.ls then
-      local lk = 'device:lastseen:' .. id
+      local lk = 'device:lastseen:' .. d.k
       local seen = tonumber(redis.call('GET', lk))
-      local expires = tonumber(d.ls) + ttl_ms
-      if expires > now_ms and (not seen or seen <= tonumber(d.ls)) then
+      if not seen or seen <= tonumber(d.ls) then
         redis.call('SET', lk, d.ls)
-        redis.call('PEXPIREAT', lk, string.format('%d', expires))
       end
+      refresh(lk, x, d.x, slack)
     end
     if d.ha then
-      local hk = 'device:health:' .. id
+      local hk = 'device:health:' .. d.k
       local at = tonumber(redis.call('HGET', hk, 'at'))
       if not at or at < tonumber(d.ha) then
         redis.call('HSET', hk, 'at', d.ha, 'health', d.h, 'error_rate', d.er)
       end
+      refresh(hk, x, d.x, slack)
     end
     if d.a then
-      local ak = 'device:anomalies:' .. id
+      local ak = 'device:anomalies:' .. d.k
       for _, a in ipairs(d.a) do
         local held = redis.call('HGET', ak, a.k)
         local ts = held and tonumber(string.match(held, '^(%d+)'))
         if not ts or ts <= tonumber(a.ts) then redis.call('HSET', ak, a.k, a.ts .. '|' .. a.v) end
       end
+      refresh(ak, x, d.x, slack)
     end
   end
 end
@@ -89,47 +102,56 @@ return 1
 ";
 
 /// Writes last-seen times alone, the frequent change (one per device and pipeline interval: up to
-/// 200,000 a second for a million devices), in as few commands as it can: ARGV[1] the TTL, then
-/// per device tenant, device, last seen (ms) and class (empty: none). One `SET ... GET` both
-/// writes and reads what was held, and puts that back in the rare case it was newer (a lagging
-/// bridge), which nobody sees: a script runs alone. A device Redis does not hold yet is indexed
-/// as a whole write would. Needs Redis 6.2 (`SET` with `PXAT` and `GET`).
+/// 200,000 a second for a million devices), in as few commands as it can: ARGV[1] the slack of
+/// [`REFRESH`], then per device tenant, device, key id, last seen (ms), expiry (ms) and class
+/// (empty: none). One `SET ... GET` both writes and reads what was held, and puts that back in
+/// the rare case it was newer (a lagging bridge), which nobody sees: a script runs alone. A
+/// device Redis does not hold yet is indexed as a whole write would. Needs Redis 7.0
+/// (`PEXPIRETIME`).
 const LAST_SEEN: &str = r"
-local ttl_ms = tonumber(ARGV[1])
+local slack = tonumber(ARGV[1])
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-for i = 2, #ARGV - 3, 4 do
-  local t, d, ls, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local id = t .. '/' .. d
-  local sk = 'device:status:' .. id
-  local owner = redis.call('HGET', sk, 'tenant')
-  if not owner then
-    redis.call('SADD', 'tenants', t)
-    redis.call('SADD', 'tenant:devices:' .. t, d)
-    redis.call('HSET', sk, 'tenant', t, 'device', d)
-    if c ~= '' then redis.call('HSET', sk, 'class', c) end
-  end
-  if not owner or owner == t then
-    local at = tonumber(ls)
-    local expires = at + ttl_ms
-    if expires > now_ms then
-      local lk = 'device:lastseen:' .. id
-      local held = redis.call('SET', lk, ls, 'PXAT', string.format('%d', expires), 'GET')
-      local before = held and tonumber(held)
-      if before and before > at then
-        redis.call('SET', lk, held, 'PXAT', string.format('%d', before + ttl_ms))
-      end
+for i = 2, #ARGV - 5, 6 do
+  local t, d, k, ls, xs, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local x = tonumber(xs)
+  if x > now_ms then
+    local sk = 'device:status:' .. k
+    if redis.call('EXISTS', sk) == 0 then
+      redis.call('SADD', 'tenants', t)
+      redis.call('SADD', 'tenant:devices:' .. t, d)
+      redis.call('HSET', sk, 'tenant', t, 'device', d)
+      if c ~= '' then redis.call('HSET', sk, 'class', c) end
+    end
+    refresh(sk, x, xs, slack)
+    refresh('tenant:devices:' .. t, x, xs, slack)
+    local lk = 'device:lastseen:' .. k
+    local held = redis.call('SET', lk, ls, 'PXAT', xs, 'GET')
+    local before = held and tonumber(held)
+    if before and before > tonumber(ls) then
+      redis.call('SET', lk, held, 'PXAT', xs)
     end
   end
 end
 return 1
 ";
 
+/// Deletes devices: ARGV tenant, device, key id of each.
+const DELETE: &str = r"
+for i = 1, #ARGV - 2, 3 do
+  local t, d, k = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  redis.call('DEL', 'device:status:' .. k, 'device:lastseen:' .. k, 'device:health:' .. k,
+    'device:anomalies:' .. k)
+  redis.call('SREM', 'tenant:devices:' .. t, d)
+end
+return 1
+";
+
 /// Reads. ARGV[1] `members`: the devices of the tenants that follow (all tenants without any),
-/// as tenant, device, tenant, device, ... ARGV[1] `read`: those pairs' state, each an array of
-/// device, tenant, class, status, since, last seen, health at, health, error rate, anomalies
-/// (`kind=value` lines), `false` where Redis has nothing; a device held for another tenant is
-/// left out.
+/// as tenant, device, tenant, device, ... ARGV[1] `read`: the state of the devices that follow
+/// as tenant, device, key id, each an array of device, tenant, class, status, since, last seen,
+/// health at, health, error rate, anomalies (`kind=value` lines), `false` where Redis has
+/// nothing; a device whose keys expired is left out, and out of its tenant's index.
 const READ: &str = r"
 if ARGV[1] == 'members' then
   local tenants = {}
@@ -148,17 +170,18 @@ if ARGV[1] == 'members' then
   return out
 end
 local out = {}
-for i = 2, #ARGV - 1, 2 do
-  local t, d = ARGV[i], ARGV[i + 1]
-  local id = t .. '/' .. d
-  local s = redis.call('HMGET', 'device:status:' .. id, 'tenant', 'class', 'status', 'since')
+for i = 2, #ARGV - 2, 3 do
+  local t, d, k = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local s = redis.call('HMGET', 'device:status:' .. k, 'tenant', 'class', 'status', 'since')
   if s[1] == t then
-    local h = redis.call('HMGET', 'device:health:' .. id, 'at', 'health', 'error_rate')
-    local flat = redis.call('HGETALL', 'device:anomalies:' .. id)
+    local h = redis.call('HMGET', 'device:health:' .. k, 'at', 'health', 'error_rate')
+    local flat = redis.call('HGETALL', 'device:anomalies:' .. k)
     local lines = {}
     for j = 1, #flat, 2 do lines[#lines + 1] = flat[j] .. '=' .. flat[j + 1] end
-    out[#out + 1] = { d, t, s[2], s[3], s[4], redis.call('GET', 'device:lastseen:' .. id),
+    out[#out + 1] = { d, t, s[2], s[3], s[4], redis.call('GET', 'device:lastseen:' .. k),
       h[1], h[2], h[3], table.concat(lines, '\n') }
+  elseif not s[1] then
+    redis.call('SREM', 'tenant:devices:' .. t, d)
   end
 end
 if #out == 0 then return '[]' end
@@ -199,6 +222,10 @@ pub enum CacheError {
 struct Write<'a> {
     t: &'a str,
     d: &'a str,
+    /// The device's key id.
+    k: String,
+    /// When its keys expire, ms.
+    x: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     c: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,11 +252,22 @@ struct AnomalyWrite<'a> {
     v: String,
 }
 
-fn to_write(d: &DeviceState) -> Write<'_> {
+/// When a device's keys expire: `retention` after its latest record, ms.
+fn expiry(d: &DeviceState, retention: Duration) -> String {
+    let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    d.latest()
+        .unwrap_or(0)
+        .saturating_add(retention)
+        .to_string()
+}
+
+fn to_write(d: &DeviceState, retention: Duration) -> Write<'_> {
     let text = |v: Option<i64>| v.map(|v| v.to_string());
     Write {
         t: &d.tenant_id,
         d: &d.device_id,
+        k: key::encode(&d.tenant_id, &d.device_id),
+        x: expiry(d, retention),
         c: d.device_class.as_deref(),
         s: d.status.as_deref(),
         ss: text(d.status_since),
@@ -251,21 +289,32 @@ fn to_write(d: &DeviceState) -> Write<'_> {
     }
 }
 
-/// The arguments of the last-seen script after the TTL: tenant, device, last seen, class (empty:
-/// none) of each device that has a last-seen time.
-fn last_seen_args<'a>(devices: impl IntoIterator<Item = &'a DeviceState>) -> Vec<String> {
+/// The arguments of the last-seen script after the slack: tenant, device, key id, last seen,
+/// expiry, class (empty: none) of each device that has a last-seen time.
+fn last_seen_args<'a>(
+    devices: impl IntoIterator<Item = &'a DeviceState>,
+    retention: Duration,
+) -> Vec<String> {
     let mut args = Vec::new();
     for d in devices {
         if let Some(at) = d.last_seen {
             args.extend([
                 d.tenant_id.clone(),
                 d.device_id.clone(),
+                key::encode(&d.tenant_id, &d.device_id),
                 at.to_string(),
+                expiry(d, retention),
                 d.device_class.clone().unwrap_or_default(),
             ]);
         }
     }
     args
+}
+
+/// How far ahead of its expiry a key's expiry is moved: an eighth of the retention, so that a
+/// device's keys are touched for it a few times per retention, not at every write.
+fn slack(retention: Duration) -> String {
+    (retention.as_millis() / 8).to_string()
 }
 
 /// Which devices a snapshot reads.
@@ -282,6 +331,7 @@ pub struct Cache {
     client: fred::clients::Client,
     write: Script,
     last_seen: Script,
+    delete: Script,
     read: Script,
     up: AtomicBool,
     /// How many of the hub's events Redis reflects.
@@ -388,8 +438,9 @@ impl Cache {
         client.connect();
         Ok(Arc::new(Cache {
             client,
-            write: Script::from_lua(WRITE),
-            last_seen: Script::from_lua(LAST_SEEN),
+            write: Script::from_lua(format!("{REFRESH}{WRITE}")),
+            last_seen: Script::from_lua(format!("{REFRESH}{LAST_SEEN}")),
+            delete: Script::from_lua(DELETE),
             read: Script::from_lua(READ),
             up: AtomicBool::new(false),
             written: watch::channel(0).0,
@@ -401,8 +452,16 @@ impl Cache {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Writes what changed in `store`, every `every`, until `stop`.
-    pub async fn write_behind(&self, store: &Store, hub: &Hub, every: Duration, stop: &AtomicBool) {
+    /// Writes what changed in `store`, every `every`, until `stop`; every key of a device
+    /// expires `retention` after its latest record.
+    pub async fn write_behind(
+        &self,
+        store: &Store,
+        hub: &Hub,
+        every: Duration,
+        retention: Duration,
+        stop: &AtomicBool,
+    ) {
         // Whether Redis holds every device: not at first, nor after it was away.
         let mut whole = false;
         while !stop.load(Ordering::Relaxed) {
@@ -422,7 +481,7 @@ impl Cache {
             let keys: Vec<_> = changed.into_iter().collect();
             let mut failed = None;
             for (i, chunk) in keys.chunks(CHUNK).enumerate() {
-                if let Err(e) = self.write_chunk(store, chunk).await {
+                if let Err(e) = self.write_chunk(store, chunk, retention).await {
                     failed = Some((i, e));
                     break;
                 }
@@ -447,28 +506,40 @@ impl Cache {
     }
 
     /// Writes one chunk of changed devices: those wholly changed with the general script, those
-    /// whose last-seen time alone moved with the cheaper one.
+    /// whose last-seen time alone moved with the cheaper one; deletes those gone.
     async fn write_chunk(
         &self,
         store: &Store,
         chunk: &[(crate::store::DeviceKey, Change)],
+        retention: Duration,
     ) -> Result<(), CacheError> {
-        let devices = store.get(chunk.iter().map(|(k, c)| (k, c)));
+        let (gone, held): (Vec<_>, Vec<_>) = chunk.iter().partition(|(_, c)| *c == Change::Gone);
+        let devices = store.get(held.iter().map(|(k, c)| (k, c)));
         let (whole, seen): (Vec<_>, Vec<_>) = devices.iter().partition(|(_, c)| *c == Change::All);
         if !whole.is_empty() {
-            let writes: Vec<Write<'_>> = whole.iter().map(|(d, _)| to_write(d)).collect();
+            let writes: Vec<Write<'_>> =
+                whole.iter().map(|(d, _)| to_write(d, retention)).collect();
             let json = serde_json::to_string(&writes).unwrap_or_default();
-            let args = vec![json, LAST_SEEN_TTL_MS.to_string()];
+            let args = vec![json, slack(retention)];
             self.write
                 .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
                 .await?;
         }
-        let seen = last_seen_args(seen.iter().map(|(d, _)| d));
+        let seen = last_seen_args(seen.iter().map(|(d, _)| d), retention);
         if !seen.is_empty() {
             let mut args = Vec::with_capacity(seen.len() + 1);
-            args.push(LAST_SEEN_TTL_MS.to_string());
+            args.push(slack(retention));
             args.extend(seen);
             self.last_seen
+                .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
+                .await?;
+        }
+        if !gone.is_empty() {
+            let args: Vec<String> = gone
+                .iter()
+                .flat_map(|((t, d), _)| [t.clone(), d.clone(), key::encode(t, d)])
+                .collect();
+            self.delete
                 .evalsha_with_reload::<i64, _, _>(&self.client, (), args)
                 .await?;
         }
@@ -535,8 +606,7 @@ impl Cache {
         for chunk in keys.chunks(CHUNK) {
             let mut args = vec!["read".to_string()];
             for (tenant, device) in chunk {
-                args.push(tenant.clone());
-                args.push(device.clone());
+                args.extend([tenant.clone(), device.clone(), key::encode(tenant, device)]);
             }
             let json: String = self
                 .read
@@ -623,7 +693,7 @@ mod tests {
             },
         );
         // What the scripts do with a write, by hand: stored values, then the read row.
-        let w = to_write(&d);
+        let w = to_write(&d, Duration::from_secs(60));
         let anomalies: Vec<String> =
             w.a.iter()
                 .map(|a| format!("{}={}|{}", a.k, a.ts, a.v))
@@ -647,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn last_seen_writes_carry_four_texts_per_device() {
+    fn last_seen_writes_carry_six_texts_per_device() {
         let mut d = DeviceState {
             tenant_id: "t".into(),
             device_id: "d".into(),
@@ -667,19 +737,23 @@ mod tests {
         let mut never = d.clone();
         never.last_seen = None;
         assert_eq!(
-            last_seen_args([&d, &classless, &never]),
+            last_seen_args([&d, &classless, &never], Duration::from_secs(1)),
             [
                 "t",
                 "d",
+                "t/d",
                 "1764979260456",
+                "1764979261456",
                 "sensor",
                 "t",
                 "e",
+                "t/e",
                 "1764979260456",
+                "1764979261456",
                 ""
             ]
         );
         d.last_seen = Some(-1);
-        assert_eq!(last_seen_args([&d])[2], "-1");
+        assert_eq!(last_seen_args([&d], Duration::ZERO)[3], "-1");
     }
 }

@@ -16,8 +16,9 @@ pub struct BridgeConfig {
     /// The certificate's private key (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<std::path::PathBuf>,
-    /// The HS256 secret tokens are signed with, at least 256 bits as written. Empty: the bridge
-    /// refuses to start.
+    /// The HS256 secret tokens are signed with, at least 256 bits as written. Empty: HS256
+    /// tokens are refused, and without a key set (`jwks_file`, `jwks_url`) the bridge does not
+    /// start.
     pub jwt_secret: String,
     /// The `iss` tokens must carry; empty: not checked.
     pub jwt_issuer: String,
@@ -34,6 +35,15 @@ pub struct BridgeConfig {
     /// A file holding the secret (read at start-up into `jwt_secret`, which it wins over).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret_file: Option<std::path::PathBuf>,
+    /// A JSON Web Key Set file with the public keys RS256 and ES256 tokens are checked against
+    /// (an identity provider's keys, saved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// The URL of an identity provider's JSON Web Key Set (its `jwks_uri`), fetched at start-up
+    /// and again every `jwks_refresh_s`, or sooner for a key id it does not hold.
+    pub jwks_url: String,
+    /// How often the key set at `jwks_url` is fetched again, seconds.
+    pub jwks_refresh_s: u64,
     /// Connections served at once; more are refused with 503.
     pub max_connections: usize,
     /// WebSocket connections served at once from one client address (behind a proxy, the
@@ -46,6 +56,22 @@ pub struct BridgeConfig {
     pub header_timeout_ms: u64,
     /// How long a WebSocket client has after the upgrade to send its first message, ms.
     pub first_message_ms: u64,
+    /// Client messages one connection may send per second (twice as many, at least 10, in a
+    /// burst); past that it is answered `rate_limited`, and closed if it goes on. 0: no limit.
+    pub messages_per_s: u32,
+    /// Client messages all the connections of one tenant may send per second. 0: no limit.
+    pub tenant_messages_per_s: u32,
+    /// Snapshots and cursor replays one connection may ask for per second (at least 10 in a
+    /// burst). 0: no limit.
+    pub snapshots_per_s: u32,
+    /// Snapshots and cursor replays all the connections of one tenant may ask for per second.
+    /// 0: no limit.
+    pub tenant_snapshots_per_s: u32,
+    /// `/api/devices` requests one token may make per second (answered 429 past it). 0: no limit.
+    pub api_requests_per_s: u32,
+    /// Devices per `snapshot` message: a larger snapshot comes in several, all but the last
+    /// marked `more`.
+    pub snapshot_page: usize,
     /// Topics one client may subscribe to.
     pub max_subscriptions: usize,
     /// The largest client message, bytes.
@@ -71,6 +97,17 @@ pub struct BridgeConfig {
     /// Recent events kept for clients that resume from a cursor; one whose cursor is older gets
     /// `resync` and a snapshot.
     pub resume_events: usize,
+    /// The most those recent events may take, bytes (their JSON and cursors): whichever bound
+    /// is met first lets the oldest go.
+    pub resume_bytes: usize,
+    /// A device no record has mentioned for this long (by the records' times) leaves the store
+    /// and Redis, whose keys for it expire after this too, ms. The pipeline retires silent
+    /// devices itself (`pipeline.device_retention_ms`); this bounds what its retirements miss.
+    pub device_retention_ms: u64,
+    /// Where `/metrics` is served instead of `listen`, to keep it off the public listener; unset:
+    /// on `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// How often a client gets one `last_seen` message with the devices' last-seen times that
     /// moved, ms: the most a last-seen time waits in the bridge before it is sent.
     pub last_seen_every_ms: u64,
@@ -89,11 +126,20 @@ impl Default for BridgeConfig {
             jwt_tenant_claim: "tenant".into(),
             jwt_role_claim: "role".into(),
             jwt_secret_file: None,
+            jwks_file: None,
+            jwks_url: String::new(),
+            jwks_refresh_s: 300,
             max_connections: 20_000,
             max_connections_per_address: 1_000,
             max_connections_per_tenant: 10_000,
             header_timeout_ms: 10_000,
             first_message_ms: 10_000,
+            messages_per_s: 20,
+            tenant_messages_per_s: 2_000,
+            snapshots_per_s: 1,
+            tenant_snapshots_per_s: 50,
+            api_requests_per_s: 10,
+            snapshot_page: 1_000,
             max_subscriptions: 64,
             max_message_bytes: 16 * 1024,
             client_queue: 1_024,
@@ -104,6 +150,9 @@ impl Default for BridgeConfig {
             redis_password_file: None,
             redis_ca_file: None,
             resume_events: 100_000,
+            resume_bytes: 64 * 1024 * 1024,
+            device_retention_ms: 30 * 24 * 3_600_000,
+            metrics_listen: None,
             last_seen_every_ms: 500,
         }
     }
@@ -134,7 +183,10 @@ impl BridgeConfig {
     /// Checks the values; the error names the key (within `[bridge]`) and what it expects.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, why: &str| Err((key.to_string(), why.to_string()));
-        if let Some(why) = crate::auth::weakness(&self.jwt_secret) {
+        let key_set = self.jwks_file.is_some() || !self.jwks_url.is_empty();
+        if (!key_set || !self.jwt_secret.is_empty())
+            && let Some(why) = crate::auth::weakness(&self.jwt_secret)
+        {
             return fail(
                 "jwt_secret",
                 &format!("a random HS256 secret of at least 256 bits; this one has {why}"),
@@ -161,6 +213,8 @@ impl BridgeConfig {
             ("max_subscriptions", self.max_subscriptions),
             ("max_message_bytes", self.max_message_bytes),
             ("client_queue", self.client_queue),
+            ("snapshot_page", self.snapshot_page),
+            ("resume_bytes", self.resume_bytes),
         ] {
             if value == 0 {
                 return fail(key, "at least 1");
@@ -174,6 +228,24 @@ impl BridgeConfig {
             if value < 100 {
                 return fail(key, "at least 100");
             }
+        }
+        if self.device_retention_ms < 60_000 {
+            return fail("device_retention_ms", "at least 60000 (a minute)");
+        }
+        if !self.jwks_url.is_empty()
+            && !self.jwks_url.starts_with("https://")
+            && !self.jwks_url.starts_with("http://")
+        {
+            return fail(
+                "jwks_url",
+                "empty, or an https:// URL of a JSON Web Key Set",
+            );
+        }
+        if !self.jwks_url.is_empty() && self.jwks_file.is_some() {
+            return fail("jwks_file", "unset when jwks_url is set (one key set)");
+        }
+        if self.jwks_refresh_s < 10 {
+            return fail("jwks_refresh_s", "at least 10");
         }
         if !(10..=60_000).contains(&self.last_seen_every_ms) {
             return fail("last_seen_every_ms", "from 10 to 60000");

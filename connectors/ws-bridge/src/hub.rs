@@ -5,8 +5,10 @@
 //! queued, or after 5 s if its socket takes nothing): publishing never waits, so one stuck
 //! client slows nobody else down.
 //!
-//! The hub also keeps the last `resume_events` events, in the order published, so that a client
-//! that comes back with a cursor gets what it missed (see [`crate::cursor`]).
+//! The hub also keeps the last `resume_events` events (at most `resume_bytes` of them), in the
+//! order published, so that a client that comes back with a cursor gets what it missed (see
+//! [`crate::cursor`]). They are held in sealed chunks: a subscription takes the chunks (a copy of
+//! a few pointers) under the lock publishing needs, and looks for its events after letting it go.
 //!
 //! Last-seen times are state, not events: each superseded by the next, one per device every few
 //! seconds (the most frequent record by far). The hub keeps the latest per device that moved and,
@@ -27,14 +29,29 @@ use crate::feed::{Event, Kind};
 use crate::protocol::{Seen, ServerMessage, Topic};
 use crate::store::DeviceKey;
 
-/// The key admins are filed under: they see every tenant. No tenant id can be it (a token
-/// without a tenant is refused, and ids hold no control characters).
-const ADMINS: &str = "\u{0}admins";
-
 struct Client {
     topics: BTreeSet<Topic>,
     queue: mpsc::Sender<Arc<Event>>,
     slow: Arc<AtomicBool>,
+}
+
+type Connections = HashMap<u64, Client>;
+
+/// The registered connections: each tenant's, and the admins' apart, where no tenant id can name
+/// them.
+#[derive(Default)]
+struct Clients {
+    tenants: HashMap<String, Connections>,
+    admins: Connections,
+}
+
+impl Clients {
+    fn of(&mut self, key: &Option<String>) -> Option<&mut Connections> {
+        match key {
+            Some(tenant) => self.tenants.get_mut(tenant),
+            None => Some(&mut self.admins),
+        }
+    }
 }
 
 /// Whether `topics` cover `e`.
@@ -55,10 +72,10 @@ fn wants_every_last_seen(topics: &BTreeSet<Topic>) -> bool {
     topics.contains(&Topic::Tenant) || topics.contains(&Topic::LastSeen)
 }
 
-/// A `last_seen` message of `devices`, for connections filed under `key`.
-fn last_seen_event(key: &str, devices: Vec<&Seen>) -> Arc<Event> {
+/// A `last_seen` message of `devices`, for connections of `tenant` (empty: the admins).
+fn last_seen_event(tenant: &str, devices: Vec<&Seen>) -> Arc<Event> {
     Arc::new(Event {
-        tenant: key.to_string(),
+        tenant: tenant.to_string(),
         device: String::new(),
         class: None,
         kind: Kind::LastSeen,
@@ -73,18 +90,33 @@ fn last_seen_event(key: &str, devices: Vec<&Seen>) -> Arc<Event> {
 pub struct Hub {
     queue: usize,
     next: AtomicU64,
-    clients: RwLock<HashMap<String, HashMap<u64, Client>>>,
+    clients: RwLock<Clients>,
     recent: Mutex<Recent>,
     /// The latest last-seen time of each device that moved since the last `last_seen` messages.
     seen: Mutex<HashMap<DeviceKey, Seen>>,
 }
 
+/// Recent events, oldest first, in chunks.
+type Chunk = Arc<[Arc<Event>]>;
+
 /// The events a resuming client may be owed.
 struct Recent {
+    /// The most events held.
     capacity: usize,
-    events: VecDeque<Arc<Event>>,
-    /// Per partition, the offset from which `events` holds every record: the feed's first offset,
-    /// raised as events fall off the end.
+    /// The most bytes they may take.
+    max_bytes: usize,
+    /// Events per sealed chunk.
+    chunk: usize,
+    sealed: VecDeque<Chunk>,
+    /// How many of the oldest sealed chunk's events were let go.
+    skip: usize,
+    /// The newest events, sealed into a chunk once `chunk` of them are here.
+    open: Vec<Arc<Event>>,
+    /// Events held, and their bytes.
+    held: usize,
+    bytes: usize,
+    /// Per partition, the offset from which the chunks hold every record: the feed's first
+    /// offset, raised as chunks fall off the end.
     floor: Position,
     /// The position after the last event published.
     cursor: Arc<str>,
@@ -97,10 +129,58 @@ struct Recent {
 pub enum Owed {
     /// The state of the devices its topics cover (it gave no cursor).
     Snapshot,
-    /// The events after its cursor (it gave one, and this bridge still holds them), oldest first.
-    Missed(Vec<Arc<Event>>),
+    /// The events after its cursor (it gave one, and this bridge still holds them): found by
+    /// [`Replay::scan`].
+    Missed(Replay),
     /// It gave a cursor this bridge cannot serve from: a snapshot instead, with the reason.
     Resync(&'static str),
+}
+
+/// The events a resuming client is owed, still to be picked out of the chunks held when it
+/// subscribed: a scan of up to `resume_events` events, done off the hub's locks.
+pub struct Replay {
+    /// Chunks, each with how many of its first events to pass over (let go since).
+    chunks: Vec<(Chunk, usize)>,
+    from: Position,
+    /// The tenant it may see; `None` for an admin.
+    tenant: Option<String>,
+    topics: BTreeSet<Topic>,
+    /// The topics it had before: their events were queued live.
+    old: BTreeSet<Topic>,
+    /// The most events it may be owed: more than a client may have waiting would strike it
+    /// off as it resumes.
+    limit: usize,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("chunks", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replay {
+    /// The events owed, oldest first, or why there are too many.
+    pub fn scan(&self) -> Result<Vec<Arc<Event>>, &'static str> {
+        let mut missed = Vec::new();
+        let held = self
+            .chunks
+            .iter()
+            .flat_map(|(c, skip)| c.iter().skip(*skip));
+        for e in held.filter(|e| {
+            e.source.is_some_and(|s| self.from.owes(s))
+                && self.tenant.as_ref().is_none_or(|t| e.tenant == *t)
+                && wants(&self.topics, e)
+                && !wants(&self.old, e)
+        }) {
+            if missed.len() == self.limit {
+                return Err("more events were missed than a client may have waiting");
+            }
+            missed.push(Arc::clone(e));
+        }
+        Ok(missed)
+    }
 }
 
 /// The outcome of [`Hub::subscribe`].
@@ -118,8 +198,8 @@ pub struct Subscribed {
 pub struct Registration {
     /// The connection's id in the hub.
     pub id: u64,
-    /// Its tenant key (`tenant`, or the admins' key).
-    key: String,
+    /// Its tenant; `None` for an admin.
+    key: Option<String>,
     /// Its events, in order.
     pub events: mpsc::Receiver<Arc<Event>>,
     /// Set when its queue overflowed.
@@ -128,15 +208,23 @@ pub struct Registration {
 
 impl Hub {
     /// A hub whose connections may each have `queue` events waiting and which keeps the last
-    /// `recent` events for clients that resume.
-    pub fn new(queue: usize, recent: usize) -> Hub {
+    /// `recent` events, taking at most `recent_bytes`, for clients that resume.
+    pub fn new(queue: usize, recent: usize, recent_bytes: usize) -> Hub {
         Hub {
             queue: queue.max(1),
             next: AtomicU64::new(0),
-            clients: RwLock::new(HashMap::new()),
+            clients: RwLock::new(Clients::default()),
             recent: Mutex::new(Recent {
                 capacity: recent,
-                events: VecDeque::new(),
+                max_bytes: recent_bytes,
+                // Small enough that the ring holds nearly `recent` events, large enough that a
+                // subscription copies few pointers.
+                chunk: (recent / 16).clamp(1, 1_024),
+                sealed: VecDeque::new(),
+                skip: 0,
+                open: Vec::new(),
+                held: 0,
+                bytes: 0,
                 floor: Position::default(),
                 cursor: Position::default().encode().into(),
                 published: 0,
@@ -158,16 +246,19 @@ impl Hub {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (queue, events) = mpsc::channel(self.queue);
         let slow = Arc::new(AtomicBool::new(false));
-        let key = if admin { ADMINS } else { tenant }.to_string();
+        let key = (!admin).then(|| tenant.to_string());
         let client = Client {
             topics: BTreeSet::new(),
             queue,
             slow: Arc::clone(&slow),
         };
-        self.write()
-            .entry(key.clone())
-            .or_default()
-            .insert(id, client);
+        let mut clients = self.write();
+        match &key {
+            Some(tenant) => clients.tenants.entry(tenant.clone()).or_default(),
+            None => &mut clients.admins,
+        }
+        .insert(id, client);
+        drop(clients);
         Registration {
             id,
             key,
@@ -188,16 +279,24 @@ impl Hub {
         let mut clients = self.write();
         let recent = self.recent();
         let old = clients
-            .get_mut(&r.key)
+            .of(&r.key)
             .and_then(|m| m.get_mut(&r.id))
             .map(|c| std::mem::replace(&mut c.topics, topics.clone()))
             .unwrap_or_default();
         drop(clients);
         let owed = match resume {
             None => Owed::Snapshot,
-            Some(from) => recent.missed(from, self.queue, |e| {
-                (r.key == ADMINS || e.tenant == r.key) && wants(topics, e) && !wants(&old, e)
-            }),
+            Some(from) => match recent.chunks_after(from) {
+                Err(why) => Owed::Resync(why),
+                Ok(chunks) => Owed::Missed(Replay {
+                    chunks,
+                    from: from.clone(),
+                    tenant: r.key.clone(),
+                    topics: topics.clone(),
+                    old,
+                    limit: self.queue,
+                }),
+            },
         };
         Subscribed {
             cursor: Arc::clone(&recent.cursor),
@@ -209,11 +308,13 @@ impl Hub {
     /// Removes a connection.
     pub fn leave(&self, r: &Registration) {
         let mut clients = self.write();
-        if let Some(m) = clients.get_mut(&r.key) {
+        if let Some(m) = clients.of(&r.key) {
             m.remove(&r.id);
-            if m.is_empty() {
-                clients.remove(&r.key);
-            }
+        }
+        if let Some(tenant) = &r.key
+            && clients.tenants.get(tenant).is_some_and(HashMap::is_empty)
+        {
+            clients.tenants.remove(tenant);
         }
     }
 
@@ -229,20 +330,17 @@ impl Hub {
             // event up to the cursor held there (see `Hub::quiet_cursor`).
             let mut recent = self.recent();
             recent.push(e);
-            let keys = if e.tenant == ADMINS {
-                vec![ADMINS]
-            } else {
-                vec![e.tenant.as_str(), ADMINS]
-            };
-            for key in keys {
-                for (id, c) in clients.get(key).into_iter().flatten() {
-                    if wants(&c.topics, e)
-                        && let Err(mpsc::error::TrySendError::Full(_)) =
-                            c.queue.try_send(Arc::clone(e))
-                    {
-                        c.slow.store(true, Ordering::Relaxed);
-                        full.push((key.to_string(), *id));
-                    }
+            let tenant = clients.tenants.get(&e.tenant).into_iter().flatten();
+            let admins = clients.admins.iter();
+            for (key, (id, c)) in tenant
+                .map(|c| (Some(&e.tenant), c))
+                .chain(admins.map(|c| (None, c)))
+            {
+                if wants(&c.topics, e)
+                    && let Err(mpsc::error::TrySendError::Full(_)) = c.queue.try_send(Arc::clone(e))
+                {
+                    c.slow.store(true, Ordering::Relaxed);
+                    full.push((key.cloned(), *id));
                 }
             }
             drop(recent);
@@ -256,7 +354,7 @@ impl Hub {
     pub fn note_last_seen(&self, s: Seen) {
         {
             let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
-            if !clients.contains_key(&s.tenant_id) && !clients.contains_key(ADMINS) {
+            if !clients.tenants.contains_key(&s.tenant_id) && clients.admins.is_empty() {
                 return;
             }
         }
@@ -287,21 +385,22 @@ impl Hub {
         let mut full = Vec::new();
         {
             let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
-            for (key, connections) in clients.iter() {
-                let entries = if key == ADMINS {
-                    &everyone
-                } else {
-                    match by_tenant.get(key.as_str()) {
+            let tenants = clients.tenants.iter().map(|(t, c)| (Some(t), c));
+            for (key, connections) in tenants.chain([(None, &clients.admins)]) {
+                let entries = match key {
+                    None => &everyone,
+                    Some(tenant) => match by_tenant.get(tenant.as_str()) {
                         Some(entries) => entries,
                         None => continue,
-                    }
+                    },
                 };
+                let tenant = key.map_or("", String::as_str);
                 let mut shared = None;
                 let mut index = None;
                 for (id, c) in connections {
                     let event = if wants_every_last_seen(&c.topics) {
                         Arc::clone(
-                            shared.get_or_insert_with(|| last_seen_event(key, entries.clone())),
+                            shared.get_or_insert_with(|| last_seen_event(tenant, entries.clone())),
                         )
                     } else {
                         let index = index.get_or_insert_with(|| Index::new(entries));
@@ -309,11 +408,11 @@ impl Hub {
                         if mine.is_empty() {
                             continue;
                         }
-                        last_seen_event(key, mine)
+                        last_seen_event(tenant, mine)
                     };
                     if let Err(mpsc::error::TrySendError::Full(_)) = c.queue.try_send(event) {
                         c.slow.store(true, Ordering::Relaxed);
-                        full.push((key.clone(), *id));
+                        full.push((key.cloned(), *id));
                     }
                 }
             }
@@ -331,7 +430,7 @@ impl Hub {
         }
     }
 
-    fn strike_off(&self, full: Vec<(String, u64)>) {
+    fn strike_off(&self, full: Vec<(Option<String>, u64)>) {
         if full.is_empty() {
             return;
         }
@@ -339,13 +438,13 @@ impl Hub {
         for (key, id) in full {
             counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
             // Dropping its sender closes the queue: the connection drains it and ends.
-            if let Some(m) = clients.get_mut(&key) {
+            if let Some(m) = clients.of(&key) {
                 m.remove(&id);
             }
         }
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<u64, Client>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Clients> {
         self.clients.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -413,51 +512,79 @@ impl<'a> Index<'a> {
     }
 }
 
+/// What an event takes in the ring, bytes: its JSON, cursor and ids, and the event itself.
+fn size(e: &Event) -> usize {
+    std::mem::size_of::<Event>()
+        + e.json.len()
+        + e.cursor.len()
+        + e.tenant.len()
+        + e.device.len()
+        + e.class.as_ref().map_or(0, String::len)
+}
+
 impl Recent {
     fn push(&mut self, e: &Arc<Event>) {
         // Only events with a place in the topics are held; the feed publishes no other.
-        let Some(source) = e.source else {
+        if e.source.is_none() {
             return;
-        };
+        }
         self.published += 1;
         self.cursor = Arc::clone(&e.cursor);
-        if self.capacity == 0 {
-            self.floor
-                .set(source.topic, source.partition, source.offset + 1);
-            return;
+        self.open.push(Arc::clone(e));
+        self.held += 1;
+        self.bytes += size(e);
+        if self.open.len() >= self.chunk {
+            self.seal();
         }
-        if self.events.len() == self.capacity
-            && let Some(old) = self.events.pop_front()
-            && let Some(s) = old.source
-        {
-            self.floor.set(s.topic, s.partition, s.offset + 1);
+        while self.held > self.capacity || self.bytes > self.max_bytes {
+            if self.sealed.is_empty() {
+                self.seal();
+            }
+            let Some(oldest) = self.sealed.front() else {
+                break;
+            };
+            let Some(old) = oldest.get(self.skip).cloned() else {
+                break;
+            };
+            self.skip += 1;
+            if self.skip == oldest.len() {
+                self.sealed.pop_front();
+                self.skip = 0;
+            }
+            self.held -= 1;
+            self.bytes -= size(&old);
+            if let Some(s) = old.source {
+                self.floor.set(s.topic, s.partition, s.offset + 1);
+            }
         }
-        self.events.push_back(Arc::clone(e));
     }
 
-    /// The held events after `from` that `wanted` selects, if nothing after `from` has fallen
-    /// off (or was never read).
-    fn missed(&self, from: &Position, limit: usize, wanted: impl Fn(&Event) -> bool) -> Owed {
+    fn seal(&mut self) {
+        if !self.open.is_empty() {
+            self.sealed
+                .push_back(Arc::from(std::mem::take(&mut self.open)));
+        }
+    }
+
+    /// The chunks that may hold events after `from`, if nothing after `from` has fallen off (or
+    /// was never read): the sealed ones shared, the open one copied.
+    fn chunks_after(&self, from: &Position) -> Result<Vec<(Chunk, usize)>, &'static str> {
         if self
             .floor
             .partitions()
             .any(|(topic, partition, floor)| from.next(topic, partition) < floor)
         {
-            return Owed::Resync("the cursor is older than the events this bridge holds");
+            return Err("the cursor is older than the events this bridge holds");
         }
-        let mut missed = Vec::new();
-        for e in self
-            .events
-            .iter()
-            .filter(|e| e.source.is_some_and(|s| from.owes(s)) && wanted(e))
-        {
-            // More than a client may have waiting would strike it off as it resumes.
-            if missed.len() == limit {
-                return Owed::Resync("more events were missed than a client may have waiting");
-            }
-            missed.push(Arc::clone(e));
+        let mut chunks: Vec<(Chunk, usize)> =
+            self.sealed.iter().map(|c| (Arc::clone(c), 0)).collect();
+        if let Some(first) = chunks.first_mut() {
+            first.1 = self.skip;
         }
-        Owed::Missed(missed)
+        if !self.open.is_empty() {
+            chunks.push((Arc::from(self.open.as_slice()), 0));
+        }
+        Ok(chunks)
     }
 }
 
@@ -484,7 +611,7 @@ mod tests {
 
     #[test]
     fn tenants_topics_and_a_full_queue() {
-        let hub = Hub::new(2, 0);
+        let hub = Hub::new(2, 0, usize::MAX);
         let mut t1 = hub.register("t1", false);
         let mut admin = hub.register("ops", true);
         let everything: BTreeSet<Topic> = [Topic::Tenant].into();
@@ -537,7 +664,7 @@ mod tests {
 
     #[test]
     fn a_cursor_gets_what_came_after_it_or_a_resync() {
-        let hub = Hub::new(100, 4);
+        let hub = Hub::new(100, 4, usize::MAX);
         let mut position = Position::default();
         position.set(0, 0, 5);
         position.set(0, 1, 0);
@@ -554,14 +681,15 @@ mod tests {
         let from = Position::decode(&cursors[0]).unwrap_or_default();
         let s = hub.subscribe(&r, &topics, Some(&from));
         assert_eq!(s.cursor.as_ref(), cursors[3]);
-        let Owed::Missed(missed) = s.owed else {
+        let Owed::Missed(replay) = s.owed else {
             panic!("{:?}", s.owed)
         };
+        let missed = replay.scan().unwrap();
         let got: Vec<&str> = missed.iter().map(|e| e.json.as_str()).collect();
         assert_eq!(got, ["1/0", "0/6"]);
         // Topics it already had are live, not owed again.
         let again = hub.subscribe(&r, &topics, Some(&from));
-        assert!(matches!(again.owed, Owed::Missed(m) if m.is_empty()));
+        assert!(matches!(again.owed, Owed::Missed(m) if m.scan().unwrap().is_empty()));
         // Before where the feed started: never read here.
         let r2 = hub.register("t1", false);
         let mut early = from.clone();
@@ -574,7 +702,7 @@ mod tests {
         let r3 = hub.register("t1", false);
         let s = hub.subscribe(&r3, &topics, Some(&from));
         assert!(
-            matches!(s.owed, Owed::Missed(ref m) if m.len() == 3),
+            matches!(s.owed, Owed::Missed(ref m) if m.scan().unwrap().len() == 3),
             "{:?}",
             s.owed
         );
@@ -626,7 +754,7 @@ mod tests {
 
     #[test]
     fn last_seen_times_are_batched_per_tick_by_tenant_and_topic() {
-        let hub = Hub::new(10, 100);
+        let hub = Hub::new(10, 100, usize::MAX);
         // Nobody listens: nothing is kept.
         hub.note_last_seen(seen("t1", "a", None, 1));
         assert!(hub.seen.lock().unwrap().is_empty());
@@ -677,7 +805,7 @@ mod tests {
         assert_eq!(last_seen_of(&mut admin), [vec![a, b, c]]);
         // Not events: nothing in the resume ring, no sequence used.
         assert_eq!(hub.published(), 0);
-        assert!(hub.recent().events.is_empty());
+        assert_eq!(hub.recent().held, 0);
         // Nothing moved since: no message.
         hub.send_last_seen();
         assert!(last_seen_of(&mut tenant).is_empty());
@@ -685,12 +813,49 @@ mod tests {
 
     #[test]
     fn a_client_whose_queue_is_full_of_events_is_struck_off_by_a_last_seen_batch_too() {
-        let hub = Hub::new(1, 0);
+        let hub = Hub::new(1, 0, usize::MAX);
         let r = hub.register("t1", false);
         hub.subscribe(&r, &[Topic::Tenant].into(), None);
         hub.publish(&event("t1", Kind::Status));
         hub.note_last_seen(seen("t1", "d", None, 1));
         hub.send_last_seen();
         assert!(r.slow.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_ring_keeps_under_its_byte_bound_and_raises_the_floor_past_what_it_let_go() {
+        let big = "x".repeat(10_000);
+        let hub = Hub::new(100, 1_000, 100_000);
+        let mut position = Position::default();
+        position.set(0, 0, 0);
+        hub.start_at(&position);
+        for offset in 0..50 {
+            let e = at("t1", 0, offset, &mut position);
+            hub.publish(&Arc::new(Event {
+                json: big.clone().into(),
+                tenant: e.tenant.clone(),
+                device: e.device.clone(),
+                class: None,
+                kind: e.kind,
+                cursor: Arc::clone(&e.cursor),
+                source: e.source,
+                read_at: e.read_at,
+            }));
+        }
+        let recent = hub.recent();
+        assert!(recent.bytes <= 100_000, "{} bytes", recent.bytes);
+        let each = recent.bytes / recent.held;
+        assert!(each > 10_000);
+        assert_eq!(recent.held, 100_000 / each, "as many as fit");
+        assert_eq!(recent.published, 50);
+        // What fell off is owed no more: a cursor from before it resyncs.
+        let mut old = Position::default();
+        old.set(0, 0, 1);
+        assert!(recent.chunks_after(&old).is_err());
+        let mut late = Position::default();
+        late.set(0, 0, 48);
+        let chunks = recent.chunks_after(&late).unwrap();
+        let owed: usize = chunks.iter().map(|(c, skip)| c.len() - skip).sum();
+        assert_eq!(owed, recent.held);
     }
 }

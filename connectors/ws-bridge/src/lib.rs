@@ -15,8 +15,11 @@ pub mod config;
 pub mod cursor;
 pub mod feed;
 pub mod hub;
+pub mod key;
+pub mod keys;
 pub mod limits;
 pub mod protocol;
+pub mod rates;
 pub mod server;
 pub mod store;
 

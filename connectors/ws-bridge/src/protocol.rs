@@ -49,13 +49,17 @@ pub enum ServerMessage<'a> {
         /// Every topic of the connection.
         topics: Vec<String>,
     },
-    /// The current state of the devices the new topics cover.
+    /// The current state of the devices the new topics cover: in pages of at most
+    /// `bridge.snapshot_page` devices, each but the last marked `more`.
     Snapshot {
         /// Where the live events that follow begin: a client that has seen none of them yet
         /// resumes from here.
         cursor: &'a str,
         /// One entry per device.
-        devices: Vec<DeviceState>,
+        devices: &'a [DeviceState],
+        /// More pages of this snapshot follow.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// Devices' latest reading times that moved since the last such message (every
     /// `bridge.last_seen_every_ms`), or, after a resume, those of the devices the new topics
@@ -74,8 +78,8 @@ pub enum ServerMessage<'a> {
     },
     /// Something went wrong (docs/websocket-protocol.md says which codes close the connection).
     Error {
-        /// `bad_message`, `bad_topic`, `limit`, `resync`, `slow_consumer`, `unauthorized`,
-        /// `not_found`.
+        /// `bad_message`, `bad_topic`, `limit`, `rate_limited`, `resync`, `slow_consumer`,
+        /// `timeout`, `unauthorized`, `not_found`.
         code: &'a str,
         /// For people.
         message: String,

@@ -1,6 +1,10 @@
 //! What the bridge serves: `GET /ws` (upgraded only with a valid token), the tenant-scoped REST
 //! endpoints (`/api/devices`, `/api/devices/{id}`), the live dashboard at `/`, and `/healthz`,
-//! `/readyz`, `/metrics`.
+//! `/readyz`, `/metrics` (or that on a listener of its own, [`metrics_router`]).
+//!
+//! What clients ask for is limited by [`crate::rates`]: messages and snapshots per connection
+//! and per tenant, REST requests per token. Snapshots and cursor replays are read a page at a
+//! time on blocking threads, so that neither the async workers nor the feed wait for them.
 //!
 //! Each connection is one task, registered with the [`Hub`], which queues it the events of its
 //! tenant and topics: a client whose queue overflows is told `slow_consumer` and closed, and so
@@ -34,9 +38,11 @@ use crate::cache::{Cache, Devices};
 use crate::config::BridgeConfig;
 use crate::cursor::Position;
 use crate::hub::{Hub, Owed, Registration};
+use crate::key;
 use crate::limits::{Capped, Limits, Slot};
 use crate::protocol::{ClientMessage, Seen, ServerMessage, Topic};
-use crate::store::{DeviceState, Store};
+use crate::rates::{self, Limited, Rates};
+use crate::store::{DeviceKey, DeviceState, Store};
 
 /// How long a client's socket may take to accept one message before it counts as too slow.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +71,8 @@ pub struct Bridge {
     pub connections: AtomicUsize,
     /// Open WebSocket connections per client address and per tenant.
     pub limits: Arc<Limits>,
+    /// Rate limits on client messages, snapshots and REST requests.
+    pub rates: Rates,
     /// `/metrics`.
     pub metrics: Render,
     /// `/readyz`.
@@ -107,21 +115,59 @@ async fn protective_headers(mut response: Response) -> Response {
     response
 }
 
-/// The bridge's routes.
+/// The bridge's routes; `/metrics` among them unless `bridge.metrics_listen` gives it a
+/// listener of its own.
 pub fn router(bridge: Arc<Bridge>) -> axum::Router {
-    axum::Router::new()
+    let mut routes = axum::Router::new()
         .route("/", get(dashboard))
         .route("/ws", get(ws))
         .route("/api/devices", get(devices))
         .route("/api/devices/{id}", get(device))
         .route("/healthz", get(|| std::future::ready("ok")))
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|State(b): State<Arc<Bridge>>| std::future::ready((b.metrics)())),
-        )
+        .route("/readyz", get(readyz));
+    if bridge.config.metrics_listen.is_none() {
+        routes = routes.route("/metrics", get(metrics));
+    }
+    routes
         .layer(axum::middleware::map_response(protective_headers))
         .with_state(bridge)
+}
+
+/// `/metrics` alone, for `bridge.metrics_listen`.
+pub fn metrics_router(bridge: Arc<Bridge>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(bridge)
+}
+
+async fn metrics(State(b): State<Arc<Bridge>>) -> String {
+    (b.metrics)()
+}
+
+impl Bridge {
+    /// Lets go of the devices silent past `bridge.device_retention_ms` and of the rate-limit
+    /// buckets of tenants and tokens gone quiet; run every [`Bridge::tidy_every`].
+    pub fn tidy(&self) {
+        let retention = i64::try_from(self.config.device_retention_ms).unwrap_or(i64::MAX);
+        let oldest = i64::try_from(now_ms())
+            .unwrap_or(i64::MAX)
+            .saturating_sub(retention);
+        let gone = self.store.sweep(oldest);
+        if gone > 0 {
+            tracing::info!(
+                gone,
+                "devices silent past bridge.device_retention_ms let go"
+            );
+            counter!("fleetpulse_bridge_devices_expired_total").increment(gone as u64);
+        }
+        gauge!("fleetpulse_bridge_devices").set(self.store.len() as f64);
+        self.rates.forget_idle();
+    }
+
+    /// How often [`Bridge::tidy`] runs: a minute, or a quarter of the retention if shorter.
+    pub fn tidy_every(&self) -> Duration {
+        Duration::from_millis((self.config.device_retention_ms / 4).min(60_000))
+    }
 }
 
 /// The live dashboard: one page, its script inline; the token is its business (it asks for one).
@@ -145,9 +191,9 @@ fn refuse(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-/// The claims of the request's valid token: every route that needs one takes this first, so a
-/// request without one is answered 401 before anything else is looked at.
-struct Authorized(Claims);
+/// The claims of the request's valid token, and the token: every route that needs one takes this
+/// first, so a request without one is answered 401 before anything else is looked at.
+struct Authorized(Claims, String);
 
 impl FromRequestParts<Arc<Bridge>> for Authorized {
     type Rejection = Response;
@@ -160,9 +206,10 @@ impl FromRequestParts<Arc<Bridge>> for Authorized {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        let token = crate::auth::token(header, parts.uri.query());
         b.verifier
-            .verify(crate::auth::token(header, parts.uri.query()))
-            .map(Authorized)
+            .verify(token)
+            .map(|claims| Authorized(claims, token.unwrap_or_default().to_string()))
             .map_err(|e: AuthError| {
                 counter!("fleetpulse_bridge_refused_total", "reason" => "auth").increment(1);
                 refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
@@ -179,7 +226,7 @@ async fn readyz(State(b): State<Arc<Bridge>>) -> Response {
 
 async fn ws(
     // The token is checked first: a stranger learns nothing else about the endpoint.
-    Authorized(claims): Authorized,
+    Authorized(claims, _): Authorized,
     State(b): State<Arc<Bridge>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -238,6 +285,10 @@ struct Connection {
     seen: Option<Position>,
     /// Its place under the per-address and per-tenant caps, given back when it ends.
     _slot: Slot,
+    /// Its own rate-limit buckets.
+    rates: rates::Connection,
+    /// Its tenant for the tenants' buckets; `None` for an admin.
+    tenant: rates::Tenant,
 }
 
 /// What to do after a client message.
@@ -251,6 +302,8 @@ impl Connection {
         bridge.connections.fetch_add(1, Ordering::Relaxed);
         gauge!("fleetpulse_bridge_clients").increment(1.0);
         let registration = bridge.hub.register(&claims.tenant, claims.is_admin());
+        let rates = bridge.rates.connection();
+        let tenant = (!claims.is_admin()).then(|| claims.tenant.clone());
         Connection {
             bridge,
             claims,
@@ -259,6 +312,8 @@ impl Connection {
             registration,
             seen: None,
             _slot: slot,
+            rates,
+            tenant,
         }
     }
 
@@ -377,6 +432,9 @@ impl Connection {
 
     /// The replies to a client message, and whether to go on.
     async fn answer(&mut self, text: &str) -> (Vec<String>, Next) {
+        if let Err(limited) = self.bridge.rates.message(&self.rates, &self.tenant) {
+            return self.limited(limited, "messages", self.bridge.config.messages_per_s);
+        }
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(m) => m,
             Err(e) => return self.error("bad_message", format!("not a client message: {e}")),
@@ -394,73 +452,107 @@ impl Connection {
                     .subscribe(&self.registration, &self.topics, None);
                 (vec![self.subscribed()], Next::Go)
             }
-            ClientMessage::Subscribe { topics, cursor } => {
-                let parsed: Vec<Option<Topic>> = topics.iter().map(|t| Topic::parse(t)).collect();
-                if let Some(bad) = topics.iter().zip(&parsed).find(|(_, p)| p.is_none()) {
-                    return self.error("bad_topic", format!("unknown topic {:?}", bad.0));
-                }
-                let new: BTreeSet<Topic> = parsed
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| !self.topics.contains(t))
-                    .collect();
-                if self.topics.len() + new.len() > self.bridge.config.max_subscriptions {
-                    return self.error(
-                        "limit",
-                        format!("at most {} topics", self.bridge.config.max_subscriptions),
-                    );
-                }
-                gauge!("fleetpulse_bridge_subscriptions").increment(new.len() as f64);
-                let resume = cursor.as_deref().map(Position::decode);
-                // Events from here on are queued behind what is owed now: none is missed.
-                self.topics.extend(new.iter().cloned());
-                let subscribed = self.bridge.hub.subscribe(
-                    &self.registration,
-                    &self.topics,
-                    resume.clone().flatten().as_ref(),
-                );
-                let mut replies = vec![self.subscribed()];
-                let resync = match (resume, subscribed.owed) {
-                    (Some(Some(from)), Owed::Missed(events)) => {
-                        counter!("fleetpulse_bridge_resumes_total", "outcome" => "resumed")
-                            .increment(1);
-                        replies.extend(
-                            events
-                                .iter()
-                                .filter(|e| self.claims.sees(&e.tenant))
-                                .map(|e| e.json.to_string()),
-                        );
-                        // Last-seen times are not replayed: the current ones stand for every
-                        // one it missed.
-                        replies.extend(self.last_seen_now(&new));
-                        self.seen = Some(from);
-                        return (replies, Next::Go);
-                    }
-                    (Some(None), _) => Some("not a cursor of this bridge"),
-                    (_, Owed::Resync(why)) => Some(why),
-                    _ => None,
-                };
-                if let Some(why) = resync {
-                    counter!("fleetpulse_bridge_resumes_total", "outcome" => "resync").increment(1);
-                    replies.push(
-                        ServerMessage::Error {
-                            code: "resync",
-                            message: format!("{why}: the snapshot follows"),
-                        }
-                        .json(),
-                    );
-                }
-                let devices = self.snapshot(&new, subscribed.published).await;
-                replies.push(
-                    ServerMessage::Snapshot {
-                        cursor: &subscribed.cursor,
-                        devices,
-                    }
-                    .json(),
-                );
-                (replies, Next::Go)
-            }
+            ClientMessage::Subscribe { topics, cursor } => self.subscribe(&topics, cursor).await,
         }
+    }
+
+    /// The replies to a `subscribe`: the topics, then what the client is owed (the events it
+    /// missed, or a snapshot).
+    async fn subscribe(
+        &mut self,
+        topics: &[String],
+        cursor: Option<String>,
+    ) -> (Vec<String>, Next) {
+        let parsed: Vec<Option<Topic>> = topics.iter().map(|t| Topic::parse(t)).collect();
+        if let Some(bad) = topics.iter().zip(&parsed).find(|(_, p)| p.is_none()) {
+            return self.error("bad_topic", format!("unknown topic {:?}", bad.0));
+        }
+        let new: BTreeSet<Topic> = parsed
+            .into_iter()
+            .flatten()
+            .filter(|t| !self.topics.contains(t))
+            .collect();
+        if self.topics.len() + new.len() > self.bridge.config.max_subscriptions {
+            return self.error(
+                "limit",
+                format!("at most {} topics", self.bridge.config.max_subscriptions),
+            );
+        }
+        if (!new.is_empty() || cursor.is_some())
+            && let Err(limited) = self.bridge.rates.snapshot(&self.rates, &self.tenant)
+        {
+            return self.limited(limited, "snapshots", self.bridge.config.snapshots_per_s);
+        }
+        gauge!("fleetpulse_bridge_subscriptions").increment(new.len() as f64);
+        let resume = cursor.as_deref().map(Position::decode);
+        // Events from here on are queued behind what is owed now: none is missed.
+        self.topics.extend(new.iter().cloned());
+        let subscribed = self.bridge.hub.subscribe(
+            &self.registration,
+            &self.topics,
+            resume.clone().flatten().as_ref(),
+        );
+        let mut replies = vec![self.subscribed()];
+        let owed = match subscribed.owed {
+            Owed::Missed(replay) => {
+                match tokio::task::spawn_blocking(move || replay.scan()).await {
+                    Ok(Ok(events)) => Ok(events),
+                    Ok(Err(why)) => Err(Some(why)),
+                    Err(_) => Err(Some("the replay failed")),
+                }
+            }
+            Owed::Resync(why) => Err(Some(why)),
+            Owed::Snapshot => Err(None),
+        };
+        let resync = match (resume, owed) {
+            (Some(Some(from)), Ok(events)) => {
+                counter!("fleetpulse_bridge_resumes_total", "outcome" => "resumed").increment(1);
+                replies.extend(
+                    events
+                        .iter()
+                        .filter(|e| self.claims.sees(&e.tenant))
+                        .map(|e| e.json.to_string()),
+                );
+                // Last-seen times are not replayed: the current ones stand for every one it
+                // missed.
+                replies.extend(self.last_seen_now(&new).await);
+                self.seen = Some(from);
+                return (replies, Next::Go);
+            }
+            (Some(None), _) => Some("not a cursor of this bridge"),
+            (_, Err(why)) => why,
+            (None, Ok(_)) => None,
+        };
+        if let Some(why) = resync {
+            counter!("fleetpulse_bridge_resumes_total", "outcome" => "resync").increment(1);
+            replies.push(
+                ServerMessage::Error {
+                    code: "resync",
+                    message: format!("{why}: the snapshot follows"),
+                }
+                .json(),
+            );
+        }
+        let devices = self.snapshot(&new, subscribed.published).await;
+        let mut pages = devices.chunks(self.bridge.config.snapshot_page).peekable();
+        if pages.peek().is_none() {
+            replies.push(snapshot_page(&subscribed.cursor, &[], false));
+        }
+        while let Some(page) = pages.next() {
+            let more = pages.peek().is_some();
+            replies.push(snapshot_page(&subscribed.cursor, page, more));
+        }
+        (replies, Next::Go)
+    }
+
+    /// A `rate_limited` reply, which counts as a bad message: a client that keeps on is closed.
+    fn limited(&mut self, limited: Limited, what: &str, per_s: u32) -> (Vec<String>, Next) {
+        let (whose, label) = match limited {
+            Limited::Connection => (format!("{per_s} a second on a connection"), "connection"),
+            Limited::Tenant => ("the tenant's share".to_string(), "tenant"),
+        };
+        counter!("fleetpulse_bridge_rate_limited_total", "limit" => label).increment(1);
+        self.error("rate_limited", format!("too many {what}: {whose}"))
     }
 
     /// A `heartbeat`, with the cursor the client is at when nothing is waiting for it (not
@@ -485,8 +577,9 @@ impl Connection {
 
     /// A `last_seen` message with the store's last-seen times of the visible devices whose
     /// times `topics` cover, if there are any.
-    fn last_seen_now(&self, topics: &BTreeSet<Topic>) -> Option<String> {
-        let covered = |d: &DeviceState| {
+    async fn last_seen_now(&self, topics: &BTreeSet<Topic>) -> Option<String> {
+        let topics = topics.clone();
+        let covered = move |d: &DeviceState| {
             d.last_seen.is_some()
                 && topics.iter().any(|t| match t {
                     Topic::Device(id) => d.device_id == *id,
@@ -496,9 +589,8 @@ impl Connection {
                 })
         };
         let seen: Vec<Seen> = self
-            .bridge
-            .store
-            .select(|tenant| self.claims.sees(tenant), covered)
+            .devices(covered)
+            .await
             .into_iter()
             .filter_map(|d| {
                 Some(Seen {
@@ -517,15 +609,40 @@ impl Connection {
         })
     }
 
+    /// The visible devices that `wanted` selects, from the store a page at a time.
+    async fn devices(
+        &self,
+        wanted: impl Fn(&DeviceState) -> bool + Send + 'static,
+    ) -> Vec<DeviceState> {
+        let store = Arc::clone(&self.bridge.store);
+        let tenant = self.tenant.clone();
+        let page = self.bridge.config.snapshot_page;
+        tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let (devices, next) = store.page(tenant.as_deref(), after.as_ref(), page, &wanted);
+                all.extend(devices);
+                match next {
+                    Some(next) => after = Some(next),
+                    None => return all,
+                }
+            }
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// The state of the visible devices that `topics` cover: from Redis when it is configured
     /// and has the first `published` events, else from memory.
     async fn snapshot(&self, topics: &BTreeSet<Topic>, published: u64) -> Vec<DeviceState> {
         if topics.is_empty() {
             return Vec::new();
         }
-        let wanted = |d: &DeviceState| {
-            self.claims.sees(&d.tenant_id)
-                && topics.iter().any(|t| match t {
+        let wanted = {
+            let topics = topics.clone();
+            move |d: &DeviceState| {
+                topics.iter().any(|t| match t {
                     Topic::Device(id) => d.device_id == *id,
                     Topic::Class(class) => d.device_class.as_deref() == Some(class),
                     Topic::Tenant
@@ -534,6 +651,7 @@ impl Connection {
                     | Topic::Aggregates
                     | Topic::LastSeen => true,
                 })
+            }
         };
         if let Some(cache) = &self.bridge.cache {
             let ids: Option<Vec<String>> = topics
@@ -543,18 +661,15 @@ impl Connection {
                     _ => None,
                 })
                 .collect();
-            let admin = self.claims.is_admin();
-            let devices = match ids {
-                Some(ids) if !admin => Devices::Keys(
-                    ids.into_iter()
-                        .map(|id| (self.claims.tenant.clone(), id))
-                        .collect(),
-                ),
-                _ if admin => Devices::Tenants(Vec::new()),
-                _ => Devices::Tenants(vec![self.claims.tenant.clone()]),
+            let devices = match (ids, &self.tenant) {
+                (Some(ids), Some(tenant)) => {
+                    Devices::Keys(ids.into_iter().map(|id| (tenant.clone(), id)).collect())
+                }
+                (_, None) => Devices::Tenants(Vec::new()),
+                (_, Some(tenant)) => Devices::Tenants(vec![tenant.clone()]),
             };
             if let Some(mut held) = cache.snapshot(&devices, published, SNAPSHOT_WAIT).await {
-                held.retain(|d| wanted(d));
+                held.retain(|d| self.claims.sees(&d.tenant_id) && wanted(d));
                 // Redis waits for the events published, not for last-seen times, which it may
                 // trail by a write; the store has every time the hub may already have sent.
                 let now = self.bridge.store.last_seen_of(
@@ -570,9 +685,7 @@ impl Connection {
                 return held;
             }
         }
-        self.bridge
-            .store
-            .select(|tenant| self.claims.sees(tenant), |d| wanted(d))
+        self.devices(wanted).await
     }
 
     /// An `error` reply; past `max_errors` of them the connection closes.
@@ -581,9 +694,10 @@ impl Connection {
         counter!("fleetpulse_bridge_client_errors_total").increment(1);
         let reply = ServerMessage::Error { code, message }.json();
         if self.errors > self.bridge.config.max_errors {
+            counter!("fleetpulse_bridge_drops_total", "reason" => "errors").increment(1);
             let last = ServerMessage::Error {
                 code: "limit",
-                message: "too many bad messages".into(),
+                message: "too many bad or rate-limited messages".into(),
             }
             .json();
             return (vec![reply, last], Next::Close);
@@ -624,6 +738,16 @@ async fn slow(socket: &mut WebSocket, why: &str) {
     .await;
 }
 
+/// One page of a snapshot.
+fn snapshot_page(cursor: &str, devices: &[DeviceState], more: bool) -> String {
+    ServerMessage::Snapshot {
+        cursor,
+        devices,
+        more,
+    }
+    .json()
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -636,53 +760,97 @@ fn now_ms() -> u64 {
 struct DeviceQuery {
     status: Option<String>,
     class: Option<String>,
-    /// `tenant/device` of the last device of the previous page.
+    /// The `next` of the previous page.
     after: Option<String>,
     limit: Option<usize>,
 }
 
+/// A 429 for a token past `bridge.api_requests_per_s`.
+fn api_limited(b: &Bridge) -> Response {
+    counter!("fleetpulse_bridge_refused_total", "reason" => "api_rate").increment(1);
+    refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "at most {} requests a second per token",
+            b.config.api_requests_per_s
+        ),
+    )
+}
+
 async fn devices(
-    Authorized(claims): Authorized,
+    Authorized(claims, token): Authorized,
     State(b): State<Arc<Bridge>>,
     Query(q): Query<DeviceQuery>,
 ) -> Response {
+    if !b.rates.api(&token) {
+        return api_limited(&b);
+    }
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
-    let after = q.after.as_deref().and_then(|a| a.split_once('/'));
-    let mut page: Vec<DeviceState> = b.store.select(
-        |tenant| claims.sees(tenant),
-        |d| {
+    let after: Option<DeviceKey> = match q.after.as_deref().map(key::decode) {
+        None => None,
+        Some(Some(after)) => Some(after),
+        Some(None) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`after` is not a `next` of this endpoint".into(),
+            );
+        }
+    };
+    let tenant = (!claims.is_admin()).then_some(claims.tenant);
+    let store = Arc::clone(&b.store);
+    let read = tokio::task::spawn_blocking(move || {
+        store.page(tenant.as_deref(), after.as_ref(), limit, |d| {
             q.status
                 .as_ref()
                 .is_none_or(|s| d.status.as_ref() == Some(s))
                 && q.class
                     .as_ref()
                     .is_none_or(|c| d.device_class.as_ref() == Some(c))
-                && after
-                    .is_none_or(|(t, id)| (d.tenant_id.as_str(), d.device_id.as_str()) > (t, id))
-        },
-    );
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let next = more
-        .then(|| {
-            page.last()
-                .map(|d| format!("{}/{}", d.tenant_id, d.device_id))
         })
-        .flatten();
+    });
+    let Ok((page, next)) = read.await else {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the read failed".into(),
+        );
+    };
+    let next = next.map(|(t, d)| key::encode(&t, &d));
     Json(serde_json::json!({ "devices": page, "next": next })).into_response()
 }
 
 async fn device(
-    Authorized(claims): Authorized,
+    Authorized(claims, token): Authorized,
     State(b): State<Arc<Bridge>>,
     Path(id): Path<String>,
 ) -> Response {
-    match b
-        .store
-        .select(|tenant| claims.sees(tenant), |d| d.device_id == id)
-        .into_iter()
-        .next()
-    {
+    if !b.rates.api(&token) {
+        return api_limited(&b);
+    }
+    let found = if claims.is_admin() {
+        // Admins name a device by its id alone: the first tenant's that has one.
+        let store = Arc::clone(&b.store);
+        let wanted = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut after = None;
+            loop {
+                let (found, next) = store.page(None, after.as_ref(), 1, |d| d.device_id == wanted);
+                match (found.into_iter().next(), next) {
+                    (Some(d), _) => return Some(d),
+                    (None, Some(next)) => after = Some(next),
+                    (None, None) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    } else {
+        b.store.device(&claims.tenant, &id)
+    };
+    match found {
         Some(d) => Json(d).into_response(),
         None => refuse(
             StatusCode::NOT_FOUND,

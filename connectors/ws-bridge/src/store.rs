@@ -3,12 +3,19 @@
 //! replay) does not matter, and several bridges reading the same topics agree. Every bridge keeps
 //! this in-process store; with Redis configured it also notes which devices changed, and how, for
 //! the [`crate::cache`] to write through.
+//!
+//! Devices are filed by tenant, each tenant's sorted by id: a page of one tenant's devices (a
+//! snapshot, `/api/devices`) is a range read that copies only that page. A device leaves the store
+//! when the pipeline retires it (a transition with reason `retired`) or when it has been silent
+//! for `bridge.device_retention_ms` ([`Store::sweep`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Mutex, RwLock};
 
 use schemas::{
-    Anomaly, AnomalyState, LastSeen, StatusTransition, WindowAggregate, wire_name as name,
+    Anomaly, AnomalyState, LastSeen, StatusTransition, TransitionReason, WindowAggregate,
+    wire_name as name,
 };
 use serde::Serialize;
 
@@ -55,37 +62,104 @@ pub type DeviceKey = (String, String);
 /// What of a device changed since it was last taken by [`Store::take_changed`]. Last-seen times
 /// are by far the most frequent change (one per device and `lastseen_interval_ms`), and writing
 /// only them costs Redis a fraction of writing a whole device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     /// Only the last-seen time moved.
     LastSeen,
     /// Anything else, or the device is new: all of it is to be written.
     All,
+    /// The device left the store (retired, or silent too long): it is to be deleted.
+    Gone,
+}
+
+impl Change {
+    /// One change standing for `self` followed by `next`.
+    fn then(self, next: Change) -> Change {
+        match (self, next) {
+            (_, Change::Gone) => Change::Gone,
+            // Gone and back: what Redis held of it is overwritten as a whole.
+            (Change::Gone, _) | (Change::All, _) | (_, Change::All) => Change::All,
+            (Change::LastSeen, Change::LastSeen) => Change::LastSeen,
+        }
+    }
 }
 
 /// Devices changed, and how.
 pub type Changed = HashMap<DeviceKey, Change>;
 
+/// One tenant's devices, by id.
+type Devices = BTreeMap<String, DeviceState>;
+
 /// Every device's state, by tenant and device.
 #[derive(Debug, Default)]
 pub struct Store {
-    devices: RwLock<HashMap<DeviceKey, DeviceState>>,
+    tenants: RwLock<BTreeMap<String, Devices>>,
+    /// Retired devices, with the time of the transition that retired them: a record from before
+    /// it, read late from another topic, does not bring the device back. Swept with the devices.
+    retired: Mutex<HashMap<DeviceKey, i64>>,
     /// The devices changed since [`Store::take_changed`] last ran, when something takes them.
     changed: Option<Mutex<Changed>>,
 }
 
-/// Notes `change` of `key`, keeping the larger of it and a change already noted.
+/// Notes `change` of `key` after a change already noted.
 fn note(changed: &mut Changed, key: DeviceKey, change: Change) {
-    let held = changed.entry(key).or_insert(change);
-    *held = (*held).max(change);
+    changed
+        .entry(key)
+        .and_modify(|held| *held = held.then(change))
+        .or_insert(change);
+}
+
+impl DeviceState {
+    fn new(tenant: &str, device: &str) -> DeviceState {
+        DeviceState {
+            tenant_id: tenant.into(),
+            device_id: device.into(),
+            device_class: None,
+            status: None,
+            status_since: None,
+            last_seen: None,
+            health: None,
+            health_at: None,
+            error_rate: None,
+            open_anomalies: BTreeMap::new(),
+            anomaly_changed: BTreeMap::new(),
+        }
+    }
+
+    /// The latest time any record of the device carried, ms.
+    pub fn latest(&self) -> Option<i64> {
+        [self.last_seen, self.status_since, self.health_at]
+            .into_iter()
+            .chain(self.anomaly_changed.values().map(|t| Some(*t)))
+            .flatten()
+            .max()
+    }
 }
 
 impl Store {
     /// A store that notes which devices change, for [`Store::take_changed`].
     pub fn noting_changes() -> Store {
         Store {
-            devices: RwLock::default(),
             changed: Some(Mutex::default()),
+            ..Store::default()
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Devices>> {
+        self.tenants.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Devices>> {
+        self.tenants.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note(&self, key: DeviceKey, change: Change) {
+        if let Some(changed) = &self.changed {
+            note(
+                &mut changed.lock().unwrap_or_else(|e| e.into_inner()),
+                key,
+                change,
+            );
         }
     }
 
@@ -104,8 +178,15 @@ impl Store {
             return;
         };
         let keys = keys.unwrap_or_else(|| {
-            let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
-            devices.keys().map(|k| (k.clone(), Change::All)).collect()
+            let tenants = self.read();
+            tenants
+                .iter()
+                .flat_map(|(t, devices)| {
+                    devices
+                        .keys()
+                        .map(|d| ((t.clone(), d.clone()), Change::All))
+                })
+                .collect()
         });
         let mut changed = changed.lock().unwrap_or_else(|e| e.into_inner());
         for (key, change) in keys {
@@ -118,10 +199,15 @@ impl Store {
         &self,
         keys: impl IntoIterator<Item = (&'a DeviceKey, &'a Change)>,
     ) -> Vec<(DeviceState, Change)> {
-        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let tenants = self.read();
         keys.into_iter()
-            .filter_map(|(k, c)| Some((devices.get(k)?.clone(), *c)))
+            .filter_map(|((t, d), c)| Some((tenants.get(t)?.get(d)?.clone(), *c)))
             .collect()
+    }
+
+    /// One device.
+    pub fn device(&self, tenant: &str, device: &str) -> Option<DeviceState> {
+        self.read().get(tenant)?.get(device).cloned()
     }
 
     /// The last-seen times the store holds for these devices, `None` where it has none.
@@ -129,46 +215,58 @@ impl Store {
         &self,
         keys: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Vec<Option<i64>> {
-        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let tenants = self.read();
         keys.into_iter()
-            .map(|(t, d)| {
-                // The map is keyed by owned pairs; one lookup key per device asked for.
-                devices
-                    .get(&(t.to_string(), d.to_string()))
-                    .and_then(|s| s.last_seen)
-            })
+            .map(|(t, d)| tenants.get(t)?.get(d)?.last_seen)
             .collect()
     }
 
+    /// How many devices the store holds.
+    pub fn len(&self) -> usize {
+        self.read().values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Applies `f` to the device (created if new) and notes it changed as `change` if `f` says
-    /// it changed anything (`Some`), or wholly if it is new or its class changed.
+    /// it changed anything (`Some`), or wholly if it is new or its class changed. A record at
+    /// `at` (ms) or before the device was retired is dropped.
     fn with<R>(
         &self,
         tenant: &str,
         device: &str,
+        at: i64,
         class: &Option<String>,
         change: Change,
         f: impl FnOnce(&mut DeviceState) -> Option<R>,
     ) -> Option<R> {
-        let key = (tenant.to_string(), device.to_string());
-        let mut devices = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        let mut tenants = self.write();
         let mut whole = false;
-        let state = devices.entry(key.clone()).or_insert_with(|| {
-            whole = true;
-            DeviceState {
-                tenant_id: tenant.into(),
-                device_id: device.into(),
-                device_class: None,
-                status: None,
-                status_since: None,
-                last_seen: None,
-                health: None,
-                health_at: None,
-                error_rate: None,
-                open_anomalies: BTreeMap::new(),
-                anomaly_changed: BTreeMap::new(),
+        let devices = match tenants.get_mut(tenant) {
+            Some(devices) => devices,
+            None => tenants.entry(tenant.to_string()).or_default(),
+        };
+        let state = match devices.get_mut(device) {
+            Some(state) => state,
+            None => {
+                let key = (tenant.to_string(), device.to_string());
+                let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+                if retired.get(&key).is_some_and(|r| at <= *r) {
+                    if devices.is_empty() {
+                        tenants.remove(tenant);
+                    }
+                    return None;
+                }
+                retired.remove(&key);
+                whole = true;
+                devices
+                    .entry(device.to_string())
+                    .or_insert_with(|| DeviceState::new(tenant, device))
             }
-        });
+        };
         if class.is_some() && state.device_class != *class {
             state.device_class.clone_from(class);
             whole = true;
@@ -176,24 +274,24 @@ impl Store {
         let result = f(state);
         // Noted after the change and before the lock is let go: a writer that takes the note
         // reads the changed state (it takes the devices' lock after the note).
-        if let Some(changed) = &self.changed
-            && (whole || result.is_some())
-        {
+        if whole || result.is_some() {
             let change = if whole { Change::All } else { change };
-            note(
-                &mut changed.lock().unwrap_or_else(|e| e.into_inner()),
-                key,
-                change,
-            );
+            self.note((tenant.to_string(), device.to_string()), change);
         }
         result
     }
 
-    /// Takes a status transition, if it is newer than the one held.
+    /// Takes a status transition, if it is newer than the one held; one with reason `retired`
+    /// removes the device.
     pub fn status(&self, s: &StatusTransition) {
+        if s.reason == TransitionReason::Retired {
+            self.retire(&s.tenant_id, &s.device_id, s.ts);
+            return;
+        }
         self.with(
             &s.tenant_id,
             &s.device_id,
+            s.ts,
             &s.device_class,
             Change::All,
             |d| {
@@ -207,6 +305,58 @@ impl Store {
         );
     }
 
+    /// Removes a device retired at `at` (ms), unless it came back after that.
+    fn retire(&self, tenant: &str, device: &str, at: i64) {
+        let key = (tenant.to_string(), device.to_string());
+        let mut tenants = self.write();
+        let newer = tenants
+            .get(tenant)
+            .and_then(|devices| devices.get(device))
+            .is_some_and(|d| d.latest().is_some_and(|latest| latest > at));
+        if newer {
+            return;
+        }
+        if let Some(devices) = tenants.get_mut(tenant) {
+            devices.remove(device);
+            if devices.is_empty() {
+                tenants.remove(tenant);
+            }
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let held = retired.entry(key.clone()).or_insert(at);
+        *held = (*held).max(at);
+        drop(retired);
+        self.note(key, Change::Gone);
+    }
+
+    /// Removes the devices whose latest record is older than `oldest` (ms), and forgets
+    /// retirements older than it; returns how many devices left.
+    pub fn sweep(&self, oldest: i64) -> usize {
+        let mut gone = Vec::new();
+        {
+            let mut tenants = self.write();
+            for (tenant, devices) in tenants.iter_mut() {
+                devices.retain(|id, d| {
+                    let keep = d.latest().is_some_and(|l| l >= oldest);
+                    if !keep {
+                        gone.push((tenant.clone(), id.clone()));
+                    }
+                    keep
+                });
+            }
+            tenants.retain(|_, devices| !devices.is_empty());
+        }
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| *at >= oldest);
+        let n = gone.len();
+        for key in gone {
+            self.note(key, Change::Gone);
+        }
+        n
+    }
+
     /// Takes a device's last-seen time if it is later than the one held (a late or replayed
     /// record never moves it back). A device new to the store appears with no status: a
     /// reading time alone does not say whether the device is online (the record may be the one
@@ -216,6 +366,7 @@ impl Store {
         self.with(
             &l.tenant_id,
             &l.device_id,
+            l.last_seen,
             &l.device_class,
             Change::LastSeen,
             |d| {
@@ -235,6 +386,7 @@ impl Store {
         self.with(
             &a.tenant_id,
             &a.device_id,
+            a.window_end,
             &a.device_class,
             Change::All,
             |d| {
@@ -259,6 +411,7 @@ impl Store {
         self.with(
             &a.tenant_id,
             &a.device_id,
+            a.ts,
             &a.device_class,
             Change::All,
             |d| {
@@ -285,20 +438,51 @@ impl Store {
         );
     }
 
-    /// The devices `visible` lets through that `wanted` selects, sorted by tenant and device.
-    pub fn select(
+    /// Up to `limit` devices of `tenant` (of every tenant when `None`) after `after`, in tenant
+    /// and device order, that `wanted` selects; with the key to go on from when the read stopped
+    /// before the end. Only this page is copied, the lock is held only while it is read, and the
+    /// read looks at no more than ten times `limit` and a thousand devices (a selective filter
+    /// may then fill a page less, never hold the lock long).
+    pub fn page(
         &self,
-        visible: impl Fn(&str) -> bool,
+        tenant: Option<&str>,
+        after: Option<&DeviceKey>,
+        limit: usize,
         wanted: impl Fn(&DeviceState) -> bool,
-    ) -> Vec<DeviceState> {
-        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<DeviceState> = devices
-            .values()
-            .filter(|d| visible(&d.tenant_id) && wanted(d))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| (&a.tenant_id, &a.device_id).cmp(&(&b.tenant_id, &b.device_id)));
-        out
+    ) -> (Vec<DeviceState>, Option<DeviceKey>) {
+        let budget = limit.saturating_mul(10).saturating_add(1_000);
+        let tenants = self.read();
+        let from_tenant = match (tenant, after) {
+            (Some(t), _) => Bound::Included(t),
+            (None, Some((t, _))) => Bound::Included(t.as_str()),
+            (None, None) => Bound::Unbounded,
+        };
+        let to_tenant = tenant.map_or(Bound::Unbounded, Bound::Included);
+        let mut out = Vec::new();
+        let mut looked = 0;
+        let mut last: Option<&DeviceState> = None;
+        for (t, devices) in tenants.range::<str, _>((from_tenant, to_tenant)) {
+            let from = match after {
+                Some((at, d)) if at == t => Bound::Excluded(d.as_str()),
+                Some((at, _)) if at.as_str() > t.as_str() => continue,
+                _ => Bound::Unbounded,
+            };
+            for d in devices
+                .range::<str, _>((from, Bound::Unbounded))
+                .map(|(_, d)| d)
+            {
+                if out.len() == limit || looked == budget {
+                    let next = last.map(|l| (l.tenant_id.clone(), l.device_id.clone()));
+                    return (out, next);
+                }
+                looked += 1;
+                last = Some(d);
+                if wanted(d) {
+                    out.push(d.clone());
+                }
+            }
+        }
+        (out, None)
     }
 }
 
@@ -307,6 +491,10 @@ mod tests {
     use schemas::{AnomalyKind, DeviceStatus, Severity, TransitionReason};
 
     use super::*;
+
+    fn every(store: &Store) -> Vec<DeviceState> {
+        store.page(None, None, usize::MAX, |_| true).0
+    }
 
     fn transition(status: DeviceStatus, ts: i64) -> StatusTransition {
         StatusTransition {
@@ -328,7 +516,7 @@ mod tests {
         let store = Store::default();
         store.status(&transition(DeviceStatus::Offline, 200));
         store.status(&transition(DeviceStatus::Online, 100));
-        let all = store.select(|_| true, |_| true);
+        let all = every(&store);
         assert_eq!(all[0].status.as_deref(), Some("offline"));
         assert_eq!(all[0].status_since, Some(200));
         assert_eq!(all[0].device_class.as_deref(), Some("sensor"));
@@ -349,15 +537,11 @@ mod tests {
         };
         store.anomaly(&anomaly(AnomalyState::Firing, 300));
         store.anomaly(&anomaly(AnomalyState::Resolved, 250));
-        let open = &store.select(|_| true, |_| true)[0].open_anomalies;
+        let open = &every(&store)[0].open_anomalies;
         assert!(open.contains_key("battery_low"), "{open:?}");
         store.anomaly(&anomaly(AnomalyState::Resolved, 400));
-        assert!(
-            store.select(|_| true, |_| true)[0]
-                .open_anomalies
-                .is_empty()
-        );
-        assert!(store.select(|t| t == "other", |_| true).is_empty());
+        assert!(every(&store)[0].open_anomalies.is_empty());
+        assert!(store.page(Some("other"), None, 9, |_| true).0.is_empty());
     }
 
     fn seen(device: &str, class: Option<&str>, at: i64) -> LastSeen {
@@ -377,7 +561,7 @@ mod tests {
             store.last_seen(&seen("d", Some("sensor"), 1_000)),
             Some((Some("sensor".into()), 1_000))
         );
-        let all = store.select(|_| true, |_| true);
+        let all = every(&store);
         assert_eq!(all[0].last_seen, Some(1_000));
         assert_eq!(all[0].status, None, "a reading time alone says no status");
         assert_eq!(all[0].device_class.as_deref(), Some("sensor"));
@@ -386,12 +570,12 @@ mod tests {
         assert_eq!(store.last_seen(&seen("d", None, 999)), None);
         assert_eq!(store.last_seen(&seen("d", None, 1_000)), None);
         assert!(store.take_changed().is_empty());
-        assert_eq!(store.select(|_| true, |_| true)[0].last_seen, Some(1_000));
+        assert_eq!(every(&store)[0].last_seen, Some(1_000));
         // A status transition's older last_seen does not move it back either.
         let mut s = transition(DeviceStatus::Online, 900);
         s.last_seen = 500;
         store.status(&s);
-        let d = &store.select(|_| true, |_| true)[0];
+        let d = &every(&store)[0];
         assert_eq!(
             (d.last_seen, d.status.as_deref()),
             (Some(1_000), Some("online"))
@@ -436,5 +620,89 @@ mod tests {
             store.last_seen_of([("t", "d"), ("t", "nobody")]),
             [Some(6_000), None]
         );
+    }
+
+    fn retired(tenant: &str, device: &str, ts: i64) -> StatusTransition {
+        StatusTransition {
+            tenant_id: tenant.into(),
+            device_id: device.into(),
+            reason: TransitionReason::Retired,
+            ..transition(DeviceStatus::Offline, ts)
+        }
+    }
+
+    #[test]
+    fn a_retired_device_leaves_and_older_records_do_not_bring_it_back() {
+        let store = Store::noting_changes();
+        store.last_seen(&seen("d", None, 1_000));
+        store.last_seen(&seen("e", None, 1_000));
+        store.take_changed();
+        store.status(&retired("t", "d", 5_000));
+        assert_eq!(every(&store).len(), 1);
+        let key = ("t".to_string(), "d".to_string());
+        assert_eq!(store.take_changed().get(&key), Some(&Change::Gone));
+        // Read late from another topic: from before the retirement, dropped.
+        store.last_seen(&seen("d", None, 4_000));
+        assert_eq!(every(&store).len(), 1);
+        assert!(store.take_changed().is_empty());
+        // It reports again: a device anew, written whole.
+        store.last_seen(&seen("d", None, 6_000));
+        store.status(&retired("t", "d", 5_500));
+        assert_eq!(
+            store.device("t", "d").and_then(|d| d.last_seen),
+            Some(6_000)
+        );
+        assert_eq!(store.take_changed().get(&key), Some(&Change::All));
+        // Silent past the retention: swept, and noted gone.
+        assert_eq!(store.sweep(5_000), 1);
+        assert_eq!(store.device("t", "e"), None);
+        assert_eq!(store.len(), 1);
+        assert_eq!(
+            store
+                .take_changed()
+                .get(&("t".to_string(), "e".to_string())),
+            Some(&Change::Gone)
+        );
+    }
+
+    #[test]
+    fn pages_follow_tenant_then_device_order_whatever_the_ids_hold() {
+        let store = Store::default();
+        for (t, d) in [
+            ("a", "b/c"),
+            ("a/b", "c"),
+            ("a", "a"),
+            ("b", "x"),
+            ("a/b", "a"),
+        ] {
+            store.last_seen(&LastSeen {
+                tenant_id: t.into(),
+                ..seen(d, None, 1)
+            });
+        }
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = store.page(None, after.as_ref(), 2, |_| true);
+            got.extend(page.into_iter().map(|d| (d.tenant_id, d.device_id)));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let pair = |t: &str, d: &str| (t.to_string(), d.to_string());
+        assert_eq!(
+            got,
+            [
+                pair("a", "a"),
+                pair("a", "b/c"),
+                pair("a/b", "a"),
+                pair("a/b", "c"),
+                pair("b", "x")
+            ]
+        );
+        let (tenant, next) = store.page(Some("a/b"), None, 5, |_| true);
+        assert_eq!(tenant.len(), 2);
+        assert_eq!(next, None);
     }
 }

@@ -1,5 +1,6 @@
 //! `fleetpulse bridge`: live device status, anomalies and health for dashboards over WebSocket,
-//! with the tenant-scoped REST endpoints, `/metrics`, `/healthz` and `/readyz` on the same port.
+//! with the tenant-scoped REST endpoints, `/healthz` and `/readyz` on the same port, and
+//! `/metrics` there too or on `bridge.metrics_listen`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use ws_bridge::auth::Verifier;
 use ws_bridge::cache::Cache;
 use ws_bridge::feed::{self, Topics};
 use ws_bridge::hub::Hub;
+use ws_bridge::keys::KeySet;
 use ws_bridge::server::{Bridge, router};
 use ws_bridge::store::Store;
 
@@ -72,7 +74,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     } else {
         Store::default()
     });
-    let hub = Arc::new(Hub::new(c.client_queue, c.resume_events));
+    let hub = Arc::new(Hub::new(c.client_queue, c.resume_events, c.resume_bytes));
     let kafka_up = Arc::new(AtomicBool::new(false));
     let kinds = [
         RecordKind::WindowAggregate,
@@ -106,8 +108,11 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             Arc::clone(&hub),
             Arc::clone(&stop),
         );
+        let retention = Duration::from_millis(c.device_retention_ms);
         tokio::spawn(async move {
-            cache.write_behind(&store, &hub, WRITE_EVERY, &stop).await;
+            cache
+                .write_behind(&store, &hub, WRITE_EVERY, retention, &stop)
+                .await;
         })
     });
     let last_seen = {
@@ -115,11 +120,23 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         let every = Duration::from_millis(c.last_seen_every_ms);
         tokio::spawn(async move { hub.send_last_seen_every(every, &stop).await })
     };
+    let mut verifier =
+        Verifier::new(&c.jwt_secret, c.token_rules()).context("bridge.jwt_secret")?;
+    let mut key_refresh = None;
+    if let Some(path) = &c.jwks_file {
+        verifier = verifier.with_keys(KeySet::file(path).context("bridge.jwks_file")?);
+    } else if !c.jwks_url.is_empty() {
+        let keys = KeySet::url(&c.jwks_url).context("bridge.jwks_url")?;
+        let every = Duration::from_secs(c.jwks_refresh_s);
+        key_refresh = Some(tokio::spawn(Arc::clone(&keys).keep_fresh(every)));
+        verifier = verifier.with_keys(keys);
+    }
     let ready = Arc::clone(&kafka_up);
     let redis = cache.clone();
+    let keys_ready = verifier.clone();
     let bridge = Arc::new(Bridge {
         config: c.clone(),
-        verifier: Verifier::new(&c.jwt_secret, c.token_rules()).context("bridge.jwt_secret")?,
+        verifier,
         store,
         cache,
         hub,
@@ -128,12 +145,15 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             c.max_connections_per_address,
             c.max_connections_per_tenant,
         ),
+        rates: ws_bridge::rates::Rates::new(c),
         metrics: Box::new(move || metrics.render()),
         ready: Box::new(move || {
             if !ready.load(Ordering::Relaxed) {
                 Some("kafka is not answering, or the bridge has not read the topics yet")
             } else if redis.as_ref().is_some_and(|r| !r.up()) {
                 Some("redis is not answering")
+            } else if !keys_ready.ready() {
+                Some("the key set at bridge.jwks_url has not been fetched yet")
             } else {
                 None
             }
@@ -148,7 +168,29 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     let url = listener.url()?;
     tracing::info!(%url, "bridge listening");
     println!("fleetpulse bridge: /ws, /api/devices on {url}");
-    println!("fleetpulse bridge metrics on {url}");
+    let metrics_server = match c.metrics_listen {
+        None => {
+            println!("fleetpulse bridge metrics on {url}");
+            None
+        }
+        Some(address) => {
+            let own = crate::serve::Listener::bind_plain("bridge.metrics_listen", address)?;
+            let url = own.url()?;
+            println!("fleetpulse bridge metrics on {url}");
+            let app = ws_bridge::server::metrics_router(Arc::clone(&bridge));
+            Some(tokio::spawn(own.serve(app, std::future::pending())))
+        }
+    };
+    let tidy = {
+        let bridge = Arc::clone(&bridge);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(bridge.tidy_every());
+            loop {
+                every.tick().await;
+                bridge.tidy();
+            }
+        })
+    };
     let stopped = {
         let stop = Arc::clone(&stop);
         async move {
@@ -169,5 +211,12 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     }
     // Connections end with the process: no batch is owed to anyone.
     last_seen.abort();
+    tidy.abort();
+    if let Some(refresh) = key_refresh {
+        refresh.abort();
+    }
+    if let Some(metrics) = metrics_server {
+        metrics.abort();
+    }
     Ok(())
 }

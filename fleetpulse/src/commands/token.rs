@@ -32,6 +32,10 @@ pub(crate) fn run(config: &Config, args: TokenArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("configuration key `bridge.{key}`: expected {expected}")
     })?;
     anyhow::ensure!(
+        !c.jwt_secret.is_empty(),
+        "configuration key `bridge.jwt_secret`: expected the HS256 secret to sign with (tokens for a key set come from its identity provider)"
+    );
+    anyhow::ensure!(
         !args.tenant.is_empty() || args.role == "admin",
         "--tenant is needed unless --role admin"
     );
