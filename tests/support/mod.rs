@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod bridge;
 pub mod browser;
 pub mod clickhouse;
 pub mod registry;

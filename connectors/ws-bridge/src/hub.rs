@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use metrics::counter;
+use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 
 use crate::cursor::Position;
@@ -115,6 +115,9 @@ struct Recent {
     /// Events held, and their bytes.
     held: usize,
     bytes: usize,
+    /// The same, as metrics (handles: a publish sets them without a registry lookup).
+    held_gauge: metrics::Gauge,
+    bytes_gauge: metrics::Gauge,
     /// Per partition, the offset from which the chunks hold every record: the feed's first
     /// offset, raised as chunks fall off the end.
     floor: Position,
@@ -225,6 +228,8 @@ impl Hub {
                 open: Vec::new(),
                 held: 0,
                 bytes: 0,
+                held_gauge: gauge!("fleetpulse_bridge_resume_events"),
+                bytes_gauge: gauge!("fleetpulse_bridge_resume_bytes"),
                 floor: Position::default(),
                 cursor: Position::default().encode().into(),
                 published: 0,
@@ -557,6 +562,8 @@ impl Recent {
                 self.floor.set(s.topic, s.partition, s.offset + 1);
             }
         }
+        self.held_gauge.set(self.held as f64);
+        self.bytes_gauge.set(self.bytes as f64);
     }
 
     fn seal(&mut self) {
