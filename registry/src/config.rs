@@ -30,6 +30,39 @@ pub struct ServerConfig {
     /// The certificate's private key (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<PathBuf>,
+    /// How many subjects the registry holds; a registration under a new subject past it is
+    /// refused.
+    #[serde(default = "default_max_subjects")]
+    pub max_subjects: usize,
+    /// How many versions one subject holds.
+    #[serde(default = "default_max_versions")]
+    pub max_versions: usize,
+    /// The largest schema, bytes.
+    #[serde(default = "default_max_schema_bytes")]
+    pub max_schema_bytes: usize,
+}
+
+fn default_max_subjects() -> usize {
+    1_000
+}
+
+fn default_max_versions() -> usize {
+    100
+}
+
+fn default_max_schema_bytes() -> usize {
+    64 * 1024
+}
+
+impl ServerConfig {
+    /// The bounds on what the registry holds.
+    pub fn limits(&self) -> crate::subjects::Limits {
+        crate::subjects::Limits {
+            subjects: self.max_subjects,
+            versions: self.max_versions,
+            schema_bytes: self.max_schema_bytes,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -45,6 +78,9 @@ impl Default for ServerConfig {
             write_token_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            max_subjects: default_max_subjects(),
+            max_versions: default_max_versions(),
+            max_schema_bytes: default_max_schema_bytes(),
         }
     }
 }

@@ -53,6 +53,9 @@ pub enum RegistryError {
         /// Why.
         detail: String,
     },
+    /// A registration past the registry's bounds (subjects, versions, schema size).
+    #[error("the registry holds no more: {0}")]
+    Full(String),
     /// The server's state file could not be read or written.
     #[error("registry state file {path}: {detail}")]
     StateFile {

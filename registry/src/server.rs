@@ -1,8 +1,12 @@
 //! `fleetpulse registry`: the subset of the Confluent Schema Registry REST API that producers,
 //! consumers and their serializers use, over [`Subjects`]. Responses and error codes follow
 //! Confluent's (`{"error_code": 40401, "message": ...}`), so Confluent's own clients work.
+//!
+//! Reads never wait for a registration: a registration works on a copy of the registry (one at
+//! a time), writes and syncs the state file from it on a blocking thread, and only then puts the
+//! copy in place; a read takes whichever registry is in place.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -18,12 +22,35 @@ use crate::subjects::{Compatibility, Subjects};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-type Shared = Arc<Mutex<Subjects>>;
+/// The registry in place, and the lock registrations take one after another.
+struct Registry {
+    current: RwLock<Arc<Subjects>>,
+    writing: Mutex<()>,
+}
+
+type Shared = Arc<Registry>;
+
+/// The registry in place now.
+fn current(shared: &Shared) -> Arc<Subjects> {
+    // A panic while holding the lock cannot leave a registry half-updated: a whole new one is
+    // put in place.
+    Arc::clone(
+        &shared
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
 
 /// The server's routes over a registry. `metrics` renders `/metrics` (Prometheus text).
 pub fn router(subjects: Subjects, metrics: impl Fn() -> String + Send + Sync + 'static) -> Router {
     metrics::gauge!(SCHEMAS).set(subjects.schema_count() as f64);
-    let shared: Shared = Arc::new(Mutex::new(subjects));
+    // A schema's JSON string may escape some of its characters: room for twice its bound.
+    let body_limit = subjects.limits().schema_bytes.saturating_mul(2) + 16 * 1024;
+    let shared: Shared = Arc::new(Registry {
+        current: RwLock::new(Arc::new(subjects)),
+        writing: Mutex::new(()),
+    });
     let metrics = Arc::new(metrics);
     Router::new()
         .route("/", get(|| async { Json(json!({})) }))
@@ -44,6 +71,7 @@ pub fn router(subjects: Subjects, metrics: impl Fn() -> String + Send + Sync + '
         .route("/config/{subject}", get(config))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || std::future::ready(metrics())))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(shared)
 }
 
@@ -123,20 +151,14 @@ fn error_code(e: &RegistryError) -> (StatusCode, u32) {
         RegistryError::SchemaNotFound(_) => (StatusCode::NOT_FOUND, 40403),
         RegistryError::Incompatible { .. } => (StatusCode::CONFLICT, 409),
         RegistryError::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+        // Not one of Confluent's: its registry has no such bounds.
+        RegistryError::Full(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42210),
         RegistryError::Unavailable { .. }
         | RegistryError::Untrusted { .. }
         | RegistryError::Refused(_)
         | RegistryError::Schema(_)
         | RegistryError::StateFile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
     }
-}
-
-fn lock(shared: &Shared) -> MutexGuard<'_, Subjects> {
-    // A panic while holding the lock cannot leave Subjects half-updated: it changes only after
-    // the state file is written.
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The body clients send with a schema.
@@ -187,14 +209,14 @@ fn to_json(value: impl serde::Serialize) -> Result<Value, RegistryError> {
 async fn list_subjects(State(s): State<Shared>) -> Reply {
     Reply {
         route: "subjects",
-        result: to_json(lock(&s).subjects()),
+        result: to_json(current(&s).subjects()),
     }
 }
 
 async fn list_versions(State(s): State<Shared>, Path(subject): Path<String>) -> Reply {
     Reply {
         route: "versions",
-        result: lock(&s).versions(&subject).and_then(to_json),
+        result: current(&s).versions(&subject).and_then(to_json),
     }
 }
 
@@ -203,7 +225,7 @@ async fn get_version(
     Path((subject, version)): Path<(String, String)>,
 ) -> Reply {
     let result = parse_version(&subject, &version)
-        .and_then(|v| lock(&s).version(&subject, v))
+        .and_then(|v| current(&s).version(&subject, v))
         .and_then(to_json);
     Reply {
         route: "version",
@@ -215,7 +237,7 @@ async fn get_schema(State(s): State<Shared>, Path(id): Path<String>) -> Reply {
     let result = id
         .parse::<u32>()
         .map_err(|_| RegistryError::SchemaNotFound(format!("id {id}")))
-        .and_then(|id| lock(&s).schema(id).map(|text| json!({"schema": text})));
+        .and_then(|id| current(&s).schema(id).map(|text| json!({"schema": text})));
     Reply {
         route: "schema_by_id",
         result,
@@ -227,13 +249,30 @@ async fn register(
     Path(subject): Path<String>,
     Json(body): Json<SchemaBody>,
 ) -> Reply {
-    let result = body.avro().and_then(|text| {
-        let mut subjects = lock(&s);
-        let id = subjects.register(&subject, &text)?;
-        metrics::gauge!(SCHEMAS).set(subjects.schema_count() as f64);
-        tracing::info!(subject, id, "schema registered");
-        Ok(json!({"id": id}))
-    });
+    let result = match body.avro() {
+        Err(e) => Err(e),
+        Ok(text) => {
+            let registering = tokio::task::spawn_blocking(move || {
+                let _one_at_a_time = s
+                    .writing
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut next = Subjects::clone(&current(&s));
+                let id = next.register(&subject, &text)?;
+                metrics::gauge!(SCHEMAS).set(next.schema_count() as f64);
+                *s.current
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+                tracing::info!(subject, id, "schema registered");
+                Ok(json!({"id": id}))
+            });
+            registering.await.unwrap_or_else(|e| {
+                Err(RegistryError::Refused(format!(
+                    "the registration failed: {e}"
+                )))
+            })
+        }
+    };
     Reply {
         route: "register",
         result,
@@ -247,7 +286,7 @@ async fn lookup(
 ) -> Reply {
     let result = body
         .avro()
-        .and_then(|text| lock(&s).lookup(&subject, &text))
+        .and_then(|text| current(&s).lookup(&subject, &text))
         .and_then(to_json);
     Reply {
         route: "lookup",
@@ -262,7 +301,7 @@ async fn check_compatibility(
 ) -> Reply {
     let result = parse_version(&subject, &version).and_then(|v| {
         let text = body.avro()?;
-        match lock(&s).check_compatible(&subject, v, &text) {
+        match current(&s).check_compatible(&subject, v, &text) {
             Ok(()) => Ok(json!({"is_compatible": true})),
             Err(RegistryError::Incompatible { detail, .. }) => {
                 Ok(json!({"is_compatible": false, "messages": [detail]}))

@@ -33,6 +33,7 @@ pub struct Registered {
     pub schema: String,
 }
 
+#[derive(Clone)]
 struct StoredSchema {
     text: String,
     canonical: String,
@@ -46,11 +47,36 @@ struct State {
     subjects: BTreeMap<String, Vec<u32>>,
 }
 
-/// Schemas and subjects, seeded with fleetpulse's built-in schemas.
+/// The most a registry holds: a stranger with the write token, or a runaway client, cannot
+/// grow its memory and state file without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Subjects (the built-in ones count).
+    pub subjects: usize,
+    /// Versions under one subject.
+    pub versions: usize,
+    /// Bytes of one schema's text.
+    pub schema_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            subjects: 1_000,
+            versions: 100,
+            schema_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Schemas and subjects, seeded with fleetpulse's built-in schemas. Cloned for each
+/// registration ([`crate::server`]): readers keep the state they took while one is written.
+#[derive(Clone)]
 pub struct Subjects {
     schemas: BTreeMap<u32, StoredSchema>,
     subjects: BTreeMap<String, Vec<u32>>,
     state_file: Option<PathBuf>,
+    limits: Limits,
 }
 
 fn parse(text: &str) -> Result<StoredSchema, RegistryError> {
@@ -96,7 +122,18 @@ impl Subjects {
             schemas,
             subjects: state.subjects,
             state_file: None,
+            limits: Limits::default(),
         })
+    }
+
+    /// The bounds it holds registrations to.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The same registry held to `limits` from now on (what it holds already stays).
+    pub fn with_limits(self, limits: Limits) -> Subjects {
+        Subjects { limits, ..self }
     }
 
     /// The registry kept in `path`: loaded if the file exists, otherwise the built-in schemas,
@@ -252,8 +289,30 @@ impl Subjects {
     /// Registers `text` under `subject` and returns its global id: the existing id when the
     /// subject already has it, the id of an identical schema under another subject, or a new one.
     pub fn register(&mut self, subject: &str, text: &str) -> Result<u32, RegistryError> {
+        if text.len() > self.limits.schema_bytes {
+            return Err(RegistryError::Full(format!(
+                "a schema of {} bytes; at most {} (registry.max_schema_bytes)",
+                text.len(),
+                self.limits.schema_bytes
+            )));
+        }
         if let Ok(existing) = self.lookup(subject, text) {
             return Ok(existing.id);
+        }
+        match self.subjects.get(subject) {
+            None if self.subjects.len() >= self.limits.subjects => {
+                return Err(RegistryError::Full(format!(
+                    "{} subjects (registry.max_subjects)",
+                    self.limits.subjects
+                )));
+            }
+            Some(ids) if ids.len() >= self.limits.versions => {
+                return Err(RegistryError::Full(format!(
+                    "{} versions of {subject:?} (registry.max_versions)",
+                    self.limits.versions
+                )));
+            }
+            _ => {}
         }
         self.check_compatible(subject, None, text)?;
         let stored = parse(text)?;
@@ -356,6 +415,32 @@ mod tests {
                 .map(|r| r.id)
                 .ok(),
             Some(12)
+        );
+    }
+
+    #[test]
+    fn registrations_past_the_bounds_are_refused_naming_the_key() {
+        let mut s = Subjects::builtin().with_limits(Limits {
+            subjects: Subjects::builtin().subjects().len() + 1,
+            versions: 1,
+            schema_bytes: 200,
+        });
+        assert!(s.register("other-value", OTHER_V1).is_ok());
+        let full = |e: Result<u32, RegistryError>| match e {
+            Err(RegistryError::Full(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(full(s.register("other-value", OTHER_V2)).contains("registry.max_versions"));
+        assert!(full(s.register("third-value", OTHER_V1)).contains("registry.max_subjects"));
+        let big = format!(
+            r#"{{"type":"record","name":"Big","doc":"{}","fields":[]}}"#,
+            "x".repeat(300)
+        );
+        assert!(full(s.register("other-value", &big)).contains("registry.max_schema_bytes"));
+        // What is there already is still found.
+        assert_eq!(
+            s.register("other-value", OTHER_V1).ok(),
+            s.lookup("other-value", OTHER_V1).ok().map(|r| r.id)
         );
     }
 }

@@ -37,7 +37,8 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     let subjects = match &config.registry.state_file {
         Some(path) => Subjects::open(path)?,
         None => Subjects::builtin(),
-    };
+    }
+    .with_limits(config.registry.limits());
     let mut app = registry::server::router(subjects, move || metrics.render());
     let r = &config.registry;
     if let Some(token) = &r.write_token {
