@@ -837,7 +837,7 @@ fn the_system_over_secured_services_gives_what_it_gives_over_plain_ones() {
     let bridge_config = write_config(
         dir.path(),
         &format!(
-            "{}[bridge]\nlisten = \"127.0.0.1:0\"\njwt_secret = \"Pz8rT3vK6mW1qX9nB4yL7cH2fJ5dG0sA8eU3iO6kR1tV9wQ4\"\nredis_url = \"{}\"\nredis_password_file = \"{}\"\nredis_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            "{}[bridge]\nlisten = \"127.0.0.1:0\"\njwt_secret = \"Pz8rT3vK6mW1qX9nB4yL7cH2fJ5dG0sA8eU3iO6kR1tV9wQ4\"\nredis_url = \"{}\"\nredis_password_file = \"{}\"\nredis_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n# The generated fleet's records are from years ago: kept, not let go as silent.\ndevice_retention_ms = 315360000000\n",
             bearer,
             redis
                 .address()
