@@ -70,7 +70,8 @@ pub struct BridgeConfig {
     /// `/api/devices` requests one token may make per second (answered 429 past it). 0: no limit.
     pub api_requests_per_s: u32,
     /// Devices per `snapshot` message: a larger snapshot comes in several, all but the last
-    /// marked `more`.
+    /// marked `more`. A connection keeps a send buffer as large as the largest message it was
+    /// sent: a page of 100 devices is about 25 KiB.
     pub snapshot_page: usize,
     /// Topics one client may subscribe to.
     pub max_subscriptions: usize,
@@ -139,7 +140,7 @@ impl Default for BridgeConfig {
             snapshots_per_s: 1,
             tenant_snapshots_per_s: 50,
             api_requests_per_s: 10,
-            snapshot_page: 1_000,
+            snapshot_page: 100,
             max_subscriptions: 64,
             max_message_bytes: 16 * 1024,
             client_queue: 1_024,

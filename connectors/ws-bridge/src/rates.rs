@@ -1,11 +1,19 @@
 //! Rate limits on what clients ask of the bridge: messages and snapshot work per connection and
 //! per tenant, and `/api/devices` requests per token. Token buckets (GCRA) from `governor`: a
 //! client may burst to twice its rate (at least 10), then gets one request per interval.
+//!
+//! A connection past its own rate is refused at once. A tenant's snapshots wait their turn
+//! instead, up to [`TENANT_SNAPSHOT_WAIT`]: every dashboard of a tenant reconnecting at once
+//! (a bridge restarted) is spread out, not refused.
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// How long a snapshot may wait for its tenant's bucket before it is refused.
+pub const TENANT_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
 /// A bucket of `per_s` a second, or none for 0.
 fn quota(per_s: u32) -> Option<Quota> {
@@ -24,6 +32,16 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
 
     fn allows(&self, key: &K) -> bool {
         self.0.as_ref().is_none_or(|l| l.check_key(key).is_ok())
+    }
+
+    /// Whether `key` gets its turn within `wait`.
+    async fn waits(&self, key: &K, wait: Duration) -> bool {
+        match &self.0 {
+            None => true,
+            Some(l) => tokio::time::timeout(wait, l.until_key_ready(key))
+                .await
+                .is_ok(),
+        }
     }
 
     fn forget_idle(&self) {
@@ -83,12 +101,29 @@ impl Rates {
 
     /// Whether a connection of `tenant` may send one more message.
     pub fn message(&self, c: &Connection, tenant: &Tenant) -> Result<(), Limited> {
-        check(&c.messages, &self.tenant_messages, tenant)
+        if c.messages.as_ref().is_some_and(|l| l.check().is_err()) {
+            return Err(Limited::Connection);
+        }
+        if !self.tenant_messages.allows(tenant) {
+            return Err(Limited::Tenant);
+        }
+        Ok(())
     }
 
-    /// Whether a connection of `tenant` may have one more snapshot or cursor replay.
-    pub fn snapshot(&self, c: &Connection, tenant: &Tenant) -> Result<(), Limited> {
-        check(&c.snapshots, &self.tenant_snapshots, tenant)
+    /// Whether a connection of `tenant` may have one more snapshot or cursor replay: at once
+    /// within its own rate, after a wait for its tenant's turn.
+    pub async fn snapshot(&self, c: &Connection, tenant: &Tenant) -> Result<(), Limited> {
+        if c.snapshots.as_ref().is_some_and(|l| l.check().is_err()) {
+            return Err(Limited::Connection);
+        }
+        if !self
+            .tenant_snapshots
+            .waits(tenant, TENANT_SNAPSHOT_WAIT)
+            .await
+        {
+            return Err(Limited::Tenant);
+        }
+        Ok(())
     }
 
     /// Whether `token` may make one more `/api/devices` request.
@@ -103,20 +138,6 @@ impl Rates {
         self.tenant_snapshots.forget_idle();
         self.api.forget_idle();
     }
-}
-
-fn check(
-    own: &Option<DefaultDirectRateLimiter>,
-    shared: &Keyed<Tenant>,
-    tenant: &Tenant,
-) -> Result<(), Limited> {
-    if own.as_ref().is_some_and(|l| l.check().is_err()) {
-        return Err(Limited::Connection);
-    }
-    if !shared.allows(tenant) {
-        return Err(Limited::Tenant);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -153,5 +174,39 @@ mod tests {
         );
         // 0: no limit.
         assert!((0..1_000).all(|_| rates.api("token")));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_s_snapshots_wait_their_turn_and_a_connection_s_do_not() {
+        let rates = Rates::new(&crate::BridgeConfig {
+            snapshots_per_s: 1,
+            tenant_snapshots_per_s: 10,
+            ..crate::BridgeConfig::default()
+        });
+        let t = Some("t".to_string());
+        // 25 connections, one snapshot each: the tenant's burst of 20 at once, the other five a
+        // tenth of a second apart.
+        let started = std::time::Instant::now();
+        for _ in 0..25 {
+            assert_eq!(rates.snapshot(&rates.connection(), &t).await, Ok(()));
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        // One connection past its own ten: refused at once.
+        let one = rates.connection();
+        let own = granted(&rates, &one, &Some("u".to_string())).await;
+        assert_eq!(own, 10);
+    }
+
+    /// How many snapshots one connection gets before it is refused.
+    async fn granted(rates: &Rates, c: &Connection, t: &Tenant) -> usize {
+        let mut n = 0;
+        while rates.snapshot(c, t).await.is_ok() {
+            n += 1;
+        }
+        n
     }
 }

@@ -46,6 +46,8 @@ use crate::store::{DeviceKey, DeviceState, Store};
 
 /// How long a client's socket may take to accept one message before it counts as too slow.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each connection's read buffer, bytes.
+const READ_BUFFER: usize = 4 * 1024;
 /// How long a snapshot waits for Redis to have the events the subscriber will not get live;
 /// after that it is taken from memory.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
@@ -73,6 +75,10 @@ pub struct Bridge {
     pub limits: Arc<Limits>,
     /// Rate limits on client messages, snapshots and REST requests.
     pub rates: Rates,
+    /// Reads of the store and the resume ring (snapshots, replays, REST pages) running at once
+    /// on blocking threads: a few, so that ten thousand dashboards reconnecting together queue
+    /// for them instead of each getting a thread of its own.
+    pub readers: tokio::sync::Semaphore,
     /// `/metrics`.
     pub metrics: Render,
     /// `/readyz`.
@@ -144,29 +150,51 @@ async fn metrics(State(b): State<Arc<Bridge>>) -> String {
     (b.metrics)()
 }
 
+/// How many reads of the store run at once on blocking threads: one a core, at least two.
+pub fn readers() -> tokio::sync::Semaphore {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    tokio::sync::Semaphore::new(cores.max(2))
+}
+
 impl Bridge {
-    /// Lets go of the devices silent past `bridge.device_retention_ms` and of the rate-limit
-    /// buckets of tenants and tokens gone quiet; run every [`Bridge::tidy_every`].
-    pub fn tidy(&self) {
-        let retention = i64::try_from(self.config.device_retention_ms).unwrap_or(i64::MAX);
-        let oldest = i64::try_from(now_ms())
-            .unwrap_or(i64::MAX)
-            .saturating_sub(retention);
-        let gone = self.store.sweep(oldest);
-        if gone > 0 {
-            tracing::info!(
-                gone,
-                "devices silent past bridge.device_retention_ms let go"
-            );
-            counter!("fleetpulse_bridge_devices_expired_total").increment(gone as u64);
-        }
-        gauge!("fleetpulse_bridge_devices").set(self.store.len() as f64);
-        self.rates.forget_idle();
+    /// Runs `read` on a blocking thread, once one of [`Bridge::readers`] is free; `None` if it
+    /// panicked.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.readers.acquire().await.ok()?;
+        tokio::task::spawn_blocking(read).await.ok()
     }
 
-    /// How often [`Bridge::tidy`] runs: a minute, or a quarter of the retention if shorter.
-    pub fn tidy_every(&self) -> Duration {
-        Duration::from_millis((self.config.device_retention_ms / 4).min(60_000))
+    /// Every second: the devices gauge; and every minute (or quarter of the retention, if
+    /// shorter) lets go of the devices silent past `bridge.device_retention_ms` and of the
+    /// rate-limit buckets of tenants and tokens gone quiet. Runs until the task is dropped.
+    pub async fn tidy(&self) {
+        let sweep_every = Duration::from_millis((self.config.device_retention_ms / 4).min(60_000));
+        let mut swept = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            gauge!("fleetpulse_bridge_devices").set(self.store.len() as f64);
+            if swept.elapsed() < sweep_every {
+                continue;
+            }
+            swept = Instant::now();
+            let retention = i64::try_from(self.config.device_retention_ms).unwrap_or(i64::MAX);
+            let oldest = i64::try_from(now_ms())
+                .unwrap_or(i64::MAX)
+                .saturating_sub(retention);
+            let gone = self.store.sweep(oldest);
+            if gone > 0 {
+                tracing::info!(
+                    gone,
+                    "devices silent past bridge.device_retention_ms let go"
+                );
+                counter!("fleetpulse_bridge_devices_expired_total").increment(gone as u64);
+            }
+            self.rates.forget_idle();
+        }
     }
 }
 
@@ -269,6 +297,9 @@ async fn ws(
         }
     };
     upgrade
+        // tungstenite's read buffer is allocated whole per connection (128 KiB by default):
+        // clients send small messages, so 4 KiB, grown when one needs more.
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(b.config.max_message_bytes)
         .max_frame_size(b.config.max_message_bytes)
         .on_upgrade(move |socket| Connection::new(b, claims, slot).serve(socket))
@@ -354,7 +385,9 @@ impl Connection {
                     };
                     heard = Instant::now();
                     spoken = true;
-                    let (replies, next) = self.answer(&text).await;
+                    // Boxed: answering (a snapshot from Redis, a replay) is a large future, and
+                    // inline it would make every idle connection's task as large.
+                    let (replies, next) = Box::pin(self.answer(&text)).await;
                     for reply in replies {
                         if !send(&mut socket, reply).await {
                             return;
@@ -479,7 +512,7 @@ impl Connection {
             );
         }
         if (!new.is_empty() || cursor.is_some())
-            && let Err(limited) = self.bridge.rates.snapshot(&self.rates, &self.tenant)
+            && let Err(limited) = self.bridge.rates.snapshot(&self.rates, &self.tenant).await
         {
             return self.limited(limited, "snapshots", self.bridge.config.snapshots_per_s);
         }
@@ -494,13 +527,11 @@ impl Connection {
         );
         let mut replies = vec![self.subscribed()];
         let owed = match subscribed.owed {
-            Owed::Missed(replay) => {
-                match tokio::task::spawn_blocking(move || replay.scan()).await {
-                    Ok(Ok(events)) => Ok(events),
-                    Ok(Err(why)) => Err(Some(why)),
-                    Err(_) => Err(Some("the replay failed")),
-                }
-            }
+            Owed::Missed(replay) => match self.bridge.read(move || replay.scan()).await {
+                Some(Ok(events)) => Ok(events),
+                Some(Err(why)) => Err(Some(why)),
+                None => Err(Some("the replay failed")),
+            },
             Owed::Resync(why) => Err(Some(why)),
             Owed::Snapshot => Err(None),
         };
@@ -609,7 +640,9 @@ impl Connection {
         })
     }
 
-    /// The visible devices that `wanted` selects, from the store a page at a time.
+    /// The visible devices that `wanted` selects, from the store a page at a time: the first
+    /// page here (a page is bounded work, and most snapshots are one), the rest on a blocking
+    /// thread.
     async fn devices(
         &self,
         wanted: impl Fn(&DeviceState) -> bool + Send + 'static,
@@ -617,20 +650,23 @@ impl Connection {
         let store = Arc::clone(&self.bridge.store);
         let tenant = self.tenant.clone();
         let page = self.bridge.config.snapshot_page;
-        tokio::task::spawn_blocking(move || {
-            let mut all = Vec::new();
-            let mut after = None;
+        let (mut all, next) = store.page(tenant.as_deref(), None, page, &wanted);
+        let Some(mut after) = next else {
+            return all;
+        };
+        let rest = self.bridge.read(move || {
+            let mut rest = Vec::new();
             loop {
-                let (devices, next) = store.page(tenant.as_deref(), after.as_ref(), page, &wanted);
-                all.extend(devices);
+                let (devices, next) = store.page(tenant.as_deref(), Some(&after), page, &wanted);
+                rest.extend(devices);
                 match next {
-                    Some(next) => after = Some(next),
-                    None => return all,
+                    Some(next) => after = next,
+                    None => return rest,
                 }
             }
-        })
-        .await
-        .unwrap_or_default()
+        });
+        all.extend(rest.await.unwrap_or_default());
+        all
     }
 
     /// The state of the visible devices that `topics` cover: from Redis when it is configured
@@ -799,24 +835,15 @@ async fn devices(
         }
     };
     let tenant = (!claims.is_admin()).then_some(claims.tenant);
-    let store = Arc::clone(&b.store);
-    let read = tokio::task::spawn_blocking(move || {
-        store.page(tenant.as_deref(), after.as_ref(), limit, |d| {
-            q.status
+    // One page: bounded work (see `Store::page`), done here.
+    let (page, next) = b.store.page(tenant.as_deref(), after.as_ref(), limit, |d| {
+        q.status
+            .as_ref()
+            .is_none_or(|s| d.status.as_ref() == Some(s))
+            && q.class
                 .as_ref()
-                .is_none_or(|s| d.status.as_ref() == Some(s))
-                && q.class
-                    .as_ref()
-                    .is_none_or(|c| d.device_class.as_ref() == Some(c))
-        })
+                .is_none_or(|c| d.device_class.as_ref() == Some(c))
     });
-    let Ok((page, next)) = read.await else {
-        return refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the read failed".into(),
-        );
-    };
     let next = next.map(|(t, d)| key::encode(&t, &d));
     Json(serde_json::json!({ "devices": page, "next": next })).into_response()
 }
@@ -833,7 +860,7 @@ async fn device(
         // Admins name a device by its id alone: the first tenant's that has one.
         let store = Arc::clone(&b.store);
         let wanted = id.clone();
-        tokio::task::spawn_blocking(move || {
+        b.read(move || {
             let mut after = None;
             loop {
                 let (found, next) = store.page(None, after.as_ref(), 1, |d| d.device_id == wanted);
@@ -845,7 +872,6 @@ async fn device(
             }
         })
         .await
-        .ok()
         .flatten()
     } else {
         b.store.device(&claims.tenant, &id)

@@ -2,7 +2,9 @@
 //! each side has its own file descriptors and runtime) on loopback, status transitions produced
 //! at a fixed rate; the delay from the produce call to a client holding the event (p50, p99,
 //! max) and the messages delivered per second, beside a raw Kafka consumer of the same topic in
-//! the same run (the part of the delay that is Kafka's).
+//! the same run (the part of the delay that is Kafka's). And the bridge's memory: its resident
+//! set before and after it holds `--devices` devices, and after the clients subscribed, per
+//! device and per client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,6 +44,10 @@ pub struct BridgeBench {
     /// Seconds of events per run.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Devices the bridge holds before the clients connect (one status transition each), for
+    /// its memory per device.
+    #[arg(long, default_value_t = 100_000)]
+    devices: u64,
 }
 
 const SECRET: &str = "Bb9rT4vK1mW6qX8nP3yL5cH7fJ2dG0sA9eU1iO5kR3tV6wZ2";
@@ -217,31 +223,71 @@ fn raw_consumer(
 /// How events are produced.
 #[derive(Debug, Clone, Copy)]
 struct Load {
+    /// Events a second; 0: as fast as the producer takes them.
     rate: u64,
-    seconds: u64,
+    events: u64,
     tenants: usize,
+    /// Distinct devices the events go round.
+    devices: u64,
 }
 
-/// Produces `rate` status transitions a second for `seconds`, each stamped when produced.
+/// The resident set of process `pid`, bytes (Linux).
+fn resident(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Waits until the bridge's `fleetpulse_bridge_devices` gauge says `n`.
+async fn holds(address: &str, n: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let wanted = format!("fleetpulse_bridge_devices {n}");
+    loop {
+        let mut s = tokio::net::TcpStream::connect(address).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        if answer.lines().any(|l| l.trim() == wanted) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bridge does not hold {n} devices after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Produces `events` status transitions at `rate` a second, each stamped when produced.
 fn produce(
     config: &Config,
     codec: &schemas::Codec,
     topic: &str,
     args: Load,
 ) -> anyhow::Result<u64> {
-    let producer = crate::kafka::producer(config, &[("linger.ms", "0")])?;
-    let total = args.rate * args.seconds;
+    let linger = if args.rate == 0 { "5" } else { "0" };
+    let producer = crate::kafka::producer(config, &[("linger.ms", linger)])?;
+    let total = args.events;
     let start = Instant::now();
     for i in 0..total {
-        let due = start + Duration::from_micros(i * 1_000_000 / args.rate.max(1));
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        if let Some(at) = (i * 1_000_000).checked_div(args.rate)
+            && let Some(wait) =
+                (start + Duration::from_micros(at)).checked_duration_since(Instant::now())
+        {
             std::thread::sleep(wait);
         }
         let tenant = i as usize % args.tenants.max(1);
         let ts = i64::try_from(micros() / 1_000).unwrap_or(i64::MAX);
         let record = StatusTransition {
             tenant_id: format!("tenant-{tenant:03}"),
-            device_id: format!("dev-{:06}", i % 10_000),
+            device_id: format!("dev-{:06}", i % args.devices.max(1)),
             device_class: Some("sensor".into()),
             status: if i % 2 == 0 {
                 DeviceStatus::Online
@@ -298,6 +344,21 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
             crate::kafka::ensure_topic(config, topic, 4).await?;
         }
         let (mut bridge, address) = start_bridge(config, &status, &prefix).await?;
+        let pid = bridge.id();
+        let empty = resident(pid);
+        let fill = {
+            let (config, codec, status) = (config.clone(), codec.clone(), status.clone());
+            let load = Load {
+                rate: 0,
+                events: args.devices,
+                tenants: args.tenants,
+                devices: args.devices,
+            };
+            tokio::task::spawn_blocking(move || produce(&config, &codec, &status, load))
+        };
+        fill.await??;
+        holds(&address, args.devices).await?;
+        let filled = resident(pid);
 
         let stop = Arc::new(AtomicBool::new(false));
         let subscribed = Arc::new(AtomicUsize::new(0));
@@ -327,6 +388,7 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let connected_in = connecting.elapsed();
+        let serving = resident(pid);
 
         let raw = raw_consumer(config, &status, Arc::clone(&stop))?;
         let started = Instant::now();
@@ -334,8 +396,9 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
             let (config, codec, status) = (config.clone(), codec.clone(), status.clone());
             let load = Load {
                 rate: args.rate,
-                seconds: args.seconds,
+                events: args.rate * args.seconds,
                 tenants: args.tenants,
+                devices: 10_000,
             };
             tokio::task::spawn_blocking(move || produce(&config, &codec, &status, load)).await??
         };
@@ -376,6 +439,24 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
             "    bridge       p50 {b50:.1} ms  p99 {b99:.1} ms  max {bmax:.1} ms  ({delivered} of {expected} messages, {:.0} msg/s delivered)",
             delivered as f64 / producing.as_secs_f64()
         );
+        if let (Some(empty), Some(filled), Some(serving)) = (empty, filled, serving) {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let per_device = match args.devices {
+                0 => String::new(),
+                n => format!(
+                    " ({:.0} bytes a device)",
+                    filled.saturating_sub(empty) as f64 / n as f64
+                ),
+            };
+            println!(
+                "    memory (resident): {:.0} MiB at start, {:.0} MiB with {} devices{per_device}, {:.0} MiB with {clients} clients too ({:.1} KiB a client)",
+                mib(empty),
+                mib(filled),
+                args.devices,
+                mib(serving),
+                serving.saturating_sub(filled) as f64 / 1024.0 / clients.max(1) as f64
+            );
+        }
         // A client that failed took its delays with it: the figure only counts when every
         // client stayed and every message arrived.
         let whole = failed == 0 && delivered == expected;

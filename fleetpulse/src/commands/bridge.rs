@@ -146,6 +146,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
             c.max_connections_per_tenant,
         ),
         rates: ws_bridge::rates::Rates::new(c),
+        readers: ws_bridge::server::readers(),
         metrics: Box::new(move || metrics.render()),
         ready: Box::new(move || {
             if !ready.load(Ordering::Relaxed) {
@@ -183,13 +184,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     };
     let tidy = {
         let bridge = Arc::clone(&bridge);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(bridge.tidy_every());
-            loop {
-                every.tick().await;
-                bridge.tidy();
-            }
-        })
+        tokio::spawn(async move { bridge.tidy().await })
     };
     let stopped = {
         let stop = Arc::clone(&stop);
