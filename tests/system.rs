@@ -144,6 +144,8 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
             .args(["bridge", "--brokers", brokers, "--listen", "127.0.0.1:0"])
             .args(["--redis-url", redis.address()])
             .args(["--set", &format!("bridge.jwt_secret={SECRET}")])
+            // The generated fleet's records are from 2023: kept, not let go as silent.
+            .args(["--set", "bridge.device_retention_ms=315360000000"])
             .args(derived_topics(&prefix)),
     );
     let _bridge = Running(bridge);

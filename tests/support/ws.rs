@@ -13,7 +13,7 @@ pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects to the bridge at `base` (`http://` or `https://`, then through `tls`) as a viewer of
 /// `tenant` with a token signed by `secret`, subscribes to status, and returns the connection past
-/// its snapshot, with the snapshot; or why it could not.
+/// its snapshot, with the snapshot (its pages joined); or why it could not.
 pub async fn subscribed(
     base: &str,
     tenant: &str,
@@ -43,9 +43,26 @@ pub async fn subscribed(
     ))
     .await
     .map_err(|e| e.to_string())?;
+    // A snapshot comes in pages (all but the last marked `more`): one, with every device.
+    let mut snapshot: Option<serde_json::Value> = None;
     loop {
         match message(&mut ws, Duration::from_secs(30)).await {
-            Some(m) if m["type"] == "snapshot" => return Ok((ws, m)),
+            Some(mut m) if m["type"] == "snapshot" => {
+                let more = m.get("more").is_some();
+                if let Some(s) = snapshot.as_mut() {
+                    let devices = m["devices"].as_array_mut().map(std::mem::take);
+                    if let Some(held) = s["devices"].as_array_mut() {
+                        held.extend(devices.unwrap_or_default());
+                    }
+                } else {
+                    snapshot = Some(m);
+                }
+                if !more {
+                    return snapshot
+                        .ok_or_else(|| "no snapshot".into())
+                        .map(|s| (ws, s));
+                }
+            }
             Some(_) => {}
             None => return Err("no snapshot".into()),
         }
