@@ -151,7 +151,7 @@ fn state_is_bounded_and_reads_do_not_wait_for_writes() {
         &url,
         "POST",
         "/subjects/s0-value/versions",
-        Some(&record("S0", &"x".repeat(2_000))),
+        Some(&record(&format!("S{}", "x".repeat(2_000)), "")),
     );
     assert_eq!((status, body["error_code"].as_u64()), (422, Some(42210)));
     assert!(

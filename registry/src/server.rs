@@ -257,7 +257,12 @@ async fn register(
                     .writing
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let mut next = Subjects::clone(&current(&s));
+                let now = current(&s);
+                // Registered already: nothing to copy or write.
+                if let Ok(existing) = now.lookup(&subject, &text) {
+                    return Ok(json!({"id": existing.id}));
+                }
+                let mut next = Subjects::clone(&now);
                 let id = next.register(&subject, &text)?;
                 metrics::gauge!(SCHEMAS).set(next.schema_count() as f64);
                 *s.current

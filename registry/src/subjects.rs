@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -33,7 +34,6 @@ pub struct Registered {
     pub schema: String,
 }
 
-#[derive(Clone)]
 struct StoredSchema {
     text: String,
     canonical: String,
@@ -73,7 +73,8 @@ impl Default for Limits {
 /// registration ([`crate::server`]): readers keep the state they took while one is written.
 #[derive(Clone)]
 pub struct Subjects {
-    schemas: BTreeMap<u32, StoredSchema>,
+    /// Shared between copies: a registration copies pointers, not schemas.
+    schemas: BTreeMap<u32, Arc<StoredSchema>>,
     subjects: BTreeMap<String, Vec<u32>>,
     state_file: Option<PathBuf>,
     limits: Limits,
@@ -116,7 +117,7 @@ impl Subjects {
         let schemas = state
             .schemas
             .into_iter()
-            .map(|(id, text)| parse(&text).map(|s| (id, s)))
+            .map(|(id, text)| parse(&text).map(|s| (id, Arc::new(s))))
             .collect::<Result<_, _>>()?;
         Ok(Subjects {
             schemas,
@@ -289,15 +290,15 @@ impl Subjects {
     /// Registers `text` under `subject` and returns its global id: the existing id when the
     /// subject already has it, the id of an identical schema under another subject, or a new one.
     pub fn register(&mut self, subject: &str, text: &str) -> Result<u32, RegistryError> {
+        if let Ok(existing) = self.lookup(subject, text) {
+            return Ok(existing.id);
+        }
         if text.len() > self.limits.schema_bytes {
             return Err(RegistryError::Full(format!(
                 "a schema of {} bytes; at most {} (registry.max_schema_bytes)",
                 text.len(),
                 self.limits.schema_bytes
             )));
-        }
-        if let Ok(existing) = self.lookup(subject, text) {
-            return Ok(existing.id);
         }
         match self.subjects.get(subject) {
             None if self.subjects.len() >= self.limits.subjects => {
@@ -324,7 +325,7 @@ impl Subjects {
             Some((id, _)) => *id,
             None => {
                 let id = self.schemas.keys().next_back().map_or(1, |last| last + 1);
-                self.schemas.insert(id, stored);
+                self.schemas.insert(id, Arc::new(stored));
                 id
             }
         };

@@ -117,14 +117,16 @@ for i = 2, #ARGV - 5, 6 do
   local x = tonumber(xs)
   if x > now_ms then
     local sk = 'device:status:' .. k
+    local tk = 'tenant:devices:' .. t
     if redis.call('EXISTS', sk) == 0 then
       redis.call('SADD', 'tenants', t)
-      redis.call('SADD', 'tenant:devices:' .. t, d)
       redis.call('HSET', sk, 'tenant', t, 'device', d)
       if c ~= '' then redis.call('HSET', sk, 'class', c) end
     end
+    -- Always: the index may have expired before the device's keys (its expiry moves in steps).
+    redis.call('SADD', tk, d)
     refresh(sk, x, xs, slack)
-    refresh('tenant:devices:' .. t, x, xs, slack)
+    refresh(tk, x, xs, slack)
     local lk = 'device:lastseen:' .. k
     local held = redis.call('SET', lk, ls, 'PXAT', xs, 'GET')
     local before = held and tonumber(held)
@@ -136,13 +138,15 @@ end
 return 1
 ";
 
-/// Deletes devices: ARGV tenant, device, key id of each.
+/// Deletes devices: ARGV tenant, device, key id of each; a tenant left without devices leaves
+/// `tenants`.
 const DELETE: &str = r"
 for i = 1, #ARGV - 2, 3 do
   local t, d, k = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   redis.call('DEL', 'device:status:' .. k, 'device:lastseen:' .. k, 'device:health:' .. k,
     'device:anomalies:' .. k)
   redis.call('SREM', 'tenant:devices:' .. t, d)
+  if redis.call('SCARD', 'tenant:devices:' .. t) == 0 then redis.call('SREM', 'tenants', t) end
 end
 return 1
 ";
@@ -513,8 +517,20 @@ impl Cache {
         chunk: &[(crate::store::DeviceKey, Change)],
         retention: Duration,
     ) -> Result<(), CacheError> {
-        let (gone, held): (Vec<_>, Vec<_>) = chunk.iter().partition(|(_, c)| *c == Change::Gone);
+        let (mut gone, held): (Vec<_>, Vec<_>) =
+            chunk.iter().partition(|(_, c)| *c == Change::Gone);
         let devices = store.get(held.iter().map(|(k, c)| (k, c)));
+        // A device noted changed that the store no longer holds left it since: deleted too.
+        if devices.len() < held.len() {
+            let present: std::collections::HashSet<(&str, &str)> = devices
+                .iter()
+                .map(|(d, _)| (d.tenant_id.as_str(), d.device_id.as_str()))
+                .collect();
+            gone.extend(
+                held.iter()
+                    .filter(|((t, d), _)| !present.contains(&(t.as_str(), d.as_str()))),
+            );
+        }
         let (whole, seen): (Vec<_>, Vec<_>) = devices.iter().partition(|(_, c)| *c == Change::All);
         if !whole.is_empty() {
             let writes: Vec<Write<'_>> =

@@ -239,7 +239,7 @@ impl BridgeConfig {
         {
             return fail(
                 "jwks_url",
-                "empty, or an https:// URL of a JSON Web Key Set",
+                "empty, or the https:// (or http://) URL of a JSON Web Key Set",
             );
         }
         if !self.jwks_url.is_empty() && self.jwks_file.is_some() {

@@ -463,7 +463,8 @@ impl Hub {
     /// anomalies) can resume from there instead of from its last event, long gone from the ring.
     pub fn quiet_cursor(&self, r: &Registration) -> Option<Arc<str>> {
         let recent = self.recent();
-        r.events.is_empty().then(|| Arc::clone(&recent.cursor))
+        // Struck off, its queue drained: it was not sent what came after, whatever is waiting.
+        (r.events.is_empty() && !r.slow.load(Ordering::Relaxed)).then(|| Arc::clone(&recent.cursor))
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {

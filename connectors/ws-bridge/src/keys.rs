@@ -74,10 +74,12 @@ struct Keys {
 /// Secret (`oct`) keys are never taken from a key set: a public document holds no secrets, and
 /// taking one would let a token signed with a public key's bytes pass as HS256.
 fn algorithm(jwk: &Jwk) -> Option<Algorithm> {
-    let named = jwk
-        .common
-        .key_algorithm
-        .and_then(|a| Algorithm::from_str(&a.to_string()).ok());
+    // A key naming an algorithm that signs nothing here (RSA-OAEP, an encryption key) is not
+    // taken for the usual one of its kind.
+    let named = match jwk.common.key_algorithm {
+        Some(a) => Some(Algorithm::from_str(&a.to_string()).ok()?),
+        None => None,
+    };
     let algorithm = match (&jwk.algorithm, named) {
         (AlgorithmParameters::OctetKey(_), _) => return None,
         (_, Some(named)) => named,
@@ -144,8 +146,16 @@ impl KeySet {
 
     /// The keys at `url`, not fetched yet ([`KeySet::refresh`], [`KeySet::keep_fresh`]).
     pub fn url(url: &str) -> Result<Arc<KeySet>, KeyError> {
+        if url.starts_with("http://") {
+            tracing::warn!(
+                url,
+                "the key set is fetched over plain HTTP: anyone on the way can sign tokens; use https:// outside a trusted network"
+            );
+        }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            // A redirect could take an https:// set to a plain one, or elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| KeyError::Fetch {
                 url: url.to_string(),
@@ -214,21 +224,18 @@ impl KeySet {
             url: url.clone(),
             detail,
         };
-        let response = client
+        let mut response = client
             .get(url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| fail(e.to_string()))?;
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_BYTES as u64)
-        {
-            return Err(fail(format!("larger than {MAX_BYTES} bytes")));
-        }
-        let document = response.bytes().await.map_err(|e| fail(e.to_string()))?;
-        if document.len() > MAX_BYTES {
-            return Err(fail(format!("larger than {MAX_BYTES} bytes")));
+        let mut document = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
+            if document.len() + chunk.len() > MAX_BYTES {
+                return Err(fail(format!("larger than {MAX_BYTES} bytes")));
+            }
+            document.extend_from_slice(&chunk);
         }
         let keys = parse(&document).map_err(|e| fail(e.to_string()))?;
         tracing::info!(url = %url, keys = keys.len(), "key set fetched");
@@ -268,6 +275,8 @@ mod tests {
             {"kty": "EC", "crv": "P-256", "kid": "p",
              "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
              "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "RSA", "alg": "RSA-OAEP", "kid": "o", "e": "AQAB",
+             "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"},
             {"kty": "made-up"}
         ]}"#;
         let keys = parse(set).unwrap();

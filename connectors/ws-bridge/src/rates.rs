@@ -2,9 +2,10 @@
 //! per tenant, and `/api/devices` requests per token. Token buckets (GCRA) from `governor`: a
 //! client may burst to twice its rate (at least 10), then gets one request per interval.
 //!
-//! A connection past its own rate is refused at once. A tenant's snapshots wait their turn
-//! instead, up to [`TENANT_SNAPSHOT_WAIT`]: every dashboard of a tenant reconnecting at once
-//! (a bridge restarted) is spread out, not refused.
+//! A connection past its own rate is refused at once. A connection's first snapshot waits for
+//! its tenant's turn instead, up to [`TENANT_SNAPSHOT_WAIT`]: every dashboard of a tenant
+//! reconnecting at once (a bridge restarted) is spread out, not refused. A later one does not
+//! wait: its connection has events coming that it would not take meanwhile.
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
@@ -110,17 +111,25 @@ impl Rates {
         Ok(())
     }
 
-    /// Whether a connection of `tenant` may have one more snapshot or cursor replay: at once
-    /// within its own rate, after a wait for its tenant's turn.
-    pub async fn snapshot(&self, c: &Connection, tenant: &Tenant) -> Result<(), Limited> {
+    /// Whether a connection of `tenant` may have one more snapshot or cursor replay: within its
+    /// own rate, and its tenant's, for which its `first` waits its turn.
+    pub async fn snapshot(
+        &self,
+        c: &Connection,
+        tenant: &Tenant,
+        first: bool,
+    ) -> Result<(), Limited> {
         if c.snapshots.as_ref().is_some_and(|l| l.check().is_err()) {
             return Err(Limited::Connection);
         }
-        if !self
-            .tenant_snapshots
-            .waits(tenant, TENANT_SNAPSHOT_WAIT)
-            .await
-        {
+        let granted = if first {
+            self.tenant_snapshots
+                .waits(tenant, TENANT_SNAPSHOT_WAIT)
+                .await
+        } else {
+            self.tenant_snapshots.allows(tenant)
+        };
+        if !granted {
             return Err(Limited::Tenant);
         }
         Ok(())
@@ -188,7 +197,7 @@ mod tests {
         // tenth of a second apart.
         let started = std::time::Instant::now();
         for _ in 0..25 {
-            assert_eq!(rates.snapshot(&rates.connection(), &t).await, Ok(()));
+            assert_eq!(rates.snapshot(&rates.connection(), &t, true).await, Ok(()));
         }
         let waited = started.elapsed();
         assert!(
@@ -204,7 +213,7 @@ mod tests {
     /// How many snapshots one connection gets before it is refused.
     async fn granted(rates: &Rates, c: &Connection, t: &Tenant) -> usize {
         let mut n = 0;
-        while rates.snapshot(c, t).await.is_ok() {
+        while rates.snapshot(c, t, false).await.is_ok() {
             n += 1;
         }
         n

@@ -185,7 +185,11 @@ impl Bridge {
             let oldest = i64::try_from(now_ms())
                 .unwrap_or(i64::MAX)
                 .saturating_sub(retention);
-            let gone = self.store.sweep(oldest);
+            // A pass over every device: on a blocking thread.
+            let store = Arc::clone(&self.store);
+            let gone = tokio::task::spawn_blocking(move || store.sweep(oldest))
+                .await
+                .unwrap_or(0);
             if gone > 0 {
                 tracing::info!(
                     gone,
@@ -512,7 +516,11 @@ impl Connection {
             );
         }
         if (!new.is_empty() || cursor.is_some())
-            && let Err(limited) = self.bridge.rates.snapshot(&self.rates, &self.tenant).await
+            && let Err(limited) = self
+                .bridge
+                .rates
+                .snapshot(&self.rates, &self.tenant, self.topics.is_empty())
+                .await
         {
             return self.limited(limited, "snapshots", self.bridge.config.snapshots_per_s);
         }

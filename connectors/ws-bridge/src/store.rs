@@ -173,6 +173,7 @@ impl Store {
 
     /// Notes devices as changed again (they could not be written), or every device as wholly
     /// changed when `keys` is `None` (the copy they were written to may have lost them all).
+    /// A change noted since those were taken came after them, and is kept after them.
     pub fn mark_changed(&self, keys: Option<Changed>) {
         let Some(changed) = &self.changed else {
             return;
@@ -189,8 +190,11 @@ impl Store {
                 .collect()
         });
         let mut changed = changed.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, change) in keys {
-            note(&mut changed, key, change);
+        for (key, earlier) in keys {
+            changed
+                .entry(key)
+                .and_modify(|later| *later = earlier.then(*later))
+                .or_insert(earlier);
         }
     }
 
@@ -327,33 +331,35 @@ impl Store {
         *held = (*held).max(at);
         drop(retired);
         self.note(key, Change::Gone);
+        drop(tenants);
     }
 
     /// Removes the devices whose latest record is older than `oldest` (ms), and forgets
     /// retirements older than it; returns how many devices left.
     pub fn sweep(&self, oldest: i64) -> usize {
         let mut gone = Vec::new();
-        {
-            let mut tenants = self.write();
-            for (tenant, devices) in tenants.iter_mut() {
-                devices.retain(|id, d| {
-                    let keep = d.latest().is_some_and(|l| l >= oldest);
-                    if !keep {
-                        gone.push((tenant.clone(), id.clone()));
-                    }
-                    keep
-                });
-            }
-            tenants.retain(|_, devices| !devices.is_empty());
+        let mut tenants = self.write();
+        for (tenant, devices) in tenants.iter_mut() {
+            devices.retain(|id, d| {
+                let keep = d.latest().is_some_and(|l| l >= oldest);
+                if !keep {
+                    gone.push((tenant.clone(), id.clone()));
+                }
+                keep
+            });
         }
+        tenants.retain(|_, devices| !devices.is_empty());
+        let n = gone.len();
+        // Noted before the lock is let go: a record that brings a device back after this is
+        // noted after it, and written.
+        for key in gone {
+            self.note(key, Change::Gone);
+        }
+        drop(tenants);
         self.retired
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, at| *at >= oldest);
-        let n = gone.len();
-        for key in gone {
-            self.note(key, Change::Gone);
-        }
         n
     }
 
@@ -613,12 +619,23 @@ mod tests {
             Some(&Change::All),
             "everything after a lost cache"
         );
+        // A write that failed puts its changes back before those noted since: taken `All`,
+        // retired meanwhile, the write failed: gone it is.
+        store.last_seen(&seen("d", None, 7_000));
+        let taken = store.take_changed();
+        store.status(&StatusTransition {
+            reason: TransitionReason::Retired,
+            ..transition(DeviceStatus::Offline, 8_000)
+        });
+        store.mark_changed(Some(taken));
+        assert_eq!(store.take_changed().get(&key()), Some(&Change::Gone));
+        store.last_seen(&seen("d", None, 9_000));
         let both = store.get([(&key(), &Change::LastSeen)]);
         assert_eq!(both.len(), 1);
-        assert_eq!(both[0].0.last_seen, Some(6_000));
+        assert_eq!(both[0].0.last_seen, Some(9_000));
         assert_eq!(
             store.last_seen_of([("t", "d"), ("t", "nobody")]),
-            [Some(6_000), None]
+            [Some(9_000), None]
         );
     }
 
