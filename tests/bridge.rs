@@ -552,16 +552,6 @@ async fn resume_on_another_bridge_two_bridges_agree_and_redis_comes_back() {
     assert!(agree, "redis caught up:\n{store}\n{held}");
 }
 
-/// A Redis command's answer, as `redis-cli` prints it.
-fn redis_cli(url: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-u", url])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// The next `last_seen` message of `ws` as its (tenant/device, last seen) pairs, if one comes
 /// by `deadline`; any other message (heartbeats aside) fails the test.
 async fn next_last_seen(ws: &mut Ws, deadline: tokio::time::Instant) -> Option<Vec<(String, i64)>> {

@@ -285,31 +285,29 @@ async fn slashed_ids_stay_apart_and_a_retired_device_leaves_the_store_redis_and_
     p.send("status", &status("a", "gone", DeviceStatus::Online, t0));
     p.flush();
     let (_bridge, base) = bridge(brokers, &prefix, &["--redis-url", &redis_url]);
-    let redis_cli = |args: &[&str]| {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-u", &redis_url])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
 
     // Redis: two devices, each under its own key, neither hiding the other.
     assert!(testkit::wait_for(Duration::from_secs(30), || {
-        redis_cli(&["EXISTS", "device:status:a/gone"]) == "1"
+        redis_cli(&redis_url, &["EXISTS", "device:status:a/gone"]) == "1"
     }));
     assert_eq!(
-        redis_cli(&["HMGET", "device:status:a/b/c", "tenant", "device", "status"]),
+        redis_cli(
+            &redis_url,
+            &["HMGET", "device:status:a/b/c", "tenant", "device", "status"]
+        ),
         "a\nb/c\nonline"
     );
     assert_eq!(
-        redis_cli(&[
-            "HMGET",
-            "device:status:a%2Fb/c",
-            "tenant",
-            "device",
-            "status"
-        ]),
+        redis_cli(
+            &redis_url,
+            &[
+                "HMGET",
+                "device:status:a%2Fb/c",
+                "tenant",
+                "device",
+                "status"
+            ]
+        ),
         "a/b\nc\noffline"
     );
 
@@ -324,10 +322,13 @@ async fn slashed_ids_stay_apart_and_a_retired_device_leaves_the_store_redis_and_
         http(&base, "GET", &format!("/api/devices/gone?token={a}"), None).0 == 404
     }));
     assert!(testkit::wait_for(Duration::from_secs(10), || {
-        redis_cli(&["EXISTS", "device:status:a/gone"]) == "0"
+        redis_cli(&redis_url, &["EXISTS", "device:status:a/gone"]) == "0"
     }));
-    assert_eq!(redis_cli(&["SISMEMBER", "tenant:devices:a", "gone"]), "0");
-    assert_eq!(redis_cli(&["KEYS", "device:*gone*"]), "");
+    assert_eq!(
+        redis_cli(&redis_url, &["SISMEMBER", "tenant:devices:a", "gone"]),
+        "0"
+    );
+    assert_eq!(redis_cli(&redis_url, &["KEYS", "device:*gone*"]), "");
 
     // REST: an admin's pages, one device each, end and name each device once; each tenant
     // sees its own.
@@ -374,20 +375,8 @@ async fn slashed_ids_stay_apart_and_a_retired_device_leaves_the_store_redis_and_
     );
     p.flush();
     let mut browser = Browser::open(&format!("{base}/?token={admin}")).await;
-    let rows = r##"JSON.stringify([...document.querySelectorAll("#rows tr")].map((r) => [r.dataset.tenant, r.dataset.device]))"##;
-    let read = |v: serde_json::Value| -> Vec<(String, String)> {
-        serde_json::from_str(v.as_str().unwrap_or("[]")).unwrap_or_default()
-    };
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = read(browser.eval(rows).await);
-        if seen.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert_eq!(
-        seen,
+        rows(&mut browser, 3).await,
         [pair("a", "b/c"), pair("a", "gone"), pair("a/b", "c")],
         "two devices, not merged"
     );
@@ -395,15 +384,8 @@ async fn slashed_ids_stay_apart_and_a_retired_device_leaves_the_store_redis_and_
     retired.reason = TransitionReason::Retired;
     p.send("status", &retired);
     p.flush();
-    for _ in 0..100 {
-        seen = read(browser.eval(rows).await);
-        if seen.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert_eq!(
-        seen,
+        rows(&mut browser, 2).await,
         [pair("a", "b/c"), pair("a/b", "c")],
         "the retired row left"
     );
@@ -416,6 +398,21 @@ fn sh(shell: &str) {
         .status()
         .unwrap();
     assert!(done.success(), "{shell}");
+}
+
+/// The dashboard's rows as (tenant, device), once there are `n` of them (or after 20 s).
+async fn rows(browser: &mut Browser, n: usize) -> Vec<(String, String)> {
+    let script = r##"JSON.stringify([...document.querySelectorAll("#rows tr")].map((r) => [r.dataset.tenant, r.dataset.device]))"##;
+    let mut shown = Vec::new();
+    for _ in 0..100 {
+        let v = browser.eval(script).await;
+        shown = serde_json::from_str(v.as_str().unwrap_or("[]")).unwrap_or_default();
+        if shown.len() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shown
 }
 
 /// A private key made by `openssl`, in the DER form jsonwebtoken reads, and its public JWK.

@@ -195,3 +195,13 @@ pub fn wall_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// A Redis command's answer, as `redis-cli` prints it.
+pub fn redis_cli(url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", url])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
