@@ -487,6 +487,8 @@ async fn rs256_and_es256_tokens_from_a_key_set_file_or_url_are_accepted_and_held
     .unwrap();
     let rules = [
         "--set",
+        "bridge.jwt_max_lifetime_s=3600",
+        "--set",
         "bridge.jwt_issuer=https://id.example.com",
         "--set",
         "bridge.jwt_audience=fleetpulse",
@@ -547,6 +549,18 @@ async fn rs256_and_es256_tokens_from_a_key_set_file_or_url_are_accepted_and_held
     no_issuer["iss"] = "https://elsewhere.example.com".into();
     assert_eq!(
         status_of(&signed(&rsa, Algorithm::RS256, "r1", no_issuer)),
+        401
+    );
+    let mut not_yet = good.clone();
+    not_yet["nbf"] = (now() + 600).into();
+    assert_eq!(
+        status_of(&signed(&ec, Algorithm::ES256, "e1", not_yet)),
+        401
+    );
+    let mut too_long = good.clone();
+    too_long["exp"] = (now() + 86_400).into();
+    assert_eq!(
+        status_of(&signed(&ec, Algorithm::ES256, "e1", too_long)),
         401
     );
     assert_eq!(

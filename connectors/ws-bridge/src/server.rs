@@ -617,6 +617,7 @@ impl Connection {
     /// A `last_seen` message with the store's last-seen times of the visible devices whose
     /// times `topics` cover, if there are any.
     async fn last_seen_now(&self, topics: &BTreeSet<Topic>) -> Option<String> {
+        let ids = topics_of_devices(topics);
         let topics = topics.clone();
         let covered = move |d: &DeviceState| {
             d.last_seen.is_some()
@@ -628,7 +629,7 @@ impl Connection {
                 })
         };
         let seen: Vec<Seen> = self
-            .devices(covered)
+            .devices(ids, covered)
             .await
             .into_iter()
             .filter_map(|d| {
@@ -648,15 +649,23 @@ impl Connection {
         })
     }
 
-    /// The visible devices that `wanted` selects, from the store a page at a time: the first
-    /// page here (a page is bounded work, and most snapshots are one), the rest on a blocking
-    /// thread.
+    /// The visible devices that `wanted` selects: looked up by id when the topics name only
+    /// devices (`ids`) of one tenant, else from the store a page at a time, the first page here
+    /// (a page is bounded work, and most snapshots are one), the rest on a blocking thread.
     async fn devices(
         &self,
+        ids: Option<Vec<String>>,
         wanted: impl Fn(&DeviceState) -> bool + Send + 'static,
     ) -> Vec<DeviceState> {
         let store = Arc::clone(&self.bridge.store);
         let tenant = self.tenant.clone();
+        if let (Some(ids), Some(tenant)) = (&ids, &tenant) {
+            return ids
+                .iter()
+                .filter_map(|id| store.device(tenant, id))
+                .filter(|d| wanted(d))
+                .collect();
+        }
         let page = self.bridge.config.snapshot_page;
         let (mut all, next) = store.page(tenant.as_deref(), None, page, &wanted);
         let Some(mut after) = next else {
@@ -697,15 +706,9 @@ impl Connection {
                 })
             }
         };
+        let ids = topics_of_devices(topics);
         if let Some(cache) = &self.bridge.cache {
-            let ids: Option<Vec<String>> = topics
-                .iter()
-                .map(|t| match t {
-                    Topic::Device(id) => Some(id.clone()),
-                    _ => None,
-                })
-                .collect();
-            let devices = match (ids, &self.tenant) {
+            let devices = match (ids.clone(), &self.tenant) {
                 (Some(ids), Some(tenant)) => {
                     Devices::Keys(ids.into_iter().map(|id| (tenant.clone(), id)).collect())
                 }
@@ -729,7 +732,7 @@ impl Connection {
                 return held;
             }
         }
-        self.devices(wanted).await
+        self.devices(ids, wanted).await
     }
 
     /// An `error` reply; past `max_errors` of them the connection closes.
@@ -780,6 +783,17 @@ async fn slow(socket: &mut WebSocket, why: &str) {
         socket.send(Message::Text(told.into())),
     )
     .await;
+}
+
+/// The device ids `topics` name, if they name nothing but devices.
+fn topics_of_devices(topics: &BTreeSet<Topic>) -> Option<Vec<String>> {
+    topics
+        .iter()
+        .map(|t| match t {
+            Topic::Device(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One page of a snapshot.
