@@ -619,15 +619,7 @@ impl Connection {
     async fn last_seen_now(&self, topics: &BTreeSet<Topic>) -> Option<String> {
         let ids = topics_of_devices(topics);
         let topics = topics.clone();
-        let covered = move |d: &DeviceState| {
-            d.last_seen.is_some()
-                && topics.iter().any(|t| match t {
-                    Topic::Device(id) => d.device_id == *id,
-                    Topic::Class(class) => d.device_class.as_deref() == Some(class),
-                    Topic::Tenant | Topic::LastSeen => true,
-                    Topic::Status | Topic::Anomalies | Topic::Aggregates => false,
-                })
-        };
+        let covered = move |d: &DeviceState| d.last_seen.is_some() && covers(&topics, d, false);
         let seen: Vec<Seen> = self
             .devices(ids, covered)
             .await
@@ -668,21 +660,12 @@ impl Connection {
         }
         let page = self.bridge.config.snapshot_page;
         let (mut all, next) = store.page(tenant.as_deref(), None, page, &wanted);
-        let Some(mut after) = next else {
-            return all;
-        };
-        let rest = self.bridge.read(move || {
-            let mut rest = Vec::new();
-            loop {
-                let (devices, next) = store.page(tenant.as_deref(), Some(&after), page, &wanted);
-                rest.extend(devices);
-                match next {
-                    Some(next) => after = next,
-                    None => return rest,
-                }
-            }
-        });
-        all.extend(rest.await.unwrap_or_default());
+        if next.is_some() {
+            let rest = self
+                .bridge
+                .read(move || store.pages(tenant.as_deref(), next, page, wanted));
+            all.extend(rest.await.unwrap_or_default());
+        }
         all
     }
 
@@ -694,17 +677,7 @@ impl Connection {
         }
         let wanted = {
             let topics = topics.clone();
-            move |d: &DeviceState| {
-                topics.iter().any(|t| match t {
-                    Topic::Device(id) => d.device_id == *id,
-                    Topic::Class(class) => d.device_class.as_deref() == Some(class),
-                    Topic::Tenant
-                    | Topic::Status
-                    | Topic::Anomalies
-                    | Topic::Aggregates
-                    | Topic::LastSeen => true,
-                })
-            }
+            move |d: &DeviceState| covers(&topics, d, true)
         };
         let ids = topics_of_devices(topics);
         if let Some(cache) = &self.bridge.cache {
@@ -783,6 +756,18 @@ async fn slow(socket: &mut WebSocket, why: &str) {
         socket.send(Message::Text(told.into())),
     )
     .await;
+}
+
+/// Whether `topics` cover device `d`: by its id, its class or its tenant, and, when
+/// `every_kind`, through a kind of event any device has (status, anomalies, aggregates, last
+/// seen); otherwise only `last_seen` stands for every device.
+fn covers(topics: &BTreeSet<Topic>, d: &DeviceState, every_kind: bool) -> bool {
+    topics.iter().any(|t| match t {
+        Topic::Device(id) => d.device_id == *id,
+        Topic::Class(class) => d.device_class.as_deref() == Some(class),
+        Topic::Tenant | Topic::LastSeen => true,
+        Topic::Status | Topic::Anomalies | Topic::Aggregates => every_kind,
+    })
 }
 
 /// The device ids `topics` name, if they name nothing but devices.
@@ -881,20 +866,10 @@ async fn device(
     let found = if claims.is_admin() {
         // Admins name a device by its id alone: the first tenant's that has one.
         let store = Arc::clone(&b.store);
-        let wanted = id.clone();
-        b.read(move || {
-            let mut after = None;
-            loop {
-                let (found, next) = store.page(None, after.as_ref(), 1, |d| d.device_id == wanted);
-                match (found.into_iter().next(), next) {
-                    (Some(d), _) => return Some(d),
-                    (None, Some(next)) => after = Some(next),
-                    (None, None) => return None,
-                }
-            }
-        })
-        .await
-        .flatten()
+        let (wanted, page) = (id.clone(), b.config.snapshot_page);
+        b.read(move || store.pages(None, None, page, |d| d.device_id == wanted))
+            .await
+            .and_then(|found| found.into_iter().next())
     } else {
         b.store.device(&claims.tenant, &id)
     };

@@ -444,6 +444,27 @@ impl Store {
         );
     }
 
+    /// Every device of `tenant` (of every tenant when `None`) after `after` that `wanted`
+    /// selects, in order, read [`Store::page`] by page of `page`: the lock is let go between
+    /// pages.
+    pub fn pages(
+        &self,
+        tenant: Option<&str>,
+        mut after: Option<DeviceKey>,
+        page: usize,
+        wanted: impl Fn(&DeviceState) -> bool,
+    ) -> Vec<DeviceState> {
+        let mut all = Vec::new();
+        loop {
+            let (devices, next) = self.page(tenant, after.as_ref(), page, &wanted);
+            all.extend(devices);
+            match next {
+                Some(next) => after = Some(next),
+                None => return all,
+            }
+        }
+    }
+
     /// Up to `limit` devices of `tenant` (of every tenant when `None`) after `after`, in tenant
     /// and device order, that `wanted` selects; with the key to go on from when the read stopped
     /// before the end. Only this page is copied, the lock is held only while it is read, and the
@@ -499,7 +520,7 @@ mod tests {
     use super::*;
 
     fn every(store: &Store) -> Vec<DeviceState> {
-        store.page(None, None, usize::MAX, |_| true).0
+        store.pages(None, None, 2, |_| true)
     }
 
     fn transition(status: DeviceStatus, ts: i64) -> StatusTransition {
