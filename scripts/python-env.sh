@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# The Python used by the interop tests: a virtual environment outside the repository with
-# Confluent's Kafka client and its Avro serializer from PyPI. Created if missing; prints the
+# A Python virtual environment outside the repository, created if missing; prints the
 # interpreter's path on stdout.
+#
+#   python-env.sh          the interop tests': Confluent's Kafka client and Avro serializer
+#   python-env.sh bench    `fleetpulse bench pipeline`'s: DuckDB, to time beside a file replay
 set -euo pipefail
 
 cache="${FLEETPULSE_CACHE:-$HOME/.cache/fleetpulse}"
-venv="$cache/pyenv"
+case "${1:-interop}" in
+  interop)
+    venv="$cache/pyenv"
+    requirements='confluent-kafka[avro,schemaregistry]==2.16.1'
+    ;;
+  bench)
+    venv="$cache/pyenv-bench"
+    requirements='duckdb==2.0.1'
+    ;;
+  *)
+    echo "python-env: unknown environment $1 (interop or bench)" >&2
+    exit 2
+    ;;
+esac
 marker="$venv/.fleetpulse-ready"
-requirements='confluent-kafka[avro,schemaregistry]==2.16.1'
 
 if [[ ! -f "$marker" ]] || [[ "$(cat "$marker")" != "$requirements" ]]; then
   mkdir -p "$cache"

@@ -227,6 +227,97 @@ fn a_file_gives_what_a_one_partition_topic_gives() {
     assert_same(rename(file_out), &topic_out, "file against topic");
 }
 
+/// The records of the files `--output` wrote into `dir`, as (key, record), in a fixed order.
+fn from_files(dir: &std::path::Path) -> Vec<(String, Output)> {
+    let mut out = Vec::new();
+    for kind in DERIVED {
+        let text = std::fs::read_to_string(dir.join(format!("{kind}.ndjson"))).unwrap();
+        for line in text.lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let record = line["record"].clone();
+            let record = match kind {
+                "aggregates" => Output::Aggregate(serde_json::from_value(record).unwrap()),
+                "anomalies" => Output::Anomaly(serde_json::from_value(record).unwrap()),
+                "status" => Output::Status(serde_json::from_value(record).unwrap()),
+                "lastseen" => Output::LastSeen(serde_json::from_value(record).unwrap()),
+                _ => Output::DeadLetter(serde_json::from_value(record).unwrap()),
+            };
+            out.push((line["key"].as_str().unwrap().to_string(), record));
+        }
+    }
+    // A device may repeat a last-seen record (see pipeline::lastseen): ordered by all of it.
+    out.sort_by_cached_key(|r| format!("{r:?}"));
+    out
+}
+
+#[test]
+fn a_replay_to_files_writes_what_the_same_replay_writes_to_kafka() {
+    let kafka = shared(Kind::Kafka);
+    let brokers = kafka.address();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.ndjson");
+    generate(
+        brokers,
+        "unused",
+        &[
+            "--events",
+            "20000",
+            "--format",
+            "json",
+            "--output",
+            file.to_str().unwrap(),
+        ],
+    );
+    let prefix = unique("replay-kafka");
+    let n = pipeline(
+        brokers,
+        "unused",
+        &prefix,
+        &["--input", file.to_str().unwrap()],
+    );
+    let codec = Codec::builtin();
+    let mut topics = Vec::new();
+    for kind in DERIVED {
+        for m in read_topic(
+            brokers,
+            &format!("{prefix}-{kind}"),
+            n,
+            Duration::from_secs(5),
+        ) {
+            if topics.len() == n {
+                break;
+            }
+            let key = String::from_utf8(m.key.clone()).unwrap();
+            topics.push((key, decode_output(&codec, kind, &m.value)));
+        }
+    }
+    topics.sort_by_cached_key(|r| format!("{r:?}"));
+
+    // No broker given: a replay to files must not need one.
+    let out = dir.path().join("out");
+    let summary = run_ok(fleetpulse().args([
+        "pipeline",
+        "--input",
+        file.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(total(&summary.stdout), n);
+    let files = from_files(&out);
+    assert_eq!(files.len(), topics.len());
+    assert!(
+        files
+            .iter()
+            .any(|(_, o)| matches!(o, Output::DeadLetter(_)))
+    );
+    assert!(files.iter().any(|(_, o)| matches!(o, Output::Anomaly(_))));
+    for (f, t) in files.iter().zip(&topics) {
+        assert_eq!(f, t);
+    }
+}
+
 #[test]
 fn serves_metrics_and_readiness_and_stops_on_sigterm() {
     use std::io::{BufRead, BufReader};

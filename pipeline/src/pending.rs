@@ -164,7 +164,7 @@ mod tests {
             partition,
             offset,
             tenant_id: "t".into(),
-            device_id: format!("d{offset}"),
+            device_id: compact_str::format_compact!("d{offset}"),
             device_class: None,
             response_time_ms: None,
             ok: true,

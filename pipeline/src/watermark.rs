@@ -94,6 +94,27 @@ pub struct Watermarks {
     grid: Option<i64>,
 }
 
+/// What a source may still send at, by its partitions' watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Nothing: a partition has no watermark yet, so everything is held back.
+    Back,
+    /// The least partition watermark.
+    At(i64),
+    /// Nothing is held: every partition finished without data, or none is assigned.
+    Release,
+}
+
+impl Hold {
+    /// The time held at, if any.
+    pub fn at(self) -> Option<i64> {
+        match self {
+            Hold::At(t) => Some(t),
+            Hold::Back | Hold::Release => None,
+        }
+    }
+}
+
 impl Watermarks {
     /// A tracker over `partitions`, at wall time `now`.
     pub fn new(bounds: Bounds, partitions: &[i32], now: i64) -> Watermarks {
@@ -298,20 +319,18 @@ impl Watermarks {
     }
 
     /// The time a worker reading these partitions may still send at: the least partition
-    /// watermark. `Some(None)` means "hold everything back" (a partition has no watermark yet),
-    /// `None` means nothing is held (every partition finished without data, or none assigned).
-    pub fn hold(&self) -> Option<Option<i64>> {
-        let mut least: Option<Option<i64>> = None;
+    /// watermark.
+    pub fn hold(&self) -> Hold {
+        let mut least = Hold::Release;
         for p in &self.partitions {
             if p.finished && p.wm.is_none() {
                 continue;
             }
-            let wm = p.wm;
-            least = Some(match (least, wm) {
-                (None, w) => w,
-                (Some(None), _) | (_, None) => None,
-                (Some(Some(a)), Some(b)) => Some(a.min(b)),
-            });
+            least = match (least, p.wm) {
+                (Hold::Release, Some(w)) => Hold::At(w),
+                (Hold::At(a), Some(b)) => Hold::At(a.min(b)),
+                (_, None) | (Hold::Back, _) => Hold::Back,
+            };
         }
         least
     }
@@ -380,7 +399,7 @@ mod tests {
         );
         assert_eq!(
             w.hold(),
-            Some(Some(5)),
+            Hold::At(5),
             "a future reading never moves the watermark"
         );
         assert_eq!(w.data_max(), Some(95));
@@ -389,13 +408,13 @@ mod tests {
     #[test]
     fn idle_partitions_follow_the_clock_and_finished_ones_hold() {
         let mut w = Watermarks::new(B, &[0, 1], 0);
-        assert_eq!(w.hold(), Some(None));
+        assert_eq!(w.hold(), Hold::Back);
         w.observe(0, 0, "t", "a", 1_000, at(1_000), 50);
         w.tick(120);
         // Partition 1 never spoke and is idle: it follows the clock (120 - 5).
-        assert_eq!(w.hold(), Some(Some(115)));
+        assert_eq!(w.hold(), Hold::At(115));
         w.tick(1_000);
-        assert_eq!(w.hold(), Some(Some(995)));
+        assert_eq!(w.hold(), Hold::At(995));
         let mut b = Watermarks::new(
             Bounds {
                 idle_timeout_ms: None,
@@ -410,11 +429,11 @@ mod tests {
         b.tick(10_000);
         assert_eq!(
             b.hold(),
-            Some(None),
+            Hold::Back,
             "partition 1 still holds everything back"
         );
         b.observe(1, 0, "t", "a", 90, at(90), 0);
-        assert_eq!(b.hold(), Some(Some(45)));
+        assert_eq!(b.hold(), Hold::At(45));
         b.finish(1);
         assert!(b.all_finished());
         assert_eq!(b.data_min(), Some(45));
@@ -436,7 +455,7 @@ mod tests {
                 None
             );
         }
-        assert_eq!(w.hold(), Some(None), "one device is no quorum yet");
+        assert_eq!(w.hold(), Hold::Back, "one device is no quorum yet");
         w.finish(0);
         assert_eq!(
             w.data_min(),
@@ -531,7 +550,7 @@ mod tests {
             for (p, d, ts, step, broker) in events {
                 now += step;
                 w.tick(now);
-                let hold = w.hold().flatten().unwrap_or(i64::MIN);
+                let hold = w.hold().at().unwrap_or(i64::MIN);
                 prop_assert!(hold >= last);
                 last = hold;
                 let record = if broker { RecordTime::Broker(ts / 2 + now) } else { RecordTime::None };

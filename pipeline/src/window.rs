@@ -196,7 +196,7 @@ mod tests {
         };
         let r = |rt: f64, ok: bool, b: f64| {
             Reading::new(
-                r(rt, ok, b),
+                &schemas::TelemetryRef::of(&r(rt, ok, b)),
                 0,
                 0,
                 1,

@@ -84,7 +84,7 @@ fn run_and_stop(
     let devices = engines
         .into_iter()
         .flat_map(|e| {
-            let pending = e.pending.into_iter().map(|r| r.device_id);
+            let pending = e.pending.into_iter().map(|r| r.device_id.to_string());
             e.devices
                 .into_iter()
                 .map(|d| d.id().to_string())

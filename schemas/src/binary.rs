@@ -31,7 +31,7 @@ pub(crate) fn long(body: &mut &[u8]) -> Result<i64, DecodeError> {
     Err(DecodeError::Avro("a long longer than 10 bytes".into()))
 }
 
-fn double(body: &mut &[u8]) -> Result<f64, DecodeError> {
+pub(crate) fn double(body: &mut &[u8]) -> Result<f64, DecodeError> {
     let (bytes, rest) = body
         .split_first_chunk::<8>()
         .ok_or_else(|| short("a double"))?;

@@ -6,10 +6,11 @@ use apache_avro::from_value;
 
 use crate::derived::{WindowAggregate, WindowAggregateRef};
 use crate::error::{DecodeError, EncodeError};
-use crate::json::telemetry_from_json;
+use crate::json::{telemetry_from_json, telemetry_ref_from_json};
 use crate::record::Record;
 use crate::store::{SchemaStore, WriterSchema};
 use crate::telemetry::Telemetry;
+use crate::telemetry_ref::TelemetryRef;
 
 /// Length of the Confluent header: magic byte and schema id.
 pub const WIRE_HEADER_LEN: usize = 5;
@@ -142,6 +143,34 @@ impl Codec {
             return Err(left_over(body));
         }
         Ok(Some(record))
+    }
+
+    /// Decodes and validates one reading in the given input format without copying its strings
+    /// where it can: Avro written with the current schema is read directly, JSON borrows; a
+    /// reading written with another schema is resolved as [`Codec::decode`] does.
+    pub fn decode_telemetry_ref<'a>(
+        &self,
+        bytes: &'a [u8],
+        format: InputFormat,
+    ) -> Result<TelemetryRef<'a>, DecodeError> {
+        let avro = match format {
+            InputFormat::Avro => true,
+            InputFormat::Json => false,
+            InputFormat::Auto => bytes.first() == Some(&0),
+        };
+        if !avro {
+            return telemetry_ref_from_json(bytes);
+        }
+        if self.writer::<Telemetry>(bytes)?.resolves {
+            return self.decode::<Telemetry>(bytes).map(TelemetryRef::owned);
+        }
+        let mut body = &bytes[WIRE_HEADER_LEN..];
+        let reading = crate::telemetry_ref::read_telemetry(&mut body)?;
+        if !body.is_empty() {
+            return Err(left_over(body));
+        }
+        reading.validate()?;
+        Ok(reading)
     }
 
     /// Decodes and validates one reading in the given input format.

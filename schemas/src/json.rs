@@ -6,13 +6,25 @@ use serde_json::error::Category;
 use crate::error::DecodeError;
 use crate::record::Record;
 use crate::telemetry::Telemetry;
+use crate::telemetry_ref::TelemetryRef;
+
+fn classify(e: serde_json::Error) -> DecodeError {
+    match e.classify() {
+        Category::Data => DecodeError::JsonShape(e.to_string()),
+        Category::Io | Category::Syntax | Category::Eof => DecodeError::Json(e.to_string()),
+    }
+}
 
 /// Parses and validates one JSON reading.
 pub(crate) fn telemetry_from_json(bytes: &[u8]) -> Result<Telemetry, DecodeError> {
-    let reading: Telemetry = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        Category::Data => DecodeError::JsonShape(e.to_string()),
-        Category::Io | Category::Syntax | Category::Eof => DecodeError::Json(e.to_string()),
-    })?;
+    let reading: Telemetry = serde_json::from_slice(bytes).map_err(classify)?;
+    reading.validate()?;
+    Ok(reading)
+}
+
+/// Parses and validates one JSON reading, borrowing its strings.
+pub(crate) fn telemetry_ref_from_json(bytes: &[u8]) -> Result<TelemetryRef<'_>, DecodeError> {
+    let reading: TelemetryRef<'_> = serde_json::from_slice(bytes).map_err(classify)?;
     reading.validate()?;
     Ok(reading)
 }

@@ -27,6 +27,7 @@ mod limits;
 mod record;
 mod store;
 mod telemetry;
+mod telemetry_ref;
 mod timestamp;
 
 pub use codec::{Codec, InputFormat, WIRE_HEADER_LEN, schema_id};
@@ -41,3 +42,4 @@ pub use limits::Limits;
 pub use record::{Record, RecordKind, wire_name};
 pub use store::{BuiltinSchema, SchemaStore, builtin_schemas};
 pub use telemetry::{TS_MAX_MS, TS_MIN_MS, Telemetry};
+pub use telemetry_ref::{AttributeCount, TelemetryRef};

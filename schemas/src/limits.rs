@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidField;
 use crate::telemetry::Telemetry;
+use crate::telemetry_ref::TelemetryRef;
 
 /// The bounds, each far above what a real fleet sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +58,11 @@ impl Limits {
 
     /// Checks a decoded reading's ids and attributes.
     pub fn check(&self, t: &Telemetry) -> Result<(), InvalidField> {
+        self.check_ref(&TelemetryRef::of(t))
+    }
+
+    /// Checks the ids and attributes of a reading decoded without copying.
+    pub fn check_ref(&self, t: &TelemetryRef<'_>) -> Result<(), InvalidField> {
         let ids = [
             ("tenant_id", Some(&t.tenant_id)),
             ("device_id", Some(&t.device_id)),
@@ -67,20 +73,20 @@ impl Limits {
                 return Err(over(field, v.len(), "bytes", self.id_bytes, "id_bytes"));
             }
         }
-        if t.attributes.len() > self.attributes {
+        let attributes = t.attributes;
+        if attributes.entries > self.attributes {
             return Err(over(
                 "attributes",
-                t.attributes.len(),
+                attributes.entries,
                 "entries",
                 self.attributes,
                 "attributes",
             ));
         }
-        let bytes: usize = t.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if bytes > self.attribute_bytes {
+        if attributes.bytes > self.attribute_bytes {
             return Err(over(
                 "attributes",
-                bytes,
+                attributes.bytes,
                 "bytes",
                 self.attribute_bytes,
                 "attribute_bytes",

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidField;
 use crate::record::{Record, RecordKind};
+use crate::telemetry_ref::TelemetryRef;
 
 /// Smallest accepted event time: the Unix epoch.
 pub const TS_MIN_MS: i64 = 0;
@@ -74,13 +75,6 @@ impl Telemetry {
     }
 }
 
-fn finite(field: &'static str, v: Option<f64>) -> Result<(), InvalidField> {
-    match v {
-        Some(x) if !x.is_finite() => Err(InvalidField::new(field, format!("{x} is not finite"))),
-        _ => Ok(()),
-    }
-}
-
 impl Record for Telemetry {
     const KIND: RecordKind = RecordKind::Telemetry;
 
@@ -89,46 +83,7 @@ impl Record for Telemetry {
     }
 
     fn validate(&self) -> Result<(), InvalidField> {
-        if self.tenant_id.is_empty() {
-            return Err(InvalidField::new("tenant_id", "must not be empty"));
-        }
-        if self.device_id.is_empty() {
-            return Err(InvalidField::new("device_id", "must not be empty"));
-        }
-        if !(TS_MIN_MS..TS_MAX_MS).contains(&self.ts) {
-            return Err(InvalidField::new(
-                "ts",
-                format!(
-                    "{} is outside 1970-01-01..2100-01-01 (expected milliseconds since the epoch)",
-                    self.ts
-                ),
-            ));
-        }
-        finite("response_time_ms", self.response_time_ms)?;
-        if let Some(rt) = self.response_time_ms.filter(|rt| *rt < 0.0) {
-            return Err(InvalidField::new(
-                "response_time_ms",
-                format!("{rt} is negative"),
-            ));
-        }
-        if let Some(rt) = self
-            .response_time_ms
-            .filter(|rt| *rt > RESPONSE_TIME_MAX_MS)
-        {
-            return Err(InvalidField::new(
-                "response_time_ms",
-                format!("{rt} is more than a day ({RESPONSE_TIME_MAX_MS} ms)"),
-            ));
-        }
-        finite("battery_pct", self.battery_pct)?;
-        if let Some(b) = self.battery_pct.filter(|b| !(0.0..=100.0).contains(b)) {
-            return Err(InvalidField::new(
-                "battery_pct",
-                format!("{b} is outside 0..=100"),
-            ));
-        }
-        finite("signal_dbm", self.signal_dbm)?;
-        Ok(())
+        TelemetryRef::of(self).validate()
     }
 }
 

@@ -54,7 +54,10 @@ impl BenchCommand {
 }
 
 pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
-    crate::kafka::check_access(config).await?;
+    let files_only = matches!(&command, BenchCommand::Pipeline(args) if args.files_only);
+    if !files_only {
+        crate::kafka::check_access(config).await?;
+    }
     match command {
         BenchCommand::Generate(args) => generate(config, args).await,
         BenchCommand::Pipeline(args) => super::bench_pipeline::run(config, args).await,

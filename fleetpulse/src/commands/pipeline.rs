@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use pipeline::checkpoint::Store;
-use pipeline::sink::{KafkaOutput, SinkFactory, Topics};
+use pipeline::sink::{FileOutput, KafkaOutput, SinkFactory, Topics, Written};
 use pipeline::source::SchemaFetcher;
 use pipeline::source::kafka::KafkaSettings;
 use pipeline::{InputSpec, Job, Readiness};
@@ -26,6 +25,11 @@ pub struct PipelineArgs {
     /// reading the telemetry topic; the run ends with the file.
     #[arg(long)]
     input: Option<PathBuf>,
+    /// Write the derived streams as NDJSON files in this directory (one per stream, the lines
+    /// `fleetpulse tail` prints) instead of to Kafka; with `--input`, no Kafka is needed. A
+    /// replay to files starts from scratch and takes no checkpoints.
+    #[arg(long)]
+    output: Option<PathBuf>,
     /// Read the telemetry topic up to the end offsets it has at start-up, then finish (close
     /// every window and exit), as a file replay does.
     #[arg(long)]
@@ -114,8 +118,40 @@ pub(crate) async fn output(
     Ok(KafkaOutput::new(&properties, codec, topics)?)
 }
 
+/// Where the run's derived records go.
+enum Destination {
+    Kafka(Arc<KafkaOutput>),
+    Files(Arc<FileOutput>),
+}
+
+impl Destination {
+    fn sinks(&self) -> SinkFactory {
+        match self {
+            Destination::Kafka(output) => {
+                let output = Arc::clone(output);
+                Arc::new(move |_| Ok(output.sink()))
+            }
+            Destination::Files(output) => {
+                let output = Arc::clone(output);
+                Arc::new(move |_| Ok(output.sink()))
+            }
+        }
+    }
+
+    fn written(&self) -> &Written {
+        match self {
+            Destination::Kafka(output) => &output.written,
+            Destination::Files(output) => &output.written,
+        }
+    }
+}
+
 pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<()> {
-    crate::kafka::check_access(config).await?;
+    // A file replayed to files needs no broker.
+    let kafka = args.input.is_none() || args.output.is_none();
+    if kafka {
+        crate::kafka::check_access(config).await?;
+    }
     let addresses = match &args.hostfile {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -160,7 +196,13 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         )
         .await?,
     );
-    let output = output(config, topics, Arc::clone(&codec)).await?;
+    let destination = match &args.output {
+        Some(dir) => Destination::Files(
+            FileOutput::create(dir)
+                .with_context(|| format!("cannot write to --output {}", dir.display()))?,
+        ),
+        None => Destination::Kafka(output(config, topics, Arc::clone(&codec)).await?),
+    };
     let readiness = Arc::new(Readiness::default());
     let ready = Arc::clone(&readiness);
     crate::observability::serve(
@@ -172,13 +214,20 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
     .await?;
 
     let stop = super::stop_on_signal();
-    let sinks_output = Arc::clone(&output);
-    let sinks: SinkFactory = Arc::new(move |_| Ok(sinks_output.sink()));
+    let sinks = destination.sinks();
+    let checkpoints = match (&args.output, &config.pipeline.checkpoint_dir) {
+        (None, Some(dir)) => Some(Store::new(dir)),
+        (Some(_), Some(_)) => {
+            tracing::info!("a replay to files starts from scratch and takes no checkpoints");
+            None
+        }
+        (_, None) => None,
+    };
     let job = Job {
         fetcher: fetcher(config)?,
         stop,
         readiness,
-        checkpoints: config.pipeline.checkpoint_dir.as_deref().map(Store::new),
+        checkpoints,
         from_scratch: args.from_scratch,
         ..Job::new(Arc::new(config.pipeline.clone()), input, codec, sinks)
     };
@@ -186,22 +235,15 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
     tokio::task::spawn_blocking(move || pipeline::run(timely, job))
         .await
         .context("the pipeline thread failed")??;
-    let undelivered = output.undelivered();
-    anyhow::ensure!(
-        undelivered == 0,
-        "{undelivered} derived records were not acknowledged by Kafka (see the log)"
-    );
-    let w = &output.written;
-    println!(
-        "{}",
-        serde_json::json!({
-            "aggregates": w.aggregates.load(Ordering::Relaxed),
-            "anomalies": w.anomalies.load(Ordering::Relaxed),
-            "status": w.status.load(Ordering::Relaxed),
-            "dead_letters": w.dead_letters.load(Ordering::Relaxed),
-            "last_seen": w.last_seen.load(Ordering::Relaxed),
-            "seconds": started.elapsed().as_secs_f64(),
-        })
-    );
+    if let Destination::Kafka(output) = &destination {
+        let undelivered = output.undelivered();
+        anyhow::ensure!(
+            undelivered == 0,
+            "{undelivered} derived records were not acknowledged by Kafka (see the log)"
+        );
+    }
+    let mut summary = destination.written().summary();
+    summary["seconds"] = started.elapsed().as_secs_f64().into();
+    println!("{summary}");
     Ok(())
 }

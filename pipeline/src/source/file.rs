@@ -24,6 +24,8 @@ pub struct FileInput {
     offset: i64,
     /// Records to pass over first: the part a checkpoint says was read.
     skip: i64,
+    /// The line being read, its buffer kept from line to line.
+    line: Vec<u8>,
     finished: Vec<i32>,
 }
 
@@ -47,6 +49,7 @@ impl FileInput {
                 partitions: Vec::new(),
                 offset: 0,
                 skip,
+                line: Vec::new(),
                 finished: Vec::new(),
             });
         }
@@ -65,12 +68,16 @@ impl FileInput {
             partitions: vec![0],
             offset: 0,
             skip,
+            line: Vec::new(),
             finished: Vec::new(),
         })
     }
 }
 
-fn parse_avro(value: apache_avro::types::Value) -> Payload {
+/// An Avro container's record as a reading (or why it is unusable) and its JSON for the DLQ.
+fn parse_avro(
+    value: apache_avro::types::Value,
+) -> (Result<Telemetry, (DeadLetterReason, String)>, Vec<u8>) {
     let raw = serde_json::to_vec(&apache_avro::from_value::<serde_json::Value>(&value).ok())
         .unwrap_or_default();
     let result = apache_avro::from_value::<Telemetry>(&value)
@@ -79,7 +86,7 @@ fn parse_avro(value: apache_avro::types::Value) -> Payload {
             Ok(()) => Ok(t),
             Err(e) => Err((DeadLetterReason::InvalidField, e.to_string())),
         });
-    Payload::Parsed { result, raw }
+    (result, raw)
 }
 
 impl Input for FileInput {
@@ -95,59 +102,70 @@ impl Input for FileInput {
         true
     }
 
-    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError> {
+    fn poll(
+        &mut self,
+        max: usize,
+        each: &mut dyn FnMut(RawRecord<'_>),
+    ) -> Result<usize, SourceError> {
         let Some(reader) = self.reader.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
+        let mut taken = 0;
         let mut ended = false;
-        while out.len() < max {
-            let payload = match reader {
-                Reader::Ndjson(lines) => {
-                    let mut line = Vec::new();
-                    let n = lines
-                        .read_until(b'\n', &mut line)
-                        .map_err(|e| file_error(&self.path, e))?;
-                    if n == 0 {
-                        ended = true;
-                        break;
-                    }
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                    }
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    Payload::Wire(line)
-                }
-                Reader::Avro(values) => match values.next() {
-                    // The reader stops for good after an error: the rest of the file is lost to
-                    // it, so the job fails rather than end as if the file were complete.
-                    Some(Err(e)) => return Err(file_error(&self.path, e)),
-                    Some(Ok(v)) => parse_avro(v),
-                    None => {
-                        ended = true;
-                        break;
-                    }
-                },
-            };
-            if self.offset < self.skip {
-                self.offset += 1;
-                continue;
-            }
-            out.push(RawRecord {
+        while taken < max {
+            let skip = self.offset < self.skip;
+            let record = |payload| RawRecord {
                 partition: 0,
                 offset: self.offset,
                 record_time: RecordTime::None,
                 key: None,
                 payload,
-            });
+            };
+            match reader {
+                Reader::Ndjson(lines) => {
+                    self.line.clear();
+                    let n = lines
+                        .read_until(b'\n', &mut self.line)
+                        .map_err(|e| file_error(&self.path, e))?;
+                    if n == 0 {
+                        ended = true;
+                        break;
+                    }
+                    if self.line.last() == Some(&b'\n') {
+                        self.line.pop();
+                    }
+                    if self.line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    if !skip {
+                        each(record(Payload::Wire(&self.line)));
+                    }
+                }
+                Reader::Avro(values) => match values.next() {
+                    // The reader stops for good after an error: the rest of the file is lost to
+                    // it, so the job fails rather than end as if the file were complete.
+                    Some(Err(e)) => return Err(file_error(&self.path, e)),
+                    Some(Ok(v)) if !skip => {
+                        let (result, raw) = parse_avro(v);
+                        each(record(Payload::Parsed { result, raw: &raw }));
+                    }
+                    Some(Ok(_)) => {}
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                },
+            }
+            if !skip {
+                taken += 1;
+            }
             self.offset += 1;
         }
         if ended {
             self.reader = None;
             self.finished.push(0);
         }
-        Ok(())
+        Ok(taken)
     }
 
     fn take_finished(&mut self) -> Vec<i32> {

@@ -255,16 +255,21 @@ impl Input for KafkaInput {
         self.until_end
     }
 
-    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError> {
+    fn poll(
+        &mut self,
+        max: usize,
+        each: &mut dyn FnMut(RawRecord<'_>),
+    ) -> Result<usize, SourceError> {
         if let Some(e) = self.deferred.take() {
             return Err(e.into());
         }
         if self.partitions.is_empty()
             || (self.until_end && self.done.len() == self.partitions.len())
         {
-            return Ok(());
+            return Ok(0);
         }
-        while out.len() < max {
+        let mut taken = 0;
+        while taken < max {
             let Some(result) = self.consumer.poll(Duration::ZERO) else {
                 break;
             };
@@ -274,13 +279,15 @@ impl Input for KafkaInput {
                 }
                 Ok(m) => {
                     self.next.insert(m.partition(), m.offset() + 1);
-                    out.push(RawRecord {
+                    // Looked at where librdkafka holds it: nothing is copied for a reading.
+                    each(RawRecord {
                         partition: m.partition(),
                         offset: m.offset(),
                         record_time: record_time(m.timestamp()),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: Payload::Wire(m.payload().map(<[u8]>::to_vec).unwrap_or_default()),
+                        key: m.key(),
+                        payload: Payload::Wire(m.payload().unwrap_or_default()),
                     });
+                    taken += 1;
                     (m.partition(), m.offset() + 1)
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
@@ -295,7 +302,7 @@ impl Input for KafkaInput {
                         .unwrap_or(0);
                     (p, position)
                 }
-                Err(e) if out.is_empty() => return Err(e.into()),
+                Err(e) if taken == 0 => return Err(e.into()),
                 // Records already taken are processed first; the error is reported next poll.
                 Err(e) => {
                     self.deferred = Some(e);
@@ -304,7 +311,7 @@ impl Input for KafkaInput {
             };
             self.reached(partition, next);
         }
-        Ok(())
+        Ok(taken)
     }
 
     fn take_finished(&mut self) -> Vec<i32> {

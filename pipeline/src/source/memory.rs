@@ -69,21 +69,27 @@ impl Input for MemoryInput {
     }
 
     /// Reads partitions round-robin, a few records at a time, so they interleave.
-    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError> {
+    fn poll(
+        &mut self,
+        max: usize,
+        each: &mut dyn FnMut(RawRecord<'_>),
+    ) -> Result<usize, SourceError> {
         const CHUNK: usize = 7;
-        while out.len() < max {
+        let mut taken = 0;
+        while taken < max {
             let mut progressed = false;
             for (i, p) in self.mine.iter().enumerate() {
                 let records = &self.partitions[*p as usize];
                 let end = (self.next[i] + CHUNK).min(records.len());
                 for (offset, r) in records.iter().enumerate().take(end).skip(self.next[i]) {
-                    out.push(RawRecord {
+                    each(RawRecord {
                         partition: *p,
                         offset: offset as i64,
                         record_time: r.record_time,
                         key: None,
-                        payload: Payload::Wire(r.value.clone()),
+                        payload: Payload::Wire(&r.value),
                     });
+                    taken += 1;
                     progressed = true;
                 }
                 self.next[i] = end;
@@ -96,7 +102,7 @@ impl Input for MemoryInput {
                 break;
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     fn take_finished(&mut self) -> Vec<i32> {

@@ -2,20 +2,23 @@
 //! and judges each record, and sends accepted readings at the worker's event-time capability.
 //!
 //! It has three outputs: readings (to be exchanged by device), marks (broadcast: how far data has
-//! moved event time, and, for bounded inputs, where the input ended), and dead letters.
+//! moved event time, and, for bounded inputs, where the input ended), and dead letters. What to
+//! send when is decided by [`machine::SourceMachine`]; each record is decoded and judged by
+//! [`triage::Triage`]; this module is the wiring.
 
 pub mod file;
 pub mod kafka;
+pub mod machine;
 pub mod memory;
+pub mod triage;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use schemas::{Codec, DeadLetter, DeadLetterReason, DecodeError, InputFormat, Telemetry};
+use schemas::{Codec, DeadLetter, DeadLetterReason, Telemetry};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
@@ -24,27 +27,12 @@ use timely::dataflow::operators::probe::Handle;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::checkpoint::WorkerPart;
-use crate::clock::{Judged, RecordTime};
-use crate::event_id;
-use crate::metrics;
+use crate::clock::RecordTime;
 use crate::readiness::Readiness;
-use crate::reading::{Reading, ReadingKind};
+use crate::reading::Reading;
 use crate::watermark::{Bounds, PartitionClock, Watermarks};
-
-/// Records read per activation at most, so one busy source cannot starve the other operators.
-const BATCH: usize = 8_192;
-/// How long a source with nothing to read waits before polling again.
-const IDLE_POLL: Duration = Duration::from_millis(5);
-/// How many capability steps a source may run ahead of what the device operators have
-/// processed before it stops reading: without this bound a fast source fills memory with
-/// readings the operators cannot take yet.
-const MAX_STEPS_AHEAD: i64 = 8;
-/// The most of a rejected value a dead letter carries, so the dead letter itself stays within
-/// the broker's message size limit.
-const MAX_RAW: usize = 256 * 1024;
-/// Checkpoints are cut at whole seconds of event time: each partition remembers where it stood
-/// at each second it has reached and the job has not yet passed.
-const CUT_GRID_MS: i64 = 1_000;
+use machine::{CUT_GRID_MS, Capabilities, CutProposer, MachineSettings, SourceMachine, Wake};
+use triage::Triage;
 
 /// The wall clock, in ms since the epoch; tests inject their own.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -59,23 +47,23 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// A record's value as read.
+/// A record's value as read, borrowed from where the input holds it.
 #[derive(Debug)]
-pub enum Payload {
+pub enum Payload<'a> {
     /// Wire bytes: Confluent-framed Avro or JSON.
-    Wire(Vec<u8>),
+    Wire(&'a [u8]),
     /// Already parsed by the reader (Avro object container files), with its bytes for the DLQ.
     Parsed {
         /// The reading, or why it is unusable.
         result: Result<Telemetry, (DeadLetterReason, String)>,
         /// What to keep in the DLQ.
-        raw: Vec<u8>,
+        raw: &'a [u8],
     },
 }
 
-/// One record of one partition.
+/// One record of one partition, borrowed from the input for as long as it is looked at.
 #[derive(Debug)]
-pub struct RawRecord {
+pub struct RawRecord<'a> {
     /// Partition.
     pub partition: i32,
     /// Offset.
@@ -83,9 +71,9 @@ pub struct RawRecord {
     /// Kafka record timestamp and who stamped it; files have none.
     pub record_time: RecordTime,
     /// Key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<&'a [u8]>,
     /// Value.
-    pub payload: Payload,
+    pub payload: Payload<'a>,
 }
 
 /// Errors of an input.
@@ -127,9 +115,14 @@ pub trait Input {
     fn partitions(&self) -> &[i32];
     /// Whether the input ends (files, `--until-end`) rather than runs forever.
     fn bounded(&self) -> bool;
-    /// Appends up to `max` records to `out`. A failure is returned only when nothing was
-    /// appended (records already taken are never dropped); the caller retries with backoff.
-    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<(), SourceError>;
+    /// Hands up to `max` records to `each`, where they lie; returns how many. A failure is
+    /// returned only when none was handed over (records already taken are never dropped); the
+    /// caller retries with backoff.
+    fn poll(
+        &mut self,
+        max: usize,
+        each: &mut dyn FnMut(RawRecord<'_>),
+    ) -> Result<usize, SourceError>;
     /// Partitions read to their end since the last call (bounded inputs only).
     fn take_finished(&mut self) -> Vec<i32>;
     /// The next offset to read in each partition, for a checkpoint.
@@ -171,10 +164,6 @@ pub trait SchemaFetcher: Send + Sync {
     /// Adds schema `id` to `codec`, or says why it could not.
     fn fetch_into(&self, codec: &mut Codec, id: u32) -> Result<(), String>;
 }
-
-/// How long an id the registry could not give is not asked for again (its records go to the
-/// DLQ meanwhile, with reason `schema`).
-const REFETCH_AFTER: Duration = Duration::from_secs(60);
 
 /// Settings of the source operator.
 #[derive(Clone)]
@@ -223,14 +212,10 @@ pub struct SourceStreams<'scope> {
     pub clocks: Rc<RefCell<Watermarks>>,
 }
 
-fn to_time(ms: i64) -> u64 {
-    u64::try_from(ms).unwrap_or(0)
-}
-
 /// Builds the source operator over `input`.
 pub fn source<'scope>(
     scope: Scope<'scope, u64>,
-    mut input: Box<dyn Input>,
+    input: Box<dyn Input>,
     settings: SourceSettings,
     processed: Handle<u64>,
     snapshot: Rc<RefCell<WorkerPart>>,
@@ -255,272 +240,72 @@ pub fn source<'scope>(
         }
         Rc::new(RefCell::new(wm))
     };
-    let shared = Rc::clone(&clocks);
     // Worker 0 alone proposes cuts, so every worker cuts at the same event times.
-    let mut cuts = settings
+    let cuts = settings
         .checkpoint_every
         .filter(|_| scope.index() == 0)
-        .map(|every| {
-            let through = u64::try_from(settings.through).unwrap_or(0);
-            (every, Instant::now(), settings.generation, through)
-        });
+        .map(|every| CutProposer::new(every, settings.generation, settings.through));
+    let triage = Triage::new(
+        input.topic(),
+        (*settings.codec).clone(),
+        settings.fetcher,
+        settings.limits,
+        settings.replay_below,
+    );
+    let mut machine = SourceMachine::new(
+        input,
+        triage,
+        Rc::clone(&clocks),
+        snapshot,
+        MachineSettings {
+            step_ms: settings.step_ms,
+            clock,
+            stop: settings.stop,
+            readiness: settings.readiness,
+            cuts,
+            replay_below: settings.replay_below,
+        },
+    );
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
-        let wm = shared;
-        let mut buf = Vec::with_capacity(BATCH);
-        let mut sent_data: Option<i64> = None;
-        let mut failures = 0u32;
-        let mut read = 0u64;
-        let topic = input.topic().to_string();
-        let in_counter = metrics::records_in(&topic);
-        let mut codec = (*settings.codec).clone();
-        let mut refused: HashMap<u32, Instant> = HashMap::new();
-        settings.readiness.started();
         move |_frontiers| {
             let Some(held) = caps.as_mut() else {
                 return;
             };
-            if settings.stop.load(Ordering::Relaxed) {
-                // Where this worker stopped, for the checkpoint the job writes on its way out.
-                let mut part = snapshot.borrow_mut();
-                part.positions = input.positions();
-                part.clocks = wm.borrow().export();
-                // Readings before the cut this run resumed from are still to be skipped.
-                part.cut = settings.replay_below;
-                let done = Mark::Done {
-                    hold: Some(*held[0].time()),
-                    finished: false,
-                    last: None,
-                };
-                marks_out.activate().session(&held[1]).give(done);
-                caps = None;
-                return;
+            let processed = processed.with_frontier(|f| f.first().copied());
+            let step = machine.step(*held[0].time(), processed);
+            if !step.marks.is_empty() {
+                marks_out
+                    .activate()
+                    .session(&held[1])
+                    .give_iterator(step.marks.drain(..));
             }
-            let ahead_limit = (MAX_STEPS_AHEAD * settings.step_ms).unsigned_abs();
-            let behind = processed.with_frontier(|f| f.first().copied());
-            if let Some(b) = behind {
-                wm.borrow_mut().prune(b as i64);
+            if !step.triaged.readings.is_empty() {
+                readings_out
+                    .activate()
+                    .session(&held[0])
+                    .give_container(&mut step.triaged.readings);
             }
-            if let Some((every, since, generation, last)) = cuts.as_mut() {
-                let at = (*held[1].time() as i64).div_euclid(CUT_GRID_MS) * CUT_GRID_MS
-                    + CUT_GRID_MS;
-                if since.elapsed() >= *every && *held[1].time() > 0 && at as u64 > *last {
-                    *since = Instant::now();
-                    *generation += 1;
-                    *last = at as u64;
-                    let cut = Mark::Cut {
-                        at,
-                        generation: *generation,
-                    };
-                    marks_out.activate().session(&held[1]).give(cut);
-                }
+            if !step.triaged.dead.is_empty() {
+                dead_out
+                    .activate()
+                    .session(&held[2])
+                    .give_container(&mut step.triaged.dead);
             }
-            if behind.is_some_and(|b| *held[0].time() > b.saturating_add(ahead_limit)) {
-                activator.activate_after(Duration::from_millis(1));
-                return;
-            }
-            let now = clock();
-            buf.clear();
-            if let Err(e) = input.poll(&mut buf, BATCH) {
-                if e.is_fatal() {
-                    tracing::error!(error = %e, "the input cannot be read");
-                    settings.readiness.fatal(e.to_string());
-                    settings.stop.store(true, Ordering::Relaxed);
-                    caps = None;
-                    return;
-                }
-                if failures == 0 {
-                    settings.readiness.failing(true);
-                }
-                failures = failures.saturating_add(1);
-                let backoff = Duration::from_millis(100 * 2u64.saturating_pow(failures.min(6)));
-                tracing::warn!(
-                    error = %e,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "source cannot read"
-                );
-                metrics::source_up(false);
-                activator.activate_after(backoff);
-                return;
-            }
-            if failures > 0 {
-                failures = 0;
-                settings.readiness.failing(false);
-                metrics::source_up(true);
-            }
-            let got = buf.len();
-            in_counter.increment(got as u64);
-            let mut wm = wm.borrow_mut();
-            {
-                let mut readings = readings_out.activate();
-                let mut dead = dead_out.activate();
-                let mut readings = readings.session(&held[0]);
-                let mut dead = dead.session(&held[2]);
-                for rec in buf.drain(..) {
-                    let invalid = |e: schemas::InvalidField| {
-                        (DeadLetterReason::InvalidField, e.to_string())
-                    };
-                    let (result, raw) = match rec.payload {
-                        Payload::Wire(bytes) => (
-                            settings
-                                .limits
-                                .check_message(bytes.len())
-                                .map_err(invalid)
-                                .and_then(|()| {
-                                    decode(
-                                        &mut codec,
-                                        &bytes,
-                                        settings.fetcher.as_deref(),
-                                        &mut refused,
-                                    )
-                                    .map_err(|e| (e.reason(), e.to_string()))
-                                }),
-                            bytes,
-                        ),
-                        Payload::Parsed { result, raw } => (
-                            settings
-                                .limits
-                                .check_message(raw.len())
-                                .map_err(invalid)
-                                .and(result),
-                            raw,
-                        ),
-                    };
-                    let result = result
-                        .and_then(|t| settings.limits.check(&t).map(|()| t).map_err(invalid));
-                    // Counted before the checkpoint this run resumed from.
-                    let fresh = |ts: i64| settings.replay_below.is_none_or(|c| ts >= c);
-                    let rejected = match result {
-                        Ok(t) => {
-                            let judged = wm.observe(
-                                rec.partition,
-                                rec.offset,
-                                &t.tenant_id,
-                                &t.device_id,
-                                t.ts,
-                                rec.record_time,
-                                now,
-                            );
-                            match judged {
-                                Judged::Accept {
-                                    ts,
-                                    offset,
-                                    retimed,
-                                } => {
-                                    if fresh(ts) {
-                                        let kind = if retimed {
-                                            metrics::retimed();
-                                            ReadingKind::Retimed
-                                        } else {
-                                            ReadingKind::Stamped
-                                        };
-                                        readings.give(Reading::new(
-                                            t,
-                                            rec.partition,
-                                            rec.offset,
-                                            ts,
-                                            offset,
-                                            kind,
-                                        ));
-                                    }
-                                    None
-                                }
-                                Judged::Reject {
-                                    reason,
-                                    offset,
-                                    skew,
-                                    arrival,
-                                } => {
-                                    let detail = rejection(reason, t.ts, skew, offset);
-                                    if let Some(at) = arrival.filter(|at| fresh(*at)) {
-                                        readings.give(Reading::new(
-                                            t,
-                                            rec.partition,
-                                            rec.offset,
-                                            at,
-                                            offset,
-                                            ReadingKind::Arrival,
-                                        ));
-                                    }
-                                    Some((reason, detail))
-                                }
-                            }
-                        }
-                        Err(why) => {
-                            wm.touch(rec.partition, rec.offset);
-                            Some(why)
-                        }
-                    };
-                    if let Some((reason, mut detail)) = rejected {
-                        metrics::dead_letter(reason);
-                        let mut raw = raw;
-                        if raw.len() > MAX_RAW {
-                            detail.push_str(&format!(
-                                " (raw value truncated from {} bytes; the source offset has it whole)",
-                                raw.len()
-                            ));
-                            raw.truncate(MAX_RAW);
-                        }
-                        dead.give(DeadLetter {
-                            event_id: event_id::dead_letter(&topic, rec.partition, rec.offset),
-                            source_topic: topic.clone(),
-                            source_partition: rec.partition,
-                            source_offset: rec.offset,
-                            key: rec.key,
-                            raw,
-                            reason,
-                            detail,
-                            record_ts: rec.record_time.millis(),
-                        });
+            match step.capabilities {
+                Capabilities::Keep => {}
+                Capabilities::Downgrade(t) => {
+                    for c in held.iter_mut() {
+                        c.downgrade(&t);
                     }
                 }
+                Capabilities::Release => caps = None,
             }
-            for p in input.take_finished() {
-                wm.finish(p);
-            }
-            wm.tick(now);
-            // Every increase is sent, before the capability moves past it: a device operator must
-            // know, for any deadline the frontier passes, whether data got there first.
-            if let Some(d) = wm.data_max()
-                && sent_data.is_none_or(|s| d > s)
-            {
-                sent_data = Some(d);
-                marks_out.activate().session(&held[1]).give(Mark::Data(d));
-            }
-            read = read.saturating_add(got as u64);
-            if input.bounded() && wm.all_finished() {
-                tracing::info!(records = read, topic = %topic, "input read to its end");
-                let done = Mark::Done {
-                    hold: None,
-                    finished: true,
-                    last: wm.data_min(),
-                };
-                marks_out.activate().session(&held[1]).give(done);
-                caps = None;
-                return;
-            }
-            match wm.hold() {
-                None => {
-                    caps = None;
-                    return;
-                }
-                Some(Some(w)) => {
-                    let step = settings.step_ms;
-                    let t = to_time(w.div_euclid(step) * step);
-                    if t > *held[0].time() {
-                        for c in held.iter_mut() {
-                            c.downgrade(&t);
-                        }
-                        metrics::watermark(w, now);
-                    }
-                }
-                Some(None) => {}
-            }
-            if got > 0 {
-                activator.activate();
-            } else {
-                activator.activate_after(IDLE_POLL);
+            match step.wake {
+                Wake::Now => activator.activate(),
+                Wake::After(pause) => activator.activate_after(pause),
+                Wake::Never => {}
             }
         }
     });
@@ -529,63 +314,5 @@ pub fn source<'scope>(
         marks,
         dead,
         clocks,
-    }
-}
-
-/// Decodes a wire value, fetching its writer schema first when the id is unknown and a registry
-/// is configured.
-fn decode(
-    codec: &mut Codec,
-    bytes: &[u8],
-    fetcher: Option<&dyn SchemaFetcher>,
-    refused: &mut HashMap<u32, Instant>,
-) -> Result<Telemetry, DecodeError> {
-    let result = codec.decode_telemetry(bytes, InputFormat::Auto);
-    let (Err(DecodeError::UnknownSchemaId(id)), Some(fetcher)) = (&result, fetcher) else {
-        return result;
-    };
-    let id = *id;
-    if refused
-        .get(&id)
-        .is_some_and(|at| at.elapsed() < REFETCH_AFTER)
-    {
-        return result;
-    }
-    match fetcher.fetch_into(codec, id) {
-        Ok(()) => {
-            tracing::info!(id, "fetched a writer schema from the registry");
-            codec.decode_telemetry(bytes, InputFormat::Auto)
-        }
-        Err(e) => {
-            tracing::warn!(
-                id,
-                error = %e,
-                "cannot fetch a writer schema; its records go to the DLQ"
-            );
-            refused.insert(id, Instant::now());
-            result
-        }
-    }
-}
-
-/// The detail of a dead letter the clocks rejected: the reading's time, how far it was off the
-/// partition's clock truth, and the device's known offset.
-fn rejection(reason: DeadLetterReason, ts: i64, skew: Option<i64>, offset: i64) -> String {
-    let off = skew.map_or(String::new(), |s| {
-        format!(" ({s} ms off the partition's clock truth)")
-    });
-    match reason {
-        DeadLetterReason::Future => {
-            format!("ts {ts}{off} is more than the allowed skew ahead of it")
-        }
-        DeadLetterReason::ClockSkew => format!(
-            "ts {ts}{off} comes from a device whose clock is {offset} ms off, and clock \
-             correction is off"
-        ),
-        _ if offset != 0 => format!(
-            "ts {ts}{off} is behind its partition's watermark, and off the device's known clock \
-             offset of {offset} ms"
-        ),
-        _ => format!("ts {ts}{off} is behind its partition's watermark"),
     }
 }

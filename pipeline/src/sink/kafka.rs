@@ -1,9 +1,9 @@
-//! Where derived records go: the Kafka sink (Confluent-framed Avro, keyed by device, through an
-//! idempotent producer shared by a process's workers), or a collector in tests.
+//! The Kafka sink: every worker's records through one idempotent producer per process, as
+//! Confluent-framed Avro keyed by device.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -12,58 +12,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use schemas::{Codec, Record};
 
+use super::{OutputSink, SinkError, Topics, Written};
 use crate::metrics;
-use crate::output::Output;
-
-/// Errors of a sink.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Kafka refused.
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    /// A record could not be encoded.
-    #[error("cannot encode: {0}")]
-    Encode(#[from] schemas::EncodeError),
-}
-
-/// A destination of derived records; one per worker.
-pub trait OutputSink {
-    /// Writes one record; waits (retrying) rather than loses it.
-    fn write(&mut self, record: &Output) -> Result<(), SinkError>;
-    /// Waits until everything written is acknowledged.
-    fn flush(&mut self) -> Result<(), SinkError>;
-}
-
-/// Builds worker `index`'s sink.
-pub type SinkFactory = Arc<dyn Fn(usize) -> Result<Box<dyn OutputSink>, SinkError> + Send + Sync>;
-
-/// The five derived topics.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    /// Window aggregates.
-    pub aggregates: String,
-    /// Anomalies.
-    pub anomalies: String,
-    /// Status transitions.
-    pub status: String,
-    /// Dead letters.
-    pub dlq: String,
-    /// Last-seen times (compacted).
-    pub lastseen: String,
-}
-
-impl SinkError {
-    /// Whether retrying the same record can never succeed.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            SinkError::Encode(_)
-                | SinkError::Kafka(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageSizeTooLarge
-                ))
-        )
-    }
-}
+use crate::output::{Output, Stream};
 
 /// Counts delivery failures (the idempotent producer has already retried them), so the job can
 /// refuse to report success.
@@ -86,21 +37,6 @@ impl ProducerContext for DeliveryCounter {
             tracing::error!(error = %e, "a derived record was not delivered");
         }
     }
-}
-
-/// Records written, per kind, by a process's sinks.
-#[derive(Debug, Default)]
-pub struct Written {
-    /// Window aggregates.
-    pub aggregates: AtomicU64,
-    /// Anomalies.
-    pub anomalies: AtomicU64,
-    /// Status transitions.
-    pub status: AtomicU64,
-    /// Dead letters.
-    pub dead_letters: AtomicU64,
-    /// Last-seen times.
-    pub last_seen: AtomicU64,
 }
 
 /// The process-wide producer and what every worker's sink shares.
@@ -161,7 +97,7 @@ impl KafkaOutput {
 struct KafkaSink {
     shared: Arc<KafkaOutput>,
     buf: Vec<u8>,
-    counters: HashMap<&'static str, ::metrics::Counter>,
+    counters: HashMap<Stream, ::metrics::Counter>,
 }
 
 impl KafkaSink {
@@ -187,32 +123,18 @@ impl KafkaSink {
 impl OutputSink for KafkaSink {
     fn write(&mut self, record: &Output) -> Result<(), SinkError> {
         let shared = Arc::clone(&self.shared);
-        let (topics, written) = (&shared.topics, &shared.written);
-        let (label, topic, count) = match record {
-            Output::Aggregate(r) => {
-                self.send(&topics.aggregates, r)?;
-                ("aggregates", &topics.aggregates, &written.aggregates)
-            }
-            Output::Anomaly(r) => {
-                self.send(&topics.anomalies, r)?;
-                ("anomalies", &topics.anomalies, &written.anomalies)
-            }
-            Output::Status(r) => {
-                self.send(&topics.status, r)?;
-                ("status", &topics.status, &written.status)
-            }
-            Output::DeadLetter(r) => {
-                self.send(&topics.dlq, r)?;
-                ("dlq", &topics.dlq, &written.dead_letters)
-            }
-            Output::LastSeen(r) => {
-                self.send(&topics.lastseen, r)?;
-                ("lastseen", &topics.lastseen, &written.last_seen)
-            }
-        };
-        count.fetch_add(1, Ordering::Relaxed);
+        let stream = record.stream();
+        let topic = shared.topics.of(stream);
+        match record {
+            Output::Aggregate(r) => self.send(topic, r)?,
+            Output::Anomaly(r) => self.send(topic, r)?,
+            Output::Status(r) => self.send(topic, r)?,
+            Output::DeadLetter(r) => self.send(topic, r)?,
+            Output::LastSeen(r) => self.send(topic, r)?,
+        }
+        shared.written.count(stream);
         self.counters
-            .entry(label)
+            .entry(stream)
             .or_insert_with(|| metrics::records_out(topic))
             .increment(1);
         Ok(())
@@ -220,36 +142,6 @@ impl OutputSink for KafkaSink {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.shared.producer.flush(Duration::from_secs(300))?;
-        Ok(())
-    }
-}
-
-/// Collects records in memory (tests, benchmarks).
-#[derive(Clone, Default)]
-pub struct Collector(pub Arc<Mutex<Vec<Output>>>);
-
-impl Collector {
-    /// Sinks for every worker that all collect here.
-    pub fn factory(&self) -> SinkFactory {
-        let me = self.clone();
-        Arc::new(move |_| Ok(Box::new(me.clone())))
-    }
-
-    /// What was collected so far.
-    pub fn records(&self) -> Vec<Output> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
-impl OutputSink for Collector {
-    fn write(&mut self, record: &Output) -> Result<(), SinkError> {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(record.clone());
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
 }

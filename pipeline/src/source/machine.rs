@@ -1,0 +1,568 @@
+//! The source's protocol as a plain state machine: one [`SourceMachine::step`] per activation
+//! says what to send, where the capabilities go and when to run again. Stop and snapshot, cut
+//! proposals, backpressure, polling with backoff, end of input and capability downgrades live
+//! here; the operator in `mod.rs` only hands its sessions what a step gathered, and tests drive
+//! the machine without timely.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::triage::{Triage, Triaged};
+use super::{Clock, Input, Mark};
+use crate::checkpoint::WorkerPart;
+use crate::metrics;
+use crate::readiness::Readiness;
+use crate::watermark::{Hold, Watermarks};
+
+/// Records read per step at most, so one busy source cannot starve the other operators.
+pub const BATCH: usize = 8_192;
+/// How long a source with nothing to read waits before polling again.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How many capability steps a source may run ahead of what the device operators have
+/// processed before it stops reading: without this bound a fast source fills memory with
+/// readings the operators cannot take yet.
+const MAX_STEPS_AHEAD: i64 = 8;
+/// Checkpoints are cut at whole seconds of event time: each partition remembers where it stood
+/// at each second it has reached and the job has not yet passed.
+pub const CUT_GRID_MS: i64 = 1_000;
+
+/// Where the capabilities go after a step's records are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capabilities {
+    /// Stay where they are.
+    Keep,
+    /// Move to this time.
+    Downgrade(u64),
+    /// Drop them: the source sends nothing more.
+    Release,
+}
+
+/// When the operator runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// At once: there may be more to read.
+    Now,
+    /// After a pause (nothing to read, too far ahead, or backing off).
+    After(Duration),
+    /// Never: the source is done.
+    Never,
+}
+
+/// What one step gathered: records to send at the capabilities' current time, then what to do
+/// with them.
+#[derive(Debug)]
+pub struct Step {
+    /// Readings, dead letters.
+    pub triaged: Triaged,
+    /// Marks, in the order they are to go out.
+    pub marks: Vec<Mark>,
+    /// Where the capabilities go.
+    pub capabilities: Capabilities,
+    /// When to run again.
+    pub wake: Wake,
+}
+
+impl Default for Step {
+    fn default() -> Self {
+        Step {
+            triaged: Triaged::default(),
+            marks: Vec::new(),
+            capabilities: Capabilities::Keep,
+            wake: Wake::Now,
+        }
+    }
+}
+
+/// Worker 0's checkpoint cut proposals: one every `every` of wall time, at the next whole second
+/// of event time past the capability, never at or before the last cut (or the resumed state).
+#[derive(Debug)]
+pub struct CutProposer {
+    every: Duration,
+    since: Instant,
+    generation: u64,
+    last: u64,
+}
+
+impl CutProposer {
+    /// Proposals every `every`, numbered on from `generation`, none at or before `through`.
+    pub fn new(every: Duration, generation: u64, through: i64) -> CutProposer {
+        CutProposer {
+            every,
+            since: Instant::now(),
+            generation,
+            last: u64::try_from(through).unwrap_or(0),
+        }
+    }
+
+    /// A cut to announce, with the capability at `held`.
+    pub fn propose(&mut self, held: u64) -> Option<Mark> {
+        let at = (held as i64).div_euclid(CUT_GRID_MS) * CUT_GRID_MS + CUT_GRID_MS;
+        if self.since.elapsed() < self.every || held == 0 || at as u64 <= self.last {
+            return None;
+        }
+        self.since = Instant::now();
+        self.generation += 1;
+        self.last = at as u64;
+        Some(Mark::Cut {
+            at,
+            generation: self.generation,
+        })
+    }
+}
+
+/// Settings of the machine beside its input and triage.
+pub struct MachineSettings {
+    /// Capability step, ms.
+    pub step_ms: i64,
+    /// Wall clock for idleness.
+    pub clock: Clock,
+    /// Set to stop an unbounded input (without closing windows).
+    pub stop: Arc<AtomicBool>,
+    /// Where the source reports whether it can read.
+    pub readiness: Arc<Readiness>,
+    /// Worker 0's cut proposals, when checkpoints are taken while running.
+    pub cuts: Option<CutProposer>,
+    /// Accepted readings before this time are not sent again (see [`Triage::new`]); a stopped
+    /// source's checkpoint keeps skipping them.
+    pub replay_below: Option<i64>,
+}
+
+/// One worker's source: its input, triage, partition clocks and progress.
+pub struct SourceMachine {
+    input: Box<dyn Input>,
+    triage: Triage,
+    wm: Rc<RefCell<Watermarks>>,
+    snapshot: Rc<RefCell<WorkerPart>>,
+    settings: MachineSettings,
+    sent_data: Option<i64>,
+    failures: u32,
+    read: u64,
+    step: Step,
+}
+
+fn to_time(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+impl SourceMachine {
+    /// A machine reading `input` into the partition clocks `wm`; a stop leaves its positions
+    /// in `snapshot`.
+    pub fn new(
+        input: Box<dyn Input>,
+        triage: Triage,
+        wm: Rc<RefCell<Watermarks>>,
+        snapshot: Rc<RefCell<WorkerPart>>,
+        settings: MachineSettings,
+    ) -> SourceMachine {
+        settings.readiness.started();
+        SourceMachine {
+            input,
+            triage,
+            wm,
+            snapshot,
+            settings,
+            sent_data: None,
+            failures: 0,
+            read: 0,
+            step: Step::default(),
+        }
+    }
+
+    /// One activation with the capabilities at `held` and the device operators' frontier at
+    /// `processed`: what to send and do. The caller sends the step's records at `held`, then
+    /// moves the capabilities.
+    pub fn step(&mut self, held: u64, processed: Option<u64>) -> &mut Step {
+        self.step.marks.clear();
+        self.step.capabilities = Capabilities::Keep;
+        self.step.wake = Wake::Now;
+        if self.settings.stop.load(Ordering::Relaxed) {
+            self.stopped(held);
+            return &mut self.step;
+        }
+        if let Some(b) = processed {
+            self.wm.borrow_mut().prune(b as i64);
+        }
+        if let Some(cut) = self.settings.cuts.as_mut().and_then(|c| c.propose(held)) {
+            self.step.marks.push(cut);
+        }
+        let ahead_limit = (MAX_STEPS_AHEAD * self.settings.step_ms).unsigned_abs();
+        if processed.is_some_and(|b| held > b.saturating_add(ahead_limit)) {
+            self.step.wake = Wake::After(Duration::from_millis(1));
+            return &mut self.step;
+        }
+        let now = (self.settings.clock)();
+        let got = match self.poll(now) {
+            Ok(got) => got,
+            Err(wake) => {
+                self.step.wake = wake;
+                return &mut self.step;
+            }
+        };
+        self.progress(held, now, got);
+        &mut self.step
+    }
+
+    /// Stopped: where this worker stands goes into the checkpoint the job writes on its way out.
+    fn stopped(&mut self, held: u64) {
+        let mut part = self.snapshot.borrow_mut();
+        part.positions = self.input.positions();
+        part.clocks = self.wm.borrow().export();
+        // Readings before the cut this run resumed from are still to be skipped.
+        part.cut = self.settings.replay_below;
+        self.step.marks.push(Mark::Done {
+            hold: Some(held),
+            finished: false,
+            last: None,
+        });
+        self.step.capabilities = Capabilities::Release;
+        self.step.wake = Wake::Never;
+    }
+
+    /// Reads and triages up to a batch; how many records, or when to try again.
+    fn poll(&mut self, now: i64) -> Result<usize, Wake> {
+        let mut wm = self.wm.borrow_mut();
+        let (triage, out) = (&mut self.triage, &mut self.step.triaged);
+        let polled = self
+            .input
+            .poll(BATCH, &mut |rec| triage.take(rec, &mut wm, now, out));
+        match polled {
+            Ok(got) => {
+                if self.failures > 0 {
+                    self.failures = 0;
+                    self.settings.readiness.failing(false);
+                    metrics::source_up(true);
+                }
+                Ok(got)
+            }
+            Err(e) if e.is_fatal() => {
+                tracing::error!(error = %e, "the input cannot be read");
+                self.settings.readiness.fatal(e.to_string());
+                self.settings.stop.store(true, Ordering::Relaxed);
+                self.step.capabilities = Capabilities::Release;
+                Err(Wake::Never)
+            }
+            Err(e) => {
+                if self.failures == 0 {
+                    self.settings.readiness.failing(true);
+                }
+                self.failures = self.failures.saturating_add(1);
+                let backoff =
+                    Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(6)));
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "source cannot read"
+                );
+                metrics::source_up(false);
+                Err(Wake::After(backoff))
+            }
+        }
+    }
+
+    /// After reading `got` records: finished partitions, the data mark, the end of a bounded
+    /// input, and where the capabilities go.
+    fn progress(&mut self, held: u64, now: i64, got: usize) {
+        let mut wm = self.wm.borrow_mut();
+        for p in self.input.take_finished() {
+            wm.finish(p);
+        }
+        wm.tick(now);
+        // Every increase is sent, before the capability moves past it: a device operator must
+        // know, for any deadline the frontier passes, whether data got there first.
+        if let Some(d) = wm.data_max()
+            && self.sent_data.is_none_or(|s| d > s)
+        {
+            self.sent_data = Some(d);
+            self.step.marks.push(Mark::Data(d));
+        }
+        self.read = self.read.saturating_add(got as u64);
+        if self.input.bounded() && wm.all_finished() {
+            tracing::info!(records = self.read, topic = %self.input.topic(), "input read to its end");
+            self.step.marks.push(Mark::Done {
+                hold: None,
+                finished: true,
+                last: wm.data_min(),
+            });
+            self.step.capabilities = Capabilities::Release;
+            self.step.wake = Wake::Never;
+            return;
+        }
+        match wm.hold() {
+            Hold::Release => {
+                self.step.capabilities = Capabilities::Release;
+                self.step.wake = Wake::Never;
+                return;
+            }
+            Hold::At(w) => {
+                let step = self.settings.step_ms;
+                let t = to_time(w.div_euclid(step) * step);
+                if t > held {
+                    self.step.capabilities = Capabilities::Downgrade(t);
+                    metrics::watermark(w, now);
+                }
+            }
+            Hold::Back => {}
+        }
+        self.step.wake = if got > 0 {
+            Wake::Now
+        } else {
+            Wake::After(IDLE_POLL)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use schemas::{Codec, DeadLetterReason, Telemetry};
+
+    use super::*;
+    use crate::clock::{ClockRules, RecordTime};
+    use crate::source::memory::{MemoryInput, MemoryRecord};
+    use crate::source::{RawRecord, SourceError};
+    use crate::watermark::Bounds;
+
+    const BOUNDS: Bounds = Bounds {
+        out_of_orderness_ms: 5,
+        idle_timeout_ms: None,
+        clock: ClockRules {
+            tolerance_ms: 50,
+            correction: true,
+            trust_producer: false,
+            max_future_skew_ms: 1_000,
+        },
+    };
+
+    fn record(device: &str, ts: i64) -> MemoryRecord {
+        let t = Telemetry {
+            device_id: device.into(),
+            ts,
+            ..Telemetry::example()
+        };
+        MemoryRecord {
+            record_time: RecordTime::None,
+            value: serde_json::to_vec(&t).unwrap(),
+        }
+    }
+
+    struct Fixture {
+        machine: SourceMachine,
+        stop: Arc<AtomicBool>,
+        readiness: Arc<Readiness>,
+        snapshot: Rc<RefCell<WorkerPart>>,
+    }
+
+    fn machine(input: Box<dyn Input>, cuts: Option<CutProposer>) -> Fixture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let readiness = Arc::new(Readiness::default());
+        let snapshot = Rc::new(RefCell::new(WorkerPart::default()));
+        let wm = Rc::new(RefCell::new(Watermarks::new(BOUNDS, input.partitions(), 0)));
+        let triage = Triage::new(
+            input.topic(),
+            Codec::builtin(),
+            None,
+            schemas::Limits::default(),
+            None,
+        );
+        let machine = SourceMachine::new(
+            input,
+            triage,
+            wm,
+            Rc::clone(&snapshot),
+            MachineSettings {
+                step_ms: 10,
+                clock: Arc::new(|| 0),
+                stop: Arc::clone(&stop),
+                readiness: Arc::clone(&readiness),
+                cuts,
+                replay_below: None,
+            },
+        );
+        Fixture {
+            machine,
+            stop,
+            readiness,
+            snapshot,
+        }
+    }
+
+    fn memory(partitions: Vec<Vec<MemoryRecord>>, bounded: bool) -> Box<dyn Input> {
+        Box::new(MemoryInput::new(
+            Arc::new(partitions),
+            0,
+            1,
+            bounded,
+            &HashMap::new(),
+        ))
+    }
+
+    #[test]
+    fn a_bounded_input_is_read_marked_and_finished() {
+        let mut f = machine(
+            memory(
+                vec![vec![
+                    record("a", 1_000),
+                    record("b", 1_020),
+                    MemoryRecord {
+                        record_time: RecordTime::None,
+                        value: b"{not json".to_vec(),
+                    },
+                ]],
+                true,
+            ),
+            None,
+        );
+        let step = f.machine.step(0, None);
+        let readings: Vec<i64> = step.triaged.readings.iter().map(|r| r.ts).collect();
+        assert_eq!(readings, [1_000, 1_020]);
+        assert_eq!(step.triaged.dead.len(), 1);
+        assert_eq!(step.triaged.dead[0].reason, DeadLetterReason::Undecodable);
+        assert_eq!(step.triaged.dead[0].source_offset, 2);
+        // The whole partition fit in one batch: read to its end in the same step, where the
+        // data had taken its watermark (the first reading's time less the out-of-orderness).
+        assert_eq!(
+            step.marks,
+            [
+                Mark::Data(995),
+                Mark::Done {
+                    hold: None,
+                    finished: true,
+                    last: Some(995),
+                }
+            ]
+        );
+        assert_eq!(step.capabilities, Capabilities::Release);
+        assert_eq!(step.wake, Wake::Never);
+    }
+
+    #[test]
+    fn data_moves_the_capability_in_whole_steps_and_an_idle_input_polls_later() {
+        let readings = ["a", "b", "c", "d"].map(|d| record(d, 1_017));
+        let mut f = machine(memory(vec![readings.to_vec()], false), None);
+        let step = f.machine.step(0, None);
+        assert_eq!(step.marks, [Mark::Data(1_012)]);
+        assert_eq!(step.capabilities, Capabilities::Downgrade(1_010));
+        assert_eq!(step.wake, Wake::Now);
+        step.triaged.readings.clear();
+        let step = f.machine.step(1_010, Some(1_010));
+        assert!(step.marks.is_empty(), "no new data: no new mark");
+        assert_eq!(step.capabilities, Capabilities::Keep);
+        assert_eq!(step.wake, Wake::After(IDLE_POLL));
+    }
+
+    #[test]
+    fn too_far_ahead_of_the_devices_it_waits_without_reading() {
+        let mut f = machine(memory(vec![vec![record("a", 5_000)]], false), None);
+        let step = f.machine.step(1_000, Some(0));
+        assert!(step.triaged.readings.is_empty());
+        assert_eq!(step.wake, Wake::After(Duration::from_millis(1)));
+        let step = f.machine.step(1_000, Some(1_000));
+        assert_eq!(step.triaged.readings.len(), 1);
+    }
+
+    #[test]
+    fn a_stop_leaves_the_positions_and_holds_at_the_capability() {
+        let mut f = machine(memory(vec![vec![record("a", 1_000)]], false), None);
+        f.machine.step(0, None).triaged.readings.clear();
+        f.stop.store(true, Ordering::Relaxed);
+        let step = f.machine.step(990, None);
+        assert_eq!(
+            step.marks,
+            [Mark::Done {
+                hold: Some(990),
+                finished: false,
+                last: None,
+            }]
+        );
+        assert_eq!(step.capabilities, Capabilities::Release);
+        assert!(step.triaged.readings.is_empty());
+        assert_eq!(f.snapshot.borrow().positions, [(0, 1)]);
+        assert_eq!(f.snapshot.borrow().clocks.len(), 1);
+    }
+
+    #[test]
+    fn cuts_are_proposed_at_the_next_second_once_each() {
+        let cuts = CutProposer::new(Duration::ZERO, 4, 1_000);
+        let mut f = machine(memory(vec![vec![record("a", 1_500)]], false), Some(cuts));
+        assert!(
+            f.machine
+                .step(0, None)
+                .marks
+                .iter()
+                .all(|m| !matches!(m, Mark::Cut { .. })),
+            "no cut before the capability has moved"
+        );
+        let cut = |m: &[Mark]| m.iter().find(|m| matches!(m, Mark::Cut { .. })).copied();
+        let first = cut(&f.machine.step(1_490, Some(1_490)).marks);
+        assert_eq!(
+            first,
+            Some(Mark::Cut {
+                at: 2_000,
+                generation: 5
+            })
+        );
+        assert_eq!(cut(&f.machine.step(1_490, Some(1_490)).marks), None);
+        assert_eq!(
+            cut(&f.machine.step(2_000, Some(2_000)).marks),
+            Some(Mark::Cut {
+                at: 3_000,
+                generation: 6
+            })
+        );
+    }
+
+    /// An input that fails as told.
+    struct Failing(Option<SourceError>);
+
+    impl Input for Failing {
+        fn topic(&self) -> &str {
+            "failing"
+        }
+        fn partitions(&self) -> &[i32] {
+            &[0]
+        }
+        fn bounded(&self) -> bool {
+            false
+        }
+        fn poll(
+            &mut self,
+            _: usize,
+            _: &mut dyn FnMut(RawRecord<'_>),
+        ) -> Result<usize, SourceError> {
+            self.0.take().map_or(Ok(0), Err)
+        }
+        fn take_finished(&mut self) -> Vec<i32> {
+            Vec::new()
+        }
+        fn positions(&self) -> Vec<(i32, i64)> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_passing_failure_backs_off_and_a_fatal_one_stops_the_job() {
+        let passing = SourceError::NoTopic("t".into());
+        let mut f = machine(Box::new(Failing(Some(passing))), None);
+        let step = f.machine.step(0, None);
+        assert_eq!(step.wake, Wake::After(Duration::from_millis(200)));
+        assert_eq!(step.capabilities, Capabilities::Keep);
+        assert!(!f.readiness.ready());
+        assert_eq!(f.machine.step(0, None).wake, Wake::After(IDLE_POLL));
+        assert!(f.readiness.ready(), "reading again");
+
+        let fatal = SourceError::File {
+            path: "f".into(),
+            detail: "gone".into(),
+        };
+        let mut f = machine(Box::new(Failing(Some(fatal))), None);
+        let step = f.machine.step(0, None);
+        assert_eq!(step.capabilities, Capabilities::Release);
+        assert_eq!(step.wake, Wake::Never);
+        assert!(f.stop.load(Ordering::Relaxed));
+        assert!(f.readiness.fatal_error().is_some());
+    }
+}

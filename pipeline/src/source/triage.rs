@@ -1,0 +1,250 @@
+//! Triage of one record: decoded where it lies (the Kafka message or the file's line buffer),
+//! checked against the limits, judged by its partition's clock, and sent on as a compact reading,
+//! a dead letter, or both (a reading whose clock cannot be trusted still says its device
+//! reported). Plain state, no timely: the source operator hands it records and sends what it
+//! gathers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use schemas::{Codec, DeadLetter, DeadLetterReason, DecodeError, InputFormat, TelemetryRef};
+
+use super::{Payload, RawRecord, SchemaFetcher};
+use crate::clock::Judged;
+use crate::event_id;
+use crate::metrics;
+use crate::reading::{Reading, ReadingKind};
+use crate::watermark::Watermarks;
+
+/// The most of a rejected value a dead letter carries, so the dead letter itself stays within
+/// the broker's message size limit.
+const MAX_RAW: usize = 256 * 1024;
+/// How long an id the registry could not give is not asked for again (its records go to the
+/// DLQ meanwhile, with reason `schema`).
+const REFETCH_AFTER: Duration = Duration::from_secs(60);
+
+/// What triage sends on, gathered over a batch of records.
+#[derive(Debug, Default)]
+pub struct Triaged {
+    /// Accepted readings (and the arrivals of rejected ones).
+    pub readings: Vec<Reading>,
+    /// Rejected records.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Where a record came from, for its dead letter.
+struct Source<'a> {
+    partition: i32,
+    offset: i64,
+    record_time: crate::clock::RecordTime,
+    key: Option<&'a [u8]>,
+}
+
+/// Decodes and judges the records of one worker's partitions.
+pub struct Triage {
+    topic: Arc<str>,
+    codec: Codec,
+    fetcher: Option<Arc<dyn SchemaFetcher>>,
+    refused: HashMap<u32, Instant>,
+    limits: schemas::Limits,
+    replay_below: Option<i64>,
+}
+
+impl Triage {
+    /// Triage of records from `topic`. Accepted readings before `replay_below` were counted
+    /// before the checkpoint the job resumed from: they are judged, so lateness stays as it was,
+    /// but not sent again.
+    pub fn new(
+        topic: &str,
+        codec: Codec,
+        fetcher: Option<Arc<dyn SchemaFetcher>>,
+        limits: schemas::Limits,
+        replay_below: Option<i64>,
+    ) -> Triage {
+        Triage {
+            topic: topic.into(),
+            codec,
+            fetcher,
+            refused: HashMap::new(),
+            limits,
+            replay_below,
+        }
+    }
+
+    fn fresh(&self, ts: i64) -> bool {
+        self.replay_below.is_none_or(|c| ts >= c)
+    }
+
+    /// Takes one record read at wall time `now`; what it gives goes into `out`.
+    pub fn take(&mut self, rec: RawRecord<'_>, wm: &mut Watermarks, now: i64, out: &mut Triaged) {
+        let invalid = |e: schemas::InvalidField| (DeadLetterReason::InvalidField, e.to_string());
+        let RawRecord {
+            partition,
+            offset,
+            record_time,
+            key,
+            payload,
+        } = rec;
+        let source = Source {
+            partition,
+            offset,
+            record_time,
+            key,
+        };
+        let (decoded, raw) = match payload {
+            Payload::Wire(bytes) => {
+                let decoded = self
+                    .limits
+                    .check_message(bytes.len())
+                    .map_err(invalid)
+                    .and_then(|()| self.decode(bytes).map_err(|e| (e.reason(), e.to_string())));
+                (decoded, bytes)
+            }
+            Payload::Parsed { result, raw } => {
+                let decoded = self
+                    .limits
+                    .check_message(raw.len())
+                    .map_err(invalid)
+                    .and(result.map(TelemetryRef::owned));
+                (decoded, raw)
+            }
+        };
+        let decoded = decoded.and_then(|t| self.limits.check_ref(&t).map(|()| t).map_err(invalid));
+        let t = match decoded {
+            Ok(t) => t,
+            Err(why) => {
+                wm.touch(partition, offset);
+                self.dead(&source, raw, why, out);
+                return;
+            }
+        };
+        let judged = wm.observe(
+            partition,
+            offset,
+            &t.tenant_id,
+            &t.device_id,
+            t.ts,
+            record_time,
+            now,
+        );
+        match judged {
+            Judged::Accept {
+                ts,
+                offset: clock_offset,
+                retimed,
+            } => {
+                if self.fresh(ts) {
+                    let kind = if retimed {
+                        metrics::retimed();
+                        ReadingKind::Retimed
+                    } else {
+                        ReadingKind::Stamped
+                    };
+                    let r = Reading::new(&t, partition, offset, ts, clock_offset, kind);
+                    out.readings.push(r);
+                }
+            }
+            Judged::Reject {
+                reason,
+                offset: clock_offset,
+                skew,
+                arrival,
+            } => {
+                let detail = rejection(reason, t.ts, skew, clock_offset);
+                if let Some(at) = arrival.filter(|at| self.fresh(*at)) {
+                    let kind = ReadingKind::Arrival;
+                    let r = Reading::new(&t, partition, offset, at, clock_offset, kind);
+                    out.readings.push(r);
+                }
+                self.dead(&source, raw, (reason, detail), out);
+            }
+        }
+    }
+
+    fn dead(
+        &self,
+        rec: &Source<'_>,
+        raw: &[u8],
+        (reason, mut detail): (DeadLetterReason, String),
+        out: &mut Triaged,
+    ) {
+        metrics::dead_letter(reason);
+        let mut raw = raw;
+        if raw.len() > MAX_RAW {
+            detail.push_str(&format!(
+                " (raw value truncated from {} bytes; the source offset has it whole)",
+                raw.len()
+            ));
+            raw = &raw[..MAX_RAW];
+        }
+        out.dead.push(DeadLetter {
+            event_id: event_id::dead_letter(&self.topic, rec.partition, rec.offset),
+            source_topic: self.topic.to_string(),
+            source_partition: rec.partition,
+            source_offset: rec.offset,
+            key: rec.key.map(<[u8]>::to_vec),
+            raw: raw.to_vec(),
+            reason,
+            detail,
+            record_ts: rec.record_time.millis(),
+        });
+    }
+
+    /// Decodes a wire value, fetching its writer schema first when the id is unknown and a
+    /// registry is configured.
+    fn decode<'a>(&mut self, bytes: &'a [u8]) -> Result<TelemetryRef<'a>, DecodeError> {
+        let id = match self.codec.decode_telemetry_ref(bytes, InputFormat::Auto) {
+            Err(DecodeError::UnknownSchemaId(id)) if self.fetcher.is_some() => id,
+            result => return result,
+        };
+        let unknown = Err(DecodeError::UnknownSchemaId(id));
+        let Some(fetcher) = self.fetcher.as_deref() else {
+            return unknown;
+        };
+        if self
+            .refused
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < REFETCH_AFTER)
+        {
+            return unknown;
+        }
+        match fetcher.fetch_into(&mut self.codec, id) {
+            Ok(()) => {
+                tracing::info!(id, "fetched a writer schema from the registry");
+                self.codec.decode_telemetry_ref(bytes, InputFormat::Auto)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    id,
+                    error = %e,
+                    "cannot fetch a writer schema; its records go to the DLQ"
+                );
+                self.refused.insert(id, Instant::now());
+                unknown
+            }
+        }
+    }
+}
+
+/// The detail of a dead letter the clocks rejected: the reading's time, how far it was off the
+/// partition's clock truth, and the device's known offset.
+fn rejection(reason: DeadLetterReason, ts: i64, skew: Option<i64>, offset: i64) -> String {
+    let off = skew.map_or(String::new(), |s| {
+        format!(" ({s} ms off the partition's clock truth)")
+    });
+    match reason {
+        DeadLetterReason::Future => {
+            format!("ts {ts}{off} is more than the allowed skew ahead of it")
+        }
+        DeadLetterReason::ClockSkew => format!(
+            "ts {ts}{off} comes from a device whose clock is {offset} ms off, and clock \
+             correction is off"
+        ),
+        _ if offset != 0 => format!(
+            "ts {ts}{off} is behind its partition's watermark, and off the device's known clock \
+             offset of {offset} ms"
+        ),
+        _ => format!("ts {ts}{off} is behind its partition's watermark"),
+    }
+}
