@@ -140,6 +140,7 @@ pub struct SourceMachine {
     sent_data: Option<i64>,
     failures: u32,
     read: u64,
+    records_in: ::metrics::Counter,
     step: Step,
 }
 
@@ -158,6 +159,7 @@ impl SourceMachine {
         settings: MachineSettings,
     ) -> SourceMachine {
         settings.readiness.started();
+        let records_in = metrics::records_in(input.topic());
         SourceMachine {
             input,
             triage,
@@ -167,6 +169,7 @@ impl SourceMachine {
             sent_data: None,
             failures: 0,
             read: 0,
+            records_in,
             step: Step::default(),
         }
     }
@@ -230,6 +233,7 @@ impl SourceMachine {
             .poll(BATCH, &mut |rec| triage.take(rec, &mut wm, now, out));
         match polled {
             Ok(got) => {
+                self.records_in.increment(got as u64);
                 if self.failures > 0 {
                     self.failures = 0;
                     self.settings.readiness.failing(false);
