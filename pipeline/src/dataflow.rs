@@ -28,6 +28,7 @@ use crate::cut::Cuts;
 use crate::engine::{Engine, EngineState};
 use crate::metrics;
 use crate::output::Output;
+use crate::progress::{CutAt, Next, Progress};
 use crate::reading::{Reading, route};
 use crate::sink::OutputSink;
 use crate::source::{Input, Mark, SourceSettings, source};
@@ -162,15 +163,9 @@ fn devices<'s>(
                 engine.restore(state, |device| owned(device, worker, peers));
             }
             let (snapshot, cuts, clocks) = (restored.snapshot, restored.cuts, restored.clocks);
-            let through = restored.through;
             let mut out = Vec::new();
-            // Every source worker says when it is done: finished (a bounded input read to its
-            // end) or stopped. Only when all finished does the input end. Meanwhile a stopped
-            // source's hold caps the frontier, and a finished one's last watermark caps timers.
-            let sources = scope.peers();
-            let mut finished = 0usize;
-            let mut last: Option<i64> = None;
-            let mut floor: Option<u64> = None;
+            // Every source worker says when it is done; the protocol is in `Progress`.
+            let mut progress = Progress::new(scope.peers(), restored.through);
             let mut gauges = Instant::now();
             move |(readings, f1), (marks, f2), output| {
                 readings.for_each(|_, data| {
@@ -187,19 +182,9 @@ fn devices<'s>(
                             }
                             Mark::Done {
                                 hold,
-                                finished: f,
-                                last: l,
-                            } => {
-                                if let Some(hold) = hold {
-                                    floor = Some(floor.map_or(hold, |x| x.min(hold)));
-                                }
-                                if f {
-                                    finished += 1;
-                                }
-                                if let Some(l) = l {
-                                    last = Some(last.map_or(l, |x| x.min(l)));
-                                }
-                            }
+                                finished,
+                                last,
+                            } => progress.source_done(hold, finished, last),
                         }
                     }
                 });
@@ -207,8 +192,6 @@ fn devices<'s>(
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let frontier = input.map(|f| floor.map_or(f, |x| f.min(x)));
-                let timers = |f: i64| last.map_or(f, |l| f.min(l));
                 let Some(held) = cap.as_mut() else {
                     return;
                 };
@@ -217,54 +200,53 @@ fn devices<'s>(
                 if !out.is_empty() {
                     output.session(held).give_iterator(out.drain(..));
                 }
-                match frontier {
-                    Some(f) if f > *held.time() => {
-                        // A cut first: the state it keeps is what events before it produced.
-                        let cut = cuts.borrow().next_for_devices(as_ms(f));
-                        let target = cut.map_or(f, |at| u64::try_from(at).unwrap_or(0));
-                        let done =
-                            engine.advance(as_ms(target), timers(as_ms(target)), &mut out, burst);
+                let next =
+                    progress.next(input, *held.time(), |f| cuts.borrow().next_for_devices(f));
+                match next {
+                    Next::Wait => {}
+                    Next::Advance {
+                        to,
+                        timers,
+                        cut,
+                        more,
+                    } => {
+                        let done = engine.advance(as_ms(to), timers, &mut out, burst);
                         output.session(held).give_iterator(out.drain(..));
                         shrink(&mut out);
                         if !done {
                             activator.activate();
                         } else {
-                            if let Some(at) = cut {
-                                let exact = target >= *held.time() && at >= through;
-                                save_cut(&engine, &cuts, &clocks, at, exact);
+                            if let Some(cut) = cut {
+                                save_cut(&engine, &cuts, &clocks, cut);
                             }
-                            if target > *held.time() {
-                                held.downgrade(&target);
+                            if to > *held.time() {
+                                held.downgrade(&to);
                             }
-                            if target < f {
+                            if more {
                                 activator.activate();
                             }
                         }
                     }
-                    Some(_) => {}
-                    None => {
+                    Next::Finish { last } => {
                         // Finals arrive only when a bounded input ended; a stopped unbounded
                         // one leaves its windows open rather than emit partial ones.
-                        let done = if finished == sources {
-                            let done = engine.finish(last, &mut out, burst);
-                            output.session(held).give_iterator(out.drain(..));
-                            shrink(&mut out);
-                            done
-                        } else {
-                            // Stopped: the state goes into the checkpoint, unfinished.
-                            let mut part = snapshot.borrow_mut();
-                            part.through = as_ms(*held.time()).max(through);
-                            match engine.encode(false) {
-                                Ok(bytes) => part.engine = bytes,
-                                Err(e) => part.broken = Some(format!("devices: {e}")),
-                            }
-                            true
-                        };
+                        let done = engine.finish(last, &mut out, burst);
+                        output.session(held).give_iterator(out.drain(..));
+                        shrink(&mut out);
                         if done {
                             cap = None;
                         } else {
                             activator.activate();
                         }
+                    }
+                    Next::Stop => {
+                        let mut part = snapshot.borrow_mut();
+                        part.through = progress.stopped_through(*held.time());
+                        match engine.encode(false) {
+                            Ok(bytes) => part.engine = bytes,
+                            Err(e) => part.broken = Some(format!("devices: {e}")),
+                        }
+                        cap = None;
                     }
                 }
                 if gauges.elapsed() >= GAUGE_EVERY {
@@ -281,18 +263,10 @@ fn devices<'s>(
     )
 }
 
-/// Saves the device operator's share of cut `at`, which it has processed up to exactly (unless
-/// `exact` is false: it had already passed it, or the state it resumed from had, which a cut
-/// announced ahead of every operator and after the resumed state rules out; the cut is then
-/// given up rather than saved wrong).
-fn save_cut(
-    engine: &Engine,
-    cuts: &RefCell<Cuts>,
-    clocks: &RefCell<Watermarks>,
-    at: i64,
-    exact: bool,
-) {
-    let encoded = if exact {
+/// Saves the device operator's share of `cut`, which it has processed up to exactly (unless
+/// the cut says otherwise: it is then given up rather than saved wrong).
+fn save_cut(engine: &Engine, cuts: &RefCell<Cuts>, clocks: &RefCell<Watermarks>, cut: CutAt) {
+    let encoded = if cut.exact {
         engine.encode(true).map_err(|e| e.to_string())
     } else {
         Err("the device operator had already passed it".to_string())
@@ -300,10 +274,10 @@ fn save_cut(
     match encoded {
         Ok(bytes) => cuts
             .borrow_mut()
-            .devices_done(at, clocks.borrow().cut(at), bytes),
+            .devices_done(cut.at, clocks.borrow().cut(cut.at), bytes),
         Err(e) => {
-            tracing::error!(cut = at, error = %e, "a checkpoint cut is given up");
-            cuts.borrow_mut().abandon(at);
+            tracing::error!(cut = cut.at, error = %e, "a checkpoint cut is given up");
+            cuts.borrow_mut().abandon(cut.at);
         }
     }
 }

@@ -23,16 +23,45 @@ use crate::output::Output;
 use crate::reading::{Reading, ReadingKind};
 use crate::window::WindowState;
 
-/// When something is due: event time, then the order of kinds at one millisecond.
-pub type Due = (i64, u8);
-/// Windows ending at a time close first.
-pub const CLOSE: u8 = 0;
-/// Readings come next.
-pub const READING: u8 = 1;
-/// Then the offline deadline.
-pub const DEADLINE: u8 = 2;
-/// Then rule timers.
-pub const RULE: u8 = 3;
+/// What is due at one millisecond, in the order it is processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// Windows ending at the time close first.
+    Close = 0,
+    /// Readings come next.
+    Reading = 1,
+    /// Then the offline deadline.
+    Deadline = 2,
+    /// Then rule timers.
+    Rule = 3,
+}
+
+/// When something is due: event time, then the kind (the field order is the processing order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Due {
+    /// Event time, ms.
+    pub at: i64,
+    /// What is due.
+    pub kind: Kind,
+}
+
+impl Due {
+    /// `kind` due at `at`.
+    pub fn new(at: i64, kind: Kind) -> Due {
+        Due { at, kind }
+    }
+
+    /// The first due time after this one: what [`Device::advance`] is given to process this
+    /// one and nothing after it.
+    pub fn next(self) -> Due {
+        match self.kind {
+            Kind::Close => Due::new(self.at, Kind::Reading),
+            Kind::Reading => Due::new(self.at, Kind::Deadline),
+            Kind::Deadline => Due::new(self.at, Kind::Rule),
+            Kind::Rule => Due::new(self.at.saturating_add(1), Kind::Close),
+        }
+    }
+}
 
 /// A tenant and a device class.
 type ProfileKey = (Rc<str>, Option<Rc<str>>);
@@ -130,11 +159,17 @@ const UNSCHEDULED: i64 = i64::MAX;
 
 /// A due time in 8 bytes instead of 16 (time times four, plus the kind): one per device.
 fn pack(due: Due) -> i64 {
-    due.0.saturating_mul(4).saturating_add(i64::from(due.1))
+    due.at.saturating_mul(4).saturating_add(due.kind as i64)
 }
 
 fn unpack(packed: i64) -> Due {
-    (packed.div_euclid(4), packed.rem_euclid(4) as u8)
+    let kind = match packed.rem_euclid(4) {
+        0 => Kind::Close,
+        1 => Kind::Reading,
+        2 => Kind::Deadline,
+        _ => Kind::Rule,
+    };
+    Due::new(packed.div_euclid(4), kind)
 }
 
 impl Device {
@@ -194,27 +229,35 @@ impl Device {
 
     /// The next thing due on this device.
     pub fn next_due(&self, cfg: &PipelineConfig) -> Option<Due> {
-        let windows = self.windows.iter().flatten().map(|w| (w.end, CLOSE));
+        let windows = self
+            .windows
+            .iter()
+            .flatten()
+            .map(|w| Due::new(w.end, Kind::Close));
         let presence = match self.presence {
-            Some(Presence::Online) => Some((
+            Some(Presence::Online) => Some(Due::new(
                 self.last_seen + self.thresholds.offline_timeout_ms,
-                DEADLINE,
+                Kind::Deadline,
             )),
             Some(Presence::Offline {
                 prolonged_fired: false,
-            }) => Some((self.since + self.thresholds.prolonged_offline_ms, RULE)),
+            }) => Some(Due::new(
+                self.since + self.thresholds.prolonged_offline_ms,
+                Kind::Rule,
+            )),
             _ => None,
         };
         let retire = match self.presence {
-            Some(Presence::Online | Presence::Offline { .. }) => {
-                Some((self.last_seen.saturating_add(cfg.device_retention_ms), RULE))
-            }
+            Some(Presence::Online | Presence::Offline { .. }) => Some(Due::new(
+                self.last_seen.saturating_add(cfg.device_retention_ms),
+                Kind::Rule,
+            )),
             _ => None,
         };
         let untold = (self.told < self.last_seen && self.tracked()).then(|| {
-            (
+            Due::new(
                 self.last_seen.saturating_add(cfg.lastseen_interval_ms),
-                RULE,
+                Kind::Rule,
             )
         });
         let flapping = self
@@ -224,7 +267,7 @@ impl Device {
                 self.flaps
                     .as_ref()
                     .and_then(|f| f.front())
-                    .map(|t| (t + self.thresholds.flapping_period_ms, RULE))
+                    .map(|t| Due::new(t + self.thresholds.flapping_period_ms, Kind::Rule))
             })
             .flatten();
         windows
@@ -238,10 +281,10 @@ impl Device {
     /// Processes everything due strictly before `until`.
     pub fn advance(&mut self, until: Due, ctx: &mut Ctx<'_>) {
         while let Some(due) = self.next_due(ctx.cfg).filter(|d| *d < until) {
-            match due.1 {
-                CLOSE => self.close_windows(due.0, ctx),
-                DEADLINE => self.go_offline(due.0, ctx),
-                _ => self.rule_timer(due.0, ctx),
+            match due.kind {
+                Kind::Close => self.close_windows(due.at, ctx),
+                Kind::Deadline => self.go_offline(due.at, ctx),
+                Kind::Reading | Kind::Rule => self.rule_timer(due.at, ctx),
             }
         }
     }
@@ -295,7 +338,7 @@ impl Device {
         self.presence == Some(Presence::Retired)
     }
 
-    /// A reading, after [`Device::advance`] to `(r.ts, READING)`. An arrival (a reading the DLQ
+    /// A reading, after [`Device::advance`] to its time and [`Kind::Reading`]. An arrival (a reading the DLQ
     /// took for its clock) only keeps the device's presence and its clock anomaly up to date.
     pub fn reading(&mut self, r: &Reading, ctx: &mut Ctx<'_>) {
         if let Some(class) = r.device_class.as_deref()

@@ -11,7 +11,7 @@ use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
-use crate::device::{Ctx, Device, Due, Profiles, READING};
+use crate::device::{Ctx, Device, Due, Kind, Profiles};
 use crate::lastseen::{self, Announcer};
 use crate::output::Output;
 use crate::pending::PendingQueue;
@@ -237,15 +237,18 @@ impl Engine {
                 .timers
                 .peek()
                 .map(|Reverse((due, _))| *due)
-                .filter(|due| due.0 < timer_limit);
+                .filter(|due| due.at < timer_limit);
             match (reading, timer) {
                 (None, None) => break true,
-                (Some(ts), Some(due)) if due < (ts, READING) => self.fire_timer(&mut ctx),
+                (Some(ts), Some(due)) if due < Due::new(ts, Kind::Reading) => {
+                    self.fire_timer(&mut ctx)
+                }
                 (None, Some(_)) => self.fire_timer(&mut ctx),
                 _ => {
                     if let Some(r) = self.pending.pop() {
                         let mut slot = self.slot(&r, &mut ctx);
-                        self.devices[slot as usize].advance((r.ts, READING), &mut ctx);
+                        self.devices[slot as usize]
+                            .advance(Due::new(r.ts, Kind::Reading), &mut ctx);
                         // Its timer fires first, but a reading must never reach a device it
                         // would find retired.
                         if self.devices[slot as usize].retired() {
@@ -276,7 +279,7 @@ impl Engine {
             return;
         }
         device.set_scheduled(None);
-        device.advance((due.0, due.1 + 1), ctx);
+        device.advance(due.next(), ctx);
         if device.retired() {
             self.free(slot);
         } else {

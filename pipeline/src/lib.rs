@@ -25,6 +25,7 @@ pub mod lastseen;
 pub mod metrics;
 pub mod output;
 pub mod pending;
+pub mod progress;
 pub mod readiness;
 pub mod reading;
 pub mod run;

@@ -62,6 +62,11 @@ impl Record for WindowAggregate {
     fn read_current(body: &mut &[u8]) -> Option<Result<Self, crate::DecodeError>> {
         Some(crate::binary::read_window_aggregate(body).map(|a| a.to_record()))
     }
+
+    fn write_current(&self, buf: &mut Vec<u8>) -> bool {
+        crate::binary::write_window_aggregate(buf, self);
+        true
+    }
 }
 
 /// A [`WindowAggregate`] whose strings borrow from the message it was read from
