@@ -316,6 +316,16 @@ fn a_replay_to_files_writes_what_the_same_replay_writes_to_kafka() {
     for (f, t) in files.iter().zip(&topics) {
         assert_eq!(f, t);
     }
+
+    // Files are one directory per job: several processes are refused, naming the flag.
+    let refused = fleetpulse()
+        .args(["pipeline", "--input", file.to_str().unwrap(), "--output"])
+        .arg(dir.path().join("two"))
+        .args(["-n", "2", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--output"));
 }
 
 #[test]

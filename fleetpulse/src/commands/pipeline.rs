@@ -147,6 +147,12 @@ impl Destination {
 }
 
 pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.output.is_none() || args.processes == 1,
+        "--output writes one directory for the whole job: run it as one process (-w for more \
+         threads), not -n {}",
+        args.processes
+    );
     // A file replayed to files needs no broker.
     let kafka = args.input.is_none() || args.output.is_none();
     if kafka {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::{OutputSink, SinkError, Written};
+use crate::metrics;
 use crate::output::{Output, Stream};
 
 /// How much of a stream a worker gathers before it appends to the shared file.
@@ -57,18 +58,32 @@ impl FileOutput {
         Box::new(FileSink {
             shared: Arc::clone(self),
             chunks: Stream::ALL.map(|_| Vec::with_capacity(CHUNK)),
+            counters: Stream::ALL.map(|_| None),
         })
     }
 
+    /// Appends `chunk` to the stream's file and empties it. What a failed write had already
+    /// written leaves the chunk, so a retry writes each byte once.
     fn append(&self, stream: Stream, chunk: &mut Vec<u8>) -> Result<(), SinkError> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
         let path = self.path(stream);
         let Ok(mut file) = self.files[stream as usize].lock() else {
             return Err(at(&path)(std::io::Error::other("a writer panicked")));
         };
-        file.write_all(chunk).map_err(at(&path))?;
+        let mut written = 0;
+        while written < chunk.len() {
+            match file.write(&chunk[written..]) {
+                Ok(0) => {
+                    chunk.drain(..written);
+                    return Err(at(&path)(std::io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    chunk.drain(..written);
+                    return Err(at(&path)(e));
+                }
+            }
+        }
         chunk.clear();
         Ok(())
     }
@@ -103,23 +118,35 @@ fn line<R: schemas::Record>(buf: &mut Vec<u8>, record: &R) -> Result<(), SinkErr
 struct FileSink {
     shared: Arc<FileOutput>,
     chunks: [Vec<u8>; Stream::ALL.len()],
+    counters: [Option<::metrics::Counter>; Stream::ALL.len()],
 }
 
 impl OutputSink for FileSink {
+    // A full chunk goes to its file before the record joins it: a failed write then leaves the
+    // record out, and the caller's retry adds it exactly once.
     fn write(&mut self, record: &Output) -> Result<(), SinkError> {
         let stream = record.stream();
         let chunk = &mut self.chunks[stream as usize];
-        match record {
-            Output::Aggregate(r) => line(chunk, r)?,
-            Output::Anomaly(r) => line(chunk, r)?,
-            Output::Status(r) => line(chunk, r)?,
-            Output::DeadLetter(r) => line(chunk, r)?,
-            Output::LastSeen(r) => line(chunk, r)?,
-        }
-        self.shared.written.count(stream);
         if chunk.len() >= CHUNK {
             self.shared.append(stream, chunk)?;
         }
+        let before = chunk.len();
+        let added = match record {
+            Output::Aggregate(r) => line(chunk, r),
+            Output::Anomaly(r) => line(chunk, r),
+            Output::Status(r) => line(chunk, r),
+            Output::DeadLetter(r) => line(chunk, r),
+            Output::LastSeen(r) => line(chunk, r),
+        };
+        if let Err(e) = added {
+            chunk.truncate(before);
+            return Err(e);
+        }
+        self.shared.written.count(stream);
+        let path = self.shared.path(stream);
+        self.counters[stream as usize]
+            .get_or_insert_with(|| metrics::records_out(&path.display().to_string()))
+            .increment(1);
         Ok(())
     }
 
@@ -128,6 +155,15 @@ impl OutputSink for FileSink {
             self.shared.append(stream, chunk)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for FileSink {
+    /// The job flushes every sink on its way out; this catches a way out that did not.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "derived records not written to their file");
+        }
     }
 }
 
@@ -165,6 +201,49 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(out.path(Stream::Aggregates)).unwrap(),
             ""
+        );
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_without_losing_or_repeating_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = FileOutput::create(dir.path()).unwrap();
+        let good = std::mem::replace(
+            &mut *out.files[Stream::LastSeen as usize].lock().unwrap(),
+            File::options().write(true).open("/dev/full").unwrap(),
+        );
+        let mut sink = out.sink();
+        let seen = |t: i64| {
+            Output::LastSeen(LastSeen {
+                tenant_id: "acme".into(),
+                device_id: "d".into(),
+                device_class: None,
+                last_seen: t,
+                event_id: format!("e{t}"),
+            })
+        };
+        sink.write(&seen(1)).unwrap();
+        let e = sink.flush().unwrap_err();
+        assert!(e.to_string().contains("lastseen.ndjson"), "{e}");
+        assert!(sink.flush().is_err(), "the disk is still full");
+        *out.files[Stream::LastSeen as usize].lock().unwrap() = good;
+        sink.write(&seen(2)).unwrap();
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(out.path(Stream::LastSeen)).unwrap();
+        let times: Vec<i64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["last_seen"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(times, [1, 2]);
+        assert_eq!(
+            out.written
+                .last_seen
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
         );
     }
 

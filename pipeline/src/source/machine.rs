@@ -178,6 +178,9 @@ impl SourceMachine {
     /// `processed`: what to send and do. The caller sends the step's records at `held`, then
     /// moves the capabilities.
     pub fn step(&mut self, held: u64, processed: Option<u64>) -> &mut Step {
+        // Sent records are taken out of these by the operator; clearing does not rely on it.
+        self.step.triaged.readings.clear();
+        self.step.triaged.dead.clear();
         self.step.marks.clear();
         self.step.capabilities = Capabilities::Keep;
         self.step.wake = Wake::Now;
@@ -451,7 +454,6 @@ mod tests {
         assert_eq!(step.marks, [Mark::Data(1_012)]);
         assert_eq!(step.capabilities, Capabilities::Downgrade(1_010));
         assert_eq!(step.wake, Wake::Now);
-        step.triaged.readings.clear();
         let step = f.machine.step(1_010, Some(1_010));
         assert!(step.marks.is_empty(), "no new data: no new mark");
         assert_eq!(step.capabilities, Capabilities::Keep);
@@ -471,7 +473,7 @@ mod tests {
     #[test]
     fn a_stop_leaves_the_positions_and_holds_at_the_capability() {
         let mut f = machine(memory(vec![vec![record("a", 1_000)]], false), None);
-        f.machine.step(0, None).triaged.readings.clear();
+        f.machine.step(0, None);
         f.stop.store(true, Ordering::Relaxed);
         let step = f.machine.step(990, None);
         assert_eq!(
