@@ -118,17 +118,7 @@ pub(crate) fn write_window_aggregate(buf: &mut Vec<u8>, a: &WindowAggregate) {
     write_long(buf, a.count);
     write_long(buf, a.errors);
     write_double(buf, a.error_rate);
-    for v in [
-        a.rt_min,
-        a.rt_mean,
-        a.rt_p50,
-        a.rt_p95,
-        a.rt_p99,
-        a.rt_max,
-        a.battery_last,
-        a.battery_min,
-        a.signal_mean,
-    ] {
+    for v in a.borrowed().measures() {
         write_optional_double(buf, v);
     }
     write_double(buf, a.health_score);

@@ -118,6 +118,22 @@ pub struct WindowAggregateRef<'a> {
 }
 
 impl WindowAggregateRef<'_> {
+    /// The nine optional measures, from `rt_min` to `signal_mean`, in the schema's order: the
+    /// run every encoder of the record writes alike.
+    pub fn measures(&self) -> [Option<f64>; 9] {
+        [
+            self.rt_min,
+            self.rt_mean,
+            self.rt_p50,
+            self.rt_p95,
+            self.rt_p99,
+            self.rt_max,
+            self.battery_last,
+            self.battery_min,
+            self.signal_mean,
+        ]
+    }
+
     /// The record, its strings copied.
     pub fn to_record(&self) -> WindowAggregate {
         WindowAggregate {

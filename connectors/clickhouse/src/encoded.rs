@@ -143,17 +143,7 @@ impl AggregateRows {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&a.error_rate.to_le_bytes());
-        for v in [
-            a.rt_min,
-            a.rt_mean,
-            a.rt_p50,
-            a.rt_p95,
-            a.rt_p99,
-            a.rt_max,
-            a.battery_last,
-            a.battery_min,
-            a.signal_mean,
-        ] {
+        for v in a.measures() {
             match v {
                 Some(v) => {
                     out.push(0);
