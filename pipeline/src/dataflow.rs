@@ -242,8 +242,9 @@ fn devices<'s>(
                     Next::Stop => {
                         let mut part = snapshot.borrow_mut();
                         part.through = progress.stopped_through(*held.time());
-                        match engine.encode(false) {
-                            Ok(bytes) => part.engine = bytes,
+                        let mut bytes = Vec::new();
+                        match engine.encode(&mut bytes, false) {
+                            Ok(()) => part.engine = bytes,
                             Err(e) => part.broken = Some(format!("devices: {e}")),
                         }
                         cap = None;
@@ -266,15 +267,23 @@ fn devices<'s>(
 /// Saves the device operator's share of `cut`, which it has processed up to exactly (unless
 /// the cut says otherwise: it is then given up rather than saved wrong).
 fn save_cut(engine: &Engine, cuts: &RefCell<Cuts>, clocks: &RefCell<Watermarks>, cut: CutAt) {
-    let encoded = if cut.exact {
-        engine.encode(true).map_err(|e| e.to_string())
+    let saved = if cut.exact {
+        cuts.borrow()
+            .begin(cut.at)
+            .map_err(|e| e.to_string())
+            .and_then(|mut part| {
+                engine
+                    .encode(&mut part, true)
+                    .map(|()| part)
+                    .map_err(|e| e.to_string())
+            })
     } else {
         Err("the device operator had already passed it".to_string())
     };
-    match encoded {
-        Ok(bytes) => cuts
+    match saved {
+        Ok(part) => cuts
             .borrow_mut()
-            .devices_done(cut.at, clocks.borrow().cut(cut.at), bytes),
+            .devices_done(cut.at, clocks.borrow().cut(cut.at), part),
         Err(e) => {
             tracing::error!(cut = cut.at, error = %e, "a checkpoint cut is given up");
             cuts.borrow_mut().abandon(cut.at);

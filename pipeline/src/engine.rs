@@ -4,12 +4,15 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::io::Write;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bincode::Options;
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint;
 use crate::config::PipelineConfig;
 use crate::device::{Ctx, Device, Due, Kind, Profiles};
 use crate::lastseen::{self, Announcer};
@@ -76,16 +79,16 @@ impl Engine {
         self.pending.len()
     }
 
-    /// Encodes the state for a checkpoint: every device, the readings not yet processed unless
-    /// `without_pending` (a cut's part, whose source replays them), the data watermark and the
-    /// announcements. The bytes decode as an [`EngineState`]; encoding from borrows spares a
-    /// copy of every device.
+    /// Encodes the state for a checkpoint into `to`: every device, the readings not yet
+    /// processed unless `without_pending` (a cut's part, whose source replays them), the data
+    /// watermark and the announcements. The bytes decode as an [`EngineState`] (with
+    /// [`checkpoint::encoding`]); encoding from borrows spares a copy of every device.
     ///
     /// A cut's announcements include readings at or after the cut that arrived before it was
     /// saved: their records went out at or before the cut's time (a checkpoint is written once
     /// everything up to that time is), and announcing is idempotent (a replayed reading is never
     /// announced twice), so the replay announces what it would have.
-    pub fn encode(&self, without_pending: bool) -> Result<Vec<u8>, bincode::Error> {
+    pub fn encode(&self, to: impl Write, without_pending: bool) -> Result<(), bincode::Error> {
         /// [`EngineState`]'s layout over borrowed data (bincode writes a slice as a `Vec`).
         #[derive(Serialize)]
         struct View<'a> {
@@ -99,12 +102,15 @@ impl Engine {
         } else {
             self.pending.iter().collect()
         };
-        bincode::serialize(&View {
-            devices: &self.devices,
-            pending,
-            data_watermark: self.data_watermark,
-            announced: &self.announcer,
-        })
+        checkpoint::encoding().serialize_into(
+            to,
+            &View {
+                devices: &self.devices,
+                pending,
+                data_watermark: self.data_watermark,
+                announced: &self.announcer,
+            },
+        )
     }
 
     /// Takes over the devices and readings of a checkpoint part (as [`Engine::encode`] wrote

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use std::time::Duration;
 
 use schemas::Codec;
 
-use crate::checkpoint::{Checkpoint, Store, WorkerPart};
+use crate::checkpoint::{Checkpoint, PartWriter, Store, WorkerPart, Written};
 use crate::clock::ClockRules;
 use crate::config::PipelineConfig;
+use crate::cut::Cuts;
 use crate::dataflow::{self, WorkerState};
 use crate::readiness::Readiness;
 use crate::sink::{OutputSink, SinkFactory};
@@ -252,6 +254,9 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             state,
         } = resume(checkpoint)?;
         let snapshot = Rc::clone(&state.snapshot);
+        if let Some(store) = &job.checkpoints {
+            *state.cuts.borrow_mut() = Cuts::new(store.clone(), index, peers);
+        }
         let cuts = Rc::clone(&state.cuts);
         let input = match open(&job.input, index, peers, &start) {
             Ok(input) => input,
@@ -303,51 +308,63 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
                 state,
             )
         });
-        let write = |generation: u64, part: &WorkerPart| -> Result<(), String> {
-            let Some(store) = &job.checkpoints else {
-                return Ok(());
-            };
+        // Parts handed to their threads and not yet known to be on disk.
+        let mut in_flight: Vec<Written> = Vec::new();
+        let finish = |devices: PartWriter, part: &WorkerPart| -> Result<Written, String> {
+            let generation = devices.generation();
             if let Some(why) = &part.broken {
                 return Err(format!("checkpoint {generation} cannot be written: {why}"));
             }
             // Outputs first: a checkpoint is only written once what preceded it is acknowledged.
             flush(&sink);
-            store
-                .write_part(generation, index, peers, part)
+            let written = devices
+                .finish(part, index == 0)
                 .map_err(|e| e.to_string())?;
             tracing::debug!(
                 generation,
                 worker = index,
                 cut = part.cut,
-                "checkpoint part written"
+                "checkpoint part handed to its writer"
             );
-            if index == 0 {
-                store.prune(generation);
-            }
-            Ok(())
+            Ok(written)
         };
-        let written = |probe: &timely::dataflow::ProbeHandle<u64>| -> Result<(), String> {
+        // A part that could not be written fails the job, as the checkpoint it belongs to is
+        // then never complete.
+        let settle = |in_flight: &mut Vec<Written>, all: bool| -> Result<(), String> {
+            let (done, left) = std::mem::take(in_flight)
+                .into_iter()
+                .partition(|w| all || w.is_done());
+            *in_flight = left;
+            done.into_iter()
+                .try_for_each(Written::wait)
+                .map_err(|e| e.to_string())
+        };
+        while !probe.done() {
+            worker.step_or_park(None);
             loop {
                 // Past the cut, not only at it: the device operator may hold the cut's own time
                 // when it saves its part, and last-seen times it announces then are stamped there.
                 let ready = cuts
                     .borrow_mut()
                     .take_ready(|at| !probe.less_equal(&u64::try_from(at).unwrap_or(0)));
-                let Some((generation, part)) = ready else {
-                    return Ok(());
+                let Some((devices, part)) = ready else {
+                    break;
                 };
-                write(generation, &part)?;
+                in_flight.push(finish(devices, &part)?);
             }
-        };
-        while !probe.done() {
-            worker.step_or_park(None);
-            written(&probe)?;
+            settle(&mut in_flight, false)?;
         }
         flush(&sink);
+        settle(&mut in_flight, true)?;
         let stopped = job.stop.load(Ordering::Relaxed) && job.readiness.fatal_error().is_none();
-        if stopped && job.checkpoints.is_some() {
+        if let (true, Some(store)) = (stopped, &job.checkpoints) {
             let next = base.max(cuts.borrow().last_generation()) + 1;
-            write(next, &snapshot.borrow())?;
+            let part = snapshot.borrow();
+            let mut devices = store.begin(next, index, peers).map_err(|e| e.to_string())?;
+            devices
+                .write_all(&part.engine)
+                .map_err(|e| format!("checkpoint {next}: {e}"))?;
+            finish(devices, &part)?.wait().map_err(|e| e.to_string())?;
             tracing::info!(
                 generation = next,
                 worker = index,

@@ -4,27 +4,29 @@
 //! ones with a warning.
 //!
 //! Layout: `<dir>/gen-<generation>/part-<worker>-of-<workers>.bin`, each file written to a
-//! temporary name, fsynced and renamed, then the directory fsynced. A generation is complete
+//! temporary name on a thread of its own ([`part`]), fsynced and renamed, then the directory
+//! fsynced. A generation is complete
 //! when every worker's part is there, reads back (magic, length and checksum) and was cut at the
 //! same event time as the others (a run that crashed while writing generation `g` leaves parts a
 //! later run's `g` must not be mixed with). Worker 0 numbers the cuts on from the generation the
 //! job resumed from, and a stop takes the next number, so every process agrees on the names.
 
-use std::fs::{self, File};
+mod part;
+
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bincode::Options;
 use schemas::StatusTransition;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineState;
-use crate::reading::{fnv1a as checksum, route};
+use crate::reading::route;
 use crate::tenant::Tenants;
 use crate::watermark::PartitionClock;
 
-/// The format's mark; 03 held each partition's clock truth and its devices' clock offsets, 04
-/// adds the last-seen announcements and what each device told.
-const MAGIC: &[u8; 8] = b"FPCKPT04";
+pub use part::{PartWriter, Written, encoding};
 /// Generations kept besides the newest: if the newest turns out partial (a crash while its
 /// parts were written), the one before is complete.
 const KEEP: u64 = 2;
@@ -45,7 +47,9 @@ pub struct WorkerPart {
     /// Those partitions' event-time state.
     pub clocks: Vec<PartitionClock>,
     /// The worker's devices and the readings they had not processed: an [`EngineState`] as
-    /// [`crate::engine::Engine::encode`] wrote it.
+    /// [`crate::engine::Engine::encode`] wrote it. Read back, or written on stop; a cut's part
+    /// streams them into its [`PartWriter`] instead.
+    #[serde(skip)]
     pub engine: Vec<u8>,
     /// The worker's tenants.
     pub tenants: Tenants,
@@ -80,7 +84,11 @@ impl Checkpoint {
     pub fn engines(&self) -> Result<Vec<EngineState>, String> {
         self.parts
             .iter()
-            .map(|p| bincode::deserialize(&p.engine).map_err(|e| format!("devices: {e}")))
+            .map(|p| {
+                encoding()
+                    .deserialize(&p.engine)
+                    .map_err(|e| format!("devices: {e}"))
+            })
             .collect()
     }
 
@@ -121,6 +129,9 @@ pub enum CheckpointError {
     /// A part could not be encoded.
     #[error("cannot encode a checkpoint part: {0}")]
     Encode(String),
+    /// The thread writing a part stopped without saying why.
+    #[error("the thread writing a checkpoint part {0}")]
+    Writer(&'static str),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -148,7 +159,18 @@ impl Store {
         self.dir.join(format!("gen-{generation:012}"))
     }
 
-    /// Writes worker `worker`'s part of generation `generation` atomically.
+    /// Starts worker `worker`'s part of generation `generation` (see [`PartWriter`]).
+    pub fn begin(
+        &self,
+        generation: u64,
+        worker: usize,
+        workers: usize,
+    ) -> Result<PartWriter, CheckpointError> {
+        PartWriter::start(self, generation, worker, workers)
+    }
+
+    /// Writes worker `worker`'s part of generation `generation` whole, devices included, and
+    /// waits until it is durable and in place.
     pub fn write_part(
         &self,
         generation: u64,
@@ -156,44 +178,11 @@ impl Store {
         workers: usize,
         part: &WorkerPart,
     ) -> Result<(), CheckpointError> {
-        let dir = self.generation_dir(generation);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let payload =
-            bincode::serialize(part).map_err(|e| CheckpointError::Encode(e.to_string()))?;
-        let path = dir.join(format!("part-{worker}-of-{workers}.bin"));
-        let temp = dir.join(format!(".part-{worker}-of-{workers}.tmp"));
-        let mut file = File::create(&temp).map_err(io(&temp))?;
-        file.write_all(MAGIC).map_err(io(&temp))?;
-        file.write_all(&(payload.len() as u64).to_le_bytes())
-            .map_err(io(&temp))?;
-        file.write_all(&checksum(&payload).to_le_bytes())
-            .map_err(io(&temp))?;
-        file.write_all(&payload).map_err(io(&temp))?;
-        file.sync_all().map_err(io(&temp))?;
-        fs::rename(&temp, &path).map_err(io(&path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
-        Ok(())
-    }
-
-    fn read_part(path: &Path) -> Result<WorkerPart, String> {
-        let bytes = fs::read(path).map_err(|e| e.to_string())?;
-        if bytes.len() < 24 || &bytes[..8] != MAGIC {
-            return Err("not a checkpoint part".into());
-        }
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&bytes[8..16]);
-        let mut sum = [0u8; 8];
-        sum.copy_from_slice(&bytes[16..24]);
-        let payload = &bytes[24..];
-        if u64::from_le_bytes(len) != payload.len() as u64 {
-            return Err("cut short".into());
-        }
-        if u64::from_le_bytes(sum) != checksum(payload) {
-            return Err("checksum mismatch".into());
-        }
-        bincode::deserialize(payload).map_err(|e| e.to_string())
+        let mut writer = self.begin(generation, worker, workers)?;
+        writer
+            .write_all(&part.engine)
+            .map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        writer.finish(part, false)?.wait()
     }
 
     fn generations(&self) -> Vec<u64> {
@@ -241,8 +230,7 @@ impl Store {
         let mut parts = Vec::with_capacity(workers);
         for worker in 0..workers {
             let path = dir.join(format!("part-{worker}-of-{workers}.bin"));
-            let part =
-                Store::read_part(&path).map_err(|e| format!("part {worker} of {workers}: {e}"))?;
+            let part = part::read(&path).map_err(|e| format!("part {worker} of {workers}: {e}"))?;
             parts.push(part);
         }
         if parts.iter().any(|p| p.cut != parts[0].cut) {
