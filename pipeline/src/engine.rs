@@ -13,6 +13,7 @@ use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
+use crate::chunked::Chunked;
 use crate::config::PipelineConfig;
 use crate::device::{Ctx, Device, Due, Kind, Profiles};
 use crate::lastseen::{self, Announcer};
@@ -37,7 +38,7 @@ pub struct EngineState {
 /// Devices, their timers and the readings not yet processed.
 pub struct Engine {
     cfg: Arc<PipelineConfig>,
-    devices: Vec<Device>,
+    devices: Chunked<Device>,
     index: HashMap<Rc<str>, HashMap<Rc<str>, u32>>,
     timers: BinaryHeap<Reverse<(Due, u32)>>,
     pending: PendingQueue,
@@ -53,7 +54,7 @@ impl Engine {
     pub fn new(cfg: Arc<PipelineConfig>) -> Engine {
         Engine {
             cfg,
-            devices: Vec::new(),
+            devices: Chunked::default(),
             index: HashMap::default(),
             timers: BinaryHeap::new(),
             pending: PendingQueue::default(),
@@ -89,10 +90,10 @@ impl Engine {
     /// everything up to that time is), and announcing is idempotent (a replayed reading is never
     /// announced twice), so the replay announces what it would have.
     pub fn encode(&self, to: impl Write, without_pending: bool) -> Result<(), bincode::Error> {
-        /// [`EngineState`]'s layout over borrowed data (bincode writes a slice as a `Vec`).
+        /// [`EngineState`]'s layout over borrowed data (the devices are written as a `Vec`).
         #[derive(Serialize)]
         struct View<'a> {
-            devices: &'a [Device],
+            devices: &'a Chunked<Device>,
             pending: Vec<&'a Reading>,
             data_watermark: i64,
             announced: &'a Announcer,
@@ -298,7 +299,9 @@ impl Engine {
     /// due time there, or nothing, and are dropped).
     fn free(&mut self, slot: u32) {
         let i = slot as usize;
-        let gone = self.devices.swap_remove(i);
+        let Some(gone) = self.devices.swap_remove(i) else {
+            return;
+        };
         let (tenant, id) = gone.key();
         if let Some(devices) = self.index.get_mut(&tenant) {
             devices.remove(&id);
@@ -347,12 +350,6 @@ impl Engine {
             None => Rc::from(r.tenant_id.as_str()),
         };
         let slot = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
-        if self.devices.len() == self.devices.capacity() {
-            // Grow by a quarter, not double: with a hundred thousand devices a doubling leaves
-            // tens of megabytes reserved and unused.
-            self.devices
-                .reserve_exact((self.devices.len() / 4).max(1_024));
-        }
         let id: Rc<str> = r.device_id.as_str().into();
         self.devices
             .push(Device::new(Rc::clone(&tenant), Rc::clone(&id), ctx));

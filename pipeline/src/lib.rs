@@ -12,6 +12,7 @@
 
 pub mod anomaly;
 pub mod checkpoint;
+pub mod chunked;
 pub mod clock;
 pub mod config;
 pub mod cut;
