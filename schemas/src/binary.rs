@@ -92,12 +92,12 @@ pub(crate) fn write_optional_string(buf: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// Appends `v` as an Avro `double`.
-fn write_double(buf: &mut Vec<u8>, v: f64) {
+pub(crate) fn write_double(buf: &mut Vec<u8>, v: f64) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
 /// Appends a nullable double (`["null", "double"]`).
-fn write_optional_double(buf: &mut Vec<u8>, v: Option<f64>) {
+pub(crate) fn write_optional_double(buf: &mut Vec<u8>, v: Option<f64>) {
     match v {
         None => write_long(buf, 0),
         Some(v) => {

@@ -269,6 +269,11 @@ pub struct Anomaly {
 impl Record for Anomaly {
     const KIND: RecordKind = RecordKind::Anomaly;
 
+    fn write_current(&self, buf: &mut Vec<u8>) -> bool {
+        crate::derived_writers::write_anomaly(buf, self);
+        true
+    }
+
     fn key(&self) -> Cow<'_, str> {
         Cow::Borrowed(if self.device_id.is_empty() {
             &self.tenant_id
@@ -332,6 +337,11 @@ pub struct StatusTransition {
 
 impl Record for StatusTransition {
     const KIND: RecordKind = RecordKind::StatusTransition;
+
+    fn write_current(&self, buf: &mut Vec<u8>) -> bool {
+        crate::derived_writers::write_status_transition(buf, self);
+        true
+    }
 
     fn key(&self) -> Cow<'_, str> {
         Cow::Borrowed(&self.device_id)

@@ -20,6 +20,7 @@ mod binary;
 mod codec;
 mod dead_letter;
 mod derived;
+mod derived_writers;
 mod error;
 mod json;
 mod last_seen;
