@@ -176,12 +176,15 @@ impl PartWriter {
 }
 
 impl Write for PartWriter {
+    /// Takes what fits in the chunk (a chunk never grows past [`CHUNK`], so it is never copied
+    /// into a larger allocation); `write_all` comes back for the rest.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.chunk.extend_from_slice(buf);
-        if self.chunk.len() >= CHUNK {
+        let n = buf.len().min(CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK {
             self.hand_over().map_err(io::Error::other)?;
         }
-        Ok(buf.len())
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -311,9 +314,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::new(dir.path());
         let mut writer = PartWriter::start(&store, 7, 1, 2).expect("started");
-        // Three and a half chunks of devices, in writes of odd sizes.
+        // Three and a half chunks of devices: two and a bit in one write (as a stop's part
+        // writes them), the rest in writes of odd sizes.
         let devices: Vec<u8> = (0..CHUNK * 7 / 2).map(|i| (i % 251) as u8).collect();
-        for piece in devices.chunks(4_093) {
+        let (whole, pieces) = devices.split_at(CHUNK * 2 + 5);
+        writer.write_all(whole).expect("taken");
+        for piece in pieces.chunks(4_093) {
             writer.write_all(piece).expect("taken");
         }
         let part = WorkerPart {
