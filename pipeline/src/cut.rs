@@ -53,7 +53,7 @@ impl Cuts {
     /// Starts the part of cut `at`, for the device operator to encode its devices into.
     pub fn begin(&self, at: i64) -> Result<PartWriter, CheckpointError> {
         let (Some(t), Some(p)) = (&self.target, self.pending.get(&at)) else {
-            return Err(CheckpointError::Writer("has no cut or store to write to"));
+            return Err(CheckpointError::NoCut(at));
         };
         t.store.begin(p.generation, t.worker, t.workers)
     }

@@ -5,10 +5,9 @@
 //!
 //! Layout: `<dir>/gen-<generation>/part-<worker>-of-<workers>.bin`, each file written to a
 //! temporary name on a thread of its own ([`part`]), fsynced and renamed, then the directory
-//! fsynced. A generation is complete
-//! when every worker's part is there, reads back (magic, length and checksum) and was cut at the
-//! same event time as the others (a run that crashed while writing generation `g` leaves parts a
-//! later run's `g` must not be mixed with). Worker 0 numbers the cuts on from the generation the
+//! fsynced. A generation is complete when every worker's part is there, reads back (magic,
+//! lengths and checksum) and was cut at the same event time as the others (a run that crashed
+//! while writing generation `g` leaves parts a later run's `g` must not be mixed with). Worker 0 numbers the cuts on from the generation the
 //! job resumed from, and a stop takes the next number, so every process agrees on the names.
 
 mod part;
@@ -27,6 +26,7 @@ use crate::tenant::Tenants;
 use crate::watermark::PartitionClock;
 
 pub use part::{PartWriter, Written, encoding};
+
 /// Generations kept besides the newest: if the newest turns out partial (a crash while its
 /// parts were written), the one before is complete.
 const KEEP: u64 = 2;
@@ -132,6 +132,10 @@ pub enum CheckpointError {
     /// The thread writing a part stopped without saying why.
     #[error("the thread writing a checkpoint part {0}")]
     Writer(&'static str),
+    /// A part was asked for a cut this worker was not told of, or without a checkpoint
+    /// directory.
+    #[error("no checkpoint cut at {0} to write a part of")]
+    NoCut(i64),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
