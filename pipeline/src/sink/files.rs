@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{OutputSink, SinkError, Written};
-use crate::metrics;
+use super::{OutputSink, RecordsOut, SinkError, Written};
 use crate::output::{Output, Stream};
 
 /// How much of a stream a worker gathers before it appends to the shared file.
@@ -58,7 +57,7 @@ impl FileOutput {
         Box::new(FileSink {
             shared: Arc::clone(self),
             chunks: Stream::ALL.map(|_| Vec::with_capacity(CHUNK)),
-            counters: Stream::ALL.map(|_| None),
+            counters: RecordsOut::default(),
         })
     }
 
@@ -118,7 +117,7 @@ fn line<R: schemas::Record>(buf: &mut Vec<u8>, record: &R) -> Result<(), SinkErr
 struct FileSink {
     shared: Arc<FileOutput>,
     chunks: [Vec<u8>; Stream::ALL.len()],
-    counters: [Option<::metrics::Counter>; Stream::ALL.len()],
+    counters: RecordsOut,
 }
 
 impl OutputSink for FileSink {
@@ -143,10 +142,9 @@ impl OutputSink for FileSink {
             return Err(e);
         }
         self.shared.written.count(stream);
-        let path = self.shared.path(stream);
-        self.counters[stream as usize]
-            .get_or_insert_with(|| metrics::records_out(&path.display().to_string()))
-            .increment(1);
+        let shared = &self.shared;
+        self.counters
+            .count(stream, || shared.path(stream).display().to_string());
         Ok(())
     }
 

@@ -12,9 +12,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use schemas::{Codec, Record};
 
-use super::{OutputSink, SinkError, Topics, Written};
+use super::{OutputSink, RecordsOut, SinkError, Topics, Written};
 use crate::metrics;
-use crate::output::{Output, Stream};
+use crate::output::Output;
 
 /// Counts delivery failures (the idempotent producer has already retried them), so the job can
 /// refuse to report success.
@@ -89,7 +89,7 @@ impl KafkaOutput {
         Box::new(KafkaSink {
             shared: Arc::clone(self),
             buf: Vec::with_capacity(512),
-            counters: HashMap::new(),
+            counters: RecordsOut::default(),
         })
     }
 }
@@ -97,7 +97,7 @@ impl KafkaOutput {
 struct KafkaSink {
     shared: Arc<KafkaOutput>,
     buf: Vec<u8>,
-    counters: HashMap<Stream, ::metrics::Counter>,
+    counters: RecordsOut,
 }
 
 impl KafkaSink {
@@ -133,10 +133,7 @@ impl OutputSink for KafkaSink {
             Output::LastSeen(r) => self.send(topic, r)?,
         }
         shared.written.count(stream);
-        self.counters
-            .entry(stream)
-            .or_insert_with(|| metrics::records_out(topic))
-            .increment(1);
+        self.counters.count(stream, || topic.to_string());
         Ok(())
     }
 

@@ -127,6 +127,20 @@ impl Written {
     }
 }
 
+/// One sink's `records_out` counters, one per stream, each made at its stream's first record:
+/// its label (a topic, a file) is only needed then, not for every record.
+#[derive(Default)]
+struct RecordsOut([Option<::metrics::Counter>; Stream::ALL.len()]);
+
+impl RecordsOut {
+    /// Counts one record of `stream`, labelled `label()` if it is the stream's first.
+    fn count(&mut self, stream: Stream, label: impl FnOnce() -> String) {
+        self.0[stream as usize]
+            .get_or_insert_with(|| crate::metrics::records_out(&label()))
+            .increment(1);
+    }
+}
+
 /// Collects records in memory (tests, benchmarks).
 #[derive(Clone, Default)]
 pub struct Collector(pub Arc<Mutex<Vec<Output>>>);
