@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -310,13 +309,17 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         });
         // Parts handed to their threads and not yet known to be on disk.
         let mut in_flight: Vec<Written> = Vec::new();
-        let finish = |devices: PartWriter, part: &WorkerPart| -> Result<Written, String> {
-            let generation = devices.generation();
+        // Outputs first: a checkpoint is only written once what preceded it is acknowledged.
+        let before_writing = |generation: u64, part: &WorkerPart| -> Result<(), String> {
             if let Some(why) = &part.broken {
                 return Err(format!("checkpoint {generation} cannot be written: {why}"));
             }
-            // Outputs first: a checkpoint is only written once what preceded it is acknowledged.
             flush(&sink);
+            Ok(())
+        };
+        let finish = |devices: PartWriter, part: &WorkerPart| -> Result<Written, String> {
+            let generation = devices.generation();
+            before_writing(generation, part)?;
             let written = devices
                 .finish(part, index == 0)
                 .map_err(|e| e.to_string())?;
@@ -360,11 +363,10 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         if let (true, Some(store)) = (stopped, &job.checkpoints) {
             let next = base.max(cuts.borrow().last_generation()) + 1;
             let part = snapshot.borrow();
-            let mut devices = store.begin(next, index, peers).map_err(|e| e.to_string())?;
-            devices
-                .write_all(&part.engine)
-                .map_err(|e| format!("checkpoint {next}: {e}"))?;
-            finish(devices, &part)?.wait().map_err(|e| e.to_string())?;
+            before_writing(next, &part)?;
+            store
+                .write_part(next, index, peers, &part, index == 0)
+                .map_err(|e| e.to_string())?;
             tracing::info!(
                 generation = next,
                 worker = index,

@@ -174,19 +174,21 @@ impl Store {
     }
 
     /// Writes worker `worker`'s part of generation `generation` whole, devices included, and
-    /// waits until it is durable and in place.
+    /// waits until it is durable and in place; `prune`: then removes generations no longer
+    /// needed (one worker of the job does).
     pub fn write_part(
         &self,
         generation: u64,
         worker: usize,
         workers: usize,
         part: &WorkerPart,
+        prune: bool,
     ) -> Result<(), CheckpointError> {
         let mut writer = self.begin(generation, worker, workers)?;
         writer
             .write_all(&part.engine)
             .map_err(|e| CheckpointError::Encode(e.to_string()))?;
-        writer.finish(part, false)?.wait()
+        writer.finish(part, prune)?.wait()
     }
 
     fn generations(&self) -> Vec<u64> {
@@ -324,10 +326,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::new(dir.path());
         assert!(store.latest().is_none());
-        store.write_part(1, 0, 2, &part(10)).expect("written");
-        store.write_part(1, 1, 2, &part(11)).expect("written");
+        store
+            .write_part(1, 0, 2, &part(10), false)
+            .expect("written");
+        store
+            .write_part(1, 1, 2, &part(11), false)
+            .expect("written");
         // Generation 2 is partial: one of two parts.
-        store.write_part(2, 0, 2, &part(20)).expect("written");
+        store
+            .write_part(2, 0, 2, &part(20), false)
+            .expect("written");
         let c = store.latest().expect("generation 1");
         assert_eq!(c.generation, 1);
         assert_eq!(c.positions(), vec![(0, 10), (0, 11)]);
@@ -337,7 +345,9 @@ mod tests {
         );
 
         // Generation 3 is complete but a byte of it flips: back to 1.
-        store.write_part(3, 0, 1, &part(30)).expect("written");
+        store
+            .write_part(3, 0, 1, &part(30), false)
+            .expect("written");
         let file = dir.path().join("gen-000000000003/part-0-of-1.bin");
         let mut bytes = fs::read(&file).expect("readable");
         if let Some(last) = bytes.last_mut() {
@@ -346,7 +356,9 @@ mod tests {
         fs::write(&file, bytes).expect("writable");
         assert_eq!(store.latest().map(|c| c.generation), Some(1));
 
-        store.write_part(4, 0, 1, &part(40)).expect("written");
+        store
+            .write_part(4, 0, 1, &part(40), false)
+            .expect("written");
         assert_eq!(store.latest().map(|c| c.positions()), Some(vec![(0, 40)]));
         assert!(!dir.path().join("gen-000000000001").exists(), "superseded");
 
@@ -356,8 +368,12 @@ mod tests {
             cut: Some(at),
             ..part(50)
         };
-        store.write_part(5, 0, 2, &cut(1_000)).expect("written");
-        store.write_part(5, 1, 2, &cut(2_000)).expect("written");
+        store
+            .write_part(5, 0, 2, &cut(1_000), false)
+            .expect("written");
+        store
+            .write_part(5, 1, 2, &cut(2_000), false)
+            .expect("written");
         assert_eq!(store.latest().map(|c| c.generation), Some(4));
         assert_eq!(store.highest(), 4, "the mixed one is removed");
     }
@@ -367,17 +383,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::new(dir.path());
         for g in 1..=3 {
-            store.write_part(g, 0, 1, &part(g as i64)).expect("written");
+            store
+                .write_part(g, 0, 1, &part(g as i64), false)
+                .expect("written");
         }
         // 4 to 6 are partial: one part of two each.
         for g in 4..=6 {
-            store.write_part(g, 0, 2, &part(g as i64)).expect("written");
+            store
+                .write_part(g, 0, 2, &part(g as i64), false)
+                .expect("written");
         }
         store.prune(6);
         let left: Vec<u64> = store.generations();
         assert_eq!(left, vec![3, 4, 5, 6], "3 stays: none after it is complete");
-        store.write_part(7, 0, 1, &part(7)).expect("written");
-        store.write_part(8, 0, 1, &part(8)).expect("written");
+        store.write_part(7, 0, 1, &part(7), false).expect("written");
+        store.write_part(8, 0, 1, &part(8), false).expect("written");
         store.prune(8);
         assert_eq!(store.generations(), vec![6, 7, 8]);
         assert_eq!(store.highest(), 8);

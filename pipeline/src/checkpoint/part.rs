@@ -371,7 +371,7 @@ mod tests {
             engine: vec![5; 1_000],
             ..WorkerPart::default()
         };
-        store.write_part(1, 0, 1, &part).expect("written");
+        store.write_part(1, 0, 1, &part, false).expect("written");
         let path = dir.path().join("gen-000000000001/part-0-of-1.bin");
         let bytes = fs::read(&path).expect("readable");
         let mut flipped = bytes.clone();
