@@ -364,6 +364,34 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_cannot_be_written_fails_the_part_naming_the_path() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // The store's directory is a file: no generation directory can be made under it.
+        let blocked = dir.path().join("not-a-directory");
+        fs::write(&blocked, b"x").expect("writable");
+        let store = Store::new(&blocked);
+        let mut writer = PartWriter::start(&store, 1, 0, 1).expect("started");
+        // Enough chunks that the queue fills if the thread is not there to take them.
+        let devices = vec![7u8; CHUNK * (QUEUED + 2)];
+        let error = match writer.write_all(&devices) {
+            Err(e) => e.to_string(),
+            Ok(()) => match writer.finish(&WorkerPart::default(), false) {
+                Ok(written) => written
+                    .wait()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                Err(e) => e.to_string(),
+            },
+        };
+        assert!(
+            error.contains("not-a-directory"),
+            "the error names where: {error}"
+        );
+        assert!(read(&blocked.join("gen-000000000001/part-0-of-1.bin")).is_err());
+    }
+
+    #[test]
     fn damage_is_named() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::new(dir.path());
