@@ -4,7 +4,6 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use apache_avro::Schema;
 use schemas::{Codec, RecordKind, SchemaStore, Telemetry};
 
 use crate::config::MessageFormat;
@@ -44,18 +43,6 @@ fn file_error(path: &Path, e: impl ToString) -> GeneratorError {
     }
 }
 
-/// The Avro container writer borrows its schema for as long as it lives.
-fn telemetry_schema() -> Result<&'static Schema, String> {
-    static SCHEMA: std::sync::OnceLock<Result<Schema, String>> = std::sync::OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            Schema::parse_str(SchemaStore::current_schema_json(RecordKind::Telemetry))
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
 impl FileSink {
     /// A file sink, its format chosen by the file's extension.
     pub fn create(path: &Path) -> Result<FileSink, GeneratorError> {
@@ -68,7 +55,7 @@ impl FileSink {
         let format = match extension {
             "ndjson" | "jsonl" => FileFormat::Ndjson(file()?),
             "avro" => {
-                let schema = telemetry_schema().map_err(|e| file_error(path, e))?;
+                let schema = SchemaStore::current_schema(RecordKind::Telemetry);
                 let writer =
                     apache_avro::Writer::new(schema, file()?).map_err(|e| file_error(path, e))?;
                 FileFormat::Avro(Box::new(writer))

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemas::StatusTransition;
+use schemas::retry::{Delays, Retryable};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Concatenate;
@@ -391,9 +392,9 @@ fn write<'s>(
             input.for_each(|_, data| {
                 let mut sink = sink.borrow_mut();
                 for record in data.iter() {
-                    let mut backoff = Duration::from_millis(100);
+                    let mut delays: Option<Delays> = None;
                     while let Err(e) = sink.write(record) {
-                        if e.is_permanent() {
+                        if !e.is_retryable() {
                             metrics::write_error();
                             tracing::error!(
                                 error = %e,
@@ -402,9 +403,11 @@ fn write<'s>(
                             );
                             break;
                         }
-                        tracing::warn!(error = %e, "cannot write a derived record; retrying");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if !e.is_queue_full() {
+                            tracing::warn!(error = %e, "cannot write a derived record; retrying");
+                        }
+                        let wait = delays.get_or_insert_with(|| e.backoff().delays());
+                        std::thread::sleep(wait.next_wait());
                     }
                 }
             });

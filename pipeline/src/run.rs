@@ -10,18 +10,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use schemas::Codec;
+use schemas::retry::Backoff;
 
-use crate::checkpoint::{Checkpoint, PartWriter, Store, WorkerPart, Written};
+use crate::checkpoint::{
+    Checkpoint, CheckpointError, PartWriter, Store, Unreadable, WorkerPart, Written,
+};
 use crate::clock::ClockRules;
 use crate::config::PipelineConfig;
 use crate::cut::Cuts;
 use crate::dataflow::{self, WorkerState};
 use crate::readiness::Readiness;
-use crate::sink::{OutputSink, SinkFactory};
+use crate::sink::{OutputSink, SinkError, SinkFactory};
 use crate::source::file::FileInput;
 use crate::source::kafka::{KafkaInput, KafkaSettings};
 use crate::source::memory::{MemoryInput, MemoryRecord};
-use crate::source::{Clock, Input, SchemaFetcher, SourceSettings};
+use crate::source::{Clock, Input, SchemaFetcher, SourceError, SourceSettings};
 use crate::watermark::{Bounds, PartitionClock};
 
 /// What the job reads.
@@ -106,12 +109,45 @@ pub enum RunError {
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     /// A worker failed.
-    #[error("worker {worker}: {detail}")]
+    #[error("worker {worker}: {source}")]
     Worker {
         /// Which.
         worker: usize,
         /// What happened.
+        source: WorkerError,
+    },
+    /// A worker panicked (timely's message).
+    #[error("worker {worker}: {detail}")]
+    Panicked {
+        /// Which.
+        worker: usize,
+        /// What it said.
         detail: String,
+    },
+}
+
+/// Why one worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The checkpoint it was to resume from could not be read.
+    #[error("{0}")]
+    Resume(#[from] Unreadable),
+    /// Its input could not be opened.
+    #[error("{0}")]
+    Input(#[from] SourceError),
+    /// Its sink could not be made.
+    #[error("{0}")]
+    Sink(#[from] SinkError),
+    /// A checkpoint part could not be written.
+    #[error("{0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// A checkpoint's state could not be captured (the devices operator said why).
+    #[error("checkpoint {generation} cannot be written: {why}")]
+    Broken {
+        /// The checkpoint.
+        generation: u64,
+        /// What the operator said.
+        why: String,
     },
 }
 
@@ -120,15 +156,14 @@ fn open(
     index: usize,
     peers: usize,
     start: &HashMap<i32, i64>,
-) -> Result<Box<dyn Input>, String> {
+) -> Result<Box<dyn Input>, SourceError> {
     Ok(match input {
-        InputSpec::Kafka(settings) => {
-            Box::new(KafkaInput::new(settings, index, peers, start).map_err(|e| e.to_string())?)
-        }
-        InputSpec::File(path) => Box::new(
-            FileInput::open(path, index, start.get(&0).copied().unwrap_or(0))
-                .map_err(|e| e.to_string())?,
-        ),
+        InputSpec::Kafka(settings) => Box::new(KafkaInput::new(settings, index, peers, start)?),
+        InputSpec::File(path) => Box::new(FileInput::open(
+            path,
+            index,
+            start.get(&0).copied().unwrap_or(0),
+        )?),
         InputSpec::Memory {
             partitions,
             bounded,
@@ -156,7 +191,7 @@ struct Resumed {
 }
 
 /// Splits a checkpoint into what the source and the operators of one worker start from.
-fn resume(checkpoint: Option<Checkpoint>) -> Result<Resumed, String> {
+fn resume(checkpoint: Option<Checkpoint>) -> Result<Resumed, Unreadable> {
     let Some(checkpoint) = checkpoint else {
         return Ok(Resumed::default());
     };
@@ -202,11 +237,10 @@ fn resume(checkpoint: Option<Checkpoint>) -> Result<Resumed, String> {
 /// Waits until Kafka has acknowledged everything written so far: a checkpoint must not get
 /// ahead of the outputs that precede it. A broker that is away is waited for.
 fn flush(sink: &RefCell<Box<dyn OutputSink>>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = Backoff::Unavailable.delays();
     while let Err(e) = sink.borrow_mut().flush() {
         tracing::warn!(error = %e, "outputs not yet acknowledged; the checkpoint waits");
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        std::thread::sleep(delays.next_wait());
     }
 }
 
@@ -239,7 +273,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         ),
         _ => None,
     };
-    let guards = timely::execute(timely, move |worker| -> Result<(), String> {
+    let guards = timely::execute(timely, move |worker| -> Result<(), WorkerError> {
         let index = worker.index();
         let peers = worker.peers();
         let checkpoint = match (generation, &job.checkpoints) {
@@ -261,9 +295,9 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             Ok(input) => input,
             Err(e) => {
                 // The other workers would wait for this one's partitions for ever: stop them.
-                job.readiness.fatal(e.clone());
+                job.readiness.fatal(e.to_string());
                 job.stop.store(true, Ordering::Relaxed);
-                return Err(e);
+                return Err(e.into());
             }
         };
         let bounded = input.bounded();
@@ -294,7 +328,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
                 .map(|_| Duration::from_millis(job.cfg.checkpoint_interval_ms.unsigned_abs())),
             generation: base,
         };
-        let sink = Rc::new(RefCell::new((job.sinks)(index).map_err(|e| e.to_string())?));
+        let sink = Rc::new(RefCell::new((job.sinks)(index)?));
         let cfg = Arc::clone(&job.cfg);
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             dataflow::build(
@@ -310,19 +344,20 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         // Parts handed to their threads and not yet known to be on disk.
         let mut in_flight: Vec<Written> = Vec::new();
         // Outputs first: a checkpoint is only written once what preceded it is acknowledged.
-        let before_writing = |generation: u64, part: &WorkerPart| -> Result<(), String> {
+        let before_writing = |generation: u64, part: &WorkerPart| -> Result<(), WorkerError> {
             if let Some(why) = &part.broken {
-                return Err(format!("checkpoint {generation} cannot be written: {why}"));
+                return Err(WorkerError::Broken {
+                    generation,
+                    why: why.clone(),
+                });
             }
             flush(&sink);
             Ok(())
         };
-        let finish = |devices: PartWriter, part: &WorkerPart| -> Result<Written, String> {
+        let finish = |devices: PartWriter, part: &WorkerPart| -> Result<Written, WorkerError> {
             let generation = devices.generation();
             before_writing(generation, part)?;
-            let written = devices
-                .finish(part, index == 0)
-                .map_err(|e| e.to_string())?;
+            let written = devices.finish(part, index == 0)?;
             tracing::debug!(
                 generation,
                 worker = index,
@@ -333,14 +368,12 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
         };
         // A part that could not be written fails the job, as the checkpoint it belongs to is
         // then never complete.
-        let settle = |in_flight: &mut Vec<Written>, all: bool| -> Result<(), String> {
+        let settle = |in_flight: &mut Vec<Written>, all: bool| -> Result<(), WorkerError> {
             let (done, left) = std::mem::take(in_flight)
                 .into_iter()
                 .partition(|w| all || w.is_done());
             *in_flight = left;
-            done.into_iter()
-                .try_for_each(Written::wait)
-                .map_err(|e| e.to_string())
+            Ok(done.into_iter().try_for_each(Written::wait)?)
         };
         while !probe.done() {
             worker.step_or_park(None);
@@ -364,9 +397,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             let next = base.max(cuts.borrow().last_generation()) + 1;
             let part = snapshot.borrow();
             before_writing(next, &part)?;
-            store
-                .write_part(next, index, peers, &part, index == 0)
-                .map_err(|e| e.to_string())?;
+            store.write_part(next, index, peers, &part, index == 0)?;
             tracing::info!(
                 generation = next,
                 worker = index,
@@ -391,7 +422,8 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
     for (worker, result) in results.into_iter().enumerate() {
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(detail)) | Err(detail) => return Err(RunError::Worker { worker, detail }),
+            Ok(Err(source)) => return Err(RunError::Worker { worker, source }),
+            Err(detail) => return Err(RunError::Panicked { worker, detail }),
         }
     }
     match readiness.fatal_error() {

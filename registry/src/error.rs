@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use schemas::retry::Retryable;
+
 /// What went wrong talking to, or being, a schema registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -66,9 +68,10 @@ pub enum RegistryError {
     },
 }
 
-impl RegistryError {
-    /// Whether the same call may succeed later.
-    pub fn is_retriable(&self) -> bool {
+impl Retryable for RegistryError {
+    /// A registry that is not up yet (started beside us) may answer later; one that refuses
+    /// gives the same answer again.
+    fn is_retryable(&self) -> bool {
         matches!(self, RegistryError::Unavailable { .. })
     }
 }

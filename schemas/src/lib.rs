@@ -26,6 +26,7 @@ mod json;
 mod last_seen;
 mod limits;
 mod record;
+pub mod retry;
 mod store;
 mod telemetry;
 mod telemetry_ref;

@@ -239,6 +239,11 @@ impl SchemaStore {
         newest(kind).json
     }
 
+    /// The current schema of `kind`, parsed.
+    pub fn current_schema(kind: RecordKind) -> &'static Schema {
+        CURRENT[kind.index()]
+    }
+
     pub(crate) fn reader(&self, id: u32) -> Option<&WriterSchema> {
         self.writers.get(&id).map(|w| w.as_ref())
     }

@@ -7,6 +7,7 @@ use clickhouse::Client;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use schemas::retry::Retryable;
 
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
@@ -30,25 +31,60 @@ pub enum SinkError {
     },
 }
 
+/// Server error codes no retry can get past: the sink's identity or rights, or tables and
+/// columns that are not what it writes. 192 UNKNOWN_USER, 193 WRONG_PASSWORD, 194
+/// REQUIRED_PASSWORD (18.16), 516 AUTHENTICATION_FAILED (from 20.x), 497 ACCESS_DENIED, 164
+/// READONLY, 81 UNKNOWN_DATABASE, 60 UNKNOWN_TABLE, 16 NO_SUCH_COLUMN_IN_TABLE, 47
+/// UNKNOWN_IDENTIFIER, 53 TYPE_MISMATCH, 62 SYNTAX_ERROR. Any other (a server that is away,
+/// busy, out of memory, with too many parts, restarting) may pass, and is retried.
+const PERMANENT_CODES: [u32; 12] = [192, 193, 194, 516, 497, 164, 81, 60, 16, 47, 53, 62];
+
+/// The credential codes among [`PERMANENT_CODES`].
+const CREDENTIAL_CODES: [u32; 4] = [192, 193, 194, 516];
+
+/// The whole text of an error and its sources, where ClickHouse's `Code: N` and TLS's
+/// complaints are found.
+fn chain_text(e: &clickhouse::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The server's error code in `text` (`Code: 60. DB::Exception: ...`), if it names one.
+fn server_code(text: &str) -> Option<u32> {
+    let after = &text[text.find("Code: ")? + "Code: ".len()..];
+    let digits = after
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after.len());
+    after[..digits].parse().ok()
+}
+
+impl Retryable for SinkError {
+    fn is_retryable(&self) -> bool {
+        let SinkError::ClickHouse(e) = self else {
+            return false;
+        };
+        let text = chain_text(e);
+        if text.contains("certificate verify failed") {
+            return false;
+        }
+        server_code(&text).is_none_or(|code| !PERMANENT_CODES.contains(&code))
+    }
+}
+
 impl SinkError {
-    /// Whether the server refused who the sink says it is, or its certificate did not verify:
-    /// retrying cannot help, unlike a server that is not there yet. The cause, if so.
+    /// Whether the server refused who the sink says it is, or its certificate did not verify,
+    /// and the cause: what an operator has to fix before the sink can start.
     pub fn refusal(&self) -> Option<&'static str> {
         let SinkError::ClickHouse(e) = self else {
             return None;
         };
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        // 192 UNKNOWN_USER, 193 WRONG_PASSWORD, 194 REQUIRED_PASSWORD (18.16), 516
-        // AUTHENTICATION_FAILED (from 20.x).
-        if ["Code: 192", "Code: 193", "Code: 194", "Code: 516"]
-            .iter()
-            .any(|code| text.contains(code))
-        {
+        let text = chain_text(e);
+        if server_code(&text).is_some_and(|code| CREDENTIAL_CODES.contains(&code)) {
             Some("the credentials are refused")
         } else if text.contains("certificate verify failed") {
             Some(
@@ -181,5 +217,30 @@ mod tests {
         assert!(Version::parse("24.8.4.13")?.validates_rows());
         assert!(Version::parse("banana").is_err());
         Ok(())
+    }
+
+    fn refused(text: &str) -> SinkError {
+        SinkError::ClickHouse(clickhouse::error::Error::BadResponse(text.to_string()))
+    }
+
+    #[test]
+    fn what_a_retry_cannot_fix_is_told_from_what_may_pass() {
+        let unknown_table =
+            refused("Code: 60. DB::Exception: Table fp.device_aggregates doesn't exist");
+        assert!(!unknown_table.is_retryable());
+        assert_eq!(unknown_table.refusal(), None);
+        let password = refused("Code: 516. DB::Exception: default: Authentication failed");
+        assert!(!password.is_retryable());
+        assert_eq!(password.refusal(), Some("the credentials are refused"));
+        for passing in [
+            "Code: 241. DB::Exception: Memory limit (total) exceeded",
+            "Code: 252. DB::Exception: Too many parts (300)",
+            "Code: 202. DB::Exception: Too many simultaneous queries",
+            "connection closed before message completed",
+        ] {
+            assert!(refused(passing).is_retryable(), "{passing}");
+        }
+        assert!(SinkError::ClickHouse(clickhouse::error::Error::TimedOut).is_retryable());
+        assert!(!SinkError::Ddl("count".into()).is_retryable());
     }
 }

@@ -21,6 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::Codec;
+use schemas::retry::{Backoff, Delays, Retryable};
 
 use crate::batch::{Batch, Table};
 use crate::config::SinkConfig;
@@ -40,10 +41,6 @@ const BURST: usize = 512;
 
 /// How often an idle sink checks that ClickHouse answers.
 const PING_EVERY: Duration = Duration::from_secs(2);
-
-/// The first wait after ClickHouse refused, doubled at every refusal up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What `/readyz` reports: the sink is ready while Kafka and ClickHouse both answer.
 #[derive(Debug, Default)]
@@ -233,16 +230,6 @@ pub async fn insert_batch(
     Ok(plan)
 }
 
-/// A random-enough fraction in [0, 1) for backoff jitter: its only job is to keep several sinks
-/// from retrying in step, which the clock's nanoseconds do without a random number generator.
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    f64::from(nanos % 1_000) / 1_000.0
-}
-
 impl Sink {
     fn consumer(&self) -> Result<BaseConsumer<Group>, RunError> {
         let mut config = ClientConfig::new();
@@ -320,6 +307,8 @@ impl Sink {
         let mut in_flight = false;
         let mut uncommitted = 0usize;
         let mut abandoned = false;
+        // What ClickHouse refused in a way no retry can fix: the sink stops and says it.
+        let mut fatal: Option<SinkError> = None;
         // The batch that went in last, emptied, to be filled again.
         let mut spare = Batch::with_capacity(self.config.batch_rows.saturating_mul(2));
         let mut paused: Option<TopicPartitionList> = None;
@@ -335,12 +324,16 @@ impl Sink {
                 in_flight = false;
                 spare = empty;
             }
-            while let Ok(f) = done.try_recv() {
+            while let Ok(mut f) = done.try_recv() {
                 uncommitted -= 1;
                 // A batch given up on (stopped while ClickHouse refused) is read again on the
                 // next start, and so must everything after it: a later commit would move the
                 // partitions' positions past it.
                 abandoned |= !f.written;
+                if let Some(e) = f.fatal.take() {
+                    self.stop.store(true, Ordering::Relaxed);
+                    fatal.get_or_insert(e);
+                }
                 if !abandoned {
                     self.commit(&consumer, &f, &mut summary);
                 }
@@ -464,7 +457,10 @@ impl Sink {
         drop(batches);
         summary.retries =
             runtime.block_on(inserter).unwrap_or(0) + runtime.block_on(refresher).unwrap_or(0);
-        Ok(summary)
+        match fatal {
+            Some(e) => Err(RunError::Sink(e)),
+            None => Ok(summary),
+        }
     }
 
     /// Adds a consumed record to `batch`.
@@ -517,6 +513,8 @@ impl Sink {
 struct Staged {
     /// Whether its rows went in (they did not if the sink was stopped while ClickHouse refused).
     inserted: bool,
+    /// Why they did not, when no retry could help.
+    fatal: Option<SinkError>,
     /// The rollup periods to write before its offsets are committed.
     plan: Plan,
     /// Its rows.
@@ -528,8 +526,16 @@ struct Staged {
 /// What became of a batch: whether everything it needs is written, and what to commit.
 struct Finished {
     written: bool,
+    fatal: Option<SinkError>,
     rows: usize,
     offsets: Vec<(String, i32, i64)>,
+}
+
+/// What a stage does after a failed attempt.
+enum Next {
+    Retry,
+    /// The batch is left to the next start; with the error, when no retry could help.
+    GiveUp(Option<SinkError>),
 }
 
 /// What the inserter and the refresher share.
@@ -541,30 +547,35 @@ struct Stages {
 }
 
 impl Stages {
-    /// After an attempt at ClickHouse failed: counts it, reports ClickHouse down and waits
-    /// (exponential backoff with jitter). Returns whether to try again: not once the sink is
-    /// stopped.
+    /// After an attempt at ClickHouse failed: reports ClickHouse down and, if a retry can
+    /// help, counts it and waits ([`Backoff::Refused`]). What to do next: try again, or give
+    /// up on the batch (the sink is stopping, or no retry can help), which leaves it to be read
+    /// again on the next start.
     async fn failed(
         &self,
         what: &str,
-        error: &clickhouse::error::Error,
-        backoff: &mut Duration,
+        error: clickhouse::error::Error,
+        delays: &mut Delays,
         retries: &mut u64,
-    ) -> bool {
+    ) -> Next {
         self.health.clickhouse(false);
+        let error = SinkError::ClickHouse(error);
+        if !error.is_retryable() {
+            tracing::error!(error = %error, "{what} refused in a way no retry can fix; the sink stops");
+            return Next::GiveUp(Some(error));
+        }
         *retries += 1;
         counter!("fleetpulse_sink_insert_retries_total").increment(1);
-        let wait = backoff.mul_f64(0.5 + jitter());
+        let wait = delays.next_wait();
         tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying");
         tokio::time::sleep(wait).await;
-        *backoff = (*backoff * 2).min(MAX_BACKOFF);
         if self.stop.load(Ordering::Relaxed) {
             tracing::warn!(
                 "stopped while ClickHouse refuses: the batch is not committed and will be read again"
             );
-            return false;
+            return Next::GiveUp(None);
         }
-        true
+        Next::Retry
     }
 
     /// Inserts the batches it is handed, one at a time and in order; hands each back emptied
@@ -578,23 +589,30 @@ impl Stages {
     ) -> u64 {
         let mut retries = 0;
         while let Some(mut batch) = inbox.recv().await {
-            let mut backoff = FIRST_BACKOFF;
+            let mut delays = Backoff::Refused.delays();
             let plan = loop {
                 match insert_batch(&self.client, &batch, &mut rollups).await {
                     Ok(plan) => {
                         self.health.clickhouse(true);
-                        break Some(plan);
+                        break Ok(plan);
                     }
                     Err(e) => {
-                        if !self.failed("insert", &e, &mut backoff, &mut retries).await {
-                            break None;
+                        if let Next::GiveUp(fatal) =
+                            self.failed("insert", e, &mut delays, &mut retries).await
+                        {
+                            break Err(fatal);
                         }
                     }
                 }
             };
+            let (inserted, plan, fatal) = match plan {
+                Ok(plan) => (true, plan, None),
+                Err(fatal) => (false, Plan::default(), fatal),
+            };
             let next = Staged {
-                inserted: plan.is_some(),
-                plan: plan.unwrap_or_default(),
+                inserted,
+                fatal,
+                plan,
                 rows: batch.rows(),
                 offsets: batch
                     .offsets()
@@ -620,9 +638,10 @@ impl Stages {
         let mut versions = Versions::default();
         while let Some(next) = inbox.recv().await {
             let mut written = next.inserted;
+            let mut fatal = next.fatal;
             if written && !next.plan.is_empty() {
                 let started = Instant::now();
-                let mut backoff = FIRST_BACKOFF;
+                let mut delays = Backoff::Refused.delays();
                 written = loop {
                     match next.plan.write(&self.client, &mut versions).await {
                         Ok(()) => {
@@ -630,7 +649,10 @@ impl Stages {
                             break true;
                         }
                         Err(e) => {
-                            if !self.failed("rollup", &e, &mut backoff, &mut retries).await {
+                            if let Next::GiveUp(refused) =
+                                self.failed("rollup", e, &mut delays, &mut retries).await
+                            {
+                                fatal = refused;
                                 break false;
                             }
                         }
@@ -643,6 +665,7 @@ impl Stages {
             }
             let report = Finished {
                 written,
+                fatal,
                 rows: next.rows,
                 offsets: next.offsets,
             };

@@ -14,6 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use schemas::retry::Backoff;
 use schemas::{Anomaly, Codec, LastSeen, StatusTransition, WindowAggregate};
 use serde::Serialize;
 
@@ -170,11 +171,13 @@ pub fn run(
     let mut behind: Ends = Vec::new();
     let mut position = Position::default();
     let mut probed = std::time::Instant::now();
+    let mut waiting = Backoff::Unavailable.delays();
     while !stop.load(Ordering::Relaxed) {
         if !assigned {
             match assign(&consumer, topics) {
                 Ok(a) => {
                     assigned = true;
+                    waiting = Backoff::Unavailable.delays();
                     hub.start_at(&a.start);
                     position = a.start;
                     behind = a.ends;
@@ -191,8 +194,9 @@ pub fn run(
                 }
                 Err(e) => {
                     kafka_up.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "waiting for the derived topics");
-                    std::thread::sleep(Duration::from_secs(1));
+                    let wait = waiting.next_wait();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "waiting for the derived topics");
+                    std::thread::sleep(wait);
                 }
             }
             continue;

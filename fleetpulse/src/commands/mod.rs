@@ -14,8 +14,7 @@ pub(crate) mod sink;
 pub(crate) mod tail;
 pub(crate) mod token;
 
-use std::time::Duration;
-
+use schemas::retry::{Backoff, Retryable};
 use schemas::{Codec, RecordKind};
 
 use crate::config::Config;
@@ -31,16 +30,14 @@ pub(crate) async fn codec(config: &Config, kinds: &[RecordKind]) -> anyhow::Resu
         .iter()
         .map(|k| (*k, format!("{}-value", config.topics.of(*k))))
         .collect();
-    // A registry that is not up yet (started beside us) is waited for; one that refuses is an
-    // error at once, since asking again gets the same answer.
-    let mut backoff = Duration::from_millis(200);
+    let mut delays = Backoff::Unavailable.delays();
     loop {
         match client.codec(&subjects).await {
             Ok(codec) => return Ok(codec),
-            Err(e @ ::registry::RegistryError::Unavailable { .. }) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "waiting for the schema registry");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+            Err(e) if e.is_retryable() => {
+                let wait = delays.next_wait();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "waiting for the schema registry");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 return Err(anyhow::Error::new(e)

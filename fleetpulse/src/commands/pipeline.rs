@@ -80,11 +80,15 @@ struct RegistryFetcher {
 }
 
 impl SchemaFetcher for RegistryFetcher {
-    fn fetch_into(&self, codec: &mut Codec, id: u32) -> Result<(), String> {
+    fn fetch_into(
+        &self,
+        codec: &mut Codec,
+        id: u32,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.runtime
             .block_on(self.client.fetch_into(codec, id))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -11,6 +10,7 @@ use clickhouse_sink::batch::Table;
 use clickhouse_sink::sink::{Health, Sink};
 use clickhouse_sink::{Connection, ddl};
 use schemas::RecordKind;
+use schemas::retry::{Backoff, Retryable};
 
 use crate::cli::KafkaArgs;
 use crate::config::{Config, Override};
@@ -54,7 +54,7 @@ impl SinkCommand {
 async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connection> {
     let c = &config.clickhouse;
     let target = c.target();
-    let mut backoff = Duration::from_millis(200);
+    let mut delays = Backoff::Unavailable.delays();
     loop {
         let attempt = async {
             let connection = Connection::open(&target).await?;
@@ -73,10 +73,13 @@ async fn connect(config: &Config, stop: &AtomicBool) -> anyhow::Result<Connectio
                 let cause = e.refusal().unwrap_or_default();
                 anyhow::bail!("ClickHouse at {}: {cause}: {e}", c.url);
             }
+            Err(e) if !e.is_retryable() => {
+                return Err(e).context(format!("ClickHouse at {}", c.url));
+            }
             Err(e) if !stop.load(Ordering::Relaxed) => {
-                tracing::warn!(error = %e, url = %c.url, "ClickHouse not ready; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let wait = delays.next_wait();
+                tracing::warn!(error = %e, url = %c.url, retry_in_ms = wait.as_millis() as u64, "ClickHouse not ready; retrying");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e).context("stopped before ClickHouse was reachable"),
         }

@@ -81,13 +81,13 @@ impl Checkpoint {
     }
 
     /// Every part's devices and pending readings.
-    pub fn engines(&self) -> Result<Vec<EngineState>, String> {
+    pub fn engines(&self) -> Result<Vec<EngineState>, Unreadable> {
         self.parts
             .iter()
             .map(|p| {
                 encoding()
                     .deserialize(&p.engine)
-                    .map_err(|e| format!("devices: {e}"))
+                    .map_err(Unreadable::Devices)
             })
             .collect()
     }
@@ -136,6 +136,48 @@ pub enum CheckpointError {
     /// directory.
     #[error("no checkpoint cut at {0} to write a part of")]
     NoCut(i64),
+}
+
+/// Why a checkpoint (or one of its parts) cannot be read back: the warning that skips it says so.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    /// The file is not a part at all.
+    #[error("not a checkpoint part")]
+    NotAPart,
+    /// A part of an older (or newer) format.
+    #[error("written in another format ({0}) by another version of fleetpulse")]
+    OtherFormat(String),
+    /// Shorter than its trailer says.
+    #[error("cut short")]
+    CutShort,
+    /// Its contents are not what was written.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The file system refused.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Intact, but its contents do not decode.
+    #[error("{0}")]
+    Decode(#[from] bincode::Error),
+    /// Intact, but its devices do not decode.
+    #[error("devices: {0}")]
+    Devices(bincode::Error),
+    /// The generation's directory holds no part.
+    #[error("no parts")]
+    NoParts,
+    /// Every part is there and intact, but not of the same cut.
+    #[error("its parts were cut at different times (left by a crashed run)")]
+    MixedCuts,
+    /// One of the generation's parts.
+    #[error("part {worker} of {workers}: {problem}")]
+    Part {
+        /// Whose.
+        worker: usize,
+        /// Of how many.
+        workers: usize,
+        /// What is wrong with it.
+        problem: Box<Unreadable>,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -214,9 +256,8 @@ impl Store {
 
     /// The part files of `generation` and how many workers wrote it, as the first part's name
     /// says (`None`: no parts).
-    fn part_names(&self, generation: u64) -> Result<(Vec<String>, Option<usize>), String> {
-        let names: Vec<String> = fs::read_dir(self.generation_dir(generation))
-            .map_err(|e| e.to_string())?
+    fn part_names(&self, generation: u64) -> Result<(Vec<String>, Option<usize>), Unreadable> {
+        let names: Vec<String> = fs::read_dir(self.generation_dir(generation))?
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .filter(|n| n.starts_with("part-") && n.ends_with(".bin"))
@@ -230,17 +271,21 @@ impl Store {
     }
 
     /// Reads generation `generation` whole, or says what is wrong with it.
-    pub fn load(&self, generation: u64) -> Result<Checkpoint, String> {
+    pub fn load(&self, generation: u64) -> Result<Checkpoint, Unreadable> {
         let dir = self.generation_dir(generation);
-        let workers = self.part_names(generation)?.1.ok_or("no parts")?;
+        let workers = self.part_names(generation)?.1.ok_or(Unreadable::NoParts)?;
         let mut parts = Vec::with_capacity(workers);
         for worker in 0..workers {
             let path = dir.join(format!("part-{worker}-of-{workers}.bin"));
-            let part = part::read(&path).map_err(|e| format!("part {worker} of {workers}: {e}"))?;
+            let part = part::read(&path).map_err(|problem| Unreadable::Part {
+                worker,
+                workers,
+                problem: Box::new(problem),
+            })?;
             parts.push(part);
         }
         if parts.iter().any(|p| p.cut != parts[0].cut) {
-            return Err("its parts were cut at different times (left by a crashed run)".into());
+            return Err(Unreadable::MixedCuts);
         }
         Ok(Checkpoint { generation, parts })
     }

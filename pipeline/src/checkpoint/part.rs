@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use bincode::Options;
 use twox_hash::XxHash3_64;
 
-use super::{CheckpointError, Store, WorkerPart, io};
+use super::{CheckpointError, Store, Unreadable, WorkerPart, io};
 
 /// The format's mark; 04 held the last-seen announcements and what each device told, 05 the
 /// same state with variable-length integers, in sections with a trailer.
@@ -250,26 +250,22 @@ fn write(
 }
 
 /// Reads a part back, or says what is wrong with it.
-pub fn read(path: &Path) -> Result<WorkerPart, String> {
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
+pub fn read(path: &Path) -> Result<WorkerPart, Unreadable> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
     let mut magic = [0u8; 8];
     if len < (MAGIC.len() + TRAILER) as u64 || file.read_exact(&mut magic).is_err() {
-        return Err("not a checkpoint part".into());
+        return Err(Unreadable::NotAPart);
     }
     if &magic != MAGIC {
         return Err(match magic.strip_prefix(b"FPCKPT") {
-            Some(version) => format!(
-                "written in another format ({}) by another version of fleetpulse",
-                String::from_utf8_lossy(version)
-            ),
-            None => "not a checkpoint part".into(),
+            Some(version) => Unreadable::OtherFormat(String::from_utf8_lossy(version).into()),
+            None => Unreadable::NotAPart,
         });
     }
     let mut trailer = [0u8; TRAILER];
     file.seek(SeekFrom::Start(len - TRAILER as u64))
-        .and_then(|_| file.read_exact(&mut trailer))
-        .map_err(|e| e.to_string())?;
+        .and_then(|_| file.read_exact(&mut trailer))?;
     let field = |i: usize| {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(&trailer[i * 8..i * 8 + 8]);
@@ -280,17 +276,14 @@ pub fn read(path: &Path) -> Result<WorkerPart, String> {
         .checked_add(rest_len)
         .and_then(|n| n.checked_add((MAGIC.len() + TRAILER) as u64));
     if expected != Some(len) {
-        return Err("cut short".into());
+        return Err(Unreadable::CutShort);
     }
-    let section = |file: &mut File, n: u64| -> Result<Vec<u8>, String> {
-        let mut bytes = Vec::with_capacity(usize::try_from(n).map_err(|e| e.to_string())?);
-        file.take(n)
-            .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
+    let section = |file: &mut File, n: u64| -> Result<Vec<u8>, Unreadable> {
+        let mut bytes = Vec::with_capacity(usize::try_from(n).map_err(|_| Unreadable::CutShort)?);
+        file.take(n).read_to_end(&mut bytes)?;
         Ok(bytes)
     };
-    file.seek(SeekFrom::Start(MAGIC.len() as u64))
-        .map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
     let devices = section(&mut file, devices_len)?;
     let rest = section(&mut file, rest_len)?;
     let mut hash = XxHash3_64::default();
@@ -298,9 +291,9 @@ pub fn read(path: &Path) -> Result<WorkerPart, String> {
     hash.write(&devices);
     hash.write(&rest);
     if hash.finish() != sum {
-        return Err("checksum mismatch".into());
+        return Err(Unreadable::Checksum);
     }
-    let mut part: WorkerPart = encoding().deserialize(&rest).map_err(|e| e.to_string())?;
+    let mut part: WorkerPart = encoding().deserialize(&rest)?;
     part.engine = devices;
     Ok(part)
 }
@@ -405,12 +398,12 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[100] ^= 1;
         fs::write(&path, &flipped).expect("writable");
-        assert_eq!(read(&path).err().as_deref(), Some("checksum mismatch"));
+        assert!(matches!(read(&path), Err(Unreadable::Checksum)));
         fs::write(&path, &bytes[..bytes.len() - 1]).expect("writable");
-        assert_eq!(read(&path).err().as_deref(), Some("cut short"));
+        assert!(matches!(read(&path), Err(Unreadable::CutShort)));
         let mut old = bytes;
         old[..8].copy_from_slice(b"FPCKPT04");
         fs::write(&path, &old).expect("writable");
-        assert!(read(&path).is_err_and(|e| e.contains("another format (04)")));
+        assert!(read(&path).is_err_and(|e| e.to_string().contains("another format (04)")));
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use schemas::{Codec, Record};
 
@@ -105,18 +104,8 @@ impl KafkaSink {
         self.buf.clear();
         self.shared.codec.encode_into(record, &mut self.buf)?;
         let key = record.key();
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let r = BaseRecord::to(topic).key(key.as_ref()).payload(&self.buf);
-            match self.shared.producer.send(r) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        let r = BaseRecord::to(topic).key(key.as_ref()).payload(&self.buf);
+        self.shared.producer.send(r).map_err(|(e, _)| e.into())
     }
 }
 

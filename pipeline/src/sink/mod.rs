@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use schemas::retry::{Backoff, Retryable};
 
 use crate::output::{Output, Stream};
 
@@ -36,7 +37,8 @@ pub enum SinkError {
 
 /// A destination of derived records; one per worker.
 pub trait OutputSink {
-    /// Writes one record; waits (retrying) rather than loses it.
+    /// Writes one record, or says why not; the caller retries what [`Retryable`] allows (one
+    /// layer of retries, in the dataflow's sink operator).
     fn write(&mut self, record: &Output) -> Result<(), SinkError>;
     /// Waits until everything written is acknowledged.
     fn flush(&mut self) -> Result<(), SinkError>;
@@ -74,9 +76,28 @@ impl Topics {
 }
 
 impl SinkError {
-    /// Whether retrying the same record can never succeed.
-    pub fn is_permanent(&self) -> bool {
+    /// How to wait before writing the record again: a full producer queue drains in
+    /// milliseconds, anything else is a service that is away.
+    pub fn backoff(&self) -> Backoff {
+        if self.is_queue_full() {
+            Backoff::QueueFull
+        } else {
+            Backoff::Unavailable
+        }
+    }
+
+    /// Whether librdkafka's producer queue had no room: backpressure, not a fault.
+    pub fn is_queue_full(&self) -> bool {
         matches!(
+            self,
+            SinkError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+        )
+    }
+}
+
+impl Retryable for SinkError {
+    fn is_retryable(&self) -> bool {
+        !matches!(
             self,
             SinkError::Encode(_)
                 | SinkError::Kafka(KafkaError::MessageProduction(

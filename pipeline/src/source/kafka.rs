@@ -15,6 +15,8 @@ use rdkafka::message::{Message, Timestamp};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use schemas::retry::Backoff;
+
 use super::{Input, Payload, RawRecord, SourceError};
 use crate::clock::RecordTime;
 use crate::metrics;
@@ -137,7 +139,7 @@ impl KafkaInput {
         let consumer = client(settings)?;
         let started = Instant::now();
         let mut said = started;
-        let mut backoff = Duration::from_millis(200);
+        let mut delays = Backoff::Unavailable.delays();
         let count = loop {
             // Answers librdkafka's OAUTHBEARER token request; nothing is assigned yet.
             consumer.poll(Duration::ZERO);
@@ -162,8 +164,7 @@ impl KafkaInput {
                         said = Instant::now();
                         tracing::warn!(topic = %settings.topic, waited_s = started.elapsed().as_secs(), "waiting for the broker and the topic");
                     }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    std::thread::sleep(delays.next_wait());
                 }
             }
         };

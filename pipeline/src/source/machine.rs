@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use schemas::retry::{Backoff, Delays, Retryable};
+
 use super::triage::{Triage, Triaged};
 use super::{Clock, Input, Mark};
 use crate::checkpoint::WorkerPart;
@@ -138,7 +140,8 @@ pub struct SourceMachine {
     snapshot: Rc<RefCell<WorkerPart>>,
     settings: MachineSettings,
     sent_data: Option<i64>,
-    failures: u32,
+    /// The waits of a run of failed reads; `None` while reads succeed.
+    failing: Option<Delays>,
     read: u64,
     records_in: ::metrics::Counter,
     step: Step,
@@ -167,7 +170,7 @@ impl SourceMachine {
             snapshot,
             settings,
             sent_data: None,
-            failures: 0,
+            failing: None,
             read: 0,
             records_in,
             step: Step::default(),
@@ -237,14 +240,13 @@ impl SourceMachine {
         match polled {
             Ok(got) => {
                 self.records_in.increment(got as u64);
-                if self.failures > 0 {
-                    self.failures = 0;
+                if self.failing.take().is_some() {
                     self.settings.readiness.failing(false);
                     metrics::source_up(true);
                 }
                 Ok(got)
             }
-            Err(e) if e.is_fatal() => {
+            Err(e) if !e.is_retryable() => {
                 tracing::error!(error = %e, "the input cannot be read");
                 self.settings.readiness.fatal(e.to_string());
                 self.settings.stop.store(true, Ordering::Relaxed);
@@ -252,12 +254,13 @@ impl SourceMachine {
                 Err(Wake::Never)
             }
             Err(e) => {
-                if self.failures == 0 {
-                    self.settings.readiness.failing(true);
-                }
-                self.failures = self.failures.saturating_add(1);
-                let backoff =
-                    Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(6)));
+                let backoff = self
+                    .failing
+                    .get_or_insert_with(|| {
+                        self.settings.readiness.failing(true);
+                        Backoff::Unavailable.delays()
+                    })
+                    .next_wait();
                 tracing::warn!(
                     error = %e,
                     retry_in_ms = backoff.as_millis() as u64,
@@ -554,7 +557,12 @@ mod tests {
         let passing = SourceError::NoTopic("t".into());
         let mut f = machine(Box::new(Failing(Some(passing))), None);
         let step = f.machine.step(0, None);
-        assert_eq!(step.wake, Wake::After(Duration::from_millis(200)));
+        // The first wait of `Backoff::Unavailable`: 100 ms and up to as much again of jitter.
+        assert!(
+            matches!(step.wake, Wake::After(d) if (99..=201).contains(&d.as_millis())),
+            "{:?}",
+            step.wake
+        );
         assert_eq!(step.capabilities, Capabilities::Keep);
         assert!(!f.readiness.ready());
         assert_eq!(f.machine.step(0, None).wake, Wake::After(IDLE_POLL));

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use schemas::retry::Retryable;
 use schemas::{Codec, DeadLetter, DeadLetterReason, Telemetry};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -98,12 +99,11 @@ pub enum SourceError {
     Watch(String),
 }
 
-impl SourceError {
-    /// Whether retrying cannot help: a file that cannot be read (or whose Avro container is
-    /// corrupt, which makes the rest of it unreadable) fails the job rather than end it early
-    /// as if it were complete.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, SourceError::File { .. })
+impl Retryable for SourceError {
+    /// A file that cannot be read (or whose Avro container is corrupt, which makes the rest of
+    /// it unreadable) fails the job rather than end it early as if it were complete.
+    fn is_retryable(&self) -> bool {
+        !matches!(self, SourceError::File { .. })
     }
 }
 
@@ -161,8 +161,12 @@ pub enum Mark {
 /// Fetches a writer schema the codec does not know, by id, from a schema registry, so telemetry
 /// from a producer with an older or newer schema is resolved instead of dead-lettered.
 pub trait SchemaFetcher: Send + Sync {
-    /// Adds schema `id` to `codec`, or says why it could not.
-    fn fetch_into(&self, codec: &mut Codec, id: u32) -> Result<(), String>;
+    /// Adds schema `id` to `codec`, or says why it could not (the registry client's own error).
+    fn fetch_into(
+        &self,
+        codec: &mut Codec,
+        id: u32,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// Settings of the source operator.
