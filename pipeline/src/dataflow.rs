@@ -27,7 +27,7 @@ use crate::checkpoint::{WorkerPart, owned};
 use crate::config::PipelineConfig;
 use crate::cut::Cuts;
 use crate::engine::{Engine, EngineState};
-use crate::metrics;
+use crate::events;
 use crate::output::Output;
 use crate::progress::{CutAt, Next, Progress};
 use crate::reading::{Reading, route};
@@ -253,7 +253,7 @@ fn devices<'s>(
                 }
                 if gauges.elapsed() >= GAUGE_EVERY {
                     gauges = Instant::now();
-                    metrics::worker_state(
+                    events::worker_state(
                         worker,
                         engine.devices(),
                         engine.open_windows(),
@@ -395,7 +395,7 @@ fn write<'s>(
                     let mut delays: Option<Delays> = None;
                     while let Err(e) = sink.write(record) {
                         if !e.is_retryable() {
-                            metrics::write_error();
+                            events::write_error();
                             tracing::error!(
                                 error = %e,
                                 event_id = record.event_id(),

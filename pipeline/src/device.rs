@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::{self, Baseline, Observation, Switches};
 use crate::config::{PipelineConfig, Thresholds};
 use crate::event_id;
+use crate::events;
 use crate::lastseen::{self, Announcer};
-use crate::metrics;
 use crate::output::Output;
 use crate::reading::{Reading, ReadingKind};
 use crate::window::WindowState;
@@ -658,7 +658,7 @@ impl Device {
             event_id: event_id::status(&self.tenant, &self.id, DeviceStatus::Offline, ts),
         }));
         self.presence = Some(Presence::Retired);
-        metrics::device_retired();
+        events::device_retired();
     }
 
     fn transition(

@@ -11,7 +11,7 @@
 pub mod client;
 pub mod config;
 mod error;
-mod metrics;
+mod events;
 pub mod server;
 mod subjects;
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::RegistryError;
-use crate::metrics::{REQUESTS, SCHEMAS};
+use crate::events;
 use crate::subjects::{Compatibility, Subjects};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -44,7 +44,7 @@ fn current(shared: &Shared) -> Arc<Subjects> {
 
 /// The server's routes over a registry. `metrics` renders `/metrics` (Prometheus text).
 pub fn router(subjects: Subjects, metrics: impl Fn() -> String + Send + Sync + 'static) -> Router {
-    metrics::gauge!(SCHEMAS).set(subjects.schema_count() as f64);
+    events::schemas(subjects.schema_count());
     // A schema's JSON string may escape some of its characters: room for twice its bound.
     let body_limit = subjects.limits().schema_bytes.saturating_mul(2) + 16 * 1024;
     let shared: Shared = Arc::new(Registry {
@@ -100,7 +100,7 @@ async fn guard_writes(
     if !registers || given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
-    metrics::counter!(REQUESTS, "route" => "register", "status" => "401").increment(1);
+    events::request("register", 401);
     let body =
         json!({"error_code": 40101, "message": "registering needs the registry's write token"});
     let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
@@ -134,8 +134,7 @@ impl IntoResponse for Reply {
                 )
             }
         };
-        metrics::counter!(REQUESTS, "route" => self.route, "status" => status.as_str().to_string())
-            .increment(1);
+        events::request(self.route, status.as_u16());
         let mut response = (status, Json(body)).into_response();
         response
             .headers_mut()
@@ -264,7 +263,7 @@ async fn register(
                 }
                 let mut next = Subjects::clone(&now);
                 let id = next.register(&subject, &text)?;
-                metrics::gauge!(SCHEMAS).set(next.schema_count() as f64);
+                events::schemas(next.schema_count());
                 *s.current
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod config;
 pub mod ddl;
 pub mod encoded;
+pub mod events;
 pub mod rollup;
 pub mod rows;
 pub mod server;

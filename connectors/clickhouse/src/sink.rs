@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clickhouse::{Client, RowOwned, RowWrite};
-use metrics::{counter, gauge, histogram};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -26,6 +25,7 @@ use schemas::retry::{Backoff, Delays, Retryable};
 use crate::batch::{Batch, Table};
 use crate::config::SinkConfig;
 use crate::encoded::{AGGREGATE_COLUMNS, AggregateRows};
+use crate::events;
 use crate::rollup::{Plan, Rollups, Versions};
 use crate::server::{Connection, SinkError};
 
@@ -69,14 +69,14 @@ impl Health {
     /// ClickHouse answers (`true`) or not.
     pub fn clickhouse(&self, up: bool) {
         self.clickhouse_down.store(!up, Ordering::Relaxed);
-        gauge!("fleetpulse_sink_clickhouse_up").set(if up { 1.0 } else { 0.0 });
+        events::clickhouse_up(up);
     }
 
     /// Kafka answers (`true`) or not; called for every record, so the gauge is only touched
     /// when the state changes.
     fn kafka(&self, up: bool) {
         if self.kafka_down.swap(!up, Ordering::Relaxed) == up {
-            gauge!("fleetpulse_sink_kafka_up").set(if up { 1.0 } else { 0.0 });
+            events::kafka_up(up);
         }
     }
 }
@@ -97,7 +97,7 @@ impl ClientContext for Group {
                 .filter(|p| p.partition >= 0)
                 .map(|p| p.consumer_lag.max(0))
                 .sum();
-            gauge!("fleetpulse_sink_consumer_lag", "topic" => name.clone()).set(lag as f64);
+            events::consumer_lag(name, lag);
         }
     }
 }
@@ -171,7 +171,7 @@ async fn insert<T: RowOwned + RowWrite>(
         insert.write(row).await?;
     }
     insert.end().await?;
-    record_insert(table, rows.len(), started);
+    events::inserted(table, rows.len(), started);
     Ok(())
 }
 
@@ -195,14 +195,8 @@ async fn insert_aggregates(
         insert.send(Bytes::copy_from_slice(piece)).await?;
     }
     insert.end().await?;
-    record_insert(table, rows.len(), started);
+    events::inserted(table, rows.len(), started);
     Ok(())
-}
-
-fn record_insert(table: Table, rows: usize, started: Instant) {
-    histogram!("fleetpulse_sink_insert_seconds", "table" => table.name())
-        .record(started.elapsed().as_secs_f64());
-    counter!("fleetpulse_sink_rows_inserted_total", "table" => table.name()).increment(rows as u64);
 }
 
 /// The first half of a batch's turn: inserts its rows and returns the rollup periods it closed
@@ -286,7 +280,7 @@ impl Sink {
         let age = Duration::from_millis(self.config.batch_ms);
         self.health.clickhouse(true);
         // Kafka counts as up until the consumer reports otherwise (then the gauge follows it).
-        gauge!("fleetpulse_sink_kafka_up").set(1.0);
+        events::kafka_up(true);
         let (batches, inbox) = tokio::sync::mpsc::channel::<Batch>(1);
         let (freed, emptied) = std::sync::mpsc::channel::<Batch>();
         let (staged, to_refresh) = tokio::sync::mpsc::channel::<Staged>(16);
@@ -488,7 +482,7 @@ impl Sink {
             value,
         ) {
             summary.undecodable += 1;
-            counter!("fleetpulse_sink_undecodable_total").increment(1);
+            events::undecodable();
             tracing::error!(error = %e, topic = m.topic(), partition = m.partition(), offset = m.offset(), "a derived record does not decode; skipped");
         }
     }
@@ -505,7 +499,7 @@ impl Sink {
             tracing::warn!(error = %e, "cannot commit offsets");
         }
         summary.rows += f.rows as u64;
-        histogram!("fleetpulse_sink_batch_rows").record(f.rows as f64);
+        events::committed(f.rows);
     }
 }
 
@@ -565,7 +559,7 @@ impl Stages {
             return Next::GiveUp(Some(error));
         }
         *retries += 1;
-        counter!("fleetpulse_sink_insert_retries_total").increment(1);
+        events::retried();
         let wait = delays.next_wait();
         tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying");
         tokio::time::sleep(wait).await;
@@ -658,10 +652,7 @@ impl Stages {
                         }
                     }
                 };
-                histogram!("fleetpulse_sink_rollup_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                counter!("fleetpulse_sink_rollup_periods_total")
-                    .increment((next.plan.hours.len() + next.plan.days.len()) as u64);
+                events::rollups_written(next.plan.hours.len() + next.plan.days.len(), started);
             }
             let report = Finished {
                 written,

@@ -27,10 +27,10 @@ use fred::error::ErrorKind;
 use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
 use fred::types::config::TlsConnector;
 use fred::types::scripts::Script;
-use metrics::{counter, gauge};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::events;
 use crate::hub::Hub;
 use crate::key;
 use crate::store::{Change, DeviceState, OpenAnomaly, Store};
@@ -481,7 +481,7 @@ impl Cache {
             // Read before taking the changes: every event counted was in the store by then.
             let published = hub.published();
             let changed = store.take_changed();
-            gauge!("fleetpulse_bridge_redis_pending").set(changed.len() as f64);
+            events::redis_pending(changed.len());
             let keys: Vec<_> = changed.into_iter().collect();
             let mut failed = None;
             for (i, chunk) in keys.chunks(CHUNK).enumerate() {
@@ -489,14 +489,14 @@ impl Cache {
                     failed = Some((i, e));
                     break;
                 }
-                counter!("fleetpulse_bridge_redis_writes_total").increment(chunk.len() as u64);
+                events::redis_written(chunk.len());
             }
             match failed {
                 None => {
                     whole = true;
                     self.set_up(true);
                     self.written.send_replace(published);
-                    gauge!("fleetpulse_bridge_redis_pending").set(0.0);
+                    events::redis_pending(0);
                 }
                 Some((i, e)) => {
                     tracing::warn!(error = %e, "redis write failed; the devices stay noted");
@@ -572,7 +572,7 @@ impl Cache {
                 );
             }
         }
-        gauge!("fleetpulse_bridge_redis_up").set(if up { 1.0 } else { 0.0 });
+        events::redis_up(up);
     }
 
     /// The devices Redis holds, once it reflects the first `published` events of the hub (so a

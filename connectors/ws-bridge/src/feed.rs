@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kafka_auth::Tokens;
-use metrics::counter;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -19,6 +18,7 @@ use schemas::{Anomaly, Codec, LastSeen, StatusTransition, WindowAggregate};
 use serde::Serialize;
 
 use crate::cursor::{Position, Source};
+use crate::events;
 use crate::hub::Hub;
 use crate::protocol::Seen;
 use crate::store::Store;
@@ -274,12 +274,12 @@ pub fn run(
                 };
                 match decoded {
                     Ok(e) => {
-                        counter!("fleetpulse_bridge_events_total").increment(1);
+                        events::event_read();
                         hub.publish(&Arc::new(e));
                     }
                     Err(e) => {
                         // Its offset is passed all the same: a cursor after it owes nothing of it.
-                        counter!("fleetpulse_bridge_undecodable_total").increment(1);
+                        events::undecodable();
                         tracing::error!(error = %e, topic = m.topic(), partition = p, offset = o, "a derived record does not decode; skipped");
                     }
                 }
@@ -319,7 +319,7 @@ fn last_seen(
     };
     match codec.decode::<LastSeen>(value) {
         Ok(l) => {
-            counter!("fleetpulse_bridge_last_seen_total").increment(1);
+            events::last_seen_read();
             if let Some((device_class, last_seen)) = store.last_seen(&l) {
                 hub.note_last_seen(Seen {
                     tenant_id: l.tenant_id,
@@ -330,7 +330,7 @@ fn last_seen(
             }
         }
         Err(e) => {
-            counter!("fleetpulse_bridge_undecodable_total").increment(1);
+            events::undecodable();
             tracing::error!(error = %e, topic, partition, offset, "a last-seen record does not decode; skipped");
         }
     }

@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 
 use crate::cursor::Position;
+use crate::events::{self, Dropped};
 use crate::feed::{Event, Kind};
 use crate::protocol::{Seen, ServerMessage, Topic};
 use crate::store::DeviceKey;
@@ -213,6 +213,7 @@ impl Hub {
     /// A hub whose connections may each have `queue` events waiting and which keeps the last
     /// `recent` events, taking at most `recent_bytes`, for clients that resume.
     pub fn new(queue: usize, recent: usize, recent_bytes: usize) -> Hub {
+        let (held_gauge, bytes_gauge) = events::resume_gauges();
         Hub {
             queue: queue.max(1),
             next: AtomicU64::new(0),
@@ -228,8 +229,8 @@ impl Hub {
                 open: Vec::new(),
                 held: 0,
                 bytes: 0,
-                held_gauge: gauge!("fleetpulse_bridge_resume_events"),
-                bytes_gauge: gauge!("fleetpulse_bridge_resume_bytes"),
+                held_gauge,
+                bytes_gauge,
                 floor: Position::default(),
                 cursor: Position::default().encode().into(),
                 published: 0,
@@ -441,7 +442,7 @@ impl Hub {
         }
         let mut clients = self.write();
         for (key, id) in full {
-            counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
+            events::dropped(Dropped::SlowConsumer);
             // Dropping its sender closes the queue: the connection drains it and ends.
             if let Some(m) = clients.of(&key) {
                 m.remove(&id);

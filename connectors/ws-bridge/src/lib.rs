@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod cursor;
+pub mod events;
 pub mod feed;
 pub mod hub;
 pub mod key;

@@ -18,6 +18,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::events::{self, Dropped, Refusal};
 use axum::Extension;
 use axum::Json;
 use axum::extract::ws::{
@@ -29,7 +30,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
-use metrics::{counter, gauge, histogram};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -176,7 +176,7 @@ impl Bridge {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            gauge!("fleetpulse_bridge_devices").set(self.store.len() as f64);
+            events::devices(self.store.len());
             if swept.elapsed() < sweep_every {
                 continue;
             }
@@ -195,7 +195,7 @@ impl Bridge {
                     gone,
                     "devices silent past bridge.device_retention_ms let go"
                 );
-                counter!("fleetpulse_bridge_devices_expired_total").increment(gone as u64);
+                events::devices_expired(gone);
             }
             self.rates.forget_idle();
         }
@@ -243,7 +243,7 @@ impl FromRequestParts<Arc<Bridge>> for Authorized {
             .verify(token)
             .map(|claims| Authorized(claims, token.unwrap_or_default().to_string()))
             .map_err(|e: AuthError| {
-                counter!("fleetpulse_bridge_refused_total", "reason" => "auth").increment(1);
+                events::refused(Refusal::Auth);
                 refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
             })
     }
@@ -268,7 +268,7 @@ async fn ws(
         Err(e) => return e.into_response(),
     };
     if b.connections.load(Ordering::Relaxed) >= b.config.max_connections {
-        counter!("fleetpulse_bridge_refused_total", "reason" => "connections").increment(1);
+        events::refused(Refusal::Connections);
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "limit",
@@ -282,21 +282,21 @@ async fn ws(
         Err(capped) => {
             let (reason, message) = match capped {
                 Capped::Address => (
-                    "address",
+                    Refusal::Address,
                     format!(
                         "{} connections from this address already",
                         b.config.max_connections_per_address
                     ),
                 ),
                 Capped::Tenant => (
-                    "tenant",
+                    Refusal::Tenant,
                     format!(
                         "{} connections for this tenant already",
                         b.config.max_connections_per_tenant
                     ),
                 ),
             };
-            counter!("fleetpulse_bridge_refused_total", "reason" => reason).increment(1);
+            events::refused(reason);
             return refuse(StatusCode::TOO_MANY_REQUESTS, "limit", message);
         }
     };
@@ -335,7 +335,7 @@ enum Next {
 impl Connection {
     fn new(bridge: Arc<Bridge>, claims: Claims, slot: Slot) -> Connection {
         bridge.connections.fetch_add(1, Ordering::Relaxed);
-        gauge!("fleetpulse_bridge_clients").increment(1.0);
+        events::client_connected();
         let registration = bridge.hub.register(&claims.tenant, claims.is_admin());
         let rates = bridge.rates.connection();
         let tenant = (!claims.is_admin()).then(|| claims.tenant.clone());
@@ -407,14 +407,11 @@ impl Connection {
                     Some(e) if self.claims.sees(&e.tenant)
                         && e.source.is_none_or(|s| self.seen.as_ref().is_none_or(|p| p.owes(s))) => {
                         if !send(&mut socket, e.json.clone()).await {
-                            counter!("fleetpulse_bridge_drops_total", "reason" => "slow_consumer").increment(1);
+                            events::dropped(Dropped::SlowConsumer);
                             slow(&mut socket, "the socket did not take a message in time").await;
                             return;
                         }
-                        counter!("fleetpulse_bridge_messages_sent_total").increment(1);
-                        if e.source.is_some() {
-                            histogram!("fleetpulse_bridge_lag_seconds").record(e.read_at.elapsed().as_secs_f64());
-                        }
+                        events::message_sent(e.source.is_some().then(|| e.read_at.elapsed().as_secs_f64()));
                     }
                     Some(_) => {}
                     None if self.registration.slow.load(Ordering::Relaxed) => {
@@ -425,7 +422,7 @@ impl Connection {
                     None => break,
                 },
                 () = &mut first_message, if !spoken => {
-                    counter!("fleetpulse_bridge_drops_total", "reason" => "no_first_message").increment(1);
+                    events::dropped(Dropped::NoFirstMessage);
                     let timeout = ServerMessage::Error {
                         code: "timeout",
                         message: format!(
@@ -448,7 +445,7 @@ impl Connection {
                 }
                 _ = heartbeat.tick() => {
                     if heard.elapsed() > 3 * heartbeat_every {
-                        counter!("fleetpulse_bridge_drops_total", "reason" => "silent").increment(1);
+                        events::dropped(Dropped::Silent);
                         break;
                     }
                     let beat = self.heartbeat();
@@ -481,7 +478,7 @@ impl Connection {
             ClientMessage::Unsubscribe { topics } => {
                 for t in topics.iter().filter_map(|t| Topic::parse(t)) {
                     if self.topics.remove(&t) {
-                        gauge!("fleetpulse_bridge_subscriptions").decrement(1.0);
+                        events::subscriptions(-1);
                     }
                 }
                 self.bridge
@@ -524,7 +521,7 @@ impl Connection {
         {
             return self.limited(limited, "snapshots", self.bridge.config.snapshots_per_s);
         }
-        gauge!("fleetpulse_bridge_subscriptions").increment(new.len() as f64);
+        events::subscriptions(new.len() as isize);
         let resume = cursor.as_deref().map(Position::decode);
         // Events from here on are queued behind what is owed now: none is missed.
         self.topics.extend(new.iter().cloned());
@@ -545,7 +542,7 @@ impl Connection {
         };
         let resync = match (resume, owed) {
             (Some(Some(from)), Ok(events)) => {
-                counter!("fleetpulse_bridge_resumes_total", "outcome" => "resumed").increment(1);
+                events::resumed(true);
                 replies.extend(
                     events
                         .iter()
@@ -563,7 +560,7 @@ impl Connection {
             (None, Ok(_)) => None,
         };
         if let Some(why) = resync {
-            counter!("fleetpulse_bridge_resumes_total", "outcome" => "resync").increment(1);
+            events::resumed(false);
             replies.push(
                 ServerMessage::Error {
                     code: "resync",
@@ -586,11 +583,11 @@ impl Connection {
 
     /// A `rate_limited` reply, which counts as a bad message: a client that keeps on is closed.
     fn limited(&mut self, limited: Limited, what: &str, per_s: u32) -> (Vec<String>, Next) {
-        let (whose, label) = match limited {
-            Limited::Connection => (format!("{per_s} a second on a connection"), "connection"),
-            Limited::Tenant => ("the tenant's share".to_string(), "tenant"),
+        let whose = match limited {
+            Limited::Connection => format!("{per_s} a second on a connection"),
+            Limited::Tenant => "the tenant's share".to_string(),
         };
-        counter!("fleetpulse_bridge_rate_limited_total", "limit" => label).increment(1);
+        events::rate_limited(limited == Limited::Connection);
         self.error("rate_limited", format!("too many {what}: {whose}"))
     }
 
@@ -711,10 +708,10 @@ impl Connection {
     /// An `error` reply; past `max_errors` of them the connection closes.
     fn error(&mut self, code: &str, message: String) -> (Vec<String>, Next) {
         self.errors += 1;
-        counter!("fleetpulse_bridge_client_errors_total").increment(1);
+        events::client_error();
         let reply = ServerMessage::Error { code, message }.json();
         if self.errors > self.bridge.config.max_errors {
-            counter!("fleetpulse_bridge_drops_total", "reason" => "errors").increment(1);
+            events::dropped(Dropped::Errors);
             let last = ServerMessage::Error {
                 code: "limit",
                 message: "too many bad or rate-limited messages".into(),
@@ -730,8 +727,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.bridge.hub.leave(&self.registration);
         self.bridge.connections.fetch_sub(1, Ordering::Relaxed);
-        gauge!("fleetpulse_bridge_clients").decrement(1.0);
-        gauge!("fleetpulse_bridge_subscriptions").decrement(self.topics.len() as f64);
+        events::client_gone(self.topics.len());
     }
 }
 
@@ -810,7 +806,7 @@ struct DeviceQuery {
 
 /// A 429 for a token past `bridge.api_requests_per_s`.
 fn api_limited(b: &Bridge) -> Response {
-    counter!("fleetpulse_bridge_refused_total", "reason" => "api_rate").increment(1);
+    events::refused(Refusal::ApiRate);
     refuse(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",

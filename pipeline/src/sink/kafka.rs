@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use schemas::{Codec, Record};
 
 use super::{OutputSink, RecordsOut, SinkError, Topics, Written};
-use crate::metrics;
+use crate::events;
 use crate::output::Output;
 
 /// Counts delivery failures (the idempotent producer has already retried them), so the job can
@@ -32,7 +32,7 @@ impl ProducerContext for DeliveryCounter {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
-            metrics::delivery_error();
+            events::delivery_error();
             tracing::error!(error = %e, "a derived record was not delivered");
         }
     }

@@ -157,7 +157,7 @@ impl RecordsOut {
     /// Counts one record of `stream`, labelled `label()` if it is the stream's first.
     fn count(&mut self, stream: Stream, label: impl FnOnce() -> String) {
         self.0[stream as usize]
-            .get_or_insert_with(|| crate::metrics::records_out(&label()))
+            .get_or_insert_with(|| crate::events::records_out(&label()))
             .increment(1);
     }
 }

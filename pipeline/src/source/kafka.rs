@@ -19,7 +19,7 @@ use schemas::retry::Backoff;
 
 use super::{Input, Payload, RawRecord, SourceError};
 use crate::clock::RecordTime;
-use crate::metrics;
+use crate::events;
 use crate::readiness::Readiness;
 
 /// Where and how to read.
@@ -120,7 +120,7 @@ pub fn watch_brokers(
                         tracing::warn!("the brokers do not answer; the job waits for them");
                     }
                     readiness.unreachable(!up);
-                    metrics::brokers_up(up);
+                    events::brokers_up(up);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }

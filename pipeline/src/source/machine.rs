@@ -15,7 +15,7 @@ use schemas::retry::{Backoff, Delays, Retryable};
 use super::triage::{Triage, Triaged};
 use super::{Clock, Input, Mark};
 use crate::checkpoint::WorkerPart;
-use crate::metrics;
+use crate::events;
 use crate::readiness::Readiness;
 use crate::watermark::{Hold, Watermarks};
 
@@ -162,7 +162,7 @@ impl SourceMachine {
         settings: MachineSettings,
     ) -> SourceMachine {
         settings.readiness.started();
-        let records_in = metrics::records_in(input.topic());
+        let records_in = events::records_in(input.topic());
         SourceMachine {
             input,
             triage,
@@ -242,7 +242,7 @@ impl SourceMachine {
                 self.records_in.increment(got as u64);
                 if self.failing.take().is_some() {
                     self.settings.readiness.failing(false);
-                    metrics::source_up(true);
+                    events::source_up(true);
                 }
                 Ok(got)
             }
@@ -266,7 +266,7 @@ impl SourceMachine {
                     retry_in_ms = backoff.as_millis() as u64,
                     "source cannot read"
                 );
-                metrics::source_up(false);
+                events::source_up(false);
                 Err(Wake::After(backoff))
             }
         }
@@ -311,7 +311,7 @@ impl SourceMachine {
                 let t = to_time(w.div_euclid(step) * step);
                 if t > held {
                     self.step.capabilities = Capabilities::Downgrade(t);
-                    metrics::watermark(w, now);
+                    events::watermark(w, now);
                 }
             }
             Hold::Back => {}

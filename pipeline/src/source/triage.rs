@@ -13,7 +13,7 @@ use schemas::{Codec, DeadLetter, DeadLetterReason, DecodeError, InputFormat, Tel
 use super::{Payload, RawRecord, SchemaFetcher};
 use crate::clock::Judged;
 use crate::event_id;
-use crate::metrics;
+use crate::events;
 use crate::reading::{Reading, ReadingKind};
 use crate::watermark::Watermarks;
 
@@ -136,7 +136,7 @@ impl Triage {
             } => {
                 if self.fresh(ts) {
                     let kind = if retimed {
-                        metrics::retimed();
+                        events::retimed();
                         ReadingKind::Retimed
                     } else {
                         ReadingKind::Stamped
@@ -169,7 +169,7 @@ impl Triage {
         (reason, mut detail): (DeadLetterReason, String),
         out: &mut Triaged,
     ) {
-        metrics::dead_letter(reason);
+        events::dead_letter(reason);
         let mut raw = raw;
         if raw.len() > MAX_RAW {
             detail.push_str(&format!(
