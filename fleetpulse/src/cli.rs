@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::commands;
 use crate::config::{self, Config, Override};
@@ -51,22 +51,6 @@ pub enum Command {
     /// Everything in one process, nothing to install: an embedded broker, a live fleet, the
     /// pipeline, the bridge and its dashboard (and the sink, given a ClickHouse).
     Demo(commands::demo::DemoArgs),
-}
-
-/// Flags shared by the commands that talk to Kafka.
-#[derive(Debug, Clone, Args)]
-pub struct KafkaArgs {
-    /// Bootstrap brokers (`kafka.brokers`).
-    #[arg(long)]
-    pub brokers: Option<String>,
-}
-
-impl KafkaArgs {
-    pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
-        if let Some(b) = &self.brokers {
-            into.push(("kafka.brokers".into(), toml::Value::String(b.clone())));
-        }
-    }
 }
 
 /// Parses `KEY=VALUE`, the value as a TOML value when it is one (numbers, booleans, arrays) and

@@ -37,9 +37,16 @@ pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {
 /// Why a service is not ready, or `None` when it is.
 pub(crate) type Problem = Box<dyn Fn() -> Option<&'static str> + Send + Sync>;
 
+/// Prints where a listener of `what` (`bridge`, `pipeline.metrics`, ...) serves, as one JSON
+/// line (`{"listening":"bridge","url":"http://127.0.0.1:8080"}`) beside the human message:
+/// what scripts and `bench bridge` read, so the message can change without breaking them.
+pub(crate) fn announce(what: &str, url: &str) {
+    println!("{}", serde_json::json!({ "listening": what, "url": url }));
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` (503 with `problem`'s answer) on `listen`, which
 /// the configuration key `key` set, and prints `fleetpulse <service> metrics on http://ADDR` for
-/// scripts and tests that asked for port 0.
+/// people and [`announce`]s it for scripts and tests that asked for port 0.
 pub(crate) async fn serve(
     listen: std::net::SocketAddr,
     key: &str,
@@ -73,6 +80,7 @@ pub(crate) async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "{service} metrics listening");
     println!("fleetpulse {service} metrics on http://{address}");
+    announce(&format!("{service}.metrics"), &format!("http://{address}"));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics server failed");

@@ -7,8 +7,8 @@
 //! drives each [`device`] through readings and timers in event-time order;
 //! status transitions are exchanged by tenant to the [`tenant`] operator (mass offline); each
 //! device's latest reading time goes out within seconds ([`lastseen`]); every derived record goes
-//! to a [`sink`]. The semantics are those of DESIGN.md; docs/pipeline.md
-//! records the decisions the design left open.
+//! to a [`sink`]. The semantics are those of the design the parts share (docs/architecture.md
+//! links it); docs/pipeline.md records the decisions the design left open.
 
 pub mod anomaly;
 pub mod checkpoint;

@@ -4,13 +4,14 @@
 
 use apache_avro::from_value;
 
-use crate::derived::{WindowAggregate, WindowAggregateRef};
+use crate::derived::WindowAggregate;
 use crate::error::{DecodeError, EncodeError};
 use crate::json::{telemetry_from_json, telemetry_ref_from_json};
 use crate::record::Record;
 use crate::store::{SchemaStore, WriterSchema};
 use crate::telemetry::Telemetry;
 use crate::telemetry_ref::TelemetryRef;
+use crate::window_aggregate_ref::{WindowAggregateRef, read_window_aggregate};
 
 /// Length of the Confluent header: magic byte and schema id.
 pub const WIRE_HEADER_LEN: usize = 5;
@@ -138,7 +139,7 @@ impl Codec {
             return Ok(None);
         }
         let mut body = &bytes[WIRE_HEADER_LEN..];
-        let record = crate::binary::read_window_aggregate(&mut body)?;
+        let record = read_window_aggregate(&mut body)?;
         if !body.is_empty() {
             return Err(left_over(body));
         }

@@ -1,13 +1,17 @@
-//! Anomalies and status transitions written straight to Avro under their current schemas, as
-//! window aggregates and last-seen times are ([`crate::binary`], [`crate::LastSeen`]): a restart
+//! Anomalies and status transitions as [`Record`]s, written straight to Avro under their current
+//! schemas, as window aggregates and last-seen times are ([`crate::WindowAggregateRef`],
+//! [`crate::LastSeen`]): a restart
 //! of a million devices, or a fleet coming online at once, writes one status per device, and
 //! apache-avro's serde path costs several times the direct write. Checked against apache-avro
 //! for every enum symbol by the tests below.
+
+use std::borrow::Cow;
 
 use crate::binary::{
     write_double, write_long, write_optional_double, write_optional_string, write_string,
 };
 use crate::derived::{Anomaly, StatusTransition};
+use crate::record::{Record, RecordKind};
 
 /// Appends an Avro enum symbol by its index. The Rust enums are declared in their schema's
 /// symbol order (the tests compare every symbol with apache-avro's encoding).
@@ -55,6 +59,36 @@ pub(crate) fn write_status_transition(buf: &mut Vec<u8>, s: &StatusTransition) {
         }
     }
     write_string(buf, &s.event_id);
+}
+
+impl Record for Anomaly {
+    const KIND: RecordKind = RecordKind::Anomaly;
+
+    fn write_current(&self, buf: &mut Vec<u8>) -> bool {
+        write_anomaly(buf, self);
+        true
+    }
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(if self.device_id.is_empty() {
+            &self.tenant_id
+        } else {
+            &self.device_id
+        })
+    }
+}
+
+impl Record for StatusTransition {
+    const KIND: RecordKind = RecordKind::StatusTransition;
+
+    fn write_current(&self, buf: &mut Vec<u8>) -> bool {
+        write_status_transition(buf, self);
+        true
+    }
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.device_id)
+    }
 }
 
 #[cfg(test)]

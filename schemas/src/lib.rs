@@ -31,12 +31,13 @@ mod store;
 mod telemetry;
 mod telemetry_ref;
 mod timestamp;
+mod window_aggregate_ref;
 
 pub use codec::{Codec, InputFormat, WIRE_HEADER_LEN, schema_id};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub use derived::{
     Anomaly, AnomalyKind, AnomalyState, DeviceStatus, Severity, StatusTransition, TransitionReason,
-    WindowAggregate, WindowAggregateRef,
+    WindowAggregate,
 };
 pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
 pub use last_seen::{LastSeen, device_key};
@@ -45,3 +46,4 @@ pub use record::{Record, RecordKind, wire_name};
 pub use store::{BuiltinSchema, SchemaStore, builtin_schemas};
 pub use telemetry::{TS_MAX_MS, TS_MIN_MS, Telemetry};
 pub use telemetry_ref::{AttributeCount, TelemetryRef};
+pub use window_aggregate_ref::WindowAggregateRef;

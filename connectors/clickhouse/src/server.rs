@@ -116,8 +116,8 @@ impl Version {
     }
 
     /// Whether the server understands RowBinaryWithNamesAndTypes, which the `clickhouse`
-    /// crate's row validation needs (18.16 does not: notes/clickhouse-18.16.md). Validation is
-    /// on for the releases users run, from 24.1 on.
+    /// crate's row validation needs (18.16 does not: docs/clickhouse.md, "ClickHouse
+    /// versions"). Validation is on for the releases users run, from 24.1 on.
     pub fn validates_rows(self) -> bool {
         self >= Version {
             major: 24,

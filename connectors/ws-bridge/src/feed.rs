@@ -15,9 +15,9 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::retry::Backoff;
 use schemas::{Anomaly, Codec, LastSeen, StatusTransition, WindowAggregate};
-use serde::Serialize;
 
 use crate::cursor::{Position, Source};
+use crate::event::{Kind, event};
 use crate::events;
 use crate::hub::Hub;
 use crate::protocol::Seen;
@@ -25,82 +25,6 @@ use crate::store::Store;
 
 /// How often the feed looks for a last-seen topic that did not exist when it started.
 const LOOK_FOR_LAST_SEEN: Duration = Duration::from_secs(5);
-
-/// Which kind of record an event carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A status transition (`device_status`).
-    Status,
-    /// A window aggregate (`aggregate`).
-    Aggregate,
-    /// An anomaly change (`anomaly`).
-    Anomaly,
-    /// Devices' last-seen times (`last_seen`), batched by the hub.
-    LastSeen,
-}
-
-/// One derived record, ready to send.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// Whose.
-    pub tenant: String,
-    /// Which device (empty for tenant-level anomalies).
-    pub device: String,
-    /// The device's class, when known.
-    pub class: Option<String>,
-    /// What it is.
-    pub kind: Kind,
-    /// The server message, JSON: shared, not copied, by every connection that sends it.
-    pub json: axum::extract::ws::Utf8Bytes,
-    /// The feed's position right after it, as in the JSON.
-    pub cursor: Arc<str>,
-    /// Where the record is; `None` for a `last_seen` batch, state outside the topics' sequence
-    /// (no cursor, never replayed).
-    pub source: Option<Source>,
-    /// When the feed read it, for the lag from Kafka to the client.
-    pub read_at: std::time::Instant,
-}
-
-#[derive(Serialize)]
-struct Wire<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    cursor: &'a str,
-    data: &'a T,
-}
-
-fn event<T: Serialize>(
-    kind: Kind,
-    source: Source,
-    cursor: Arc<str>,
-    tenant: &str,
-    device: &str,
-    class: &Option<String>,
-    record: &T,
-) -> Event {
-    let name = match kind {
-        Kind::Status => "device_status",
-        Kind::Aggregate => "aggregate",
-        Kind::Anomaly => "anomaly",
-        Kind::LastSeen => "last_seen",
-    };
-    let json = serde_json::to_string(&Wire {
-        kind: name,
-        cursor: &cursor,
-        data: record,
-    })
-    .unwrap_or_default();
-    Event {
-        tenant: tenant.into(),
-        device: device.into(),
-        class: class.clone(),
-        kind,
-        json: json.into(),
-        cursor,
-        source: Some(source),
-        read_at: std::time::Instant::now(),
-    }
-}
 
 /// The topics the feed reads.
 #[derive(Debug, Clone)]
@@ -116,15 +40,39 @@ pub struct Topics {
     pub lastseen: String,
 }
 
+/// The derived topics a cursor covers, in its order (see [`crate::cursor::TOPICS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Derived {
+    Status,
+    Anomalies,
+    Aggregates,
+}
+
+impl Derived {
+    /// In cursor order.
+    const ALL: [Derived; 3] = [Derived::Status, Derived::Anomalies, Derived::Aggregates];
+
+    /// Its index in a cursor.
+    fn index(self) -> u8 {
+        match self {
+            Derived::Status => 0,
+            Derived::Anomalies => 1,
+            Derived::Aggregates => 2,
+        }
+    }
+}
+
 impl Topics {
-    /// The topic's index in a cursor (see [`crate::cursor::TOPICS`]).
-    fn index(&self, topic: &str) -> u8 {
-        if topic == self.status {
-            0
-        } else if topic == self.anomalies {
-            1
-        } else {
-            2
+    /// Which of the cursor's topics `topic` is; `None` for any other (the last-seen topic).
+    fn which(&self, topic: &str) -> Option<Derived> {
+        Derived::ALL.into_iter().find(|d| self.name(*d) == topic)
+    }
+
+    fn name(&self, topic: Derived) -> &str {
+        match topic {
+            Derived::Status => &self.status,
+            Derived::Anomalies => &self.anomalies,
+            Derived::Aggregates => &self.aggregates,
         }
     }
 }
@@ -219,12 +167,12 @@ pub fn run(
                     behind.retain(|(t, bp, end)| !(t == m.topic() && *bp == p && o + 1 >= *end));
                 }
                 kafka_up.store(behind.is_empty(), Ordering::Relaxed);
-                if m.topic() == topics.lastseen {
+                let Some(derived) = topics.which(m.topic()) else {
                     last_seen(m.payload(), codec, store, hub, (m.topic(), p, o));
                     continue;
-                }
+                };
                 let value = m.payload().unwrap_or_default();
-                let topic = topics.index(m.topic());
+                let topic = derived.index();
                 position.set(topic, p, o + 1);
                 let source = Source {
                     topic,
@@ -232,8 +180,8 @@ pub fn run(
                     offset: o,
                 };
                 let cursor: Arc<str> = position.encode().into();
-                let decoded = if topic == 0 {
-                    codec.decode::<StatusTransition>(value).map(|s| {
+                let decoded = match derived {
+                    Derived::Status => codec.decode::<StatusTransition>(value).map(|s| {
                         store.status(&s);
                         event(
                             Kind::Status,
@@ -244,9 +192,8 @@ pub fn run(
                             &s.device_class,
                             &s,
                         )
-                    })
-                } else if topic == 2 {
-                    codec.decode::<WindowAggregate>(value).map(|a| {
+                    }),
+                    Derived::Aggregates => codec.decode::<WindowAggregate>(value).map(|a| {
                         store.aggregate(&a);
                         event(
                             Kind::Aggregate,
@@ -257,9 +204,8 @@ pub fn run(
                             &a.device_class,
                             &a,
                         )
-                    })
-                } else {
-                    codec.decode::<Anomaly>(value).map(|a| {
+                    }),
+                    Derived::Anomalies => codec.decode::<Anomaly>(value).map(|a| {
                         store.anomaly(&a);
                         event(
                             Kind::Anomaly,
@@ -270,7 +216,7 @@ pub fn run(
                             &a.device_class,
                             &a,
                         )
-                    })
+                    }),
                 };
                 match decoded {
                     Ok(e) => {
@@ -367,7 +313,8 @@ fn assign(consumer: &BaseConsumer<Tokens>, topics: &Topics) -> Result<Assigned, 
     let mut list = TopicPartitionList::new();
     let mut start = Position::default();
     let mut ends = Vec::new();
-    for (index, topic) in (0u8..).zip([&topics.status, &topics.anomalies, &topics.aggregates]) {
+    for derived in Derived::ALL {
+        let (index, topic) = (derived.index(), topics.name(derived));
         let partitions = partitions(consumer, topic)?;
         if partitions.is_empty() {
             return Err(FeedError::Kafka(rdkafka::error::KafkaError::MetadataFetch(
@@ -379,7 +326,7 @@ fn assign(consumer: &BaseConsumer<Tokens>, topics: &Topics) -> Result<Assigned, 
             let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
             start.set(index, p, low);
             if high > low {
-                ends.push((topic.clone(), p, high));
+                ends.push((topic.to_string(), p, high));
             }
         }
     }

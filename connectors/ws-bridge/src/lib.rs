@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod cursor;
+pub mod event;
 pub mod events;
 pub mod feed;
 pub mod hub;
@@ -24,7 +25,8 @@ pub mod limits;
 pub mod protocol;
 pub mod rates;
 pub mod server;
+pub mod service;
 pub mod store;
 
 pub use config::BridgeConfig;
-pub use feed::Event;
+pub use event::Event;

@@ -28,7 +28,7 @@ pub enum ClientMessage {
 }
 
 /// A message from the server. Events (`device_status`, `aggregate`, `anomaly`) are serialized once
-/// by the feed and sent to every client as they are; see [`crate::feed::Event`]. `last_seen` is
+/// by the feed and sent to every client as they are; see [`crate::event::Event`]. `last_seen` is
 /// state, not an event: the hub batches the times that moved, without a cursor.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

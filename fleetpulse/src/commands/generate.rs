@@ -9,7 +9,7 @@ use clap::Args;
 use generator::{FileSink, KafkaSink, Sink, Summary};
 use schemas::RecordKind;
 
-use crate::cli::KafkaArgs;
+use super::KafkaArgs;
 use crate::config::{Config, Override};
 
 /// Flags of `generate`; each overrides the `[generate]` key of the same name.

@@ -1,10 +1,6 @@
 //! One module per subcommand, plus what several of them share.
 
 pub(crate) mod bench;
-pub(crate) mod bench_bridge;
-pub(crate) mod bench_pipeline;
-pub(crate) mod bench_recovery;
-pub(crate) mod bench_sink;
 pub(crate) mod bridge;
 pub(crate) mod demo;
 pub(crate) mod generate;
@@ -14,10 +10,27 @@ pub(crate) mod sink;
 pub(crate) mod tail;
 pub(crate) mod token;
 
+use clap::Args;
 use schemas::retry::{Backoff, Retryable};
 use schemas::{Codec, RecordKind};
 
-use crate::config::Config;
+use crate::config::{Config, Override};
+
+/// Flags shared by the commands that talk to Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers (`kafka.brokers`).
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+impl KafkaArgs {
+    pub(crate) fn overrides(&self, into: &mut Vec<Override>) {
+        if let Some(b) = &self.brokers {
+            into.push(("kafka.brokers".into(), toml::Value::String(b.clone())));
+        }
+    }
+}
 
 /// A codec for the given record kinds: with a configured registry, their schemas are registered
 /// there (under `<topic>-value`) and written with its ids; otherwise the built-in ids are used.

@@ -20,7 +20,7 @@ use crate::config::{Config, Override};
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
     #[command(flatten)]
-    kafka: crate::cli::KafkaArgs,
+    kafka: super::KafkaArgs,
     /// Replay this file (NDJSON, or Avro object container when it ends in `.avro`) instead of
     /// reading the telemetry topic; the run ends with the file.
     #[arg(long)]

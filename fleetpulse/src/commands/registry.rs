@@ -54,6 +54,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     tracing::info!(%url, "schema registry listening");
     // Scripts and tests read the address from here when they asked for port 0.
     println!("fleetpulse registry listening on {url}");
+    crate::observability::announce("registry", &url);
     listener
         .serve(app, super::shutdown_signal())
         .await

@@ -12,7 +12,7 @@ use clickhouse_sink::{Connection, ddl};
 use schemas::RecordKind;
 use schemas::retry::{Backoff, Retryable};
 
-use crate::cli::KafkaArgs;
+use super::KafkaArgs;
 use crate::config::{Config, Override};
 
 /// The sinks.

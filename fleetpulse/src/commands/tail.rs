@@ -15,7 +15,7 @@ use schemas::{
 };
 use serde_json::{Value, json};
 
-use crate::cli::KafkaArgs;
+use super::KafkaArgs;
 use crate::config::Config;
 
 /// How long to wait for the topic to appear.

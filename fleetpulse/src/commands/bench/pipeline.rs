@@ -22,7 +22,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::{Codec, InputFormat};
 
-use crate::cli::KafkaArgs;
+use crate::commands::KafkaArgs;
 use crate::config::Config;
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -163,7 +163,7 @@ async fn load(
     );
     if present < fleet.events {
         let started = Instant::now();
-        tokio::task::block_in_place(|| super::bench_recovery::produce(config, &topic, fleet))?;
+        tokio::task::block_in_place(|| super::recovery::produce(config, &topic, fleet))?;
         println!(
             "loaded {} events from {} devices into {topic} in {:.0} s",
             fleet.events,
@@ -243,7 +243,7 @@ async fn run_pipeline(
         lastseen: format!("{id}-lastseen"),
     };
     let codec = Arc::new(Codec::builtin());
-    let output = super::pipeline::output(config, topics, Arc::clone(&codec)).await?;
+    let output = crate::commands::pipeline::output(config, topics, Arc::clone(&codec)).await?;
     let sinks: SinkFactory = Arc::new(move |_| Ok(output.sink()));
     let job = Job {
         checkpoints,
@@ -470,7 +470,7 @@ pub(crate) async fn run(config: &Config, args: PipelineBench) -> anyhow::Result<
         (tracked_kb.saturating_sub(start_kb) * 1024) as f64 / f64::from(args.devices)
     );
     let seconds = tokio::task::block_in_place(|| {
-        super::bench_recovery::restart_to_caught_up(config, &fleet, args.partitions, args.backlog)
+        super::recovery::restart_to_caught_up(config, &fleet, args.partitions, args.backlog)
     })?;
     println!(
         "restart to caught up, {} readings behind a checkpoint of {} devices: {seconds:.1} s ({:.0} events/s, start-up and restore included)",

@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use ws_bridge::auth::{Claims, issue};
 
-use crate::cli::KafkaArgs;
+use crate::commands::KafkaArgs;
 use crate::config::Config;
 
 /// Flags of `bench bridge`.
@@ -104,8 +104,11 @@ async fn start_bridge(
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut address = None;
     while let Some(line) = lines.next_line().await? {
-        if let Some(rest) = line.strip_prefix("fleetpulse bridge: /ws, /api/devices on http://") {
-            address = Some(rest.trim().to_string());
+        let said: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if said["listening"] == "bridge"
+            && let Some(url) = said["url"].as_str()
+        {
+            address = Some(url.trim_start_matches("http://").to_string());
             break;
         }
     }
@@ -323,7 +326,7 @@ fn produce(
 pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()> {
     // Every client is a socket here (and one in the bridge, which raises its own limit).
     let files = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
-    let codec = super::codec(config, &[RecordKind::StatusTransition]).await?;
+    let codec = crate::commands::codec(config, &[RecordKind::StatusTransition]).await?;
     println!(
         "bench bridge: {} ev/s for {} s over {} tenants; open files up to {files}",
         args.rate, args.seconds, args.tenants
@@ -474,17 +477,4 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stamp_is_read_back_and_percentiles_pick_ranks() {
-        let then = micros() - 5_000;
-        let text = format!(r#"{{"type":"device_status","data":{{{STAMP}{then}"}}}}"#);
-        let d = delay(&text).unwrap_or(0);
-        assert!((5_000..1_000_000).contains(&d), "{d}");
-        assert_eq!(delay(r#"{"type":"heartbeat"}"#), None);
-        let mut v: Vec<u64> = (1..=100).map(|ms| ms * 1_000).collect();
-        assert_eq!(percentiles(&mut v), (50.0, 99.0, 100.0));
-    }
-}
+mod tests;

@@ -15,7 +15,7 @@ use clickhouse_sink::{Connection, ddl};
 use rdkafka::producer::{BaseRecord, Producer};
 use schemas::{Codec, WindowAggregate};
 
-use crate::cli::KafkaArgs;
+use crate::commands::KafkaArgs;
 use crate::config::Config;
 
 /// Flags of `bench sink`.
@@ -245,7 +245,7 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
     let (read, consume_s) = tokio::task::block_in_place(|| {
         let codec = Codec::builtin();
         let mut batch = Batch::with_capacity(100_000);
-        super::bench_pipeline::raw_consume(config, &topic, |value| {
+        super::pipeline::raw_consume(config, &topic, |value| {
             if batch.rows() == 100_000 {
                 batch.clear();
             }

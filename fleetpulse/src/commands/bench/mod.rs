@@ -1,13 +1,18 @@
 //! `fleetpulse bench`: throughput of a fleetpulse path beside a raw baseline of the same bytes,
 //! measured in one run, because these machines are shared and only ratios mean anything.
 
+mod bridge;
+mod pipeline;
+mod recovery;
+mod sink;
+
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use generator::{Fleet, GeneratorConfig, KafkaSink, Sink};
 use schemas::Codec;
 
-use crate::cli::KafkaArgs;
+use crate::commands::KafkaArgs;
 use crate::config::{Config, Override};
 
 /// The benchmarks.
@@ -16,11 +21,11 @@ pub enum BenchCommand {
     /// `fleetpulse generate` into Kafka beside a raw rdkafka produce of the same messages.
     Generate(GenerateBench),
     /// `fleetpulse pipeline` from a loaded topic beside a raw consume and decode of it.
-    Pipeline(super::bench_pipeline::PipelineBench),
+    Pipeline(pipeline::PipelineBench),
     /// `fleetpulse sink clickhouse` draining a loaded topic beside a raw insert of the same rows.
-    Sink(super::bench_sink::SinkBench),
+    Sink(sink::SinkBench),
     /// `fleetpulse bridge` fanning events out to N WebSocket clients beside a raw consume.
-    Bridge(super::bench_bridge::BridgeBench),
+    Bridge(bridge::BridgeBench),
 }
 
 /// Flags of `bench generate`.
@@ -60,9 +65,9 @@ pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Resul
     }
     match command {
         BenchCommand::Generate(args) => generate(config, args).await,
-        BenchCommand::Pipeline(args) => super::bench_pipeline::run(config, args).await,
-        BenchCommand::Sink(args) => super::bench_sink::run(config, args).await,
-        BenchCommand::Bridge(args) => super::bench_bridge::run(config, args).await,
+        BenchCommand::Pipeline(args) => pipeline::run(config, args).await,
+        BenchCommand::Sink(args) => sink::run(config, args).await,
+        BenchCommand::Bridge(args) => bridge::run(config, args).await,
     }
 }
 
