@@ -39,12 +39,16 @@
 //! Everything here is state of the partition, checkpointed with it: the output is a function of
 //! the input alone.
 
+mod devices;
+mod votes;
+
 use std::collections::{HashMap, VecDeque};
 
 use schemas::DeadLetterReason;
 use serde::{Deserialize, Serialize};
 
 use crate::reading::fnv1a;
+use votes::{Window, lower_median, newest};
 
 /// The maps here are looked up for every reading; foldhash costs a fraction of SipHash, and
 /// nothing iterates them where the order could show in the output.
@@ -147,119 +151,6 @@ struct Candidate {
     from: i64,
     /// Rebases of the partition's truth when it began.
     rebases: u64,
-}
-
-/// The partition's last [`WINDOW`] votes, and each voting device's newest vote among them,
-/// sorted.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Window {
-    /// `(device hash, time)`, oldest first.
-    ring: VecDeque<(u64, i64)>,
-    /// The voting devices: their votes in the ring, and the newest.
-    voters: Map<u64, (u32, i64)>,
-    /// The voters' newest votes, sorted.
-    sorted: Vec<i64>,
-}
-
-impl Window {
-    fn push(&mut self, device: u64, ts: i64) {
-        self.ring.push_back((device, ts));
-        self.add_vote(device, ts);
-        if self.ring.len() > WINDOW
-            && let Some((d, t)) = self.ring.pop_front()
-        {
-            self.drop_vote(d, t);
-        }
-    }
-
-    fn add_vote(&mut self, device: u64, ts: i64) {
-        match self.voters.get_mut(&device) {
-            Some((n, newest)) => {
-                *n += 1;
-                if ts > *newest {
-                    let old = std::mem::replace(newest, ts);
-                    self.unsort(old);
-                    self.sort_in(ts);
-                }
-            }
-            None => {
-                self.voters.insert(device, (1, ts));
-                self.sort_in(ts);
-            }
-        }
-    }
-
-    /// A vote left the ring: its device's newest is the newest of its votes still there.
-    fn drop_vote(&mut self, device: u64, ts: i64) {
-        let Some((n, newest)) = self.voters.get(&device).copied() else {
-            return;
-        };
-        if n <= 1 {
-            self.voters.remove(&device);
-            self.unsort(newest);
-        } else if ts >= newest {
-            let fresh = self
-                .ring
-                .iter()
-                .filter(|(d, _)| *d == device)
-                .map(|(_, t)| *t)
-                .max()
-                .unwrap_or(newest);
-            self.voters.insert(device, (n - 1, fresh));
-            self.unsort(newest);
-            self.sort_in(fresh);
-        } else {
-            self.voters.insert(device, (n - 1, newest));
-        }
-    }
-
-    fn sort_in(&mut self, t: i64) {
-        let at = self.sorted.partition_point(|x| *x < t);
-        self.sorted.insert(at, t);
-    }
-
-    fn unsort(&mut self, t: i64) {
-        if let Ok(i) = self.sorted.binary_search(&t) {
-            self.sorted.remove(i);
-        }
-    }
-
-    /// Keeps only the votes `keep` accepts.
-    fn retain(&mut self, keep: impl Fn(u64, i64) -> bool) {
-        let kept: Vec<(u64, i64)> = self
-            .ring
-            .iter()
-            .copied()
-            .filter(|(d, t)| keep(*d, *t))
-            .collect();
-        *self = Window::default();
-        for (d, t) in kept {
-            self.push(d, t);
-        }
-    }
-
-    fn median(&self) -> Option<i64> {
-        lower_median(&self.sorted)
-    }
-}
-
-/// The lower median of sorted values: fewer than half of them cannot move it beyond the range
-/// of the rest.
-fn lower_median(sorted: &[i64]) -> Option<i64> {
-    sorted.get(sorted.len().checked_sub(1)? / 2).copied()
-}
-
-/// Each device's newest time among `(device, time)` pairs, in the order each last appears.
-fn newest(pairs: impl Iterator<Item = (u64, i64)>) -> Vec<(u64, i64)> {
-    let mut out: Vec<(u64, i64)> = Vec::new();
-    for (d, t) in pairs {
-        let mut t = t;
-        if let Some(i) = out.iter().position(|(e, _)| *e == d) {
-            t = t.max(out.remove(i).1);
-        }
-        out.push((d, t));
-    }
-    out
 }
 
 /// A stable hash of a device (its tenant and id; `0xff` never occurs in UTF-8, so no two pairs
@@ -496,81 +387,6 @@ impl Truth {
         true
     }
 
-    /// Looks at a reading `skew` off the truth from the device's side: returns the device's
-    /// offset after it, and whether the reading agrees with that offset.
-    fn device(
-        &mut self,
-        tenant: &str,
-        device: &str,
-        skew: i64,
-        truth: i64,
-        rules: &ClockRules,
-        trusted: bool,
-    ) -> (i64, bool) {
-        let tolerance = rules.tolerance_ms.unsigned_abs();
-        let near = |a: i64, b: i64| a.abs_diff(b) <= tolerance;
-        let known = self.devices.get(tenant).and_then(|d| d.get(device));
-        if known.is_none() && near(skew, 0) {
-            return (0, true);
-        }
-        let mut clock = known.cloned().unwrap_or_default();
-        clock.seen = truth;
-        let result = if near(skew, clock.offset) {
-            clock.candidate = None;
-            (clock.offset, true)
-        } else if near(skew, 0) {
-            clock.offset = 0;
-            clock.candidate = None;
-            (0, true)
-        } else {
-            // A candidate older than the truth's last move without votes starts again: what it
-            // saw before may have been the lag of a partition that came back.
-            let candidate = match clock.candidate {
-                Some(c) if near(skew, c.offset) && c.rebases == self.rebases => Candidate {
-                    offset: skew,
-                    readings: c.readings.saturating_add(1),
-                    ..c
-                },
-                _ => Candidate {
-                    offset: skew,
-                    readings: 1,
-                    since: self.cast,
-                    from: truth,
-                    rebases: self.rebases,
-                },
-            };
-            let kept = candidate.readings >= CONFIRM_READINGS
-                && truth.saturating_sub(candidate.from) >= rules.tolerance_ms;
-            // Votes upheld the truth meanwhile.
-            let supported = trusted || self.cast - candidate.since >= CONFIRM_SUPPORT;
-            if kept && supported {
-                clock.offset = candidate.offset;
-                clock.candidate = None;
-                (clock.offset, true)
-            } else {
-                clock.candidate = Some(candidate);
-                (clock.offset, false)
-            }
-        };
-        if clock.offset == 0 && clock.candidate.is_none() {
-            self.remove(tenant, device);
-        } else {
-            self.insert(tenant, device, clock);
-        }
-        result
-    }
-
-    /// The known clock offset of a device (0: none).
-    fn offset_of(&self, tenant: &str, device: &str) -> i64 {
-        if self.device_count == 0 {
-            return 0;
-        }
-        self.devices
-            .get(tenant)
-            .and_then(|d| d.get(device))
-            .map_or(0, |c| c.offset)
-    }
-
     /// The latest event time a reading of `tenant`/`device` stamped `ts` can be taken at, for the
     /// cut bookkeeping: its stamp; an arrival at the truth, which a trusted record time, a vote
     /// or a rebase (to the run's times, this one's re-timed by its known offset) can move first;
@@ -596,41 +412,6 @@ impl Truth {
         } else {
             truth.saturating_add(rules.tolerance_ms)
         }
-    }
-
-    fn insert(&mut self, tenant: &str, device: &str, clock: DeviceClock) {
-        let devices = self.devices.entry(tenant.to_string()).or_default();
-        if devices.insert(device.to_string(), clock).is_none() {
-            self.device_count += 1;
-            if self.device_count > self.prune_at.max(1_024) {
-                self.prune();
-            }
-        }
-    }
-
-    fn remove(&mut self, tenant: &str, device: &str) {
-        if let Some(devices) = self.devices.get_mut(tenant)
-            && devices.remove(device).is_some()
-        {
-            self.device_count -= 1;
-            if devices.is_empty() {
-                self.devices.remove(tenant);
-            }
-        }
-    }
-
-    /// Forgets devices silent for a day of the truth's time; the map is then allowed to double
-    /// before the next look, so the scans cost a constant share per device.
-    fn prune(&mut self) {
-        let Some(now) = self.judged() else {
-            return;
-        };
-        for devices in self.devices.values_mut() {
-            devices.retain(|_, c| now.saturating_sub(c.seen) <= FORGET_AFTER_MS);
-        }
-        self.devices.retain(|_, d| !d.is_empty());
-        self.device_count = self.devices.values().map(Map::len).sum();
-        self.prune_at = 2 * self.device_count;
     }
 }
 

@@ -1,8 +1,9 @@
 //! Running the job: one dataflow per timely worker, each with its share of the input and its own
 //! sink, until a bounded input is consumed or the job is stopped.
 
+mod resume;
+
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -12,20 +13,18 @@ use std::time::Duration;
 use schemas::Codec;
 use schemas::retry::Backoff;
 
-use crate::checkpoint::{
-    Checkpoint, CheckpointError, PartWriter, Store, Unreadable, WorkerPart, Written,
-};
+use crate::checkpoint::{CheckpointError, PartWriter, Store, Unreadable, WorkerPart, Written};
 use crate::clock::ClockRules;
 use crate::config::PipelineConfig;
 use crate::cut::Cuts;
-use crate::dataflow::{self, WorkerState};
+use crate::dataflow;
 use crate::readiness::Readiness;
 use crate::sink::{OutputSink, SinkError, SinkFactory};
-use crate::source::file::FileInput;
-use crate::source::kafka::{KafkaInput, KafkaSettings};
-use crate::source::memory::{MemoryInput, MemoryRecord};
-use crate::source::{Clock, Input, SchemaFetcher, SourceError, SourceSettings};
-use crate::watermark::{Bounds, PartitionClock};
+use crate::source::kafka::KafkaSettings;
+use crate::source::memory::MemoryRecord;
+use crate::source::{Clock, SchemaFetcher, SourceError, SourceSettings};
+use crate::watermark::Bounds;
+use resume::{Resumed, open, resume};
 
 /// What the job reads.
 #[derive(Clone)]
@@ -149,89 +148,6 @@ pub enum WorkerError {
         /// What the operator said.
         why: String,
     },
-}
-
-fn open(
-    input: &InputSpec,
-    index: usize,
-    peers: usize,
-    start: &HashMap<i32, i64>,
-) -> Result<Box<dyn Input>, SourceError> {
-    Ok(match input {
-        InputSpec::Kafka(settings) => Box::new(KafkaInput::new(settings, index, peers, start)?),
-        InputSpec::File(path) => Box::new(FileInput::open(
-            path,
-            index,
-            start.get(&0).copied().unwrap_or(0),
-        )?),
-        InputSpec::Memory {
-            partitions,
-            bounded,
-        } => Box::new(MemoryInput::new(
-            Arc::clone(partitions),
-            index,
-            peers,
-            *bounded,
-            start,
-        )),
-    })
-}
-
-/// What one worker starts from.
-#[derive(Default)]
-struct Resumed {
-    /// Next offset per partition.
-    positions: HashMap<i32, i64>,
-    /// Partition clocks.
-    clocks: Vec<PartitionClock>,
-    /// The cut the checkpoint was taken at.
-    cut: Option<i64>,
-    /// The operators' state.
-    state: WorkerState,
-}
-
-/// Splits a checkpoint into what the source and the operators of one worker start from.
-fn resume(checkpoint: Option<Checkpoint>) -> Result<Resumed, Unreadable> {
-    let Some(checkpoint) = checkpoint else {
-        return Ok(Resumed::default());
-    };
-    let mut state = WorkerState {
-        engines: checkpoint.engines()?,
-        through: checkpoint.through(),
-        ..WorkerState::default()
-    };
-    // A checkpoint taken on stop holds readings and transitions not yet processed, which no
-    // source will read again: a cut must not come before them, or its part (which holds neither)
-    // would lose them.
-    let unprocessed = state
-        .engines
-        .iter()
-        .flat_map(|e| e.pending.iter().map(|r| r.ts))
-        .chain(
-            checkpoint
-                .parts
-                .iter()
-                .flat_map(|p| p.transitions.iter().map(|t| t.ts)),
-        )
-        .max();
-    if let Some(ts) = unprocessed {
-        state.through = state.through.max(ts.saturating_add(1));
-    }
-    let (positions, clocks, cut) = (
-        checkpoint.positions().into_iter().collect(),
-        checkpoint.clocks(),
-        checkpoint.cut(),
-    );
-    for part in checkpoint.parts {
-        state.tenants.push(part.tenants);
-        state.transitions.extend(part.transitions);
-    }
-    Ok(Resumed {
-        positions,
-        clocks,
-        cut,
-        state,
-    })
 }
 
 /// Waits until Kafka has acknowledged everything written so far: a checkpoint must not get

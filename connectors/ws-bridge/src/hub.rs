@@ -16,6 +16,8 @@
 //! cover, queued like an event but without a cursor and outside the resume ring: they never
 //! crowd status changes and anomalies out of a client's queue or of the ring.
 
+mod recent;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +30,8 @@ use crate::event::{Event, Kind};
 use crate::events::{self, Dropped};
 use crate::protocol::{Seen, ServerMessage, Topic};
 use crate::store::DeviceKey;
+use recent::Recent;
+pub use recent::Replay;
 
 struct Client {
     topics: BTreeSet<Topic>,
@@ -96,37 +100,6 @@ pub struct Hub {
     seen: Mutex<HashMap<DeviceKey, Seen>>,
 }
 
-/// Recent events, oldest first, in chunks.
-type Chunk = Arc<[Arc<Event>]>;
-
-/// The events a resuming client may be owed.
-struct Recent {
-    /// The most events held.
-    capacity: usize,
-    /// The most bytes they may take.
-    max_bytes: usize,
-    /// Events per sealed chunk.
-    chunk: usize,
-    sealed: VecDeque<Chunk>,
-    /// How many of the oldest sealed chunk's events were let go.
-    skip: usize,
-    /// The newest events, sealed into a chunk once `chunk` of them are here.
-    open: Vec<Arc<Event>>,
-    /// Events held, and their bytes.
-    held: usize,
-    bytes: usize,
-    /// The same, as metrics (handles: a publish sets them without a registry lookup).
-    held_gauge: metrics::Gauge,
-    bytes_gauge: metrics::Gauge,
-    /// Per partition, the offset from which the chunks hold every record: the feed's first
-    /// offset, raised as chunks fall off the end.
-    floor: Position,
-    /// The position after the last event published.
-    cursor: Arc<str>,
-    /// Events published so far.
-    published: u64,
-}
-
 /// What a client that just subscribed is owed before its live events.
 #[derive(Debug)]
 pub enum Owed {
@@ -137,53 +110,6 @@ pub enum Owed {
     Missed(Replay),
     /// It gave a cursor this bridge cannot serve from: a snapshot instead, with the reason.
     Resync(&'static str),
-}
-
-/// The events a resuming client is owed, still to be picked out of the chunks held when it
-/// subscribed: a scan of up to `resume_events` events, done off the hub's locks.
-pub struct Replay {
-    /// Chunks, each with how many of its first events to pass over (let go since).
-    chunks: Vec<(Chunk, usize)>,
-    from: Position,
-    /// The tenant it may see; `None` for an admin.
-    tenant: Option<String>,
-    topics: BTreeSet<Topic>,
-    /// The topics it had before: their events were queued live.
-    old: BTreeSet<Topic>,
-    /// The most events it may be owed: more than a client may have waiting would strike it
-    /// off as it resumes.
-    limit: usize,
-}
-
-impl std::fmt::Debug for Replay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replay")
-            .field("chunks", &self.chunks.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Replay {
-    /// The events owed, oldest first, or why there are too many.
-    pub fn scan(&self) -> Result<Vec<Arc<Event>>, &'static str> {
-        let mut missed = Vec::new();
-        let held = self
-            .chunks
-            .iter()
-            .flat_map(|(c, skip)| c.iter().skip(*skip));
-        for e in held.filter(|e| {
-            e.source.is_some_and(|s| self.from.owes(s))
-                && self.tenant.as_ref().is_none_or(|t| e.tenant == *t)
-                && wants(&self.topics, e)
-                && !wants(&self.old, e)
-        }) {
-            if missed.len() == self.limit {
-                return Err("more events were missed than a client may have waiting");
-            }
-            missed.push(Arc::clone(e));
-        }
-        Ok(missed)
-    }
 }
 
 /// The outcome of [`Hub::subscribe`].
@@ -516,84 +442,6 @@ impl<'a> Index<'a> {
         at.into_iter()
             .filter_map(|i| self.entries.get(i).copied())
             .collect()
-    }
-}
-
-/// What an event takes in the ring, bytes: its JSON, cursor and ids, and the event itself.
-fn size(e: &Event) -> usize {
-    std::mem::size_of::<Event>()
-        + e.json.len()
-        + e.cursor.len()
-        + e.tenant.len()
-        + e.device.len()
-        + e.class.as_ref().map_or(0, String::len)
-}
-
-impl Recent {
-    fn push(&mut self, e: &Arc<Event>) {
-        // Only events with a place in the topics are held; the feed publishes no other.
-        if e.source.is_none() {
-            return;
-        }
-        self.published += 1;
-        self.cursor = Arc::clone(&e.cursor);
-        self.open.push(Arc::clone(e));
-        self.held += 1;
-        self.bytes += size(e);
-        if self.open.len() >= self.chunk {
-            self.seal();
-        }
-        while self.held > self.capacity || self.bytes > self.max_bytes {
-            if self.sealed.is_empty() {
-                self.seal();
-            }
-            let Some(oldest) = self.sealed.front() else {
-                break;
-            };
-            let Some(old) = oldest.get(self.skip).cloned() else {
-                break;
-            };
-            self.skip += 1;
-            if self.skip == oldest.len() {
-                self.sealed.pop_front();
-                self.skip = 0;
-            }
-            self.held -= 1;
-            self.bytes -= size(&old);
-            if let Some(s) = old.source {
-                self.floor.set(s.topic, s.partition, s.offset + 1);
-            }
-        }
-        self.held_gauge.set(self.held as f64);
-        self.bytes_gauge.set(self.bytes as f64);
-    }
-
-    fn seal(&mut self) {
-        if !self.open.is_empty() {
-            self.sealed
-                .push_back(Arc::from(std::mem::take(&mut self.open)));
-        }
-    }
-
-    /// The chunks that may hold events after `from`, if nothing after `from` has fallen off (or
-    /// was never read): the sealed ones shared, the open one copied.
-    fn chunks_after(&self, from: &Position) -> Result<Vec<(Chunk, usize)>, &'static str> {
-        if self
-            .floor
-            .partitions()
-            .any(|(topic, partition, floor)| from.next(topic, partition) < floor)
-        {
-            return Err("the cursor is older than the events this bridge holds");
-        }
-        let mut chunks: Vec<(Chunk, usize)> =
-            self.sealed.iter().map(|c| (Arc::clone(c), 0)).collect();
-        if let Some(first) = chunks.first_mut() {
-            first.1 = self.skip;
-        }
-        if !self.open.is_empty() {
-            chunks.push((Arc::from(self.open.as_slice()), 0));
-        }
-        Ok(chunks)
     }
 }
 

@@ -6,24 +6,25 @@
 //! set before and after it holds `--devices` devices, and after the clients subscribed, per
 //! device and per client.
 
+mod clients;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::{DeviceStatus, RecordKind, StatusTransition, TransitionReason};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use ws_bridge::auth::{Claims, issue};
 
 use crate::commands::KafkaArgs;
 use crate::config::Config;
+use clients::{client, micros, percentiles};
 
 /// Flags of `bench bridge`.
 #[derive(Debug, Args)]
@@ -51,33 +52,6 @@ pub struct BridgeBench {
 }
 
 const SECRET: &str = "Bb9rT4vK1mW6qX8nP3yL5cH7fJ2dG0sA9eU1iO5kR3tV6wZ2";
-/// Marks the produce time, µs since the epoch, inside the event id.
-const STAMP: &str = "\"event_id\":\"bench/";
-
-fn micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// The delay of a message carrying a stamp, µs.
-fn delay(text: &str) -> Option<u64> {
-    let at = text.find(STAMP)? + STAMP.len();
-    let digits: &str = text[at..].split('"').next()?;
-    Some(micros().saturating_sub(digits.parse().ok()?))
-}
-
-/// p50, p99 and max of `delays` (µs), in ms.
-fn percentiles(delays: &mut [u64]) -> (f64, f64, f64) {
-    if delays.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    delays.sort_unstable();
-    let at = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize] as f64 / 1e3;
-    (at(0.5), at(0.99), at(1.0))
-}
-
 /// Starts `fleetpulse bridge` on the topics; returns it and its address once it is ready.
 async fn start_bridge(
     config: &Config,
@@ -136,44 +110,6 @@ async fn ready(address: &str) -> bool {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer).await;
     answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
-}
-
-/// One client: connects, subscribes to its tenant's status, and records the delay of every
-/// event until the bridge goes away (`stop` set, the bench stops it): no timer per message.
-async fn client(
-    address: String,
-    token: String,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    subscribed: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<Vec<u64>> {
-    let mut permit = Some(permit);
-    let url = format!("ws://{address}/ws?token={token}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    ws.send(WsMessage::Text(
-        r#"{"type":"subscribe","topics":["status"]}"#.into(),
-    ))
-    .await?;
-    let mut delays = Vec::new();
-    let mut counted = false;
-    loop {
-        match ws.next().await {
-            Some(Ok(WsMessage::Text(text))) => {
-                if let Some(d) = delay(&text) {
-                    delays.push(d);
-                } else if !counted && text.contains("\"type\":\"snapshot\"") {
-                    counted = true;
-                    permit.take();
-                    subscribed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None if stop.load(Ordering::Relaxed) => break,
-            Some(Err(e)) => return Err(e.into()),
-            None => anyhow::bail!("the bridge closed the connection"),
-        }
-    }
-    Ok(delays)
 }
 
 /// A raw consumer of `topic` from its end: the delay Kafka alone adds.
@@ -475,6 +411,3 @@ pub(crate) async fn run(config: &Config, args: BridgeBench) -> anyhow::Result<()
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -2,6 +2,7 @@
 //! measured in one run, because these machines are shared and only ratios mean anything.
 
 mod bridge;
+mod files;
 mod pipeline;
 mod recovery;
 mod sink;

@@ -1,0 +1,127 @@
+//! A device's presence: its last-seen time told at most once an interval, going offline after its
+//! timeout, being retired after its retention, and every status transition, which also feeds
+//! the flapping rule.
+
+use super::*;
+
+impl Device {
+    pub(super) fn go_offline(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        self.tell_last_seen(ctx);
+        let reason = if ts < ctx.data_watermark {
+            TransitionReason::Timeout
+        } else {
+            TransitionReason::InputIdle
+        };
+        self.transition(
+            DeviceStatus::Offline,
+            Some(DeviceStatus::Online),
+            ts,
+            reason,
+            ctx,
+        );
+    }
+
+    /// Silent past the retention: every firing anomaly resolves (nothing is left firing for a
+    /// device nobody tracks), and a last transition says the device is retired.
+    pub(super) fn retire(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        let silent = ts - self.last_seen;
+        let message = format!(
+            "the device was retired after {} s of silence",
+            silent / 1000
+        );
+        for kind in self.switches.firing() {
+            let obs = Observation {
+                observed: silent as f64,
+                threshold: ctx.cfg.device_retention_ms as f64,
+                baseline: None,
+                message: message.clone(),
+            };
+            self.change(kind, false, true, ts, move || obs, ctx);
+        }
+        let previous = match self.presence {
+            Some(Presence::Online) => DeviceStatus::Online,
+            _ => DeviceStatus::Offline,
+        };
+        ctx.out.push(Output::Status(StatusTransition {
+            tenant_id: self.tenant.to_string(),
+            device_id: self.id.to_string(),
+            device_class: self.class.as_deref().map(str::to_string),
+            status: DeviceStatus::Offline,
+            previous: Some(previous),
+            ts,
+            last_seen: self.last_seen,
+            reason: TransitionReason::Retired,
+            time_in_previous_ms: Some(ts - self.since),
+            event_id: event_id::status(&self.tenant, &self.id, DeviceStatus::Offline, ts),
+        }));
+        self.presence = Some(Presence::Retired);
+        events::device_retired();
+    }
+
+    pub(super) fn transition(
+        &mut self,
+        status: DeviceStatus,
+        previous: Option<DeviceStatus>,
+        ts: i64,
+        reason: TransitionReason,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let time_in_previous_ms = previous.map(|_| ts - self.since);
+        ctx.out.push(Output::Status(StatusTransition {
+            tenant_id: self.tenant.to_string(),
+            device_id: self.id.to_string(),
+            device_class: self.class.as_deref().map(str::to_string),
+            status,
+            previous,
+            ts,
+            last_seen: if previous.is_none() {
+                ts
+            } else {
+                self.last_seen
+            },
+            reason,
+            time_in_previous_ms,
+            event_id: event_id::status(&self.tenant, &self.id, status, ts),
+        }));
+        self.since = ts;
+        self.presence = Some(match status {
+            DeviceStatus::Online => Presence::Online,
+            DeviceStatus::Offline => Presence::Offline {
+                prolonged_fired: false,
+            },
+        });
+        if previous.is_some() {
+            let cap = self.thresholds.flapping_transitions as usize;
+            let flaps = self.flaps.get_or_insert_with(Box::default);
+            if flaps.len() >= cap {
+                flaps.pop_front();
+            }
+            flaps.push_back(ts);
+            self.flapping(ts, ctx);
+        }
+    }
+
+    /// Sends the latest reading time, unless it went out already; then, if a newer reading
+    /// was announced on arrival before this, that announcement again (see [`crate::lastseen`]).
+    pub(super) fn tell_last_seen(&mut self, ctx: &mut Ctx<'_>) {
+        if self.told >= self.last_seen || !self.tracked() {
+            return;
+        }
+        self.told = self.last_seen;
+        let class = self.class.as_deref();
+        ctx.out.push(lastseen::record(
+            &self.tenant,
+            &self.id,
+            class,
+            self.last_seen,
+        ));
+        if let Some(newer) = ctx
+            .announced
+            .last_of(&self.tenant, &self.id)
+            .filter(|t| *t > self.last_seen)
+        {
+            ctx.out
+                .push(lastseen::record(&self.tenant, &self.id, class, newer));
+        }
+    }
+}
