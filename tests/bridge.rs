@@ -378,10 +378,7 @@ async fn store_and_cache(base: &str, cache: &ws_bridge::cache::Cache) -> (String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_another_bridge_two_bridges_agree_and_redis_comes_back() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
-    let prefix = unique("bridge-resume");
-    create_derived(brokers, &prefix, 3).await;
+    let (brokers, prefix) = fresh_derived("bridge-resume", 3).await;
     let mut redis = testkit::Service::start(Kind::Redis);
     let redis_url = redis.address().to_string();
     let with_redis = ["--redis-url", redis_url.as_str()];
@@ -600,10 +597,7 @@ fn latest(messages: &[Vec<(String, i64)>]) -> std::collections::BTreeMap<String,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_seen_records_move_devices_forward_in_the_store_redis_and_their_tenant_s_clients() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
-    let prefix = unique("bridge-lastseen");
-    create_derived(brokers, &prefix, 3).await;
+    let (brokers, prefix) = fresh_derived("bridge-lastseen", 3).await;
     let redis = testkit::Service::start(Kind::Redis);
     let redis_url = redis.address().to_string();
     let p = Producing::new(brokers, &prefix);
@@ -1011,11 +1005,9 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_silent_and_idle_connections_are_closed_while_others_are_served() {
     use tokio::io::AsyncWriteExt;
-    let kafka = shared(Kind::Kafka);
-    let prefix = unique("bridge-slow");
-    create_derived(kafka.address(), &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-slow", 1).await;
     let (_bridge, base) = bridge(
-        kafka.address(),
+        brokers,
         &prefix,
         &["--set", "bridge.header_timeout_ms=1000"],
     );
@@ -1095,11 +1087,9 @@ async fn connect_once_freed(base: &str, token: &str) -> Ws {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_per_address_and_tenant_and_must_speak_first() {
-    let kafka = shared(Kind::Kafka);
-    let prefix = unique("bridge-caps");
-    create_derived(kafka.address(), &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-caps", 1).await;
     let (_bridge, base) = bridge(
-        kafka.address(),
+        brokers,
         &prefix,
         &[
             "--set",
@@ -1152,10 +1142,8 @@ async fn connections_are_capped_per_address_and_tenant_and_must_speak_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_every_answer_carry_protective_headers() {
-    let kafka = shared(Kind::Kafka);
-    let prefix = unique("bridge-headers");
-    create_derived(kafka.address(), &prefix, 1).await;
-    let (_bridge, base) = bridge(kafka.address(), &prefix, &[]);
+    let (brokers, prefix) = fresh_derived("bridge-headers", 1).await;
+    let (_bridge, base) = bridge(brokers, &prefix, &[]);
     let headers = |path: &str| -> String {
         let out = std::process::Command::new("curl")
             .args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5"])
@@ -1191,9 +1179,7 @@ async fn the_dashboard_and_every_answer_carry_protective_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_held_to_issuer_audience_not_before_lifetime_and_a_strong_secret() {
-    let kafka = shared(Kind::Kafka);
-    let prefix = unique("bridge-tokens");
-    create_derived(kafka.address(), &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-tokens", 1).await;
 
     // A weak secret stops the bridge at start-up, naming the key.
     for weak in [
@@ -1202,13 +1188,7 @@ async fn tokens_are_held_to_issuer_audience_not_before_lifetime_and_a_strong_sec
         &"0123456789abcdef".repeat(4),
     ] {
         let output = fleetpulse()
-            .args([
-                "bridge",
-                "--brokers",
-                kafka.address(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["bridge", "--brokers", brokers, "--listen", "127.0.0.1:0"])
             .args(["--set", &format!("bridge.jwt_secret={weak}")])
             .output()
             .unwrap();
@@ -1219,7 +1199,7 @@ async fn tokens_are_held_to_issuer_audience_not_before_lifetime_and_a_strong_sec
     }
 
     let (_bridge, base) = bridge(
-        kafka.address(),
+        brokers,
         &prefix,
         &[
             "--set",

@@ -22,7 +22,7 @@ use support::bridge::*;
 use support::browser::Browser;
 use support::ws::Ws;
 use support::*;
-use testkit::{Kind, shared, unique};
+use testkit::Kind;
 use tokio_tungstenite::tungstenite::Message;
 use ws_bridge::auth::now;
 
@@ -51,10 +51,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_looping_subscriptions_is_rate_limited_and_dropped_while_others_keep_their_pace() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
-    let prefix = unique("bridge-rate");
-    create_derived(brokers, &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-rate", 1).await;
     let p = Producing::new(brokers, &prefix);
     // Snapshots with some work in them: a thousand devices of the looping tenant.
     for i in 0..1_000 {
@@ -193,10 +190,7 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_of_large_events_stays_under_its_byte_bound() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
-    let prefix = unique("bridge-ring");
-    create_derived(brokers, &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-ring", 1).await;
     let (_bridge, base) = bridge(brokers, &prefix, &["--set", "bridge.resume_bytes=200000"]);
     let t1 = token("t1", "viewer", now() + 600, SECRET);
     let mut ws = connect(&base, Some(&t1)).await.unwrap();
@@ -272,10 +266,7 @@ fn every_page(base: &str, token: &str, limit: usize) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slashed_ids_stay_apart_and_a_retired_device_leaves_the_store_redis_and_the_dashboard() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
-    let prefix = unique("bridge-keys");
-    create_derived(brokers, &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-keys", 1).await;
     let redis = testkit::Service::start(Kind::Redis);
     let redis_url = redis.address().to_string();
     let p = Producing::new(brokers, &prefix);
@@ -471,10 +462,7 @@ fn provider_claims(audience: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_and_es256_tokens_from_a_key_set_file_or_url_are_accepted_and_held_to_the_rules() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
-    let prefix = unique("bridge-jwks");
-    create_derived(brokers, &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-jwks", 1).await;
     let dir = tempfile::tempdir().unwrap();
     let (rsa, rsa_jwk) = key_pair(dir.path(), "r1", Algorithm::RS256);
     let (ec, ec_jwk) = key_pair(dir.path(), "e1", Algorithm::ES256);
@@ -613,10 +601,7 @@ async fn rs256_and_es256_tokens_from_a_key_set_file_or_url_are_accepted_and_held
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_have_a_private_listener() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
-    let prefix = unique("bridge-metrics");
-    create_derived(brokers, &prefix, 1).await;
+    let (brokers, prefix) = fresh_derived("bridge-metrics", 1).await;
     let public = format!("127.0.0.1:{}", free_port());
     let (child, private) = spawn_serving(
         fleetpulse()

@@ -16,7 +16,6 @@ use schemas::LastSeen;
 use support::clickhouse::connect;
 use support::*;
 use testkit::{Kind, shared, unique};
-use ws_bridge::auth::{Claims, issue, now};
 
 const SECRET: &str = "Ls4rT9vK2mW7qX3nB8yP1cH6fJ0dG5sA4eU7iO2kR9tV3wZ8";
 const DEVICES: u64 = 300;
@@ -131,16 +130,7 @@ async fn every_device_s_last_seen_is_current_within_the_interval_everywhere() {
     );
     let _pipeline = Running(pipeline);
 
-    let admin = issue(
-        &Claims {
-            sub: "ops".into(),
-            tenant: "ops".into(),
-            role: "admin".into(),
-            exp: now() + 3_600,
-        },
-        SECRET,
-    )
-    .unwrap();
+    let admin = bridge::admin_token(SECRET);
     let cache =
         ws_bridge::cache::Cache::connect(&ws_bridge::cache::Target::url(redis.address())).unwrap();
     let c = connect(clickhouse.address(), &database).await;

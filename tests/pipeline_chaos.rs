@@ -58,24 +58,7 @@ impl Moments {
 /// `event_id`.
 fn setup(brokers: &str) -> (String, BTreeMap<String, Output>) {
     let telemetry = unique("chaos-telemetry");
-    run_ok(fleetpulse().args([
-        "generate",
-        "--brokers",
-        brokers,
-        "--topic",
-        &telemetry,
-        "--devices",
-        "400",
-        "--events",
-        EVENTS,
-        "--seed",
-        "23",
-        "--no-progress",
-        "--start-ms",
-        &START_MS.to_string(),
-        "--set",
-        "generate.silence_rate=0.003",
-    ]));
+    generate_fleet(brokers, &telemetry, ("400", EVENTS, "23"), START_MS, &[]);
     let reference = unique("chaos-reference");
     let started = Instant::now();
     run_ok(

@@ -103,28 +103,7 @@ fn derived_fleet_at(
     extra: &[&str],
 ) -> (String, String, Want) {
     let telemetry = unique("sink-telemetry");
-    run_ok(
-        fleetpulse()
-            .args([
-                "generate",
-                "--brokers",
-                brokers,
-                "--topic",
-                &telemetry,
-                "--devices",
-                devices,
-                "--events",
-                events,
-                "--seed",
-                "5",
-                "--no-progress",
-                "--start-ms",
-                &start_ms.to_string(),
-                "--set",
-                "generate.silence_rate=0.003",
-            ])
-            .args(extra),
-    );
+    generate_fleet(brokers, &telemetry, (devices, events, "5"), start_ms, extra);
     let prefix = unique("sink-derived");
     run_ok(
         fleetpulse()
@@ -179,6 +158,28 @@ async fn total(c: &Connection, fin: bool) -> u64 {
     n
 }
 
+/// A derived fleet on the shared Kafka, to go into a fresh database on the shared ClickHouse.
+struct Fleet {
+    brokers: &'static str,
+    clickhouse: &'static testkit::Service,
+    prefix: String,
+    want: Want,
+    database: String,
+}
+
+/// The derived records of `events` readings, and a database named after `name`.
+fn fleet_into_database(events: &str, name: &str) -> Fleet {
+    let brokers = shared(Kind::Kafka).address();
+    let (prefix, want) = derived_fleet(brokers, events);
+    Fleet {
+        brokers,
+        clickhouse: shared(Kind::ClickHouse),
+        prefix,
+        want,
+        database: unique(name).replace('-', "_"),
+    }
+}
+
 /// Waits until every derived record is in, then compares every table with what it must hold.
 fn check(rt: &tokio::runtime::Runtime, c: &Connection, want: &Want) {
     let arrived = testkit::wait_for(Duration::from_secs(120), || {
@@ -215,11 +216,13 @@ fn terminate(running: &mut Running) {
 
 #[test]
 fn the_tables_hold_the_derived_topics_once_each() {
-    let kafka = shared(Kind::Kafka);
-    let clickhouse = shared(Kind::ClickHouse);
-    let brokers = kafka.address();
-    let (prefix, want) = derived_fleet(brokers, "30000");
-    let database = unique("fp_sink").replace('-', "_");
+    let Fleet {
+        brokers,
+        clickhouse,
+        prefix,
+        want,
+        database,
+    } = fleet_into_database("30000", "fp_sink");
     let (mut child, http) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
     let rt = runtime();
     let c = rt.block_on(connect(clickhouse.address(), &database));
@@ -373,12 +376,70 @@ fn clickhouse_stopped_for_30_s_mid_stream_loses_nothing() {
 }
 
 #[test]
+fn a_table_gone_mid_stream_stops_the_sink_and_loses_nothing() {
+    let Fleet {
+        brokers,
+        clickhouse,
+        prefix,
+        want,
+        database,
+    } = fleet_into_database("100000", "fp_gone");
+    let start = || {
+        sink(
+            brokers,
+            clickhouse.address(),
+            &prefix,
+            &database,
+            &TINY_BATCHES,
+        )
+        .0
+    };
+    let mut child = start();
+    let rt = runtime();
+    let c = rt.block_on(connect(clickhouse.address(), &database));
+    assert!(
+        testkit::wait_for(Duration::from_secs(60), || rt.block_on(total(&c, true)) > 0),
+        "the sink inserts"
+    );
+    // An operator renames a table away mid-stream: no retry can insert into it (code 60).
+    let away = |from: &str, to: &str| {
+        rt.block_on(
+            c.client
+                .query(&format!(
+                    "RENAME TABLE {database}.{from} TO {database}.{to}"
+                ))
+                .execute(),
+        )
+        .unwrap();
+    };
+    away("device_anomalies", "device_anomalies_away");
+    let mut exit = None;
+    let stopped = testkit::wait_for(Duration::from_secs(60), || {
+        exit = child.0.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(stopped, "the sink stops instead of retrying for ever");
+    assert!(exit.is_some_and(|e| !e.success()), "{exit:?}");
+    assert!(
+        rt.block_on(count(&c, "device_aggregates", true)) < want.aggregates.len() as u64,
+        "it stopped before the end"
+    );
+    // The table back, a restarted sink reads the batch it gave up on again: nothing is lost.
+    away("device_anomalies_away", "device_anomalies");
+    let mut again = start();
+    check(&rt, &c, &want);
+    terminate(&mut again);
+}
+
+#[test]
 fn a_sink_killed_mid_batch_loses_nothing() {
-    let kafka = shared(Kind::Kafka);
-    let clickhouse = shared(Kind::ClickHouse);
-    let brokers = kafka.address();
-    let (prefix, want) = derived_fleet(brokers, "60000");
-    let database = unique("fp_killed").replace('-', "_");
+    let Fleet {
+        brokers,
+        clickhouse,
+        prefix,
+        want,
+        database,
+    } = fleet_into_database("60000", "fp_killed");
     let rt = runtime();
     let mut c = None;
     for _ in 0..2 {

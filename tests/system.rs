@@ -24,7 +24,6 @@ use support::clickhouse::{connect, rows};
 use support::ws::{Ws, message, subscribed};
 use support::*;
 use testkit::{Kind, shared, unique};
-use ws_bridge::auth::{Claims, issue, now};
 
 const SECRET: &str = "Sy2rT7vK4mW9qX6nB1yL8cH3fJ5dG0sA2eU6iO4kR7tV8wZ1";
 
@@ -62,32 +61,22 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
 
     // The fleet, with every kind of bad input.
     let telemetry = unique("system-telemetry");
-    let generated = run_ok(fleetpulse().args([
-        "generate",
-        "--brokers",
+    let generated = generate_fleet(
         brokers,
-        "--topic",
         &telemetry,
-        "--devices",
-        "300",
-        "--tenants",
-        "3",
-        "--events",
-        "30000",
-        "--seed",
-        "21",
-        "--no-progress",
-        "--start-ms",
-        &START_MS.to_string(),
-        "--set",
-        "generate.silence_rate=0.003",
-        "--set",
-        "generate.malformed_fraction=0.01",
-        "--set",
-        "generate.late_fraction=0.01",
-        "--set",
-        "generate.future_fraction=0.002",
-    ]));
+        ("300", "30000", "21"),
+        START_MS,
+        &[
+            "--tenants",
+            "3",
+            "--set",
+            "generate.malformed_fraction=0.01",
+            "--set",
+            "generate.late_fraction=0.01",
+            "--set",
+            "generate.future_fraction=0.002",
+        ],
+    );
     let generated = summary(&generated.stdout);
     let malformed = generated["malformed"].as_u64().unwrap();
     assert!(malformed > 100, "{generated}");
@@ -247,16 +236,7 @@ async fn generate_pipeline_sink_and_bridge_agree_with_the_model() {
 
     // Redis holds what the bridge holds (status, health, open anomalies; `last_seen` of these
     // 2023 readings has expired there), and a later client's snapshot is read from it.
-    let admin = issue(
-        &Claims {
-            sub: "ops".into(),
-            tenant: "ops".into(),
-            role: "admin".into(),
-            exp: now() + 3_600,
-        },
-        SECRET,
-    )
-    .unwrap();
+    let admin = bridge::admin_token(SECRET);
     let cache =
         ws_bridge::cache::Cache::connect(&ws_bridge::cache::Target::url(redis.address())).unwrap();
     let mut agree = false;

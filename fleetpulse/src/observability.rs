@@ -38,10 +38,13 @@ pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {
 pub(crate) type Problem = Box<dyn Fn() -> Option<&'static str> + Send + Sync>;
 
 /// Prints where a listener of `what` (`bridge`, `pipeline.metrics`, ...) serves, as one JSON
-/// line (`{"listening":"bridge","url":"http://127.0.0.1:8080"}`) beside the human message:
-/// what scripts and `bench bridge` read, so the message can change without breaking them.
+/// line (`{"listening":"bridge","url":"http://127.0.0.1:8080"}`) before the human message:
+/// what scripts and `bench bridge` read, so the message can change without breaking them. A
+/// reader that went away after the line it wanted costs nothing (no panic on a closed pipe).
 pub(crate) fn announce(what: &str, url: &str) {
-    println!("{}", serde_json::json!({ "listening": what, "url": url }));
+    use std::io::Write;
+    let line = serde_json::json!({ "listening": what, "url": url });
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` (503 with `problem`'s answer) on `listen`, which
@@ -79,8 +82,8 @@ pub(crate) async fn serve(
         .with_context(|| format!("cannot listen on {listen} ({key})"))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "{service} metrics listening");
-    println!("fleetpulse {service} metrics on http://{address}");
     announce(&format!("{service}.metrics"), &format!("http://{address}"));
+    println!("fleetpulse {service} metrics on http://{address}");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics server failed");

@@ -137,24 +137,9 @@ pub fn record(tenant: &str, device: &str, class: Option<&str>, ts: i64) -> Outpu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::ReadingKind;
 
     fn at(device: &str, ts: i64) -> Reading {
-        Reading {
-            ts,
-            partition: 0,
-            offset: 0,
-            tenant_id: "t".into(),
-            device_id: device.into(),
-            device_class: None,
-            response_time_ms: None,
-            ok: true,
-            battery_pct: None,
-            signal_dbm: None,
-            clock_offset_ms: 0,
-            kind: ReadingKind::Stamped,
-            announced: false,
-        }
+        Reading::bare(device, ts, 0, 0)
     }
 
     #[test]

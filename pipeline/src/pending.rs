@@ -159,21 +159,7 @@ mod tests {
     use super::*;
 
     fn reading(ts: i64, partition: i32, offset: i64) -> Reading {
-        Reading {
-            ts,
-            partition,
-            offset,
-            tenant_id: "t".into(),
-            device_id: compact_str::format_compact!("d{offset}"),
-            device_class: None,
-            response_time_ms: None,
-            ok: true,
-            battery_pct: None,
-            signal_dbm: None,
-            clock_offset_ms: 0,
-            kind: crate::reading::ReadingKind::Stamped,
-            announced: false,
-        }
+        Reading::bare(&format!("d{offset}"), ts, partition, offset)
     }
 
     #[test]

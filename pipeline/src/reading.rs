@@ -76,6 +76,27 @@ impl Reading {
         }
     }
 
+    /// A bare reading of tenant `t`'s `device` at `ts` (read at `partition`/`offset`), for the
+    /// tests of the operators that take readings.
+    #[cfg(test)]
+    pub(crate) fn bare(device: &str, ts: i64, partition: i32, offset: i64) -> Reading {
+        Reading {
+            ts,
+            partition,
+            offset,
+            tenant_id: "t".into(),
+            device_id: device.into(),
+            device_class: None,
+            response_time_ms: None,
+            ok: true,
+            battery_pct: None,
+            signal_dbm: None,
+            clock_offset_ms: 0,
+            kind: ReadingKind::Stamped,
+            announced: false,
+        }
+    }
+
     /// The processing order of readings: event time, then source position.
     pub fn order_key(&self) -> (i64, i32, i64) {
         (self.ts, self.partition, self.offset)

@@ -162,6 +162,16 @@ mod tests {
         }
     }
 
+    /// A tenant of `devices` devices, all online at 0.
+    fn online(devices: usize, cfg: &PipelineConfig, out: &mut Vec<Output>) -> Tenants {
+        let mut tenants = Tenants::default();
+        let online: Vec<_> = (0..devices)
+            .map(|d| tr(d, DeviceStatus::Online, 0))
+            .collect();
+        tenants.apply(0, &online, cfg, out);
+        tenants
+    }
+
     fn kinds(out: &[Output]) -> Vec<(AnomalyState, i64)> {
         out.iter()
             .filter_map(|o| match o {
@@ -174,10 +184,8 @@ mod tests {
     #[test]
     fn a_mass_outage_fires_once_and_resolves_once() {
         let cfg = PipelineConfig::default();
-        let mut tenants = Tenants::default();
         let mut out = Vec::new();
-        let online: Vec<_> = (0..40).map(|d| tr(d, DeviceStatus::Online, 0)).collect();
-        tenants.apply(0, &online, &cfg, &mut out);
+        let mut tenants = online(40, &cfg, &mut out);
         // 30 of 40 go offline over 30 s, one per second.
         for d in 0..30 {
             let ts = 1_000 * (d as i64 + 1);
@@ -201,17 +209,13 @@ mod tests {
     #[test]
     fn a_slow_trickle_or_a_small_tenant_does_not_fire() {
         let cfg = PipelineConfig::default();
-        let mut tenants = Tenants::default();
         let mut out = Vec::new();
-        let online: Vec<_> = (0..40).map(|d| tr(d, DeviceStatus::Online, 0)).collect();
-        tenants.apply(0, &online, &cfg, &mut out);
+        let mut tenants = online(40, &cfg, &mut out);
         for d in 0..30 {
             let ts = 61_000 * (d as i64 + 1);
             tenants.apply(ts, &[tr(d, DeviceStatus::Offline, ts)], &cfg, &mut out);
         }
-        let mut small = Tenants::default();
-        let online: Vec<_> = (0..10).map(|d| tr(d, DeviceStatus::Online, 0)).collect();
-        small.apply(0, &online, &cfg, &mut out);
+        let mut small = online(10, &cfg, &mut out);
         let offline: Vec<_> = (0..10).map(|d| tr(d, DeviceStatus::Offline, 5)).collect();
         small.apply(5, &offline, &cfg, &mut out);
         assert_eq!(kinds(&out), vec![]);

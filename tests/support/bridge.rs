@@ -32,6 +32,20 @@ pub fn token(tenant: &str, role: &str, exp: u64, secret: &str) -> String {
     .unwrap()
 }
 
+/// An operator's admin token (`ops`), signed with `secret`, valid for an hour.
+pub fn admin_token(secret: &str) -> String {
+    issue(
+        &Claims {
+            sub: "ops".into(),
+            tenant: "ops".into(),
+            role: "admin".into(),
+            exp: ws_bridge::auth::now() + 3_600,
+        },
+        secret,
+    )
+    .unwrap()
+}
+
 pub fn status(tenant: &str, device: &str, status: DeviceStatus, ts: i64) -> StatusTransition {
     StatusTransition {
         tenant_id: tenant.into(),

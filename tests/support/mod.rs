@@ -48,6 +48,25 @@ pub fn run_ok(command: &mut Command) -> Output {
     output
 }
 
+/// `fleetpulse generate`: `devices` devices of fleet `seed` sending `events` readings from
+/// `start_ms` into `topic`, some falling silent for a while, with `extra` flags.
+pub fn generate_fleet(
+    brokers: &str,
+    topic: &str,
+    (devices, events, seed): (&str, &str, &str),
+    start_ms: i64,
+    extra: &[&str],
+) -> Output {
+    run_ok(
+        fleetpulse()
+            .args(["generate", "--brokers", brokers, "--topic", topic])
+            .args(["--devices", devices, "--events", events, "--seed", seed])
+            .args(["--no-progress", "--start-ms", &start_ms.to_string()])
+            .args(["--set", "generate.silence_rate=0.003"])
+            .args(extra),
+    )
+}
+
 /// A message as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Read {
@@ -353,6 +372,15 @@ pub fn sink(
             .args(extra),
     );
     (Running(child), http)
+}
+
+/// The shared broker, and derived topics of a fresh prefix made of `name`, created with
+/// `partitions` partitions each.
+pub async fn fresh_derived(name: &str, partitions: i32) -> (&'static str, String) {
+    let brokers = testkit::shared(testkit::Kind::Kafka).address();
+    let prefix = testkit::unique(name);
+    create_derived(brokers, &prefix, partitions).await;
+    (brokers, prefix)
 }
 
 /// Creates the derived topics of `prefix` with `partitions` partitions each, as the pipeline

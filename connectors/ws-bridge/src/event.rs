@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use schemas::{Anomaly, StatusTransition, WindowAggregate};
 use serde::Serialize;
 
 use crate::cursor::Source;
@@ -50,16 +51,33 @@ struct Wire<'a, T: Serialize> {
     data: &'a T,
 }
 
+/// Whose a derived record is: what the hub routes its event by.
+pub(crate) trait Owned {
+    /// Tenant, device and (when known) the device's class.
+    fn owner(&self) -> (&str, &str, &Option<String>);
+}
+
+/// The three records carry their owner in the same fields.
+macro_rules! owned_by_their_fields {
+    ($($record:ty),*) => {$(
+        impl Owned for $record {
+            fn owner(&self) -> (&str, &str, &Option<String>) {
+                (&self.tenant_id, &self.device_id, &self.device_class)
+            }
+        }
+    )*};
+}
+
+owned_by_their_fields!(StatusTransition, Anomaly, WindowAggregate);
+
 /// The event of one record read from `source`, its JSON written once here.
-pub(crate) fn event<T: Serialize>(
+pub(crate) fn event<T: Serialize + Owned>(
     kind: Kind,
     source: Source,
     cursor: Arc<str>,
-    tenant: &str,
-    device: &str,
-    class: &Option<String>,
     record: &T,
 ) -> Event {
+    let (tenant, device, class) = record.owner();
     let name = match kind {
         Kind::Status => "device_status",
         Kind::Aggregate => "aggregate",

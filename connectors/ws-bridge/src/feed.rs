@@ -14,10 +14,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::retry::Backoff;
-use schemas::{Anomaly, Codec, LastSeen, StatusTransition, WindowAggregate};
+use schemas::{Codec, DecodeError, LastSeen, Record};
+use serde::Serialize;
 
 use crate::cursor::{Position, Source};
-use crate::event::{Kind, event};
+use crate::event::{Event, Kind, Owned, event};
 use crate::events;
 use crate::hub::Hub;
 use crate::protocol::Seen;
@@ -180,43 +181,15 @@ pub fn run(
                     offset: o,
                 };
                 let cursor: Arc<str> = position.encode().into();
+                let at = (source, cursor);
                 let decoded = match derived {
-                    Derived::Status => codec.decode::<StatusTransition>(value).map(|s| {
-                        store.status(&s);
-                        event(
-                            Kind::Status,
-                            source,
-                            cursor,
-                            &s.tenant_id,
-                            &s.device_id,
-                            &s.device_class,
-                            &s,
-                        )
-                    }),
-                    Derived::Aggregates => codec.decode::<WindowAggregate>(value).map(|a| {
-                        store.aggregate(&a);
-                        event(
-                            Kind::Aggregate,
-                            source,
-                            cursor,
-                            &a.tenant_id,
-                            &a.device_id,
-                            &a.device_class,
-                            &a,
-                        )
-                    }),
-                    Derived::Anomalies => codec.decode::<Anomaly>(value).map(|a| {
-                        store.anomaly(&a);
-                        event(
-                            Kind::Anomaly,
-                            source,
-                            cursor,
-                            &a.tenant_id,
-                            &a.device_id,
-                            &a.device_class,
-                            &a,
-                        )
-                    }),
+                    Derived::Status => read(codec, value, Kind::Status, at, |r| store.status(r)),
+                    Derived::Anomalies => {
+                        read(codec, value, Kind::Anomaly, at, |r| store.anomaly(r))
+                    }
+                    Derived::Aggregates => {
+                        read(codec, value, Kind::Aggregate, at, |r| store.aggregate(r))
+                    }
                 };
                 match decoded {
                     Ok(e) => {
@@ -249,6 +222,19 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// A record of one of the cursor's topics, decoded, noted in the store and made an event.
+fn read<T: Record + Serialize + Owned>(
+    codec: &Codec,
+    value: &[u8],
+    kind: Kind,
+    (source, cursor): (Source, Arc<str>),
+    note: impl FnOnce(&T),
+) -> Result<Event, DecodeError> {
+    let record = codec.decode::<T>(value)?;
+    note(&record);
+    Ok(event(kind, source, cursor, &record))
 }
 
 /// A last-seen record into the store, and to the hub when it moved a device's time. A record

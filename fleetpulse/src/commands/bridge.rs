@@ -81,18 +81,19 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     )?;
     let url = listener.url()?;
     tracing::info!(%url, "bridge listening");
-    println!("fleetpulse bridge: /ws, /api/devices on {url}");
     crate::observability::announce("bridge", url.as_str());
+    println!("fleetpulse bridge: /ws, /api/devices on {url}");
     let metrics_server = match c.metrics_listen {
         None => {
+            crate::observability::announce("bridge.metrics", url.as_str());
             println!("fleetpulse bridge metrics on {url}");
             None
         }
         Some(address) => {
             let own = crate::serve::Listener::bind_plain("bridge.metrics_listen", address)?;
             let url = own.url()?;
-            println!("fleetpulse bridge metrics on {url}");
             crate::observability::announce("bridge.metrics", url.as_str());
+            println!("fleetpulse bridge metrics on {url}");
             let app = ws_bridge::server::metrics_router(Arc::clone(&running.bridge));
             Some(tokio::spawn(own.serve(app, std::future::pending())))
         }

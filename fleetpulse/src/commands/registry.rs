@@ -53,8 +53,8 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     let url = listener.url()?;
     tracing::info!(%url, "schema registry listening");
     // Scripts and tests read the address from here when they asked for port 0.
-    println!("fleetpulse registry listening on {url}");
     crate::observability::announce("registry", &url);
+    println!("fleetpulse registry listening on {url}");
     listener
         .serve(app, super::shutdown_signal())
         .await
