@@ -19,22 +19,13 @@ fn generate_100k_events_arrive_once_in_order_keyed_by_device() {
     let topic = unique("telemetry");
     let config = fleet(100_000, 1_000, 7, MessageFormat::Avro);
 
-    let output = run_ok(fleetpulse().args([
-        "generate",
-        "--brokers",
+    let output = generate_into(
         kafka.address(),
-        "--topic",
         &topic,
-        "--events",
-        "100000",
-        "--devices",
-        "1000",
-        "--seed",
-        "7",
-        "--start-ms",
-        &START_MS.to_string(),
-        "--no-progress",
-    ]));
+        ("1000", "100000", "7"),
+        START_MS,
+        &[],
+    );
     let summary: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("a JSON summary on stdout");
     assert_eq!(summary["events"], 100_000);

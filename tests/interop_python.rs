@@ -121,26 +121,18 @@ fn rust_generator_to_python_avro_deserializer() {
     let topic = unique("rust-telemetry");
     let mut config = fleet(1_000, 20, 11, MessageFormat::Avro);
     config.malformed_fraction = 0.0;
-    run_ok(fleetpulse().args([
-        "generate",
-        "--brokers",
+    generate_into(
         kafka.address(),
-        "--topic",
         &topic,
-        "--events",
-        "1000",
-        "--devices",
-        "20",
-        "--seed",
-        "11",
-        "--start-ms",
-        &START_MS.to_string(),
-        "--no-progress",
-        "--set",
-        "generate.malformed_fraction=0",
-        "--set",
-        &format!("schema_registry.url={}", registry.url),
-    ]));
+        ("20", "1000", "11"),
+        START_MS,
+        &[
+            "--set",
+            "generate.malformed_fraction=0",
+            "--set",
+            &format!("schema_registry.url={}", registry.url),
+        ],
+    );
 
     let script = workspace_root().join("tests/interop/consume.py");
     let output = run_ok(Command::new(python()).arg(script).args([

@@ -82,17 +82,16 @@ fn judge(store: &str, samples: &[Sample]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_device_s_last_seen_is_current_within_the_interval_everywhere() {
-    let kafka = shared(Kind::Kafka);
-    let clickhouse = shared(Kind::ClickHouse);
+    let brokers = shared(Kind::Kafka).address();
+    let clickhouse = shared(Kind::ClickHouse).address();
     let redis = testkit::Service::start(Kind::Redis);
-    let brokers = kafka.address();
     let telemetry = unique("lastseen-telemetry");
     let prefix = unique("lastseen");
     create_derived(brokers, &prefix, 4).await;
     let interval = format!("pipeline.lastseen_interval_ms={INTERVAL_MS}");
 
     let database = unique("fp_lastseen").replace('-', "_");
-    let (_sink, _) = sink(brokers, clickhouse.address(), &prefix, &database, &[]);
+    let (_sink, _) = sink(brokers, clickhouse, &prefix, &database, &[]);
     let (bridge, base) = spawn_serving(
         fleetpulse()
             .args(["bridge", "--brokers", brokers, "--listen", "127.0.0.1:0"])
@@ -133,7 +132,7 @@ async fn every_device_s_last_seen_is_current_within_the_interval_everywhere() {
     let admin = bridge::admin_token(SECRET);
     let cache =
         ws_bridge::cache::Cache::connect(&ws_bridge::cache::Target::url(redis.address())).unwrap();
-    let c = connect(clickhouse.address(), &database).await;
+    let c = connect(clickhouse, &database).await;
 
     let started = Instant::now();
     tokio::time::sleep(WARM_UP).await;

@@ -172,8 +172,7 @@ fn the_pipeline_agrees_with_the_model_on_one_four_and_two_by_two_workers() {
 
 #[test]
 fn a_file_gives_what_a_one_partition_topic_gives() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
+    let brokers = shared(Kind::Kafka).address();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fleet.ndjson");
     // A file has no record timestamps to judge "future" by: the fleet sends none.

@@ -325,8 +325,7 @@ const TINY_BATCHES: [&str; 4] = [
 
 #[test]
 fn clickhouse_stopped_for_30_s_mid_stream_loses_nothing() {
-    let kafka = shared(Kind::Kafka);
-    let brokers = kafka.address();
+    let brokers = shared(Kind::Kafka).address();
     let dir = tempfile::tempdir().unwrap();
     let ch_dir = dir.path().join("clickhouse");
     let mut clickhouse = testkit::Service::start_in(Kind::ClickHouse, &ch_dir);
@@ -660,12 +659,7 @@ fn the_newest_last_seen_of_each_device_wins_whatever_order_it_arrives_in() {
                 num(&r["silent"]) as u64,
                 num(&r["devices"]) as u64,
                 text(&r["silent_since"]),
-                r["silent_devices"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(text)
-                    .collect(),
+                texts(&r["silent_devices"]),
             )
         })
         .collect();
@@ -783,6 +777,10 @@ fn text(v: &serde_json::Value) -> String {
     v.as_str().unwrap().to_string()
 }
 
+fn texts(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(text).collect()
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
@@ -823,10 +821,8 @@ const NEAR_MIDNIGHT_MS: i64 = 1_700_005_200_000;
 
 #[test]
 fn the_documented_queries_answer_what_the_model_says() {
-    let kafka = shared(Kind::Kafka);
-    let clickhouse = shared(Kind::ClickHouse);
-    let brokers = kafka.address();
-    let url = clickhouse.address();
+    let brokers = shared(Kind::Kafka).address();
+    let url = shared(Kind::ClickHouse).address();
     // 120 devices reporting every 10 s for about 35 minutes.
     let (telemetry, prefix, want) = derived_fleet_at(
         brokers,
@@ -1197,12 +1193,7 @@ fn the_documented_queries_answer_what_the_model_says() {
                 text(&r["tenant_id"]),
                 num(&r["devices"]) as u64,
                 text(&r["silent_since"]),
-                r["silent_devices"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(text)
-                    .collect::<Vec<_>>(),
+                texts(&r["silent_devices"]),
             )
         })
         .collect();

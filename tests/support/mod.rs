@@ -49,8 +49,8 @@ pub fn run_ok(command: &mut Command) -> Output {
 }
 
 /// `fleetpulse generate`: `devices` devices of fleet `seed` sending `events` readings from
-/// `start_ms` into `topic`, some falling silent for a while, with `extra` flags.
-pub fn generate_fleet(
+/// `start_ms` into `topic`, with `extra` flags.
+pub fn generate_into(
     brokers: &str,
     topic: &str,
     (devices, events, seed): (&str, &str, &str),
@@ -62,8 +62,25 @@ pub fn generate_fleet(
             .args(["generate", "--brokers", brokers, "--topic", topic])
             .args(["--devices", devices, "--events", events, "--seed", seed])
             .args(["--no-progress", "--start-ms", &start_ms.to_string()])
-            .args(["--set", "generate.silence_rate=0.003"])
             .args(extra),
+    )
+}
+
+/// [`generate_into`], some devices falling silent for a while.
+pub fn generate_fleet(
+    brokers: &str,
+    topic: &str,
+    fleet: (&str, &str, &str),
+    start_ms: i64,
+    extra: &[&str],
+) -> Output {
+    let silent = ["--set", "generate.silence_rate=0.003"];
+    generate_into(
+        brokers,
+        topic,
+        fleet,
+        start_ms,
+        &[&silent[..], extra].concat(),
     )
 }
 

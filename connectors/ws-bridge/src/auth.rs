@@ -20,15 +20,64 @@ pub struct Claims {
     /// The tenant whose events the holder may see.
     pub tenant: String,
     /// `admin` sees every tenant; anything else sees its own.
-    pub role: String,
+    pub role: Role,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+}
+
+/// A holder's role, as the token names it: `admin` sees every tenant, any other role (`viewer`,
+/// `operator`, whatever the identity provider calls it) its own tenant only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Role {
+    /// Sees every tenant.
+    Admin,
+    /// Sees its own tenant, under the name the token gives the role.
+    Tenant(String),
+}
+
+impl Role {
+    /// The role's name, as in the token.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::Admin => "admin",
+            Role::Tenant(name) => name,
+        }
+    }
+}
+
+impl From<String> for Role {
+    fn from(name: String) -> Role {
+        if name == "admin" {
+            Role::Admin
+        } else {
+            Role::Tenant(name)
+        }
+    }
+}
+
+impl From<&str> for Role {
+    fn from(name: &str) -> Role {
+        Role::from(name.to_string())
+    }
+}
+
+impl From<Role> for String {
+    fn from(role: Role) -> String {
+        role.as_str().to_string()
+    }
+}
+
+impl PartialEq<&str> for Role {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 impl Claims {
     /// Whether the holder sees every tenant.
     pub fn is_admin(&self) -> bool {
-        self.role == "admin"
+        self.role == Role::Admin
     }
 
     /// Whether the holder may see `tenant`'s events.
@@ -199,7 +248,7 @@ impl Verifier {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
-            role: role(claim(&all, &self.rules.role_claim)),
+            role: role(claim(&all, &self.rules.role_claim)).into(),
             exp,
         };
         if claims.tenant.is_empty() && !claims.is_admin() {

@@ -192,20 +192,7 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         dlq: config.topics.dlq.as_str().into(),
         lastseen: config.topics.lastseen.as_str().into(),
     };
-    let codec = Arc::new(
-        super::codec(
-            config,
-            &[
-                RecordKind::Telemetry,
-                RecordKind::WindowAggregate,
-                RecordKind::Anomaly,
-                RecordKind::StatusTransition,
-                RecordKind::DeadLetter,
-                RecordKind::LastSeen,
-            ],
-        )
-        .await?,
-    );
+    let codec = Arc::new(super::codec(config, &RecordKind::ALL).await?);
     let destination = match &args.output {
         Some(dir) => Destination::Files(
             FileOutput::create(dir)

@@ -84,7 +84,7 @@ impl Connection {
         let hello = ServerMessage::Connected {
             subject: &self.claims.sub,
             tenant: &self.claims.tenant,
-            role: &self.claims.role,
+            role: self.claims.role.as_str(),
             heartbeat_ms: self.bridge.config.heartbeat_ms,
         }
         .json();
