@@ -16,16 +16,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use e2e::bridge::*;
+use e2e::browser::Browser;
+use e2e::ws::Ws;
+use e2e::*;
 use futures_util::StreamExt;
 use schemas::DeviceStatus;
-use support::bridge::*;
-use support::browser::Browser;
-use support::ws::Ws;
-use support::*;
 use testkit::{Kind, shared, unique};
 use tokio_tungstenite::tungstenite::Message;
 use ws_bridge::auth::now;

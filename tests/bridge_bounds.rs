@@ -9,19 +9,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e::bridge::*;
+use e2e::browser::Browser;
+use e2e::ws::Ws;
+use e2e::*;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use schemas::{DeviceStatus, TransitionReason};
-use support::bridge::*;
-use support::browser::Browser;
-use support::ws::Ws;
-use support::*;
 use testkit::Kind;
 use tokio_tungstenite::tungstenite::Message;
 use ws_bridge::auth::now;

@@ -36,7 +36,7 @@ const REQUIRED: &str = "Cc5rT8vK3mW2qX7nB9yL4cH1fJ6dG0sA5eU8iO3kR2tV7wZ9";
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("the fleetpulse package sits in the workspace")
+        .expect("the e2e package sits in the workspace")
         .to_path_buf()
 }
 

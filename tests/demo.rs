@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use support::browser::Browser;
-use support::*;
+use e2e::browser::Browser;
+use e2e::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {

@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use e2e::*;
 use generator::MessageFormat;
 use schemas::Codec;
-use support::*;
 use testkit::{Kind, shared, unique};
 
 #[test]

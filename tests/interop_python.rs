@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use e2e::registry::RegistryProcess;
+use e2e::*;
 use generator::{Body, MessageFormat};
 use schemas::{Codec, Telemetry};
-use support::registry::RegistryProcess;
-use support::*;
 use testkit::{Kind, python, shared, unique, workspace_root};
 
 /// What `tests/interop/produce.py` sends as record `i`.

@@ -7,14 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use e2e::clickhouse::connect;
+use e2e::*;
 use schemas::LastSeen;
-use support::clickhouse::connect;
-use support::*;
 use testkit::{Kind, shared, unique};
 
 const SECRET: &str = "Ls4rT9vK2mW7qX3nB8yP1cH6fJ0dG5sA4eU7iO2kR9tV3wZ8";

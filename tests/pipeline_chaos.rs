@@ -11,15 +11,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use e2e::*;
 use pipeline::output::Output;
-use support::*;
 use testkit::{Kind, Service, shared, unique};
 
 /// Enough input that a debug build takes well over the five lives the kill test gives it.

@@ -6,18 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-#[path = "support/model.rs"]
-mod model;
+use e2e::model;
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use e2e::*;
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
 use schemas::Codec;
-use support::*;
 use testkit::{Kind, shared, unique};
 
 const EVENTS: u64 = 40_000;

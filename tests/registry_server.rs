@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use support::http;
-use support::registry::RegistryProcess;
+use e2e::http;
+use e2e::registry::RegistryProcess;
 
 #[test]
 fn serves_builtins_and_keeps_registrations_across_restarts() {

@@ -7,14 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::*;
+use e2e::*;
 use testkit::{Kind, Service, unique, wait_for};
 
 /// One secured Kafka for the tests of this binary (they keep to topics of their own).
@@ -559,7 +557,7 @@ async fn wss_snapshot_of(
         tls.add_root_certificate(native_tls::Certificate::from_pem(&pem).unwrap());
     }
     let connector = tokio_tungstenite::Connector::NativeTls(tls.build().unwrap());
-    let (_, snapshot) = support::ws::subscribed(base, tenant, secret, Some(connector)).await?;
+    let (_, snapshot) = e2e::ws::subscribed(base, tenant, secret, Some(connector)).await?;
     Ok(snapshot)
 }
 

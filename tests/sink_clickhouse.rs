@@ -11,22 +11,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-#[path = "support/model.rs"]
-mod model;
+use e2e::model;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clickhouse_sink::Connection;
 use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, LastSeenRow, StatusRow};
+use e2e::clickhouse::{connect, rows};
+use e2e::*;
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use schemas::{AnomalyState, Codec, DeviceStatus, LastSeen, Record};
-use support::clickhouse::{connect, rows};
-use support::*;
 use testkit::{Kind, shared, unique};
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -8,21 +8,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-#[path = "support/model.rs"]
-mod model;
+use e2e::model;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clickhouse_sink::rows::{AggregateRow, AnomalyRow, DeadLetterRow, StatusRow};
+use e2e::clickhouse::{connect, rows};
+use e2e::ws::{Ws, message, subscribed};
+use e2e::*;
 use pipeline::PipelineConfig;
 use pipeline::output::Output;
 use schemas::wire_name;
-use support::clickhouse::{connect, rows};
-use support::ws::{Ws, message, subscribed};
-use support::*;
 use testkit::{Kind, shared, unique};
 
 const SECRET: &str = "Sy2rT7vK4mW9qX6nB1yL8cH3fJ5dG0sA2eU6iO4kR7tV8wZ1";

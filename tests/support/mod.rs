@@ -1,10 +1,16 @@
-//! What the end-to-end tests share: running the `fleetpulse` binary and reading a topic back.
+//! What the end-to-end tests share: running the `fleetpulse` binary and reading a topic back,
+//! the bridge's, browser's, ClickHouse's and registry's helpers, and the reference model
+//! ([`model`]) the dataflow's outputs are compared with. The tests themselves are the files
+//! beside this folder (`tests/*.rs`), each against real services.
 
-#![allow(dead_code)] // each test binary uses its own part
+// Test support: every helper panics on what its test set up, and is documented where it is
+// not plain from its name.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bridge;
 pub mod browser;
 pub mod clickhouse;
+pub mod model;
 pub mod registry;
 pub mod ws;
 
@@ -24,9 +30,22 @@ use rdkafka::message::Timestamp;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::{Anomaly, Codec, DeadLetter, LastSeen, StatusTransition, WindowAggregate};
 
-/// The binary under test.
+/// The binary under test, built once per test process by Cargo (a no-op when it is current),
+/// with the profile and target directory this test was built with (no `--target`: that would
+/// build every dependency again under a directory of its own).
 pub fn fleetpulse() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetpulse"));
+    static BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let path = BINARY.get_or_init(|| {
+        escargot::CargoBuild::new()
+            .package("fleetpulse")
+            .bin("fleetpulse")
+            .current_release()
+            .run()
+            .expect("cargo builds the fleetpulse binary")
+            .path()
+            .to_path_buf()
+    });
+    let mut command = Command::new(path);
     command
         .env_remove("FLEETPULSE_CONFIG")
         .env("RUST_LOG", "warn");
