@@ -16,7 +16,7 @@ use crate::watermark::Resume;
 struct Partial {
     generation: u64,
     /// Positions and clocks, and the writer holding the devices (see
-    /// [`crate::engine::Engine::encode`]).
+    /// [`crate::engine::Engine::state`]).
     source_and_engine: Option<(Vec<Resume>, PartWriter)>,
     tenants: Option<Tenants>,
 }

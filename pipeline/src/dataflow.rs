@@ -23,7 +23,7 @@ use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Exchange, Probe};
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::checkpoint::{WorkerPart, owned};
+use crate::checkpoint::{self, WorkerPart, owned};
 use crate::config::PipelineConfig;
 use crate::cut::Cuts;
 use crate::engine::{Engine, EngineState};
@@ -197,7 +197,7 @@ fn devices<'s>(
                     return;
                 };
                 // Last-seen times announced as readings arrived go out now, at the time the
-                // operator holds (before any cut it has yet to save: see Engine::encode).
+                // operator holds (before any cut it has yet to save: see Engine::state).
                 if !out.is_empty() {
                     output.session(held).give_iterator(out.drain(..));
                 }
@@ -244,7 +244,7 @@ fn devices<'s>(
                         let mut part = snapshot.borrow_mut();
                         part.through = progress.stopped_through(*held.time());
                         let mut bytes = Vec::new();
-                        match engine.encode(&mut bytes, false) {
+                        match checkpoint::encode_into(&mut bytes, &engine.state(false)) {
                             Ok(()) => part.engine = bytes,
                             Err(e) => part.broken = Some(format!("devices: {e}")),
                         }
@@ -273,8 +273,7 @@ fn save_cut(engine: &Engine, cuts: &RefCell<Cuts>, clocks: &RefCell<Watermarks>,
             .begin(cut.at)
             .map_err(|e| e.to_string())
             .and_then(|mut part| {
-                engine
-                    .encode(&mut part, true)
+                checkpoint::encode_into(&mut part, &engine.state(true))
                     .map(|()| part)
                     .map_err(|e| e.to_string())
             })

@@ -4,15 +4,12 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::Write;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bincode::Options;
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint;
 use crate::chunked::Chunked;
 use crate::config::PipelineConfig;
 use crate::device::{Ctx, Device, Due, Kind, Profiles};
@@ -22,7 +19,7 @@ use crate::pending::PendingQueue;
 use crate::reading::Reading;
 
 /// What a checkpoint keeps of an engine: every device, the readings not yet processed, how far
-/// data has moved event time, and the last-seen announcements (see [`Engine::encode`]).
+/// data has moved event time, and the last-seen announcements (see [`Engine::state`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct EngineState {
     /// The devices.
@@ -80,16 +77,16 @@ impl Engine {
         self.pending.len()
     }
 
-    /// Encodes the state for a checkpoint into `to`: every device, the readings not yet
-    /// processed unless `without_pending` (a cut's part, whose source replays them), the data
-    /// watermark and the announcements. The bytes decode as an [`EngineState`] (with
-    /// [`checkpoint::encoding`]); encoding from borrows spares a copy of every device.
+    /// The state for a checkpoint, to encode: every device, the readings not yet processed
+    /// unless `without_pending` (a cut's part, whose source replays them), the data watermark
+    /// and the announcements. It is written as an [`EngineState`] is read; encoding from
+    /// borrows spares a copy of every device.
     ///
     /// A cut's announcements include readings at or after the cut that arrived before it was
     /// saved: their records went out at or before the cut's time (a checkpoint is written once
     /// everything up to that time is), and announcing is idempotent (a replayed reading is never
     /// announced twice), so the replay announces what it would have.
-    pub fn encode(&self, to: impl Write, without_pending: bool) -> Result<(), bincode::Error> {
+    pub fn state(&self, without_pending: bool) -> impl Serialize + '_ {
         /// [`EngineState`]'s layout over borrowed data (the devices are written as a `Vec`).
         #[derive(Serialize)]
         struct View<'a> {
@@ -103,18 +100,15 @@ impl Engine {
         } else {
             self.pending.iter().collect()
         };
-        checkpoint::encoding().serialize_into(
-            to,
-            &View {
-                devices: &self.devices,
-                pending,
-                data_watermark: self.data_watermark,
-                announced: &self.announcer,
-            },
-        )
+        View {
+            devices: &self.devices,
+            pending,
+            data_watermark: self.data_watermark,
+            announced: &self.announcer,
+        }
     }
 
-    /// Takes over the devices and readings of a checkpoint part (as [`Engine::encode`] wrote
+    /// Takes over the devices and readings of a checkpoint part (as [`Engine::state`] wrote
     /// it) that `keep` says are this worker's (by device id).
     pub fn restore(&mut self, state: EngineState, keep: impl Fn(&str) -> bool) {
         self.data_watermark = self.data_watermark.max(state.data_watermark);

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::DecodeError;
 use crate::record::{Record, RecordKind};
 
 /// Why an input record was rejected.
@@ -45,6 +46,23 @@ impl DeadLetterReason {
             DeadLetterReason::Late => "late",
             DeadLetterReason::Future => "future",
             DeadLetterReason::ClockSkew => "clock_skew",
+        }
+    }
+}
+
+/// Each decoding error files its record under one reason.
+impl DecodeError {
+    /// The dead-letter reason this error files the record under.
+    pub fn reason(&self) -> DeadLetterReason {
+        match self {
+            DecodeError::Truncated { .. }
+            | DecodeError::BadMagicByte(_)
+            | DecodeError::Avro(_)
+            | DecodeError::Json(_) => DeadLetterReason::Undecodable,
+            DecodeError::UnknownSchemaId(_)
+            | DecodeError::WrongRecord { .. }
+            | DecodeError::JsonShape(_) => DeadLetterReason::Schema,
+            DecodeError::Invalid(_) => DeadLetterReason::InvalidField,
         }
     }
 }

@@ -1,8 +1,6 @@
 //! The errors of this crate. Decoding errors are fine-grained because each maps to a dead-letter
 //! reason: the pipeline routes a record by the variant, never by parsing a message.
 
-use crate::dead_letter::DeadLetterReason;
-
 /// A field value outside what the record allows.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid field `{field}`: {reason}")]
@@ -60,22 +58,6 @@ pub enum DecodeError {
     /// The record decoded but a field value is out of range.
     #[error(transparent)]
     Invalid(#[from] InvalidField),
-}
-
-impl DecodeError {
-    /// The dead-letter reason this error files the record under.
-    pub fn reason(&self) -> DeadLetterReason {
-        match self {
-            DecodeError::Truncated { .. }
-            | DecodeError::BadMagicByte(_)
-            | DecodeError::Avro(_)
-            | DecodeError::Json(_) => DeadLetterReason::Undecodable,
-            DecodeError::UnknownSchemaId(_)
-            | DecodeError::WrongRecord { .. }
-            | DecodeError::JsonShape(_) => DeadLetterReason::Schema,
-            DecodeError::Invalid(_) => DeadLetterReason::InvalidField,
-        }
-    }
 }
 
 /// A record that could not be encoded: a value the schema cannot hold, which means a bug, so

@@ -1,14 +1,9 @@
 //! The telemetry record: one reading of one device, and the checks a reading must pass before the
 //! pipeline uses it.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-use crate::error::InvalidField;
-use crate::record::{Record, RecordKind};
-use crate::telemetry_ref::TelemetryRef;
 
 /// Smallest accepted event time: the Unix epoch.
 pub const TS_MIN_MS: i64 = 0;
@@ -75,21 +70,11 @@ impl Telemetry {
     }
 }
 
-impl Record for Telemetry {
-    const KIND: RecordKind = RecordKind::Telemetry;
-
-    fn key(&self) -> Cow<'_, str> {
-        Cow::Borrowed(&self.device_id)
-    }
-
-    fn validate(&self) -> Result<(), InvalidField> {
-        TelemetryRef::of(self).validate()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::InvalidField;
+    use crate::record::Record;
 
     fn with(f: impl FnOnce(&mut Telemetry)) -> Result<(), InvalidField> {
         let mut t = Telemetry::example();

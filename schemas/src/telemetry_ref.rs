@@ -12,6 +12,7 @@ use serde::de::{self, MapAccess, Visitor};
 
 use crate::binary::{double, long, optional, string};
 use crate::error::{DecodeError, InvalidField};
+use crate::record::{Record, RecordKind};
 use crate::telemetry::{RESPONSE_TIME_MAX_MS, TS_MAX_MS, TS_MIN_MS, Telemetry};
 
 /// How many attributes a reading carries and their bytes (keys and values together).
@@ -223,6 +224,19 @@ pub(crate) fn read_telemetry<'a>(body: &mut &'a [u8]) -> Result<TelemetryRef<'a>
         device_class: optional(body, string)?.map(borrowed),
         attributes: attributes(body)?,
     })
+}
+
+/// Telemetry is validated as it is read, borrowed: the owned record is checked the same way.
+impl Record for Telemetry {
+    const KIND: RecordKind = RecordKind::Telemetry;
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.device_id)
+    }
+
+    fn validate(&self) -> Result<(), InvalidField> {
+        TelemetryRef::of(self).validate()
+    }
 }
 
 #[cfg(test)]

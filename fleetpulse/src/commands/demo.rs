@@ -7,10 +7,12 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 use rdkafka::mocking::MockCluster;
 
-use crate::cli::{Cli, Command};
+use super::generate::GenerateArgs;
+use super::pipeline::PipelineArgs;
+use super::sink::SinkCommand;
 use crate::config::{Config, Override};
 
 /// Flags of `demo`.
@@ -41,10 +43,24 @@ impl DemoArgs {
     }
 }
 
-/// The arguments of one of the other commands, as if typed.
-fn command(words: &[&str]) -> anyhow::Result<Command> {
-    let cli = Cli::try_parse_from(std::iter::once("fleetpulse").chain(words.iter().copied()))?;
-    Ok(cli.command)
+/// The flags of another command, for parsing them alone.
+#[derive(Parser)]
+struct Flags<T: Args> {
+    #[command(flatten)]
+    flags: T,
+}
+
+/// A command with subcommands of its own, for parsing it alone.
+#[derive(Parser)]
+struct Sub<T: Subcommand> {
+    #[command(subcommand)]
+    command: T,
+}
+
+/// Another command's flags, as if `words` were typed after its name.
+fn flags<T: Args>(words: &[&str]) -> anyhow::Result<T> {
+    let words = std::iter::once("fleetpulse").chain(words.iter().copied());
+    Ok(Flags::<T>::try_parse_from(words)?.flags)
 }
 
 /// `listen` if it is free, else a free port on its address.
@@ -172,17 +188,10 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         &c.bridge.jwt_secret,
     )?;
 
-    let Command::Generate(generate) = command(&["generate", "--no-progress"])? else {
-        anyhow::bail!("generate");
-    };
-    let Command::Pipeline(pipeline) = command(&["pipeline"])? else {
-        anyhow::bail!("pipeline");
-    };
+    let generate: GenerateArgs = flags(&["--no-progress"])?;
+    let pipeline: PipelineArgs = flags(&[])?;
     let sink = match &args.clickhouse_url {
-        Some(_) => match command(&["sink", "clickhouse"])? {
-            Command::Sink(s) => Some(s),
-            _ => anyhow::bail!("sink"),
-        },
+        Some(_) => Some(Sub::<SinkCommand>::try_parse_from(["fleetpulse", "clickhouse"])?.command),
         None => None,
     };
 

@@ -25,7 +25,7 @@ use crate::reading::route;
 use crate::tenant::Tenants;
 use crate::watermark::PartitionClock;
 
-pub use part::{PartWriter, Written, encoding};
+pub use part::{PartWriter, Written, encode_into, encoding};
 
 /// Generations kept besides the newest: if the newest turns out partial (a crash while its
 /// parts were written), the one before is complete.
@@ -47,7 +47,7 @@ pub struct WorkerPart {
     /// Those partitions' event-time state.
     pub clocks: Vec<PartitionClock>,
     /// The worker's devices and the readings they had not processed: an [`EngineState`] as
-    /// [`crate::engine::Engine::encode`] wrote it. Read back, or written on stop; a cut's part
+    /// [`crate::engine::Engine::state`] wrote it. Read back, or written on stop; a cut's part
     /// streams them into its [`PartWriter`] instead.
     #[serde(skip)]
     pub engine: Vec<u8>,

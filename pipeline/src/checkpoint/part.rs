@@ -41,6 +41,11 @@ pub fn encoding() -> impl Options {
     bincode::DefaultOptions::new()
 }
 
+/// Writes `value` into `to` the way parts are encoded ([`encoding`]).
+pub fn encode_into(to: impl Write, value: &impl serde::Serialize) -> Result<(), bincode::Error> {
+    encoding().serialize_into(to, value)
+}
+
 /// What the worker tells the part's thread.
 enum Message {
     /// More of the devices.

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 
-use super::snapshot::snapshot_page;
 use super::{Bridge, now_ms};
 use crate::auth::Claims;
 use crate::cursor::Position;
@@ -285,15 +284,10 @@ impl Connection {
                 .json(),
             );
         }
-        let devices = self.snapshot(&new, subscribed.published).await;
-        let mut pages = devices.chunks(self.bridge.config.snapshot_page).peekable();
-        if pages.peek().is_none() {
-            replies.push(snapshot_page(&subscribed.cursor, &[], false));
-        }
-        while let Some(page) = pages.next() {
-            let more = pages.peek().is_some();
-            replies.push(snapshot_page(&subscribed.cursor, page, more));
-        }
+        replies.extend(
+            self.snapshot_pages(&new, subscribed.published, &subscribed.cursor)
+                .await,
+        );
         (replies, Next::Go)
     }
 

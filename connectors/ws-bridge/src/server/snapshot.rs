@@ -16,6 +16,26 @@ use crate::store::DeviceState;
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 impl Connection {
+    /// The `snapshot` messages of the devices `topics` cover, in pages, at `cursor`: one empty
+    /// page when there are none.
+    pub(super) async fn snapshot_pages(
+        &self,
+        topics: &BTreeSet<Topic>,
+        published: u64,
+        cursor: &str,
+    ) -> Vec<String> {
+        let devices = self.snapshot(topics, published).await;
+        let mut pages = devices.chunks(self.bridge.config.snapshot_page).peekable();
+        if pages.peek().is_none() {
+            return vec![snapshot_page(cursor, &[], false)];
+        }
+        let mut messages = Vec::new();
+        while let Some(page) = pages.next() {
+            messages.push(snapshot_page(cursor, page, pages.peek().is_some()));
+        }
+        messages
+    }
+
     /// A `last_seen` message with the store's last-seen times of the visible devices whose
     /// times `topics` cover, if there are any.
     pub(super) async fn last_seen_now(&self, topics: &BTreeSet<Topic>) -> Option<String> {
@@ -73,11 +93,7 @@ impl Connection {
 
     /// The state of the visible devices that `topics` cover: from Redis when it is configured
     /// and has the first `published` events, else from memory.
-    pub(super) async fn snapshot(
-        &self,
-        topics: &BTreeSet<Topic>,
-        published: u64,
-    ) -> Vec<DeviceState> {
+    async fn snapshot(&self, topics: &BTreeSet<Topic>, published: u64) -> Vec<DeviceState> {
         if topics.is_empty() {
             return Vec::new();
         }
@@ -139,7 +155,7 @@ fn topics_of_devices(topics: &BTreeSet<Topic>) -> Option<Vec<String>> {
 }
 
 /// One page of a snapshot.
-pub(super) fn snapshot_page(cursor: &str, devices: &[DeviceState], more: bool) -> String {
+fn snapshot_page(cursor: &str, devices: &[DeviceState], more: bool) -> String {
     ServerMessage::Snapshot {
         cursor,
         devices,
