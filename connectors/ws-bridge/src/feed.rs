@@ -64,7 +64,7 @@ impl Derived {
 }
 
 impl Topics {
-    /// Which of the cursor's topics `topic` is; `None` for any other (the last-seen topic).
+    /// Which of the cursor's topics `topic` is; `None` for any other.
     fn which(&self, topic: &str) -> Option<Derived> {
         Derived::ALL.into_iter().find(|d| self.name(*d) == topic)
     }
@@ -168,8 +168,16 @@ pub fn run(
                     behind.retain(|(t, bp, end)| !(t == m.topic() && *bp == p && o + 1 >= *end));
                 }
                 kafka_up.store(behind.is_empty(), Ordering::Relaxed);
-                let Some(derived) = topics.which(m.topic()) else {
+                if m.topic() == topics.lastseen {
                     last_seen(m.payload(), codec, store, hub, (m.topic(), p, o));
+                    continue;
+                }
+                let Some(derived) = topics.which(m.topic()) else {
+                    // Only the four topics are assigned; a record of any other is not read as one.
+                    tracing::warn!(
+                        topic = m.topic(),
+                        "a record of a topic the feed does not read; skipped"
+                    );
                     continue;
                 };
                 let value = m.payload().unwrap_or_default();
@@ -348,4 +356,26 @@ fn assign_last_seen(consumer: &BaseConsumer<Tokens>, topics: &Topics) -> Result<
     // the other topics' positions where they are.
     consumer.incremental_assign(&list)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cursor_topic_is_known_by_name_and_no_other_is_taken_for_one() {
+        let topics = Topics {
+            aggregates: "a".into(),
+            anomalies: "n".into(),
+            status: "s".into(),
+            lastseen: "l".into(),
+        };
+        assert_eq!(topics.which("s"), Some(Derived::Status));
+        assert_eq!(topics.which("n"), Some(Derived::Anomalies));
+        assert_eq!(topics.which("a"), Some(Derived::Aggregates));
+        assert_eq!(topics.which("l"), None);
+        assert_eq!(topics.which("device-aggregates-old"), None);
+        let order: Vec<u8> = Derived::ALL.iter().map(|d| d.index()).collect();
+        assert_eq!(order, [0, 1, 2], "the cursor's order");
+    }
 }
