@@ -53,12 +53,17 @@ pub enum Command {
     Demo(commands::demo::DemoArgs),
 }
 
+/// A `--set` that is not `KEY=VALUE`.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("--set {0:?}: expected KEY=VALUE")]
+struct NotKeyValue(String);
+
 /// Parses `KEY=VALUE`, the value as a TOML value when it is one (numbers, booleans, arrays) and
 /// as a string otherwise.
-fn parse_set(entry: &str) -> Result<Override, String> {
+fn parse_set(entry: &str) -> Result<Override, NotKeyValue> {
     let (key, raw) = entry
         .split_once('=')
-        .ok_or_else(|| format!("--set {entry:?}: expected KEY=VALUE"))?;
+        .ok_or_else(|| NotKeyValue(entry.to_string()))?;
     let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -157,8 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .set
         .iter()
         .map(|s| parse_set(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+        .collect::<Result<Vec<_>, _>>()?;
     match &cli.command {
         Command::Generate(args) => args.overrides(&mut overrides),
         Command::Registry(args) => args.overrides(&mut overrides),

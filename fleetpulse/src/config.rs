@@ -89,10 +89,15 @@ impl Brokers {
     }
 }
 
-impl std::str::FromStr for Brokers {
-    type Err = String;
+/// A text that is not a list of `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a list of host:port")]
+pub struct NotBrokers(String);
 
-    fn from_str(s: &str) -> Result<Brokers, String> {
+impl std::str::FromStr for Brokers {
+    type Err = NotBrokers;
+
+    fn from_str(s: &str) -> Result<Brokers, NotBrokers> {
         let well_formed = |b: &str| {
             b.rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
@@ -100,7 +105,7 @@ impl std::str::FromStr for Brokers {
         if !s.is_empty() && s.split(',').map(str::trim).all(well_formed) {
             Ok(Brokers(s.to_string()))
         } else {
-            Err(format!("{s:?} is not a list of host:port"))
+            Err(NotBrokers(s.to_string()))
         }
     }
 }

@@ -122,7 +122,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             c.kafka.brokers = Some(
                 mock.bootstrap_servers()
                     .parse()
-                    .map_err(anyhow::Error::msg)?,
+                    .context("the embedded broker's address")?,
             );
             Some(mock)
         }
