@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemas::StatusTransition;
-use schemas::retry::{Delays, Retryable};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Concatenate;
@@ -31,7 +30,7 @@ use crate::events;
 use crate::output::Output;
 use crate::progress::{CutAt, Next, Progress};
 use crate::reading::{Reading, route};
-use crate::sink::OutputSink;
+use crate::sink::Behind;
 use crate::source::{Input, Mark, SourceSettings, source};
 use crate::tenant::Tenants;
 use crate::watermark::Watermarks;
@@ -67,7 +66,7 @@ pub fn build(
     input: Box<dyn Input>,
     settings: SourceSettings,
     cfg: Arc<PipelineConfig>,
-    sink: Rc<RefCell<Box<dyn OutputSink>>>,
+    sink: Rc<RefCell<Behind>>,
     burst: usize,
     state: WorkerState,
 ) -> Handle<u64> {
@@ -382,34 +381,23 @@ fn tenants<'s>(
     )
 }
 
-fn write<'s>(
-    all: StreamVec<'s, u64, Output>,
-    sink: Rc<RefCell<Box<dyn OutputSink>>>,
-) -> StreamVec<'s, u64, ()> {
+fn write<'s>(all: StreamVec<'s, u64, Output>, sink: Rc<RefCell<Behind>>) -> StreamVec<'s, u64, ()> {
     all.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Sink", move |_, _| {
         move |input, _output| {
+            let mut sink = sink.borrow_mut();
+            let mut written = Ok(());
             input.for_each(|_, data| {
-                let mut sink = sink.borrow_mut();
-                for record in data.iter() {
-                    let mut delays: Option<Delays> = None;
-                    while let Err(e) = sink.write(record) {
-                        if !e.is_retryable() {
-                            events::write_error();
-                            tracing::error!(
-                                error = %e,
-                                event_id = record.event_id(),
-                                "a derived record cannot be written"
-                            );
-                            break;
-                        }
-                        if !e.is_queue_full() {
-                            tracing::warn!(error = %e, "cannot write a derived record; retrying");
-                        }
-                        let wait = delays.get_or_insert_with(|| e.backoff().delays());
-                        std::thread::sleep(wait.next_wait());
-                    }
+                if written.is_ok() {
+                    written = sink.write(data);
                 }
             });
+            // Handed over once per activation, so a record waits for no more than the batch it
+            // came with.
+            if let Err(e) = written.and_then(|()| sink.hand_over()) {
+                // Only a thread that panicked refuses; the worker's next flush fails the job.
+                events::write_error();
+                tracing::error!(error = %e, "derived records cannot be written");
+            }
         }
     })
 }

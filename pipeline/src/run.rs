@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use schemas::Codec;
-use schemas::retry::Backoff;
+use schemas::retry::{Backoff, Retryable};
 
 use crate::checkpoint::{CheckpointError, PartWriter, Store, Unreadable, WorkerPart, Written};
 use crate::clock::ClockRules;
@@ -19,7 +19,8 @@ use crate::config::PipelineConfig;
 use crate::cut::Cuts;
 use crate::dataflow;
 use crate::readiness::Readiness;
-use crate::sink::{OutputSink, SinkError, SinkFactory};
+use crate::sink::{Behind, SinkError, SinkFactory};
+use crate::source::decoder::Decoder;
 use crate::source::kafka::KafkaSettings;
 use crate::source::memory::MemoryRecord;
 use crate::source::{Clock, SchemaFetcher, SourceError, SourceSettings};
@@ -151,12 +152,19 @@ pub enum WorkerError {
 }
 
 /// Waits until Kafka has acknowledged everything written so far: a checkpoint must not get
-/// ahead of the outputs that precede it. A broker that is away is waited for.
-fn flush(sink: &RefCell<Box<dyn OutputSink>>) {
+/// ahead of the outputs that precede it. A broker that is away is waited for; a sink that is
+/// gone fails the worker.
+fn flush(sink: &RefCell<Behind>) -> Result<(), SinkError> {
     let mut delays = Backoff::Unavailable.delays();
-    while let Err(e) = sink.borrow_mut().flush() {
-        tracing::warn!(error = %e, "outputs not yet acknowledged; the checkpoint waits");
-        std::thread::sleep(delays.next_wait());
+    loop {
+        match sink.borrow_mut().flush() {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "outputs not yet acknowledged; the checkpoint waits");
+                std::thread::sleep(delays.next_wait());
+            }
+        }
     }
 }
 
@@ -207,7 +215,8 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             *state.cuts.borrow_mut() = Cuts::new(store.clone(), index, peers);
         }
         let cuts = Rc::clone(&state.cuts);
-        let input = match open(&job.input, index, peers, &start) {
+        let decoder = Decoder::new((*job.codec).clone(), job.fetcher.clone(), job.cfg.limits);
+        let input = match open(&job.input, index, peers, &start, decoder) {
             Ok(input) => input,
             Err(e) => {
                 // The other workers would wait for this one's partitions for ever: stop them.
@@ -244,7 +253,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
                 .map(|_| Duration::from_millis(job.cfg.checkpoint_interval_ms.unsigned_abs())),
             generation: base,
         };
-        let sink = Rc::new(RefCell::new((job.sinks)(index)?));
+        let sink = Rc::new(RefCell::new(Behind::start((job.sinks)(index)?)?));
         let cfg = Arc::clone(&job.cfg);
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             dataflow::build(
@@ -267,7 +276,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
                     why: why.clone(),
                 });
             }
-            flush(&sink);
+            flush(&sink)?;
             Ok(())
         };
         let finish = |devices: PartWriter, part: &WorkerPart| -> Result<Written, WorkerError> {
@@ -306,7 +315,7 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             }
             settle(&mut in_flight, false)?;
         }
-        flush(&sink);
+        flush(&sink)?;
         settle(&mut in_flight, true)?;
         let stopped = job.stop.load(Ordering::Relaxed) && job.readiness.fatal_error().is_none();
         if let (true, Some(store)) = (stopped, &job.checkpoints) {

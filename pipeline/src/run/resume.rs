@@ -7,19 +7,24 @@ use std::sync::Arc;
 use super::InputSpec;
 use crate::checkpoint::{Checkpoint, Unreadable};
 use crate::dataflow::WorkerState;
+use crate::source::ahead::Ahead;
+use crate::source::decoder::Decoder;
 use crate::source::file::FileInput;
 use crate::source::kafka::KafkaInput;
 use crate::source::memory::MemoryInput;
 use crate::source::{Input, SourceError};
 use crate::watermark::PartitionClock;
 
+/// Opens worker `index`'s share of `input` at `start`, read ahead and decoded by `decoder` on a
+/// thread of its own.
 pub(super) fn open(
     input: &InputSpec,
     index: usize,
     peers: usize,
     start: &HashMap<i32, i64>,
+    decoder: Decoder,
 ) -> Result<Box<dyn Input>, SourceError> {
-    Ok(match input {
+    let input: Box<dyn Input + Send> = match input {
         InputSpec::Kafka(settings) => Box::new(KafkaInput::new(settings, index, peers, start)?),
         InputSpec::File(path) => Box::new(FileInput::open(
             path,
@@ -36,7 +41,8 @@ pub(super) fn open(
             *bounded,
             start,
         )),
-    })
+    };
+    Ok(Box::new(Ahead::start(input, decoder)?))
 }
 
 /// What one worker starts from.

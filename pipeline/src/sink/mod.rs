@@ -2,6 +2,7 @@
 //! idempotent producer shared by a process's workers), NDJSON files (a backfill without Kafka),
 //! or a collector in tests.
 
+mod behind;
 mod files;
 mod kafka;
 
@@ -13,6 +14,7 @@ use schemas::retry::{Backoff, Retryable};
 
 use crate::output::{Output, Stream};
 
+pub use behind::Behind;
 pub use files::FileOutput;
 pub use kafka::{DeliveryCounter, KafkaOutput};
 
@@ -33,12 +35,18 @@ pub enum SinkError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// The thread that writes could not start.
+    #[error("cannot start the write-behind thread: {0}")]
+    Thread(std::io::Error),
+    /// The thread that writes is gone (it panicked).
+    #[error("the write-behind thread is gone")]
+    Gone,
 }
 
-/// A destination of derived records; one per worker.
-pub trait OutputSink {
+/// A destination of derived records; one per worker, written on its own thread ([`Behind`]).
+pub trait OutputSink: Send {
     /// Writes one record, or says why not; the caller retries what [`Retryable`] allows (one
-    /// layer of retries, in the dataflow's sink operator).
+    /// layer of retries, in [`Behind`]).
     fn write(&mut self, record: &Output) -> Result<(), SinkError>;
     /// Waits until everything written is acknowledged.
     fn flush(&mut self) -> Result<(), SinkError>;
@@ -100,6 +108,8 @@ impl Retryable for SinkError {
         !matches!(
             self,
             SinkError::Encode(_)
+                | SinkError::Thread(_)
+                | SinkError::Gone
                 | SinkError::Kafka(KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageSizeTooLarge
                 ))

@@ -6,6 +6,8 @@
 //! send when is decided by [`machine::SourceMachine`]; each record is decoded and judged by
 //! [`triage::Triage`]; this module is the wiring.
 
+pub mod ahead;
+pub mod decoder;
 pub mod file;
 pub mod kafka;
 pub mod machine;
@@ -60,6 +62,13 @@ pub enum Payload<'a> {
         /// What to keep in the DLQ.
         raw: &'a [u8],
     },
+    /// Decoded and checked already, by the read-ahead thread ([`ahead::Ahead`]).
+    Checked {
+        /// The reading, or why it is unusable.
+        result: Result<schemas::TelemetryRef<'a>, decoder::Unusable>,
+        /// What to keep in the DLQ.
+        raw: &'a [u8],
+    },
 }
 
 /// One record of one partition, borrowed from the input for as long as it is looked at.
@@ -78,7 +87,7 @@ pub struct RawRecord<'a> {
 }
 
 /// Errors of an input.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
     /// Kafka refused or failed.
     #[error("kafka: {0}")]
@@ -97,13 +106,17 @@ pub enum SourceError {
     /// The thread that watches the brokers could not start.
     #[error("cannot watch the brokers: {0}")]
     Watch(String),
+    /// The thread that reads ahead could not start, or stopped.
+    #[error("the read-ahead thread: {0}")]
+    Ahead(String),
 }
 
 impl Retryable for SourceError {
     /// A file that cannot be read (or whose Avro container is corrupt, which makes the rest of
-    /// it unreadable) fails the job rather than end it early as if it were complete.
+    /// it unreadable) fails the job rather than end it early as if it were complete; so does a
+    /// read-ahead thread that is gone.
     fn is_retryable(&self) -> bool {
-        !matches!(self, SourceError::File { .. })
+        !matches!(self, SourceError::File { .. } | SourceError::Ahead(_))
     }
 }
 

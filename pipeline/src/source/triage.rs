@@ -1,16 +1,14 @@
-//! Triage of one record: decoded where it lies (the Kafka message or the file's line buffer),
-//! checked against the limits, judged by its partition's clock, and sent on as a compact reading,
-//! a dead letter, or both (a reading whose clock cannot be trusted still says its device
-//! reported). Plain state, no timely: the source operator hands it records and sends what it
-//! gathers.
+//! Triage of one record: decoded and checked ([`Decoder`], unless the read-ahead thread did it),
+//! judged by its partition's clock, and sent on as a compact reading, a dead letter, or both (a
+//! reading whose clock cannot be trusted still says its device reported). Plain state, no
+//! timely: the source operator hands it records and sends what it gathers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use schemas::{Codec, DeadLetter, DeadLetterReason, DecodeError, InputFormat, TelemetryRef};
+use schemas::{Codec, DeadLetter, DeadLetterReason};
 
-use super::{Payload, RawRecord, SchemaFetcher};
+use super::decoder::{Decoder, Unusable};
+use super::{RawRecord, SchemaFetcher};
 use crate::clock::Judged;
 use crate::event_id;
 use crate::events;
@@ -20,9 +18,6 @@ use crate::watermark::Watermarks;
 /// The most of a rejected value a dead letter carries, so the dead letter itself stays within
 /// the broker's message size limit.
 const MAX_RAW: usize = 256 * 1024;
-/// How long an id the registry could not give is not asked for again (its records go to the
-/// DLQ meanwhile, with reason `schema`).
-const REFETCH_AFTER: Duration = Duration::from_secs(60);
 
 /// What triage sends on, gathered over a batch of records.
 #[derive(Debug, Default)]
@@ -44,10 +39,7 @@ struct Source<'a> {
 /// Decodes and judges the records of one worker's partitions.
 pub struct Triage {
     topic: Arc<str>,
-    codec: Codec,
-    fetcher: Option<Arc<dyn SchemaFetcher>>,
-    refused: HashMap<u32, Instant>,
-    limits: schemas::Limits,
+    decoder: Decoder,
     replay_below: Option<i64>,
 }
 
@@ -64,10 +56,7 @@ impl Triage {
     ) -> Triage {
         Triage {
             topic: topic.into(),
-            codec,
-            fetcher,
-            refused: HashMap::new(),
-            limits,
+            decoder: Decoder::new(codec, fetcher, limits),
             replay_below,
         }
     }
@@ -78,7 +67,6 @@ impl Triage {
 
     /// Takes one record read at wall time `now`; what it gives goes into `out`.
     pub fn take(&mut self, rec: RawRecord<'_>, wm: &mut Watermarks, now: i64, out: &mut Triaged) {
-        let invalid = |e: schemas::InvalidField| (DeadLetterReason::InvalidField, e.to_string());
         let RawRecord {
             partition,
             offset,
@@ -92,25 +80,7 @@ impl Triage {
             record_time,
             key,
         };
-        let (decoded, raw) = match payload {
-            Payload::Wire(bytes) => {
-                let decoded = self
-                    .limits
-                    .check_message(bytes.len())
-                    .map_err(invalid)
-                    .and_then(|()| self.decode(bytes).map_err(|e| (e.reason(), e.to_string())));
-                (decoded, bytes)
-            }
-            Payload::Parsed { result, raw } => {
-                let decoded = self
-                    .limits
-                    .check_message(raw.len())
-                    .map_err(invalid)
-                    .and(result.map(TelemetryRef::owned));
-                (decoded, raw)
-            }
-        };
-        let decoded = decoded.and_then(|t| self.limits.check_ref(&t).map(|()| t).map_err(invalid));
+        let (decoded, raw) = self.decoder.check(payload);
         let t = match decoded {
             Ok(t) => t,
             Err(why) => {
@@ -166,7 +136,7 @@ impl Triage {
         &self,
         rec: &Source<'_>,
         raw: &[u8],
-        (reason, mut detail): (DeadLetterReason, String),
+        (reason, mut detail): Unusable,
         out: &mut Triaged,
     ) {
         events::dead_letter(reason);
@@ -189,41 +159,6 @@ impl Triage {
             detail,
             record_ts: rec.record_time.millis(),
         });
-    }
-
-    /// Decodes a wire value, fetching its writer schema first when the id is unknown and a
-    /// registry is configured.
-    fn decode<'a>(&mut self, bytes: &'a [u8]) -> Result<TelemetryRef<'a>, DecodeError> {
-        let id = match self.codec.decode_telemetry_ref(bytes, InputFormat::Auto) {
-            Err(DecodeError::UnknownSchemaId(id)) if self.fetcher.is_some() => id,
-            result => return result,
-        };
-        let unknown = Err(DecodeError::UnknownSchemaId(id));
-        let Some(fetcher) = self.fetcher.as_deref() else {
-            return unknown;
-        };
-        if self
-            .refused
-            .get(&id)
-            .is_some_and(|at| at.elapsed() < REFETCH_AFTER)
-        {
-            return unknown;
-        }
-        match fetcher.fetch_into(&mut self.codec, id) {
-            Ok(()) => {
-                tracing::info!(id, "fetched a writer schema from the registry");
-                self.codec.decode_telemetry_ref(bytes, InputFormat::Auto)
-            }
-            Err(e) => {
-                tracing::warn!(
-                    id,
-                    error = %e,
-                    "cannot fetch a writer schema; its records go to the DLQ"
-                );
-                self.refused.insert(id, Instant::now());
-                unknown
-            }
-        }
     }
 }
 
