@@ -4,7 +4,6 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use foldhash::HashMap;
@@ -16,7 +15,7 @@ use crate::device::{Ctx, Device, Due, Kind, Profiles};
 use crate::lastseen::{self, Announcer};
 use crate::output::Output;
 use crate::pending::PendingQueue;
-use crate::reading::Reading;
+use crate::reading::{Reading, device_key};
 
 /// What a checkpoint keeps of an engine: every device, the readings not yet processed, how far
 /// data has moved event time, and the last-seen announcements (see [`Engine::state`]).
@@ -36,7 +35,8 @@ pub struct EngineState {
 pub struct Engine {
     cfg: Arc<PipelineConfig>,
     devices: Chunked<Device>,
-    index: HashMap<Rc<str>, HashMap<Rc<str>, u32>>,
+    /// Each device's slot, by [`device_key`].
+    index: HashMap<u128, u32>,
     timers: BinaryHeap<Reverse<(Due, u32)>>,
     pending: PendingQueue,
     data_watermark: i64,
@@ -129,7 +129,7 @@ impl Engine {
         for device in restored {
             let slot = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
             let (tenant, id) = device.key();
-            self.index.entry(tenant).or_default().insert(id, slot);
+            self.index.insert(device_key(&tenant, &id), slot);
             self.devices.push(device);
             self.reschedule(slot);
         }
@@ -297,20 +297,11 @@ impl Engine {
             return;
         };
         let (tenant, id) = gone.key();
-        if let Some(devices) = self.index.get_mut(&tenant) {
-            devices.remove(&id);
-            if devices.is_empty() {
-                self.index.remove(&tenant);
-            }
-        }
+        self.index.remove(&device_key(&tenant, &id));
         if let Some(moved) = self.devices.get_mut(i) {
             let (tenant, id) = moved.key();
             moved.set_scheduled(None);
-            if let Some(s) = self
-                .index
-                .get_mut(&tenant)
-                .and_then(|devices| devices.get_mut(&id))
-            {
+            if let Some(s) = self.index.get_mut(&device_key(&tenant, &id)) {
                 *s = slot;
             }
             self.reschedule(slot);
@@ -332,22 +323,13 @@ impl Engine {
     }
 
     fn slot(&mut self, r: &Reading, ctx: &mut Ctx<'_>) -> u32 {
-        if let Some(slot) = self
-            .index
-            .get(r.tenant_id.as_str())
-            .and_then(|devices| devices.get(r.device_id.as_str()))
-        {
+        if let Some(slot) = self.index.get(&r.key) {
             return *slot;
         }
-        let tenant: Rc<str> = match self.index.get_key_value(r.tenant_id.as_str()) {
-            Some((t, _)) => Rc::clone(t),
-            None => Rc::from(r.tenant_id.as_str()),
-        };
         let slot = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
-        let id: Rc<str> = r.device_id.as_str().into();
-        self.devices
-            .push(Device::new(Rc::clone(&tenant), Rc::clone(&id), ctx));
-        self.index.entry(tenant).or_default().insert(id, slot);
+        let (tenant, id) = (r.tenant_id.as_str().into(), r.device_id.as_str().into());
+        self.devices.push(Device::new(tenant, id, ctx));
+        self.index.insert(r.key, slot);
         slot
     }
 }

@@ -29,13 +29,14 @@ use serde::{Deserialize, Serialize};
 use crate::event_id;
 use crate::output::Output;
 use crate::reading::Reading;
+#[cfg(doc)]
+use crate::reading::device_key;
 
 /// The time of each device's last announcement.
 ///
-/// Devices are known by a 128-bit hash of tenant and id rather than by their ids: this map
-/// holds every device active within an interval, and ids would double its size; at 128 bits no
-/// fleet sees two devices share one (a shared entry would hold one back, or repeat another's time
-/// for it).
+/// Devices are known by their [`device_key`] rather than by their ids: this map holds every
+/// device active within an interval, and ids would double its size (a key two devices shared
+/// would hold one back, or repeat another's time for it; at 128 bits no fleet sees one).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Announcer {
     last: HashMap<u128, i64>,
@@ -51,23 +52,23 @@ impl Announcer {
     /// Whether reading `r` is announced (and if so, notes it), with announcements at least
     /// `interval_ms` apart per device.
     pub fn arrive(&mut self, r: &Reading, interval_ms: i64) -> bool {
-        let key = key(&r.tenant_id, &r.device_id);
-        match self.last.get_mut(&key) {
+        match self.last.get_mut(&r.key) {
             Some(last) if r.ts < last.saturating_add(interval_ms) => false,
             Some(last) => {
                 *last = r.ts;
                 true
             }
             None => {
-                self.last.insert(key, r.ts);
+                self.last.insert(r.key, r.ts);
                 true
             }
         }
     }
 
-    /// The time of the device's last announcement, if one is kept.
-    pub fn last_of(&self, tenant: &str, device: &str) -> Option<i64> {
-        self.last.get(&key(tenant, device)).copied()
+    /// The time of the last announcement of the device with `key` ([`device_key`]), if one is
+    /// kept.
+    pub fn last_of(&self, key: u128) -> Option<i64> {
+        self.last.get(&key).copied()
     }
 
     /// Forgets announcements an interval or more before `frontier`, once the map has doubled
@@ -109,18 +110,6 @@ impl Announcer {
     pub fn is_empty(&self) -> bool {
         self.last.is_empty()
     }
-}
-
-/// A device's key: FNV-1a, 128 bits, over tenant, a byte no UTF-8 text holds, and id. Stable
-/// across runs and versions (the keys are checkpointed).
-fn key(tenant: &str, device: &str) -> u128 {
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    let fold = |h: u128, b: &u8| (h ^ u128::from(*b)).wrapping_mul(PRIME);
-    let h = tenant
-        .as_bytes()
-        .iter()
-        .fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d, fold);
-    device.as_bytes().iter().fold(fold(h, &0xff), fold)
 }
 
 /// The record saying device `tenant`/`device` was last seen at `ts`.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use pipeline::PipelineConfig;
 use pipeline::engine::Engine;
-use pipeline::reading::{Reading, ReadingKind};
+use pipeline::reading::{Reading, ReadingKind, device_key};
 
 struct Counting;
 
@@ -38,12 +38,15 @@ static ALLOCATOR: Counting = Counting;
 const T0: i64 = 1_700_000_000_000;
 
 fn reading(device: usize, ts: i64) -> Reading {
+    let tenant_id = compact_str::format_compact!("tenant-{:02}", device % 20);
+    let device_id = compact_str::format_compact!("dev-{device:06}");
     Reading {
         ts,
         partition: 0,
         offset: 0,
-        tenant_id: compact_str::format_compact!("tenant-{:02}", device % 20),
-        device_id: compact_str::format_compact!("dev-{device:06}"),
+        key: device_key(&tenant_id, &device_id),
+        tenant_id,
+        device_id,
         device_class: Some("sensor".into()),
         response_time_ms: Some(40.0 + (device % 13) as f64),
         ok: !device.is_multiple_of(17),

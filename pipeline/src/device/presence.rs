@@ -3,6 +3,7 @@
 //! the flapping rule.
 
 use super::*;
+use crate::reading::device_key;
 
 impl Device {
     pub(super) fn go_offline(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
@@ -117,7 +118,7 @@ impl Device {
         ));
         if let Some(newer) = ctx
             .announced
-            .last_of(&self.tenant, &self.id)
+            .last_of(device_key(&self.tenant, &self.id))
             .filter(|t| *t > self.last_seen)
         {
             ctx.out
