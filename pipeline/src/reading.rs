@@ -3,9 +3,9 @@
 //! are held inline up to 24 bytes, so taking a reading from a message allocates nothing.
 
 use compact_str::CompactString;
-use twox_hash::{XxHash3_64, XxHash3_128};
 use schemas::TelemetryRef;
 use serde::{Deserialize, Serialize};
+use twox_hash::{XxHash3_64, XxHash3_128};
 
 /// An accepted reading and its source position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
