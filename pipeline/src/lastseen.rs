@@ -5,8 +5,9 @@
 //! - On arrival, before the frontier passes it (which takes the out-of-orderness and more), a
 //!   reading is *announced* when it is a device's first or at least an interval after the last
 //!   one announced, in the order its partition holds it (a device's readings all come from one
-//!   partition, and one worker's exchange keeps their order). [`Announcer`] keeps only the time
-//!   of each device's last announcement.
+//!   partition, and the device operator's input keeps each sender's order: see
+//!   `dataflow/devices.rs` for why that is not timely's `exchange` operator). [`Announcer`]
+//!   keeps only the time of each device's last announcement.
 //! - In event-time order, the device ([`crate::device`]) makes sure its latest reading goes out:
 //!   announced already, or at once when its status changes, or an interval after it when no later
 //!   reading came (so a device that falls silent has its final time on the topic long before it

@@ -14,7 +14,7 @@ use std::time::Instant;
 use schemas::StatusTransition;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -61,7 +61,11 @@ pub(super) fn devices<'s>(
     let (worker, peers) = (scope.index(), scope.peers());
     let mut builder = OperatorBuilder::new("Devices".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
-    let mut readings_in = builder.new_input(readings, Pipeline);
+    // The exchange is this input's pact, not timely's `exchange` operator: that operator sorts
+    // what one activation received by time with an unstable sort, which reorders a partition's
+    // readings of one time, and the last-seen announcer needs each device's readings in the
+    // order its partition holds them. An input pulls each sender's messages in the order sent.
+    let mut readings_in = builder.new_input(readings, Exchange::new(|r: &Reading| r.route()));
     let mut marks_in = builder.new_input(marks, Pipeline);
     let (all_out, all) = builder.new_output();
     let (statuses_out, statuses) = builder.new_output();

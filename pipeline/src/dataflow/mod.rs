@@ -30,7 +30,7 @@ use crate::cut::Cuts;
 use crate::engine::EngineState;
 use crate::events;
 use crate::output::Output;
-use crate::reading::{Reading, route};
+use crate::reading::route;
 use crate::sink::Behind;
 use crate::source::{Input, SourceSettings, source};
 use crate::tenant::Tenants;
@@ -81,7 +81,7 @@ pub fn build(
         processed.clone(),
         Rc::clone(&snapshot),
     );
-    let readings = streams.readings.exchange(|r: &Reading| r.route());
+    let readings = streams.readings;
     let marks = streams.marks.broadcast();
     let restored = Restored {
         engines: state.engines,

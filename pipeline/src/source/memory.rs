@@ -16,6 +16,22 @@ pub struct MemoryRecord {
     pub value: Vec<u8>,
 }
 
+#[cfg(test)]
+impl MemoryRecord {
+    /// A JSON reading of `device` at `ts` (the example's other fields), with no record time.
+    pub(crate) fn json(device: &str, ts: i64) -> MemoryRecord {
+        let t = schemas::Telemetry {
+            device_id: device.into(),
+            ts,
+            ..schemas::Telemetry::example()
+        };
+        MemoryRecord {
+            record_time: RecordTime::None,
+            value: serde_json::to_vec(&t).unwrap_or_default(),
+        }
+    }
+}
+
 /// A worker's share of in-memory partitions (partition `p` belongs to worker `p % peers`).
 pub struct MemoryInput {
     partitions: Arc<Vec<Vec<MemoryRecord>>>,

@@ -4,25 +4,13 @@
 
 use std::sync::Arc;
 
-use schemas::{Codec, DeadLetterReason, Telemetry};
+use schemas::{Codec, DeadLetterReason};
 
 use super::*;
 use crate::source::memory::{MemoryInput, MemoryRecord};
 
 fn decoder() -> Decoder {
     Decoder::new(Codec::builtin(), None, schemas::Limits::default())
-}
-
-fn record(device: &str, ts: i64) -> MemoryRecord {
-    let t = Telemetry {
-        device_id: device.into(),
-        ts,
-        ..Telemetry::example()
-    };
-    MemoryRecord {
-        record_time: RecordTime::None,
-        value: serde_json::to_vec(&t).unwrap(),
-    }
 }
 
 /// What the worker saw of one record: where, and the device or why it was unusable.
@@ -53,9 +41,9 @@ fn take(input: &mut Ahead, seen: &mut Vec<Seen>, n: usize, max: usize) -> Vec<(u
 
 #[test]
 fn records_come_in_order_and_positions_follow_what_was_taken() {
-    let mut p0: Vec<MemoryRecord> = (0..5_000).map(|i| record("a", i)).collect();
+    let mut p0: Vec<MemoryRecord> = (0..5_000).map(|i| MemoryRecord::json("a", i)).collect();
     p0[10].value = b"{not json".to_vec();
-    let p1: Vec<MemoryRecord> = (0..3_000).map(|i| record("b", i)).collect();
+    let p1: Vec<MemoryRecord> = (0..3_000).map(|i| MemoryRecord::json("b", i)).collect();
     let partitions = Arc::new(vec![p0.clone(), p1]);
     let memory = MemoryInput::new(partitions, 0, 1, true, &Default::default());
     let mut input = Ahead::start(Box::new(memory), decoder()).unwrap();
@@ -138,7 +126,7 @@ impl Input for Failing {
             });
         }
         self.gave = true;
-        let value = record("a", 1).value;
+        let value = MemoryRecord::json("a", 1).value;
         each(RawRecord {
             partition: 0,
             offset: 7,
@@ -200,7 +188,7 @@ fn a_failing_input_is_reported_until_it_reads_again_and_a_fatal_error_stays() {
 
 #[test]
 fn dropping_it_stops_a_thread_that_waits_on_a_full_channel() {
-    let records: Vec<MemoryRecord> = (0..100_000).map(|i| record("a", i)).collect();
+    let records: Vec<MemoryRecord> = (0..100_000).map(|i| MemoryRecord::json("a", i)).collect();
     let memory = MemoryInput::new(Arc::new(vec![records]), 0, 1, false, &Default::default());
     let input = Ahead::start(Box::new(memory), decoder()).unwrap();
     std::thread::sleep(Duration::from_millis(50));

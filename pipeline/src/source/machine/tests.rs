@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use schemas::{Codec, DeadLetterReason, Telemetry};
+use schemas::{Codec, DeadLetterReason};
 
 use super::*;
 use crate::clock::{ClockRules, RecordTime};
@@ -21,18 +21,6 @@ const BOUNDS: Bounds = Bounds {
         max_future_skew_ms: 1_000,
     },
 };
-
-fn record(device: &str, ts: i64) -> MemoryRecord {
-    let t = Telemetry {
-        device_id: device.into(),
-        ts,
-        ..Telemetry::example()
-    };
-    MemoryRecord {
-        record_time: RecordTime::None,
-        value: serde_json::to_vec(&t).unwrap(),
-    }
-}
 
 struct Fixture {
     machine: SourceMachine,
@@ -90,8 +78,8 @@ fn a_bounded_input_is_read_marked_and_finished() {
     let mut f = machine(
         memory(
             vec![vec![
-                record("a", 1_000),
-                record("b", 1_020),
+                MemoryRecord::json("a", 1_000),
+                MemoryRecord::json("b", 1_020),
                 MemoryRecord {
                     record_time: RecordTime::None,
                     value: b"{not json".to_vec(),
@@ -126,7 +114,7 @@ fn a_bounded_input_is_read_marked_and_finished() {
 
 #[test]
 fn data_moves_the_capability_in_whole_steps_and_an_idle_input_polls_later() {
-    let readings = ["a", "b", "c", "d"].map(|d| record(d, 1_017));
+    let readings = ["a", "b", "c", "d"].map(|d| MemoryRecord::json(d, 1_017));
     let mut f = machine(memory(vec![readings.to_vec()], false), None);
     let step = f.machine.step(0, None);
     assert_eq!(step.marks, [Mark::Data(1_012)]);
@@ -140,7 +128,10 @@ fn data_moves_the_capability_in_whole_steps_and_an_idle_input_polls_later() {
 
 #[test]
 fn too_far_ahead_of_the_devices_it_waits_without_reading() {
-    let mut f = machine(memory(vec![vec![record("a", 5_000)]], false), None);
+    let mut f = machine(
+        memory(vec![vec![MemoryRecord::json("a", 5_000)]], false),
+        None,
+    );
     let step = f.machine.step(1_000, Some(0));
     assert!(step.triaged.readings.is_empty());
     assert_eq!(step.wake, Wake::After(Duration::from_millis(1)));
@@ -150,7 +141,10 @@ fn too_far_ahead_of_the_devices_it_waits_without_reading() {
 
 #[test]
 fn a_stop_leaves_the_positions_and_holds_at_the_capability() {
-    let mut f = machine(memory(vec![vec![record("a", 1_000)]], false), None);
+    let mut f = machine(
+        memory(vec![vec![MemoryRecord::json("a", 1_000)]], false),
+        None,
+    );
     f.machine.step(0, None);
     f.stop.store(true, Ordering::Relaxed);
     let step = f.machine.step(990, None);
@@ -171,7 +165,10 @@ fn a_stop_leaves_the_positions_and_holds_at_the_capability() {
 #[test]
 fn cuts_are_proposed_at_the_next_second_once_each() {
     let cuts = CutProposer::new(Duration::ZERO, 4, 1_000);
-    let mut f = machine(memory(vec![vec![record("a", 1_500)]], false), Some(cuts));
+    let mut f = machine(
+        memory(vec![vec![MemoryRecord::json("a", 1_500)]], false),
+        Some(cuts),
+    );
     assert!(
         f.machine
             .step(0, None)
