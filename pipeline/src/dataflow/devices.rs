@@ -62,7 +62,7 @@ pub(super) fn devices<'s>(
     let mut builder = OperatorBuilder::new("Devices".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
     // The exchange is this input's pact, not timely's `exchange` operator: that operator sorts
-    // what one activation received by time with an unstable sort, which reorders a partition's
+    // what one activation received by time with an unstable sort, which can reorder a partition's
     // readings of one time, and the last-seen announcer needs each device's readings in the
     // order its partition holds them. An input pulls each sender's messages in the order sent.
     let mut readings_in = builder.new_input(readings, Exchange::new(|r: &Reading| r.route()));

@@ -15,9 +15,10 @@ use crate::output::Output;
 
 /// Batches handed over and not yet written, at most.
 const BEHIND: usize = 4;
-/// Records gathered into one batch at most. Timely's own batches are a few dozen records, and a
-/// batch each would cost the two threads more in waking each other than the writing they share,
-/// so the sink operator hands over what one activation gathered ([`Behind::hand_over`]).
+/// Records gathered that are handed over at once rather than at the end of the activation.
+/// Timely's own batches are a few dozen records, and a handover each would cost the two threads
+/// more in waking each other than the writing they share, so the sink operator hands over what
+/// one activation gathered ([`Behind::hand_over`]), or this many.
 const BATCH: usize = 4_096;
 
 enum Message {
