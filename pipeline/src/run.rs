@@ -105,9 +105,6 @@ pub enum RunError {
     /// The input could not be read.
     #[error("cannot read the input: {0}")]
     Input(String),
-    /// A checkpoint could not be read or written.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
     /// A worker failed.
     #[error("worker {worker}: {source}")]
     Worker {
