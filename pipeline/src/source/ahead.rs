@@ -143,7 +143,9 @@ pub struct Ahead {
     /// The batch being taken, and how much of it is.
     current: Batch,
     taken: usize,
+    /// Where the input stood after the last batch taken whole.
     positions: BTreeMap<i32, i64>,
+    /// Partitions finished by the batches taken whole, not yet asked for.
     finished: Vec<i32>,
     /// The last read failed, and none has succeeded since.
     failing: Option<SourceError>,
@@ -263,7 +265,6 @@ impl Input for Ahead {
                 break;
             };
             self.taken += 1;
-            self.positions.insert(r.partition, r.offset + 1);
             let result = match &mut r.result {
                 Ok(t) => Ok(t.as_ref()),
                 Err((reason, detail)) => Err((*reason, std::mem::take(detail))),
@@ -288,8 +289,16 @@ impl Input for Ahead {
         std::mem::take(&mut self.finished)
     }
 
+    /// Where the input stood after the batches taken whole, with the records taken so far of
+    /// one taken in part laid over it: asked for at a checkpoint, not worked out per record.
     fn positions(&self) -> Vec<(i32, i64)> {
-        self.positions.iter().map(|(p, o)| (*p, *o)).collect()
+        let mut at = self.positions.clone();
+        if self.taken < self.current.records.len() {
+            for r in &self.current.records[..self.taken] {
+                at.insert(r.partition, r.offset + 1);
+            }
+        }
+        at.into_iter().collect()
     }
 }
 
