@@ -30,6 +30,11 @@ pub struct Cli {
 pub enum Command {
     /// Send a synthetic fleet's telemetry to Kafka or to a file.
     Generate(commands::generate::GenerateArgs),
+    /// The devices that should exist: apply a YAML or CSV inventory, list it.
+    #[command(subcommand)]
+    Inventory(commands::inventory::InventoryCommand),
+    /// Probe the inventory's poll targets (HTTP, TCP): one telemetry record per probe.
+    Poll(commands::poll::PollArgs),
     /// Run the dataflow: telemetry in, aggregates, anomalies, status and dead letters out.
     Pipeline(commands::pipeline::PipelineArgs),
     /// Write the derived topics somewhere analysts query them.
@@ -166,6 +171,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Generate(args) => args.overrides(&mut overrides),
         Command::Registry(args) => args.overrides(&mut overrides),
+        Command::Inventory(command) => command.overrides(&mut overrides),
+        Command::Poll(args) => args.overrides(&mut overrides),
         Command::Pipeline(args) => args.overrides(&mut overrides),
         Command::Tail(args) => args.kafka.overrides(&mut overrides),
         Command::Sink(sink) => sink.overrides(&mut overrides),
@@ -182,6 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => runtime.block_on(commands::generate::run(&config, args)),
         Command::Registry(_) => runtime.block_on(commands::registry::run(&config)),
+        Command::Inventory(command) => runtime.block_on(commands::inventory::run(&config, command)),
+        Command::Poll(_) => runtime.block_on(commands::poll::run(&config)),
         Command::Pipeline(args) => runtime.block_on(commands::pipeline::run(&config, args)),
         Command::Tail(args) => runtime.block_on(commands::tail::run(&config, args)),
         Command::Sink(sink) => runtime.block_on(commands::sink::run(&config, sink)),

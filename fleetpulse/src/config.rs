@@ -55,6 +55,9 @@ pub struct Config {
     /// there only).
     #[serde(default)]
     pub bridge: ws_bridge::BridgeConfig,
+    /// `[poller]`: `fleetpulse poll`.
+    #[serde(default)]
+    pub poller: poller::PollerConfig,
     /// `[log]`: logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -191,6 +194,10 @@ pub struct Topics {
     /// Last-seen times out (compacted).
     #[serde(default = "topic::lastseen")]
     pub lastseen: TopicName,
+    /// The device inventory (compacted): written by `inventory apply`, read by the pipeline,
+    /// the poller and the sink.
+    #[serde(default = "topic::inventory")]
+    pub inventory: TopicName,
 }
 
 mod topic {
@@ -214,6 +221,9 @@ mod topic {
     pub(super) fn lastseen() -> TopicName {
         TopicName::new(RecordKind::LastSeen.default_topic())
     }
+    pub(super) fn inventory() -> TopicName {
+        TopicName::new(RecordKind::Registration.default_topic())
+    }
 }
 
 impl Default for Topics {
@@ -225,6 +235,7 @@ impl Default for Topics {
             status: topic::status(),
             dlq: topic::dlq(),
             lastseen: topic::lastseen(),
+            inventory: topic::inventory(),
         }
     }
 }
@@ -240,6 +251,7 @@ impl Topics {
             StatusTransition => &self.status,
             DeadLetter => &self.dlq,
             LastSeen => &self.lastseen,
+            Registration => &self.inventory,
         }
     }
 
@@ -410,6 +422,9 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
             &format!("clickhouse.{key}"),
             &expected,
         ));
+    }
+    if let Err((key, expected)) = config.poller.validate() {
+        return Err(ConfigError::invalid(&format!("poller.{key}"), &expected));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::Keys(vec![ConfigError::key(

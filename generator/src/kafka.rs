@@ -106,31 +106,53 @@ impl KafkaSink {
         payload: &[u8],
         timestamp: i64,
     ) -> Result<(), GeneratorError> {
-        let mut record = BaseRecord::to(&self.topic)
-            .key(key)
-            .payload(payload)
-            .timestamp(timestamp);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    self.producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(GeneratorError::Kafka(e.to_string())),
-            }
-        }
-        self.sent += 1;
-        if self.sent.is_multiple_of(1024) {
-            self.producer.poll(Duration::ZERO);
-        }
-        Ok(())
+        produce(
+            &self.producer,
+            &mut self.sent,
+            BaseRecord::to(&self.topic)
+                .key(key)
+                .payload(payload)
+                .timestamp(timestamp),
+        )
+    }
+
+    /// Produces a tombstone (a key without a value): on a compacted topic, the key's record is
+    /// deleted.
+    pub fn send_tombstone(&mut self, key: &[u8], timestamp: i64) -> Result<(), GeneratorError> {
+        produce(
+            &self.producer,
+            &mut self.sent,
+            BaseRecord::to(&self.topic).key(key).timestamp(timestamp),
+        )
     }
 
     /// Messages acknowledged by the broker so far.
     pub fn acknowledged(&self) -> u64 {
         self.producer.context().acked.load(Ordering::Relaxed)
     }
+}
+
+/// Sends `record`, waiting while the local queue is full; `sent` counts what was sent.
+fn produce(
+    producer: &BaseProducer<Deliveries>,
+    sent: &mut u64,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), GeneratorError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(GeneratorError::Kafka(e.to_string())),
+        }
+    }
+    *sent += 1;
+    if sent.is_multiple_of(1024) {
+        producer.poll(Duration::ZERO);
+    }
+    Ok(())
 }
 
 impl Sink for KafkaSink {

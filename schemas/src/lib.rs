@@ -1,6 +1,7 @@
-//! The vocabulary every part of fleetpulse shares: the six records of the design (telemetry in,
-//! aggregates, anomalies, status transitions, dead letters and last-seen times out), their Avro schemas, the
-//! Confluent-framed Avro codec, and the JSON form of telemetry that devices may send instead.
+//! The vocabulary every part of fleetpulse shares: the seven records of the design (telemetry and
+//! the device inventory in; aggregates, anomalies, status transitions, dead letters and last-seen
+//! times out), their Avro schemas, the Confluent-framed Avro codec, and the JSON form of telemetry
+//! that devices may send instead.
 //!
 //! This crate is a leaf: it does no I/O. The schemas under `schemas/avro/` are compiled in and
 //! form the file-backed registry ([`SchemaStore::builtin`]); a networked registry lives in the
@@ -26,6 +27,7 @@ mod json;
 mod last_seen;
 mod limits;
 mod record;
+mod registration;
 pub mod retry;
 mod store;
 mod telemetry;
@@ -43,6 +45,7 @@ pub use error::{DecodeError, EncodeError, InvalidField, SchemaError};
 pub use last_seen::{LastSeen, device_key};
 pub use limits::Limits;
 pub use record::{Record, RecordKind, wire_name};
+pub use registration::{PollTarget, ProbeKind, Registration, device_of_key};
 pub use store::{BuiltinSchema, SchemaStore, builtin_schemas};
 pub use telemetry::{TS_MAX_MS, TS_MIN_MS, Telemetry};
 pub use telemetry_ref::{AttributeCount, TelemetryRef};

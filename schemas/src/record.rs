@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{DecodeError, InvalidField};
 
-/// The six kinds of record, one per topic of the design.
+/// The seven kinds of record, one per topic of the design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {
     /// A device reading ([`crate::Telemetry`]).
@@ -23,17 +23,20 @@ pub enum RecordKind {
     DeadLetter,
     /// When each device was last heard from ([`crate::LastSeen`]).
     LastSeen,
+    /// The devices that should exist ([`crate::Registration`]).
+    Registration,
 }
 
 impl RecordKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::Telemetry,
         RecordKind::WindowAggregate,
         RecordKind::Anomaly,
         RecordKind::StatusTransition,
         RecordKind::DeadLetter,
         RecordKind::LastSeen,
+        RecordKind::Registration,
     ];
 
     /// The Avro full name of the record's schema.
@@ -45,6 +48,7 @@ impl RecordKind {
             RecordKind::StatusTransition => "io.fleetpulse.StatusTransition",
             RecordKind::DeadLetter => "io.fleetpulse.DeadLetter",
             RecordKind::LastSeen => "io.fleetpulse.LastSeen",
+            RecordKind::Registration => "io.fleetpulse.Registration",
         }
     }
 
@@ -57,6 +61,7 @@ impl RecordKind {
             RecordKind::StatusTransition => "device-status",
             RecordKind::DeadLetter => "telemetry-dlq",
             RecordKind::LastSeen => "device-lastseen",
+            RecordKind::Registration => "device-inventory",
         }
     }
 
@@ -92,7 +97,7 @@ pub fn wire_name<T: Serialize>(value: &T) -> String {
 
 /// A record type with an Avro schema in this crate.
 pub trait Record: Serialize + DeserializeOwned {
-    /// Which of the six records this is.
+    /// Which of the seven records this is.
     const KIND: RecordKind;
 
     /// The Kafka key the record is written with: the device id, so one device stays in one

@@ -31,7 +31,7 @@ pub struct BuiltinSchema {
 
 // Ids are part of the wire format of everything written without a networked registry: never
 // renumber, only append.
-const BUILTIN: [BuiltinSchema; 11] = [
+const BUILTIN: [BuiltinSchema; 12] = [
     BuiltinSchema {
         id: 1,
         kind: RecordKind::Telemetry,
@@ -100,6 +100,12 @@ const BUILTIN: [BuiltinSchema; 11] = [
         version: 1,
         json: include_str!("../avro/last_seen.avsc"),
     },
+    BuiltinSchema {
+        id: 12,
+        kind: RecordKind::Registration,
+        version: 1,
+        json: include_str!("../avro/registration.avsc"),
+    },
 ];
 
 /// The schemas shipped with fleetpulse, oldest first.
@@ -142,7 +148,7 @@ fn newest(kind: RecordKind) -> &'static BuiltinSchema {
 
 /// The current (newest) schema of each kind, the one data is written and read with.
 #[allow(clippy::expect_used)] // compiled-in constants, parsed by a unit test; not input
-static CURRENT: LazyLock<[&'static Schema; 6]> = LazyLock::new(|| {
+static CURRENT: LazyLock<[&'static Schema; RecordKind::ALL.len()]> = LazyLock::new(|| {
     RecordKind::ALL.map(|kind| parse(newest(kind).json).expect("built-in schemas parse").1)
 });
 
@@ -165,7 +171,7 @@ pub(crate) struct CurrentSchema {
 #[derive(Clone)]
 pub struct SchemaStore {
     writers: HashMap<u32, Arc<WriterSchema>>,
-    current: [Arc<CurrentSchema>; 6],
+    current: [Arc<CurrentSchema>; RecordKind::ALL.len()],
 }
 
 impl std::fmt::Debug for SchemaStore {

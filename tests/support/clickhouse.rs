@@ -1,6 +1,7 @@
-//! ClickHouse for the end-to-end tests: a connection once the sink has made its tables, and a
-//! table's rows as the documented queries see them.
+//! ClickHouse for the end-to-end tests: a connection once the sink has made its tables, a
+//! table's rows as the documented queries see them, and the documented queries themselves.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clickhouse::{RowOwned, RowRead};
@@ -21,7 +22,7 @@ pub async fn connect(url: &str, database: &str) -> Connection {
         if let Ok(c) = Connection::open(&target).await
             && c.client
                 // The last table the sink creates.
-                .query("SELECT count() FROM device_last_seen")
+                .query("SELECT count() FROM device_inventory")
                 .fetch_one::<u64>()
                 .await
                 .is_ok()
@@ -42,4 +43,45 @@ pub async fn rows<T: RowOwned + RowRead>(c: &Connection, table: &str) -> Vec<T> 
         .fetch_all::<T>()
         .await
         .unwrap()
+}
+
+/// The queries of docs/queries.md, by the name in the `<!-- query: name -->` before each.
+pub fn documented_queries() -> BTreeMap<String, String> {
+    let text = include_str!("../../docs/queries.md");
+    text.split("<!-- query: ")
+        .skip(1)
+        .map(|part| {
+            let (name, rest) = part.split_once(" -->").unwrap();
+            let sql = rest.split("```sql\n").nth(1).unwrap();
+            let sql = sql.split("```").next().unwrap();
+            (name.to_string(), sql.to_string())
+        })
+        .collect()
+}
+
+/// Runs a documented query against `database`, with `now()` pinned to `now_s`: its rows as JSON.
+pub fn ask(
+    rt: &tokio::runtime::Runtime,
+    c: &Connection,
+    database: &str,
+    sql: &str,
+    now_s: i64,
+) -> Vec<serde_json::Value> {
+    let sql = sql
+        .replace("fleetpulse.", &format!("{database}."))
+        .replace("now()", &format!("toDateTime({now_s}, 'UTC')"));
+    let body = rt
+        .block_on(async {
+            c.client
+                .query(&sql)
+                .fetch_bytes("JSONEachRow")?
+                .collect()
+                .await
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

@@ -275,13 +275,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `--set` flags naming the derived topics after `prefix`.
+/// `--set` flags naming the derived topics, and the inventory the sink also reads, after
+/// `prefix`: no two tests share a topic.
 pub fn derived_topics(prefix: &str) -> Vec<String> {
     DERIVED
         .iter()
+        .chain(&[INVENTORY])
         .flat_map(|k| ["--set".to_string(), format!("topics.{k}={prefix}-{k}")])
         .collect()
 }
+
+/// The inventory topic's key in `[topics]`, as `derived_topics` names it.
+pub const INVENTORY: &str = "inventory";
 
 /// The kinds of derived topic, as `derived_topics` names them.
 pub const DERIVED: [&str; 5] = ["aggregates", "anomalies", "status", "dlq", "lastseen"];
@@ -419,15 +424,19 @@ pub async fn fresh_derived(name: &str, partitions: i32) -> (&'static str, String
     (brokers, prefix)
 }
 
-/// Creates the derived topics of `prefix` with `partitions` partitions each, as the pipeline
-/// would: a cursor then spans several partitions per topic.
+/// Creates the derived topics (and the inventory) of `prefix` with `partitions` partitions each,
+/// as the pipeline would: a cursor then spans several partitions per topic.
 pub async fn create_derived(brokers: &str, prefix: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
-    let names: Vec<String> = DERIVED.iter().map(|k| format!("{prefix}-{k}")).collect();
+    let names: Vec<String> = DERIVED
+        .iter()
+        .chain(&[INVENTORY])
+        .map(|k| format!("{prefix}-{k}"))
+        .collect();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))

@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use schemas::{
-    Anomaly, Codec, DeadLetter, DecodeError, LastSeen, StatusTransition, WindowAggregate,
+    Anomaly, Codec, DeadLetter, DecodeError, LastSeen, Registration, StatusTransition,
+    WindowAggregate, device_of_key,
 };
 
 use crate::encoded::AggregateRows;
-use crate::rows::{AnomalyRow, DeadLetterRow, LastSeenRow, StatusRow};
+use crate::rows::{AnomalyRow, DeadLetterRow, InventoryRow, LastSeenRow, StatusRow};
 
 /// Which table a topic feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +24,8 @@ pub enum Table {
     DeadLetters,
     /// `device_last_seen`.
     LastSeen,
+    /// `device_inventory`.
+    Inventory,
 }
 
 impl Table {
@@ -34,6 +37,38 @@ impl Table {
             Table::Status => "device_status",
             Table::DeadLetters => "dead_letters",
             Table::LastSeen => "device_last_seen",
+            Table::Inventory => "device_inventory",
+        }
+    }
+}
+
+/// A consumed record's parts, borrowed from the consumer's message.
+#[derive(Debug, Clone, Copy)]
+pub struct Consumed<'a> {
+    /// Its topic.
+    pub topic: &'a str,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key.
+    pub key: Option<&'a [u8]>,
+    /// Its value; `None` for a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// Its Kafka timestamp, ms.
+    pub timestamp_ms: i64,
+}
+
+impl<'a> Consumed<'a> {
+    /// A record with a value and neither key nor time, as the derived topics' rows need.
+    pub fn value(topic: &'a str, partition: i32, offset: i64, value: &'a [u8]) -> Consumed<'a> {
+        Consumed {
+            topic,
+            partition,
+            offset,
+            key: None,
+            value: Some(value),
+            timestamp_ms: 0,
         }
     }
 }
@@ -58,6 +93,8 @@ pub struct Batch {
     /// one per interval (5 s by default), a trickle batch lasts a second, and a backlog batch of
     /// `batch_rows` spans a few seconds of any fleet big enough for the rows to matter.
     pub last_seen: Vec<LastSeenRow>,
+    /// `device_inventory`: registrations and decommissions.
+    pub inventory: Vec<InventoryRow>,
     /// Per (topic, partition), the offset after the last record taken: a handful of entries,
     /// looked up for every record without allocating.
     offsets: Vec<(String, i32, i64)>,
@@ -77,30 +114,21 @@ impl Batch {
         }
     }
 
-    /// Takes the record at `offset` of `topic`/`partition`, which feeds `table`. A record that
-    /// does not decode is not added (the caller counts it) but its offset is: it will never
-    /// decode, and must not hold the partition back.
+    /// Takes a consumed record of a topic that feeds `table`. A record that does not decode is
+    /// not added (the caller counts it) but its offset is: it will never decode, and must not
+    /// hold the partition back.
     pub fn add(
         &mut self,
         codec: &Codec,
         table: Table,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        value: &[u8],
+        record: &Consumed<'_>,
     ) -> Result<(), DecodeError> {
-        self.since.get_or_insert_with(Instant::now);
-        self.bytes += value.len();
-        match self
-            .offsets
-            .iter_mut()
-            .find(|(t, p, _)| *p == partition && t == topic)
-        {
-            Some((_, _, next)) => *next = (*next).max(offset + 1),
-            None => self
-                .offsets
-                .push((topic.to_string(), partition, offset + 1)),
+        self.taken(record);
+        if table == Table::Inventory {
+            return self.add_registration(codec, record);
         }
+        // Only the inventory's tombstones have no value; anywhere else one is a broken record.
+        let value = record.value.unwrap_or_default();
         match table {
             Table::Aggregates => match codec.decode_window_aggregate_ref(value)? {
                 Some(a) => self.aggregates.push(&a),
@@ -121,8 +149,51 @@ impl Batch {
             Table::LastSeen => self
                 .last_seen
                 .push(LastSeenRow::from(codec.decode::<LastSeen>(value)?)),
+            Table::Inventory => {}
         }
         Ok(())
+    }
+
+    /// A record of the inventory topic: its key names the device (a tombstone has no value, and
+    /// decommissions it) and its time is the row's version.
+    fn add_registration(
+        &mut self,
+        codec: &Codec,
+        record: &Consumed<'_>,
+    ) -> Result<(), DecodeError> {
+        let (tenant, device) = record.key.and_then(device_of_key).ok_or_else(|| {
+            DecodeError::JsonShape("an inventory key is a [tenant, device] JSON array".into())
+        })?;
+        let row = match record.value {
+            None => InventoryRow::decommissioned(tenant, device, record.timestamp_ms),
+            Some(value) => {
+                InventoryRow::registered(codec.decode::<Registration>(value)?, record.timestamp_ms)
+            }
+        };
+        self.inventory.push(row);
+        Ok(())
+    }
+
+    /// Counts a consumed record in the batch's age and size and its partition's offset.
+    fn taken(&mut self, record: &Consumed<'_>) {
+        let Consumed {
+            topic,
+            partition,
+            offset,
+            ..
+        } = *record;
+        self.since.get_or_insert_with(Instant::now);
+        self.bytes += record.value.map_or(0, <[u8]>::len);
+        match self
+            .offsets
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, next)) => *next = (*next).max(offset + 1),
+            None => self
+                .offsets
+                .push((topic.to_string(), partition, offset + 1)),
+        }
     }
 
     /// Empties the batch for reuse, keeping what its vectors have allocated: a batch of 100,000
@@ -134,6 +205,7 @@ impl Batch {
         self.status.clear();
         self.dead_letters.clear();
         self.last_seen.clear();
+        self.inventory.clear();
         self.offsets.clear();
         self.bytes = 0;
         self.since = None;
@@ -146,6 +218,7 @@ impl Batch {
             + self.status.len()
             + self.dead_letters.len()
             + self.last_seen.len()
+            + self.inventory.len()
     }
 
     /// Whether anything was taken (rows, or offsets of records that did not decode).
@@ -189,17 +262,29 @@ mod tests {
         assert!(batch.is_empty() && !batch.due(1, 1, Duration::from_secs(60)));
         assert!(
             batch
-                .add(&codec, Table::DeadLetters, "dlq", 2, 10, &value)
+                .add(
+                    &codec,
+                    Table::DeadLetters,
+                    &Consumed::value("dlq", 2, 10, &value)
+                )
                 .is_ok()
         );
         assert!(
             batch
-                .add(&codec, Table::DeadLetters, "dlq", 2, 9, &value)
+                .add(
+                    &codec,
+                    Table::DeadLetters,
+                    &Consumed::value("dlq", 2, 9, &value)
+                )
                 .is_ok()
         );
         assert!(
             batch
-                .add(&codec, Table::Status, "status", 0, 4, b"junk")
+                .add(
+                    &codec,
+                    Table::Status,
+                    &Consumed::value("status", 0, 4, b"junk")
+                )
                 .is_err()
         );
         assert_eq!(batch.rows(), 2);
@@ -233,7 +318,11 @@ mod tests {
         let mut batch = Batch::default();
         assert!(
             batch
-                .add(&codec, Table::LastSeen, "lastseen", 1, 3, &value)
+                .add(
+                    &codec,
+                    Table::LastSeen,
+                    &Consumed::value("lastseen", 1, 3, &value)
+                )
                 .is_ok()
         );
         let wrong = codec
@@ -251,7 +340,11 @@ mod tests {
             .unwrap_or_default();
         assert!(
             batch
-                .add(&codec, Table::LastSeen, "lastseen", 1, 4, &wrong)
+                .add(
+                    &codec,
+                    Table::LastSeen,
+                    &Consumed::value("lastseen", 1, 4, &wrong)
+                )
                 .is_err()
         );
         assert_eq!(batch.rows(), 1);
@@ -262,5 +355,52 @@ mod tests {
         );
         batch.clear();
         assert!(batch.last_seen.is_empty() && batch.rows() == 0);
+    }
+
+    #[test]
+    fn inventory_records_become_rows_and_tombstones_decommissions() {
+        let codec = Codec::builtin();
+        let registration = Registration {
+            device_class: Some("router".into()),
+            ..Registration::new("t1", "d1")
+        };
+        let value = codec.encode(&registration).unwrap();
+        let key = schemas::device_key("t1", "d1");
+        let mut batch = Batch::default();
+        let record = |offset, value, key: Option<&'static [u8]>| Consumed {
+            topic: "inventory",
+            partition: 0,
+            offset,
+            key,
+            value,
+            timestamp_ms: 1_700_000_000_000 + offset,
+        };
+        let key: &'static [u8] = Box::leak(key.into_bytes().into_boxed_slice());
+        batch
+            .add(
+                &codec,
+                Table::Inventory,
+                &record(0, Some(&value), Some(key)),
+            )
+            .unwrap();
+        batch
+            .add(&codec, Table::Inventory, &record(1, None, Some(key)))
+            .unwrap();
+        assert!(
+            batch
+                .add(&codec, Table::Inventory, &record(2, None, Some(b"d1")))
+                .is_err()
+        );
+        assert_eq!(
+            batch.inventory,
+            vec![
+                InventoryRow::registered(registration, 1_700_000_000_000),
+                InventoryRow::decommissioned("t1".into(), "d1".into(), 1_700_000_000_001),
+            ]
+        );
+        assert_eq!(
+            batch.offsets().collect::<Vec<_>>(),
+            vec![("inventory", 0, 3)]
+        );
     }
 }

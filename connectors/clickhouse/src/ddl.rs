@@ -9,8 +9,8 @@
 use crate::server::{Connection, SinkError, Version};
 
 /// The table definitions, in the order they are applied (file order): raw tables, the rollups,
-/// then the devices' last-seen times.
-pub const TABLES: [(&str, &str); 9] = [
+/// then the devices' last-seen times and the inventory.
+pub const TABLES: [(&str, &str); 10] = [
     (
         "device_aggregates",
         include_str!("../../../schemas/clickhouse/01_device_aggregates.sql"),
@@ -46,6 +46,10 @@ pub const TABLES: [(&str, &str); 9] = [
     (
         "device_last_seen",
         include_str!("../../../schemas/clickhouse/09_device_last_seen.sql"),
+    ),
+    (
+        "device_inventory",
+        include_str!("../../../schemas/clickhouse/10_device_inventory.sql"),
     ),
 ];
 

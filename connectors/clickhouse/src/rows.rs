@@ -4,7 +4,8 @@
 
 use clickhouse::Row;
 use schemas::{
-    Anomaly, DeadLetter, LastSeen, StatusTransition, WindowAggregate, wire_name as name,
+    Anomaly, DeadLetter, LastSeen, Registration, StatusTransition, WindowAggregate,
+    wire_name as name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -282,9 +283,86 @@ impl From<LastSeen> for LastSeenRow {
     }
 }
 
+/// `device_inventory`: a registration, or a decommission (ids only).
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct InventoryRow {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Device class.
+    pub device_class: Option<String>,
+    /// Label names, in order.
+    pub label_names: Vec<String>,
+    /// Label values, in the order of `label_names`.
+    pub label_values: Vec<String>,
+    /// Expected reporting interval, ms.
+    pub expected_interval_ms: Option<i64>,
+    /// 1 when watched.
+    pub monitoring_enabled: u8,
+    /// Poll target.
+    pub poll_url: Option<String>,
+    /// 1 for a decommission.
+    pub decommissioned: u8,
+    /// When the record was written, s.
+    pub changed: u32,
+    /// When the record was written, ms: the version the newest row wins by.
+    pub version: u64,
+}
+
+impl InventoryRow {
+    /// A registration written at `at_ms`.
+    pub fn registered(r: Registration, at_ms: i64) -> InventoryRow {
+        let (label_names, label_values) = r.labels.into_iter().unzip();
+        InventoryRow {
+            tenant_id: r.tenant_id,
+            device_id: r.device_id,
+            device_class: r.device_class,
+            label_names,
+            label_values,
+            expected_interval_ms: r.expected_interval_ms,
+            monitoring_enabled: u8::from(r.monitoring_enabled),
+            poll_url: r.poll.map(|p| p.url),
+            decommissioned: 0,
+            changed: seconds(at_ms),
+            version: u64::try_from(at_ms).unwrap_or(0),
+        }
+    }
+
+    /// The decommission of a device (a tombstone) written at `at_ms`.
+    pub fn decommissioned(tenant_id: String, device_id: String, at_ms: i64) -> InventoryRow {
+        InventoryRow {
+            monitoring_enabled: 0,
+            decommissioned: 1,
+            ..InventoryRow::registered(Registration::new(tenant_id, device_id), at_ms)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inventory_row_holds_labels_as_parallel_arrays() {
+        let registration = Registration {
+            labels: [("site", "berlin"), ("rack", "3")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            ..Registration::new("t1", "d1")
+        };
+        let row = InventoryRow::registered(registration, 1_700_000_001_999);
+        assert_eq!(row.label_names, ["rack", "site"]);
+        assert_eq!(row.label_values, ["3", "berlin"]);
+        assert_eq!(
+            (row.changed, row.version),
+            (1_700_000_001, 1_700_000_001_999)
+        );
+        assert_eq!(row.monitoring_enabled, 1);
+        let gone = InventoryRow::decommissioned("t1".into(), "d1".into(), 5_000);
+        assert_eq!((gone.decommissioned, gone.monitoring_enabled), (1, 0));
+        assert!(gone.label_names.is_empty());
+    }
 
     #[test]
     fn times_clamp_to_the_datetime_range() {

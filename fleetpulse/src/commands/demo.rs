@@ -93,6 +93,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             &mut c.topics.status,
             &mut c.topics.dlq,
             &mut c.topics.lastseen,
+            &mut c.topics.inventory,
         ] {
             *topic = topic.prefixed("fleetpulse-demo-");
         }
@@ -116,6 +117,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
                 &c.topics.status,
                 &c.topics.dlq,
                 &c.topics.lastseen,
+                &c.topics.inventory,
             ] {
                 mock.create_topic(topic.as_str(), 4, 1)?;
             }

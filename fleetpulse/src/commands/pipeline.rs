@@ -102,8 +102,10 @@ fn fetcher(config: &Config) -> anyhow::Result<Option<Arc<dyn SchemaFetcher>>> {
     })))
 }
 
-/// Creates the derived topics (4 partitions; the last-seen one compacted) unless they exist, and
-/// the producer that writes them.
+/// Creates the derived topics (4 partitions; the last-seen one compacted) and the (compacted)
+/// inventory topic unless they exist, and the producer that writes the derived ones. The
+/// inventory is created here too so that its consumers find it where no inventory was ever
+/// applied: an empty inventory is the default, not an error.
 pub(crate) async fn output(
     config: &Config,
     topics: Topics,
@@ -118,6 +120,7 @@ pub(crate) async fn output(
         crate::kafka::ensure_topic(config, topic, 4).await?;
     }
     crate::kafka::ensure_compacted_topic(config, &topics.lastseen, 4).await?;
+    crate::kafka::ensure_compacted_topic(config, config.topics.inventory.as_str(), 4).await?;
     let properties = crate::kafka::properties(config)?;
     Ok(KafkaOutput::new(&properties, codec, topics)?)
 }

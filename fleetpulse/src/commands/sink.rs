@@ -108,6 +108,7 @@ pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result
         RecordKind::StatusTransition,
         RecordKind::DeadLetter,
         RecordKind::LastSeen,
+        RecordKind::Registration,
     ];
     let codec = Arc::new(super::codec(config, &kinds).await?);
     let t = &config.topics;
@@ -120,6 +121,7 @@ pub(crate) async fn run(config: &Config, command: SinkCommand) -> anyhow::Result
             (t.status.as_str().into(), Table::Status),
             (t.dlq.as_str().into(), Table::DeadLetters),
             (t.lastseen.as_str().into(), Table::LastSeen),
+            (t.inventory.as_str().into(), Table::Inventory),
         ],
         codec,
         stop,

@@ -10,8 +10,8 @@ use clap::Args;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schemas::{
-    Anomaly, Codec, DeadLetter, InputFormat, LastSeen, Record, RecordKind, StatusTransition,
-    WindowAggregate,
+    Anomaly, Codec, DeadLetter, InputFormat, LastSeen, Record, RecordKind, Registration,
+    StatusTransition, WindowAggregate,
 };
 use serde_json::{Value, json};
 
@@ -60,6 +60,7 @@ fn decode_any(
         RecordKind::StatusTransition => decode::<StatusTransition>(codec, bytes),
         RecordKind::DeadLetter => decode::<DeadLetter>(codec, bytes),
         RecordKind::LastSeen => decode::<LastSeen>(codec, bytes),
+        RecordKind::Registration => decode::<Registration>(codec, bytes),
     }
 }
 
@@ -131,7 +132,17 @@ pub(crate) async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
         let message = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)));
         let Some(message) = message else { continue };
         let message = message.context("kafka consume failed")?;
-        let bytes = message.payload().unwrap_or_default();
+        let key = message.key().map(String::from_utf8_lossy);
+        // A tombstone: on a compacted topic, the key's record is deleted (a device decommissioned).
+        let Some(bytes) = message.payload() else {
+            println!(
+                "{}",
+                json!({"partition": message.partition(), "offset": message.offset(), "key": key, "record": null, "tombstone": true})
+            );
+            seen += 1;
+            last = std::time::Instant::now();
+            continue;
+        };
         let mut decoded = decode_any(&codec, kind, bytes);
         if let (Err(schemas::DecodeError::UnknownSchemaId(id)), Some(client)) =
             (&decoded, &registry)
@@ -141,7 +152,6 @@ pub(crate) async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(id, error = %e, "cannot fetch the writer schema"),
             }
         }
-        let key = message.key().map(String::from_utf8_lossy);
         let line = match decoded {
             Ok(record) => {
                 json!({"partition": message.partition(), "offset": message.offset(), "key": key, "record": record})

@@ -109,6 +109,10 @@ fn relations_between_keys_are_checked() {
         assert!(e.contains("`generate.late_fraction`"), "{e}");
         let e = error_of(jail, "[log]\nlevel = \"info,,=[\"\n", &[]);
         assert!(e.contains("`log.level`"), "{e}");
+        let e = error_of(jail, "[poller]\ninstances = 2\ninstance = 2\n", &[]);
+        assert!(e.contains("`poller.instance`"), "{e}");
+        let e = error_of(jail, "[poller.classes.disk]\nhttp_interval_ms = 5\n", &[]);
+        assert!(e.contains("`poller.classes.disk.http_interval_ms`"), "{e}");
         Ok(())
     });
 }

@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::service::Finished;
 use super::{BURST, Group, PAUSE_AFTER, PING_EVERY, Sink, Summary};
-use crate::batch::Batch;
+use crate::batch::{Batch, Consumed};
 use crate::events;
 use crate::server::{Connection, SinkError};
 
@@ -238,15 +238,15 @@ impl<'a> Loop<'a> {
         else {
             return;
         };
-        let value = m.payload().unwrap_or_default();
-        if let Err(e) = batch.add(
-            &sink.codec,
-            table,
-            m.topic(),
-            m.partition(),
-            m.offset(),
-            value,
-        ) {
+        let record = Consumed {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            value: m.payload(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        };
+        if let Err(e) = batch.add(&sink.codec, table, &record) {
             summary.undecodable += 1;
             events::undecodable();
             tracing::error!(error = %e, topic = m.topic(), partition = m.partition(), offset = m.offset(), "a derived record does not decode; skipped");

@@ -80,6 +80,7 @@ pub async fn insert_batch(
     insert(client, Table::Anomalies, &batch.anomalies).await?;
     insert(client, Table::Status, &batch.status).await?;
     insert(client, Table::DeadLetters, &batch.dead_letters).await?;
+    insert(client, Table::Inventory, &batch.inventory).await?;
     let plan = rollups.plan();
     rollups.done(&plan);
     Ok(plan)

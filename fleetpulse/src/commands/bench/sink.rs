@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use clickhouse_sink::batch::{Batch, Table};
+use clickhouse_sink::batch::{Batch, Consumed, Table};
 use clickhouse_sink::rows::AggregateRow;
 use clickhouse_sink::server::Target;
 use clickhouse_sink::sink::{Health, Sink};
@@ -250,7 +250,11 @@ pub(crate) async fn run(config: &Config, args: SinkBench) -> anyhow::Result<()> 
                 batch.clear();
             }
             batch
-                .add(&codec, Table::Aggregates, &topic, 0, 0, value)
+                .add(
+                    &codec,
+                    Table::Aggregates,
+                    &Consumed::value(&topic, 0, 0, value),
+                )
                 .is_ok()
         })
     })?;

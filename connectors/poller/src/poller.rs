@@ -1,0 +1,211 @@
+//! The poller: keeps the schedule of the devices this instance owns as the inventory changes,
+//! runs each due probe under the global and per-host caps and its device's circuit breaker, and
+//! hands each probe's telemetry record on. Probes run as tasks; this loop alone owns the
+//! schedule, the breakers and the record of what is in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use inventory::Change;
+use schemas::Telemetry;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::DeviceId;
+use crate::breaker::{Breaker, State};
+use crate::config::PollerConfig;
+use crate::events;
+use crate::probe::{Outcome, Prober, ProberError};
+use crate::schedule::Schedule;
+use crate::target::Target;
+
+/// The wall clock, ms since the epoch: probes' event times and the schedule's time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The longest the loop sleeps: how soon it sees `stop`.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A probe that ended.
+struct Done {
+    key: DeviceId,
+    target: Arc<Target>,
+    started_ms: i64,
+    took: Duration,
+    outcome: Outcome,
+}
+
+/// The poller's state; [`Poller::run`] drives it.
+pub struct Poller {
+    config: PollerConfig,
+    schedule: Schedule<Arc<Target>>,
+    breakers: HashMap<DeviceId, Breaker>,
+    in_flight: HashSet<DeviceId>,
+    hosts: HashMap<String, Arc<Semaphore>>,
+    global: Arc<Semaphore>,
+    prober: Prober,
+    clock: Clock,
+}
+
+impl Poller {
+    /// A poller with nothing scheduled yet.
+    pub fn new(config: PollerConfig, clock: Clock) -> Result<Poller, ProberError> {
+        let prober = Prober::new(Duration::from_millis(config.timeout_ms), config.retries)?;
+        let seed = u64::from(config.instance);
+        Ok(Poller {
+            schedule: Schedule::new(config.jitter, seed),
+            breakers: HashMap::new(),
+            in_flight: HashSet::new(),
+            hosts: HashMap::new(),
+            global: Arc::new(Semaphore::new(config.max_in_flight)),
+            prober,
+            clock,
+            config,
+        })
+    }
+
+    /// Devices scheduled.
+    pub fn devices(&self) -> usize {
+        self.schedule.len()
+    }
+
+    /// Takes a change of the inventory: a device this instance should probe is scheduled (or
+    /// its schedule changed), any other is dropped.
+    pub fn apply(&mut self, change: Change) {
+        let c = &self.config;
+        let (key, target) = match change {
+            Change::Registered(r) => (
+                (r.tenant_id.clone(), r.device_id.clone()),
+                Target::of(&r, c.instance, c.instances),
+            ),
+            Change::Decommissioned(key) => (key, None),
+        };
+        match target {
+            Some(target) => {
+                let interval = c.interval_ms(target.device_class.as_deref(), target.kind);
+                let now = (self.clock)();
+                let interval = i64::try_from(interval).unwrap_or(i64::MAX);
+                self.schedule.upsert(key, Arc::new(target), interval, now);
+            }
+            None => {
+                self.schedule.remove(&key);
+                self.breakers.remove(&key);
+            }
+        }
+    }
+
+    /// Runs until `stop`: takes `changes` as they come, probes what is due, and sends each
+    /// probe's record to `out`.
+    pub async fn run(
+        mut self,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+        out: mpsc::Sender<Telemetry>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut gauges = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let now = (self.clock)();
+            self.start_due(now, &done_tx);
+            let wait = self
+                .schedule
+                .next_due()
+                .map_or(TICK, |due| {
+                    Duration::from_millis(u64::try_from(due - now).unwrap_or(0))
+                })
+                .min(TICK);
+            tokio::select! {
+                Some(change) = changes.recv() => {
+                    self.apply(change);
+                    while let Ok(change) = changes.try_recv() {
+                        self.apply(change);
+                    }
+                }
+                Some(done) = done_rx.recv() => {
+                    self.finish(done, &out).await;
+                    while let Ok(done) = done_rx.try_recv() {
+                        self.finish(done, &out).await;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            if gauges.elapsed() >= Duration::from_secs(1) {
+                gauges = Instant::now();
+                let open = self
+                    .breakers
+                    .values()
+                    .filter(|b| !matches!(b.state(), State::Closed { .. }))
+                    .count();
+                events::state(self.schedule.len(), self.in_flight.len(), open);
+            }
+        }
+    }
+
+    /// Starts every probe due at `now` whose device is neither mid-probe nor behind an open
+    /// breaker.
+    fn start_due(&mut self, now: i64, done: &mpsc::UnboundedSender<Done>) {
+        while let Some((key, target)) = self.schedule.pop_due(now) {
+            if self.in_flight.contains(&key) {
+                events::skipped("in_flight");
+                continue;
+            }
+            if !self.breakers.entry(key.clone()).or_default().allow(now) {
+                events::skipped("breaker_open");
+                continue;
+            }
+            self.in_flight.insert(key.clone());
+            let per_host = self.config.max_per_host;
+            let host = Arc::clone(
+                self.hosts
+                    .entry(target.host.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(per_host))),
+            );
+            let global = Arc::clone(&self.global);
+            let prober = self.prober.clone();
+            let clock = Arc::clone(&self.clock);
+            let done = done.clone();
+            tokio::spawn(async move {
+                // The host first: a probe waiting for a busy gateway holds no global slot.
+                let (Ok(_host), Ok(_global)) =
+                    (host.acquire_owned().await, global.acquire_owned().await)
+                else {
+                    return;
+                };
+                let started_ms = clock();
+                let started = Instant::now();
+                let outcome = prober.probe(target.kind, &target.url).await;
+                let _ = done.send(Done {
+                    key,
+                    target,
+                    started_ms,
+                    took: started.elapsed(),
+                    outcome,
+                });
+            });
+        }
+    }
+
+    /// A probe ended: its breaker learns the result and its record goes out.
+    async fn finish(&mut self, done: Done, out: &mpsc::Sender<Telemetry>) {
+        self.in_flight.remove(&done.key);
+        let now = (self.clock)();
+        let c = &self.config;
+        if let Some(breaker) = self.breakers.get_mut(&done.key)
+            && let Some(state) = breaker.record(
+                done.outcome.answered(),
+                now,
+                c.breaker_failures,
+                c.breaker_open_ms,
+            )
+        {
+            events::breaker(state);
+            tracing::info!(tenant = %done.key.0, device = %done.key.1, ?state, "circuit breaker");
+        }
+        let record = done.target.record(done.started_ms, &done.outcome);
+        let result = record.error_code.as_deref().unwrap_or("ok");
+        events::probed(done.target.kind, result, done.took.as_secs_f64());
+        if out.send(record).await.is_err() {
+            events::unsent();
+        }
+    }
+}

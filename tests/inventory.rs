@@ -1,0 +1,444 @@
+//! `fleetpulse inventory` against a real broker and ClickHouse: `apply` prints its plan (and with
+//! `--dry-run` writes nothing), writes one record per new or changed device and a tombstone per
+//! removed one, and a second apply of the same file writes nothing; devices of tenants the file
+//! does not speak for stay; `list --format csv` gives a file that applies as no change; a wrong
+//! entry fails naming it. The sink keeps the inventory in `device_inventory`, decommissions
+//! included, and the documented query joins aggregates to the devices' site labels.
+//! `fleetpulse poll` follows the inventory against HTTP and TCP devices on loopback: one
+//! telemetry record per probe with the mapped fields, devices registered and decommissioned while
+//! it runs taken at once, `/readyz` once the inventory is read, a clean stop on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use e2e::clickhouse::{ask, connect, documented_queries};
+use e2e::*;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use schemas::{Codec, Record, WindowAggregate};
+use testkit::{Kind, shared, unique};
+
+const FIRST: &str = r#"
+devices:
+  - tenant: acme
+    device: gw-01
+    class: gateway
+    labels: {site: berlin}
+    expected_interval_ms: 30000
+  - tenant: acme
+    device: rt-01
+    class: router
+    labels: {site: paris}
+    poll: {url: "http://10.0.0.7:8080/health", fields: {battery_pct: /battery}}
+  - tenant: acme
+    device: rt-02
+    labels: {site: paris}
+  - tenant: globex
+    device: pump-1
+    labels: {site: oslo}
+"#;
+
+/// gw-01 moves to Paris as a router, rt-02 is gone, ws-01 is new; globex is not listed (and so
+/// not this file's to change).
+const SECOND: &str = r#"
+devices:
+  - tenant: acme
+    device: gw-01
+    class: router
+    labels: {site: paris}
+    expected_interval_ms: 30000
+  - tenant: acme
+    device: rt-01
+    class: router
+    labels: {site: paris}
+    poll: {url: "http://10.0.0.7:8080/health", fields: {battery_pct: /battery}}
+  - tenant: acme
+    device: ws-01
+    labels: {site: berlin}
+"#;
+
+fn inventory(brokers: &str, topic: &str, args: &[&str]) -> std::process::Command {
+    let mut command = fleetpulse();
+    command.arg("inventory").args(args).args([
+        "--brokers",
+        brokers,
+        "--set",
+        &format!("topics.inventory={topic}"),
+    ]);
+    command
+}
+
+fn apply(brokers: &str, topic: &str, file: &Path, extra: &[&str]) -> String {
+    let out = run_ok(inventory(brokers, topic, &["apply"]).arg(file).args(extra));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn aggregate(tenant: &str, device: &str, window_start: i64, errors: i64) -> WindowAggregate {
+    WindowAggregate {
+        tenant_id: tenant.into(),
+        device_id: device.into(),
+        device_class: None,
+        window_start,
+        window_end: window_start + 60_000,
+        count: 10,
+        errors,
+        error_rate: errors as f64 / 10.0,
+        rt_min: Some(10.0),
+        rt_mean: Some(20.0),
+        rt_p50: Some(20.0),
+        rt_p95: Some(30.0),
+        rt_p99: Some(30.0),
+        rt_max: Some(30.0),
+        battery_last: None,
+        battery_min: None,
+        signal_mean: None,
+        health_score: 100.0 - 10.0 * errors as f64,
+        event_id: format!("agg/{tenant}/{device}/{window_start}"),
+        clock_offset_ms: None,
+    }
+}
+
+#[test]
+fn apply_writes_only_what_changed_and_the_sink_keeps_the_inventory() {
+    let brokers = shared(Kind::Kafka).address();
+    let url = shared(Kind::ClickHouse).address();
+    let prefix = unique("inventory");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(create_derived(brokers, &prefix, 2));
+    let topic = format!("{prefix}-{INVENTORY}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.yaml");
+    std::fs::write(&file, FIRST).unwrap();
+
+    let planned = apply(brokers, &topic, &file, &["--dry-run"]);
+    assert_eq!(
+        planned,
+        "+ acme/gw-01\n+ acme/rt-01\n+ acme/rt-02\n+ globex/pump-1\n\
+         Plan: 4 to register, 0 to change, 0 to decommission, 0 unchanged.\n\
+         Dry run: nothing written.\n"
+    );
+    assert!(read_all(brokers, &topic).is_empty());
+
+    let applied = apply(brokers, &topic, &file, &[]);
+    assert!(
+        applied.ends_with("Applied: 4 registered, 0 changed, 0 decommissioned.\n"),
+        "{applied}"
+    );
+    assert_eq!(read_all(brokers, &topic).len(), 4);
+    let again = apply(brokers, &topic, &file, &[]);
+    assert_eq!(
+        again,
+        "Plan: 0 to register, 0 to change, 0 to decommission, 4 unchanged.\n"
+    );
+    assert_eq!(
+        read_all(brokers, &topic).len(),
+        4,
+        "a second apply writes nothing"
+    );
+
+    std::fs::write(&file, SECOND).unwrap();
+    let changed = apply(brokers, &topic, &file, &[]);
+    assert_eq!(
+        changed,
+        "+ acme/ws-01\n~ acme/gw-01 (class, labels)\n- acme/rt-02\n\
+         Plan: 1 to register, 1 to change, 1 to decommission, 1 unchanged.\n\
+         Applied: 1 registered, 1 changed, 1 decommissioned.\n"
+    );
+    let records = read_all(brokers, &topic);
+    assert_eq!(records.len(), 7);
+    let gone = schemas::device_key("acme", "rt-02");
+    let last_of_gone = records
+        .iter()
+        .filter(|r| r.key == gone.as_bytes())
+        .max_by_key(|r| r.offset)
+        .unwrap();
+    assert!(last_of_gone.value.is_empty(), "a tombstone decommissions");
+
+    let listed = run_ok(&mut inventory(brokers, &topic, &["list"]));
+    let devices: Vec<serde_json::Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<(&str, &str)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d["tenant_id"].as_str().unwrap(),
+                d["device_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("acme", "gw-01"),
+            ("acme", "rt-01"),
+            ("acme", "ws-01"),
+            ("globex", "pump-1")
+        ]
+    );
+    assert_eq!(devices[1]["poll"]["fields"]["battery_pct"], "/battery");
+
+    // What `list` prints as CSV applies as no change, for the whole inventory.
+    let csv = run_ok(&mut inventory(
+        brokers,
+        &topic,
+        &["list", "--format", "csv"],
+    ));
+    let csv_file = dir.path().join("export.csv");
+    std::fs::write(&csv_file, csv.stdout).unwrap();
+    assert_eq!(
+        apply(brokers, &topic, &csv_file, &["--all-tenants"]),
+        "Plan: 0 to register, 0 to change, 0 to decommission, 4 unchanged.\n"
+    );
+    // Speaking for globex too, the second file would decommission its pump.
+    assert!(
+        apply(brokers, &topic, &file, &["--tenant", "globex", "--dry-run"])
+            .starts_with("- globex/pump-1\n")
+    );
+
+    std::fs::write(
+        &file,
+        "devices:\n  - {tenant: acme, device: ok-1}\n  - {tenant: acme, device: bad-1, expected_interval_ms: 0}\n",
+    )
+    .unwrap();
+    let refused = inventory(brokers, &topic, &["apply"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("device 2 (acme/bad-1): invalid field `expected_interval_ms`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        read_all(brokers, &topic).len(),
+        7,
+        "a refused file writes nothing"
+    );
+
+    // The sink: one row per device that should exist, rt-02 decommissioned, and aggregates
+    // joined to the devices' sites by the documented query.
+    let codec = Codec::builtin();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    const WINDOW: i64 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000;
+    let aggregates = [
+        aggregate("acme", "gw-01", WINDOW, 2),
+        aggregate("acme", "rt-01", WINDOW, 0),
+        aggregate("acme", "ws-01", WINDOW, 1),
+        aggregate("acme", "rt-02", WINDOW, 5),
+    ];
+    let aggregates_topic = format!("{prefix}-aggregates");
+    for a in &aggregates {
+        let value = codec.encode(a).unwrap();
+        producer
+            .send(
+                BaseRecord::to(&aggregates_topic)
+                    .key(a.key().as_ref())
+                    .payload(&value),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let database = unique("fp_inventory").replace('-', "_");
+    let (mut child, _) = sink(brokers, url, &prefix, &database, &[]);
+    let c = rt.block_on(connect(url, &database));
+    let count = |sql: &str| {
+        rt.block_on(c.client.query(sql).fetch_one::<u64>())
+            .unwrap_or(0)
+    };
+    assert!(testkit::wait_for(Duration::from_secs(60), || {
+        count("SELECT count() FROM device_inventory") == 7
+            && count("SELECT count() FROM device_aggregates") == 4
+    }));
+    assert_eq!(
+        count("SELECT count() FROM device_inventory FINAL WHERE decommissioned = 0"),
+        4
+    );
+    assert_eq!(
+        count(
+            "SELECT count() FROM device_inventory FINAL WHERE decommissioned = 1 AND device_id = 'rt-02'"
+        ),
+        1
+    );
+    let queries = documented_queries();
+    let per_site = ask(
+        &rt,
+        &c,
+        &database,
+        &queries["error_rate_per_site"],
+        (WINDOW + 120_000) / 1_000,
+    );
+    let got: Vec<(String, String, f64, u64)> = per_site
+        .iter()
+        .map(|row| {
+            (
+                row["tenant_id"].as_str().unwrap().to_string(),
+                row["site"].as_str().unwrap().to_string(),
+                row["error_rate"].as_f64().unwrap(),
+                row["devices"]
+                    .as_str()
+                    .map_or_else(|| row["devices"].as_u64().unwrap(), |s| s.parse().unwrap()),
+            )
+        })
+        .collect();
+    // rt-02 is decommissioned: its window counts for no site.
+    assert_eq!(
+        got,
+        [
+            ("acme".into(), "berlin".into(), 0.1, 1),
+            ("acme".into(), "paris".into(), 0.1, 2),
+        ]
+    );
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+}
+
+/// An HTTP device on loopback that answers every GET with `body`, counting the requests.
+fn http_device(body: &'static str) -> (String, Arc<AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 2048];
+            let _ = socket.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes());
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn the_poller_follows_the_inventory_and_produces_a_record_per_probe() {
+    let brokers = shared(Kind::Kafka).address();
+    let prefix = unique("poll");
+    let topic = format!("{prefix}-{INVENTORY}");
+    let telemetry = format!("{prefix}-telemetry");
+    let (web, web_hits) = http_device(r#"{"up": true, "battery": 81.5, "fw": "3.2"}"#);
+    let (web2, _) = http_device(r#"{"up": false}"#);
+    let plc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plc_url = format!("tcp://{}", plc.local_addr().unwrap());
+    std::thread::spawn(move || plc.incoming().for_each(drop));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.yaml");
+    let fields = "fields: {ok: /up, battery_pct: /battery, attributes.fw: /fw}";
+    std::fs::write(
+        &file,
+        format!(
+            "devices:\n  - {{tenant: acme, device: web-1, class: cam, poll: {{url: \"{web}\", {fields}}}}}\n  - {{tenant: acme, device: plc-1, poll: {{url: \"{plc_url}\"}}}}\n  - {{tenant: acme, device: push-1}}\n"
+        ),
+    )
+    .unwrap();
+    apply(brokers, &topic, &file, &[]);
+
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["poll", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("topics.inventory={topic}")])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(["--set", "poller.http_interval_ms=300"])
+            .args(["--set", "poller.tcp_interval_ms=300"])
+            .args(["--set", "poller.jitter=0.0"]),
+    );
+    let mut child = Running(child);
+    assert!(testkit::wait_for(Duration::from_secs(30), || {
+        http_text(&http, "GET", "/readyz", None).0 == 200
+    }));
+    let codec = Codec::builtin();
+    let decoded = || -> Vec<(i64, schemas::Telemetry)> {
+        read_all(brokers, &telemetry)
+            .iter()
+            .map(|r| {
+                let stamped = match r.timestamp {
+                    pipeline::clock::RecordTime::Producer(t) => t,
+                    other => panic!("{other:?}"),
+                };
+                (
+                    stamped,
+                    codec.decode::<schemas::Telemetry>(&r.value).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let of = |records: &[(i64, schemas::Telemetry)], device: &str| {
+        records
+            .iter()
+            .filter(|(_, t)| t.device_id == device)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(testkit::wait_for(Duration::from_secs(30), || {
+        let records = decoded();
+        of(&records, "web-1").len() >= 3 && of(&records, "plc-1").len() >= 3
+    }));
+    let records = decoded();
+    assert!(
+        of(&records, "push-1").is_empty(),
+        "a device without a target is not polled"
+    );
+    for (stamped, t) in of(&records, "web-1") {
+        assert!(t.ok && t.battery_pct == Some(81.5) && t.device_class.as_deref() == Some("cam"));
+        assert_eq!(t.attributes.get("fw").map(String::as_str), Some("3.2"));
+        // Event time the probe's start, the record stamped by the poller's clock after it.
+        assert!(
+            stamped >= t.ts && stamped - t.ts < 5_000,
+            "{stamped} vs {}",
+            t.ts
+        );
+    }
+    assert!(
+        of(&records, "plc-1")
+            .iter()
+            .all(|(_, t)| t.ok && t.response_time_ms.is_some())
+    );
+
+    // web-1 decommissioned, web-2 registered: taken live.
+    std::fs::write(
+        &file,
+        format!(
+            "devices:\n  - {{tenant: acme, device: web-2, poll: {{url: \"{web2}\", {fields}}}}}\n  - {{tenant: acme, device: plc-1, poll: {{url: \"{plc_url}\"}}}}\n  - {{tenant: acme, device: push-1}}\n"
+        ),
+    )
+    .unwrap();
+    apply(brokers, &topic, &file, &[]);
+    assert!(testkit::wait_for(Duration::from_secs(30), || {
+        of(&decoded(), "web-2").len() >= 2
+    }));
+    let web_then = web_hits.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        web_hits.load(Ordering::Relaxed),
+        web_then,
+        "no probe after decommissioning"
+    );
+    let web2 = of(&decoded(), "web-2");
+    assert!(
+        web2.iter()
+            .all(|(_, t)| !t.ok && t.error_code.as_deref() == Some("reported_unhealthy"))
+    );
+
+    // SIGTERM: the poller stops and says what it wrote.
+    let pid = child.0.id().to_string();
+    run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
