@@ -3,7 +3,7 @@
 //! hands each probe's telemetry record on. Probes run as tasks; this loop alone owns the
 //! schedule, the breakers and the record of what is in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,12 +35,22 @@ struct Done {
     outcome: Outcome,
 }
 
+/// What the poller keeps of each device, in its schedule slot.
+struct Device {
+    target: Arc<Target>,
+    breaker: Breaker,
+    /// Its probe has started and not ended.
+    in_flight: bool,
+}
+
 /// The poller's state; [`Poller::run`] drives it.
 pub struct Poller {
     config: PollerConfig,
-    schedule: Schedule<Arc<Target>>,
-    breakers: HashMap<DeviceId, Breaker>,
-    in_flight: HashSet<DeviceId>,
+    schedule: Schedule<Device>,
+    /// Probes started and not ended.
+    in_flight: usize,
+    /// Devices whose breaker is not closed.
+    open: usize,
     hosts: HashMap<String, Arc<Semaphore>>,
     global: Arc<Semaphore>,
     prober: Prober,
@@ -54,8 +64,8 @@ impl Poller {
         let seed = u64::from(config.instance);
         Ok(Poller {
             schedule: Schedule::new(config.jitter, seed),
-            breakers: HashMap::new(),
-            in_flight: HashSet::new(),
+            in_flight: 0,
+            open: 0,
             hosts: HashMap::new(),
             global: Arc::new(Semaphore::new(config.max_in_flight)),
             prober,
@@ -80,16 +90,29 @@ impl Poller {
             ),
             Change::Decommissioned(key) => (key, None),
         };
+        let held = self
+            .schedule
+            .get_mut(&key)
+            .map(|d| (d.breaker, d.in_flight));
         match target {
             Some(target) => {
                 let interval = c.interval_ms(target.device_class.as_deref(), target.kind);
-                let now = (self.clock)();
                 let interval = i64::try_from(interval).unwrap_or(i64::MAX);
-                self.schedule.upsert(key, Arc::new(target), interval, now);
+                let now = (self.clock)();
+                // A changed registration keeps its breaker and its probe in flight.
+                let (breaker, in_flight) = held.unwrap_or_default();
+                let device = Device {
+                    target: Arc::new(target),
+                    breaker,
+                    in_flight,
+                };
+                self.schedule.upsert(key, device, interval, now);
             }
             None => {
+                if held.is_some_and(|(b, _)| !matches!(b.state(), State::Closed { .. })) {
+                    self.open = self.open.saturating_sub(1);
+                }
                 self.schedule.remove(&key);
-                self.breakers.remove(&key);
             }
         }
     }
@@ -131,12 +154,7 @@ impl Poller {
             }
             if gauges.elapsed() >= Duration::from_secs(1) {
                 gauges = Instant::now();
-                let open = self
-                    .breakers
-                    .values()
-                    .filter(|b| !matches!(b.state(), State::Closed { .. }))
-                    .count();
-                events::state(self.schedule.len(), self.in_flight.len(), open);
+                events::state(self.schedule.len(), self.in_flight, self.open);
             }
         }
     }
@@ -144,16 +162,18 @@ impl Poller {
     /// Starts every probe due at `now` whose device is neither mid-probe nor behind an open
     /// breaker.
     fn start_due(&mut self, now: i64, done: &mpsc::UnboundedSender<Done>) {
-        while let Some((key, target)) = self.schedule.pop_due(now) {
-            if self.in_flight.contains(&key) {
+        while let Some((key, device)) = self.schedule.pop_due(now) {
+            if device.in_flight {
                 events::skipped("in_flight");
                 continue;
             }
-            if !self.breakers.entry(key.clone()).or_default().allow(now) {
+            if !device.breaker.allow(now) {
                 events::skipped("breaker_open");
                 continue;
             }
-            self.in_flight.insert(key.clone());
+            device.in_flight = true;
+            self.in_flight += 1;
+            let (key, target) = (key.clone(), Arc::clone(&device.target));
             let per_host = self.config.max_per_host;
             let host = Arc::clone(
                 self.hosts
@@ -187,19 +207,28 @@ impl Poller {
 
     /// A probe ended: its breaker learns the result and its record goes out.
     async fn finish(&mut self, done: Done, out: &mpsc::Sender<Telemetry>) {
-        self.in_flight.remove(&done.key);
+        self.in_flight = self.in_flight.saturating_sub(1);
         let now = (self.clock)();
         let c = &self.config;
-        if let Some(breaker) = self.breakers.get_mut(&done.key)
-            && let Some(state) = breaker.record(
+        // A device decommissioned meanwhile has no breaker left; its last record still goes.
+        if let Some(device) = self.schedule.get_mut(&done.key) {
+            device.in_flight = false;
+            let closed = |s: State| matches!(s, State::Closed { .. });
+            let was_closed = closed(device.breaker.state());
+            if let Some(state) = device.breaker.record(
                 done.outcome.answered(),
                 now,
                 c.breaker_failures,
                 c.breaker_open_ms,
-            )
-        {
-            events::breaker(state);
-            tracing::info!(tenant = %done.key.0, device = %done.key.1, ?state, "circuit breaker");
+            ) {
+                match (was_closed, closed(state)) {
+                    (true, false) => self.open += 1,
+                    (false, true) => self.open = self.open.saturating_sub(1),
+                    _ => {}
+                }
+                events::breaker(state);
+                tracing::info!(tenant = %done.key.0, device = %done.key.1, ?state, "circuit breaker");
+            }
         }
         let record = done.target.record(done.started_ms, &done.outcome);
         let result = record.error_code.as_deref().unwrap_or("ok");

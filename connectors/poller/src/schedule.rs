@@ -25,7 +25,8 @@ struct Slot<T> {
     generation: u32,
 }
 
-/// The schedule of every device this instance probes, each with its target `T`.
+/// The schedule of every device this instance probes, each with its value `T` (what the poller
+/// keeps of it).
 pub struct Schedule<T> {
     slots: Vec<Option<Slot<T>>>,
     free: Vec<u32>,
@@ -42,7 +43,7 @@ fn phase(key: &DeviceId, interval_ms: i64) -> i64 {
     (hash % interval_ms.max(1) as u64) as i64
 }
 
-impl<T: Clone> Schedule<T> {
+impl<T> Schedule<T> {
     /// An empty schedule; `jitter` is a share of the interval, `seed` the jitter's random seed.
     pub fn new(jitter: f64, seed: u64) -> Schedule<T> {
         Schedule {
@@ -65,7 +66,7 @@ impl<T: Clone> Schedule<T> {
         self.index.is_empty()
     }
 
-    /// Adds a device, or changes one: a new target with the same interval keeps the device's
+    /// Adds a device, or changes one: a new value with the same interval keeps the device's
     /// cadence; a new interval starts again from its phase after `now`.
     pub fn upsert(&mut self, key: DeviceId, target: T, interval_ms: i64, now: i64) {
         let interval_ms = interval_ms.max(1);
@@ -122,13 +123,10 @@ impl<T: Clone> Schedule<T> {
         true
     }
 
-    /// The devices scheduled, keys and targets.
-    pub fn devices(&self) -> impl Iterator<Item = (&DeviceId, &T)> {
-        self.index.iter().filter_map(|(key, &i)| {
-            self.slots[i as usize]
-                .as_ref()
-                .map(|slot| (key, &slot.target))
-        })
+    /// A device's value.
+    pub fn get_mut(&mut self, key: &DeviceId) -> Option<&mut T> {
+        let i = *self.index.get(key)?;
+        self.slots[i as usize].as_mut().map(|slot| &mut slot.target)
     }
 
     /// When the earliest probe is due, if any device is scheduled.
@@ -137,8 +135,8 @@ impl<T: Clone> Schedule<T> {
         self.queue.peek().map(|Reverse((due, _, _))| *due)
     }
 
-    /// The next device due at or before `now`, with its target, rescheduled one interval on.
-    pub fn pop_due(&mut self, now: i64) -> Option<(DeviceId, T)> {
+    /// The next device due at or before `now`, its key and value, rescheduled one interval on.
+    pub fn pop_due(&mut self, now: i64) -> Option<(&DeviceId, &mut T)> {
         self.skip_stale();
         let Reverse((due, i, _)) = *self.queue.peek().filter(|Reverse((d, _, _))| *d <= now)?;
         self.queue.pop();
@@ -158,7 +156,7 @@ impl<T: Clone> Schedule<T> {
         };
         let again = (slot.next + jitter).max(due + 1);
         self.queue.push(Reverse((again, i, slot.generation)));
-        Some((slot.key.clone(), slot.target.clone()))
+        Some((&slot.key, &mut slot.target))
     }
 
     /// Drops queue entries of removed or rescheduled devices from the front.
@@ -193,7 +191,7 @@ mod tests {
         let mut now = from;
         while now <= until {
             while let Some((_, n)) = s.pop_due(now) {
-                probes.push((now, n));
+                probes.push((now, *n));
             }
             now += step;
         }

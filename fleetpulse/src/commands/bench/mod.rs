@@ -4,6 +4,7 @@
 mod bridge;
 mod files;
 mod pipeline;
+mod poll;
 mod recovery;
 mod sink;
 
@@ -27,6 +28,8 @@ pub enum BenchCommand {
     Sink(sink::SinkBench),
     /// `fleetpulse bridge` fanning events out to N WebSocket clients beside a raw consume.
     Bridge(bridge::BridgeBench),
+    /// `fleetpulse poll` against a simulated fleet on loopback beside a raw loop of the same GETs.
+    Poll(poll::PollBench),
 }
 
 /// Flags of `bench generate`.
@@ -55,13 +58,15 @@ impl BenchCommand {
             BenchCommand::Pipeline(b) => b.kafka.overrides(into),
             BenchCommand::Sink(b) => b.overrides(into),
             BenchCommand::Bridge(b) => b.kafka.overrides(into),
+            BenchCommand::Poll(_) => {}
         }
     }
 }
 
 pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
     let files_only = matches!(&command, BenchCommand::Pipeline(args) if args.files_only);
-    if !files_only {
+    // The poller's benchmark simulates its devices and keeps its records: no Kafka.
+    if !files_only && !matches!(command, BenchCommand::Poll(_)) {
         crate::kafka::check_access(config).await?;
     }
     match command {
@@ -69,6 +74,7 @@ pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Resul
         BenchCommand::Pipeline(args) => pipeline::run(config, args).await,
         BenchCommand::Sink(args) => sink::run(config, args).await,
         BenchCommand::Bridge(args) => bridge::run(config, args).await,
+        BenchCommand::Poll(args) => poll::run(args).await,
     }
 }
 

@@ -77,7 +77,7 @@ fn aggregate(i: u64) -> WindowAggregate {
 
 /// CPU seconds this process has used (user and system), from `/proc/self/stat`; 0 where that
 /// cannot be read. With wall time it tells waiting from working.
-fn cpu_seconds() -> f64 {
+pub(super) fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat
