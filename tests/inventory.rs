@@ -6,7 +6,9 @@
 //! included, and the documented query joins aggregates to the devices' site labels.
 //! `fleetpulse poll` follows the inventory against HTTP and TCP devices on loopback: one
 //! telemetry record per probe with the mapped fields, devices registered and decommissioned while
-//! it runs taken at once, `/readyz` once the inventory is read, a clean stop on SIGTERM.
+//! it runs taken at once, `/readyz` once the inventory is read, a clean stop on SIGTERM; with its
+//! broker killed and restarted, `/readyz` says so meanwhile, probes go on, and every probe is
+//! one record once the broker is back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -441,4 +443,73 @@ fn the_poller_follows_the_inventory_and_produces_a_record_per_probe() {
     run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_broker_away_and_back_costs_the_poller_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka_dir = dir.path().join("kafka");
+    let mut kafka = testkit::Service::start_in(Kind::Kafka, &kafka_dir);
+    let brokers = kafka.address().to_string();
+    let prefix = unique("poll-chaos");
+    let (topic, telemetry) = (
+        format!("{prefix}-{INVENTORY}"),
+        format!("{prefix}-telemetry"),
+    );
+    let (web, hits) = http_device(r#"{"up": true}"#);
+    let file = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &file,
+        format!("devices:\n  - {{tenant: acme, device: web-1, poll: {{url: \"{web}\"}}}}\n"),
+    )
+    .unwrap();
+    apply(&brokers, &topic, &file, &[]);
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["poll", "--brokers", &brokers, "--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("topics.inventory={topic}")])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(["--set", "poller.http_interval_ms=200"])
+            .args(["--set", "poller.jitter=0.0"]),
+    );
+    let mut child = Running(child);
+    let ready = || http_text(&http, "GET", "/readyz", None).0 == 200;
+    assert!(testkit::wait_for(Duration::from_secs(30), ready));
+    std::thread::sleep(Duration::from_secs(2));
+
+    kafka.kill();
+    assert!(
+        testkit::wait_for(Duration::from_secs(30), || !ready()),
+        "/readyz says the broker is gone"
+    );
+    let during = hits.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        hits.load(Ordering::Relaxed) > during,
+        "probes go on while the broker is away"
+    );
+    let kafka = testkit::Service::start_in(Kind::Kafka, &kafka_dir);
+    assert_eq!(kafka.address(), brokers);
+    assert!(testkit::wait_for(Duration::from_secs(60), ready), "ready again");
+    std::thread::sleep(Duration::from_secs(1));
+
+    let pid = child.0.id().to_string();
+    run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
+    assert!(child.0.wait().unwrap().success());
+    // Every probe the device answered is one record, the outage's included, none twice (a
+    // probe in flight at the stop may have no record).
+    let records = read_all(&brokers, &telemetry);
+    let probes = hits.load(Ordering::Relaxed) as usize;
+    assert!(
+        records.len() == probes || records.len() + 1 == probes,
+        "{} records of {probes} probes",
+        records.len()
+    );
+    let codec = Codec::builtin();
+    let mut times: Vec<i64> = records
+        .iter()
+        .map(|r| codec.decode::<schemas::Telemetry>(&r.value).unwrap().ts)
+        .collect();
+    times.dedup();
+    assert_eq!(times.len(), records.len(), "no record twice");
 }

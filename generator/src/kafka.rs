@@ -130,6 +130,17 @@ impl KafkaSink {
     pub fn acknowledged(&self) -> u64 {
         self.producer.context().acked.load(Ordering::Relaxed)
     }
+
+    /// Takes the acknowledgements that arrived, without sending: a long-running producer calls
+    /// it while it has nothing to send, so [`KafkaSink::acknowledged`] keeps up.
+    pub fn serve(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Messages sent and neither acknowledged nor failed yet.
+    pub fn in_flight(&self) -> u64 {
+        u64::try_from(self.producer.in_flight_count()).unwrap_or(0)
+    }
 }
 
 /// Sends `record`, waiting while the local queue is full; `sent` counts what was sent.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -17,6 +18,9 @@ use crate::config::{Config, Override};
 
 /// Records produced but not yet handed to the producer, at most: past it, probes wait.
 const QUEUE: usize = 4_096;
+/// How long records may wait for the brokers' acknowledgement before `/readyz` says Kafka is
+/// not taking them.
+const STALLED: Duration = Duration::from_secs(5);
 
 /// Flags of `poll`.
 #[derive(Debug, Args)]
@@ -56,13 +60,20 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     crate::kafka::ensure_topic(config, config.topics.telemetry.as_str(), 4).await?;
     let codec = super::codec(config, &[RecordKind::Registration, RecordKind::Telemetry]).await?;
     let caught_up = Arc::new(AtomicBool::new(false));
-    let ready = Arc::clone(&caught_up);
+    let kafka_ok = Arc::new(AtomicBool::new(true));
+    let (ready, taking) = (Arc::clone(&caught_up), Arc::clone(&kafka_ok));
     crate::observability::serve(
         config.poller.listen,
         "poller.listen",
         "poller",
         Box::new(move || {
-            (!ready.load(Ordering::Relaxed)).then_some("the inventory is not read to its end yet")
+            if !ready.load(Ordering::Relaxed) {
+                Some("the inventory is not read to its end yet")
+            } else if !taking.load(Ordering::Relaxed) {
+                Some("Kafka is not acknowledging probe records")
+            } else {
+                None
+            }
         }),
     )
     .await?;
@@ -105,16 +116,22 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         })
         .context("cannot start the inventory reader")?;
 
+    // A record waits for the brokers for as long as they are away (librdkafka retries it, in
+    // order, without duplicates); when its queue is full, probes wait. Unless configured.
+    let mut properties = config.kafka.properties.clone();
+    properties
+        .entry("message.timeout.ms".into())
+        .or_insert_with(|| "0".into());
     let sink = KafkaSink::new(
         config.brokers()?.as_str(),
         config.topics.telemetry.as_str(),
-        &config.kafka.properties,
+        &properties,
         codec.clone(),
         MessageFormat::Avro,
     )?;
     let writer = std::thread::Builder::new()
         .name("telemetry".into())
-        .spawn(move || write(sink, &codec, out_rx, &clock))
+        .spawn(move || write(sink, &codec, out_rx, &clock, &kafka_ok))
         .context("cannot start the telemetry writer")?;
 
     poller.run(changes_rx, out_tx, Arc::clone(&stop)).await;
@@ -130,18 +147,33 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Produces each probe's record, keyed by device and stamped with `clock` when produced, until
-/// the poller stops; then waits for the brokers' acknowledgements. Returns how many it wrote.
+/// the poller stops; then waits for the brokers' acknowledgements. `kafka_ok` says whether the
+/// brokers acknowledged something within [`STALLED`] whenever records were waiting. Returns how
+/// many records it wrote.
 fn write(
     mut sink: KafkaSink,
     codec: &Codec,
     mut records: mpsc::Receiver<Telemetry>,
     clock: &Clock,
+    kafka_ok: &AtomicBool,
 ) -> anyhow::Result<u64> {
     let mut written = 0;
-    while let Some(record) = records.blocking_recv() {
-        let bytes = codec.encode(&record)?;
-        sink.send_raw(record.device_id.as_bytes(), &bytes, clock())?;
-        written += 1;
+    let (mut acked, mut progress) = (sink.acknowledged(), Instant::now());
+    loop {
+        match records.try_recv() {
+            Ok(record) => {
+                let bytes = codec.encode(&record)?;
+                sink.send_raw(record.device_id.as_bytes(), &bytes, clock())?;
+                written += 1;
+            }
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(20)),
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        }
+        sink.serve();
+        if sink.acknowledged() != acked || sink.in_flight() == 0 {
+            (acked, progress) = (sink.acknowledged(), Instant::now());
+        }
+        kafka_ok.store(progress.elapsed() < STALLED, Ordering::Relaxed);
     }
     sink.finish()
         .context("probe records were not all acknowledged")?;
