@@ -1,6 +1,7 @@
 //! `fleetpulse demo`, as a newcomer runs it: one process, nothing installed (the embedded
 //! broker). It prints the dashboard's address with a token; the dashboard, in headless Chromium,
-//! then shows the live fleet (devices online, health from the first closed windows); a
+//! then shows the live fleet (devices online, health from the first closed windows, the devices
+//! its poller checks among them); a
 //! screenshot is saved (and, with `UPDATE_SCREENSHOTS=1`, copied to
 //! docs/demo-dashboard.png, the one the README shows); and SIGTERM stops it cleanly.
 
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use e2e::browser::Browser;
 use e2e::*;
+
+/// The fleet the demo is started with, and the five simulated devices its poller checks.
+const DEVICES: u64 = 1_000 + 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
@@ -54,12 +58,24 @@ async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
         )
         .1;
         devices["devices"].as_array().is_some_and(|d| {
+            // A full page (the API's largest) of the fleet.
             d.len() == 1_000
                 && d.iter().filter(|x| x["status"] == "online").count() > 900
                 && d.iter().any(|x| x["health"].is_number())
         })
     });
     assert!(live, "the demo's fleet is live: {devices}");
+    // The poller's devices report too: a camera online.
+    let polled = testkit::wait_for(Duration::from_secs(60), || {
+        let (status, device) = http(
+            base,
+            "GET",
+            &format!("/api/devices/polled-cam-1?token={token}"),
+            None,
+        );
+        status == 200 && device["status"] == "online"
+    });
+    assert!(polled, "the demo's poller reports its devices");
     println!("live data after {:.0} s", started.elapsed().as_secs_f64());
 
     let mut browser = Browser::open(&dashboard).await;
@@ -72,7 +88,7 @@ async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
     let mut state = serde_json::Value::Null;
     for _ in 0..150 {
         state = serde_json::from_str(browser.eval(shown).await.as_str().unwrap_or("null")).unwrap();
-        if state["devices"] == 1_000
+        if state["devices"] == DEVICES
             && state["online"].as_u64() > Some(900)
             && state["health"] == true
         {
@@ -80,7 +96,7 @@ async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(state["devices"], 1_000, "{state}");
+    assert_eq!(state["devices"], DEVICES, "{state}");
     assert!(state["online"].as_u64() > Some(900), "{state}");
     assert_eq!(state["health"], true, "health in the table: {state}");
     assert!(

@@ -490,7 +490,10 @@ fn a_broker_away_and_back_costs_the_poller_no_record() {
     );
     let kafka = testkit::Service::start_in(Kind::Kafka, &kafka_dir);
     assert_eq!(kafka.address(), brokers);
-    assert!(testkit::wait_for(Duration::from_secs(60), ready), "ready again");
+    assert!(
+        testkit::wait_for(Duration::from_secs(60), ready),
+        "ready again"
+    );
     std::thread::sleep(Duration::from_secs(1));
 
     let pid = child.0.id().to_string();

@@ -4,14 +4,20 @@
 //! pipeline, the bridge with its dashboard, and, given a ClickHouse (`--clickhouse-url`), the
 //! sink. Ctrl-C stops every part the way it stops on its own.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rdkafka::mocking::MockCluster;
 
+use schemas::{PollTarget, Registration};
+
 use super::generate::GenerateArgs;
 use super::pipeline::PipelineArgs;
+use super::simulated::{self, Answer};
 use super::sink::SinkCommand;
 use crate::config::{Config, Override};
 
@@ -79,6 +85,47 @@ fn secret() -> anyhow::Result<String> {
     getrandom::fill(&mut bytes)
         .map_err(|e| anyhow::anyhow!("no random bytes for the demo's token secret: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The devices the demo's poller checks, simulated on loopback under `tenant`: three cameras
+/// whose batteries run down, a router that fails one probe in three, and a PLC that never answers
+/// (its breaker opens and it goes offline).
+async fn polled_fleet(tenant: &str) -> anyhow::Result<Vec<Registration>> {
+    let started = std::time::Instant::now();
+    let probes = AtomicU64::new(0);
+    let answer: Answer = Arc::new(move |path: &str| match path.rsplit('/').next() {
+        Some("plc-1") => None,
+        Some("router-1") => Some(if probes.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
+            (503, r#"{"ok":false}"#.into())
+        } else {
+            (200, r#"{"ok":true}"#.into())
+        }),
+        _ => {
+            let battery = (100.0 - started.elapsed().as_secs_f64() / 60.0).max(5.0);
+            Some((200, format!(r#"{{"ok":true,"battery":{battery:.1}}}"#)))
+        }
+    });
+    let port = simulated::serve([127, 0, 0, 1], answer).await?;
+    let devices = [
+        ("cam-1", "camera"),
+        ("cam-2", "camera"),
+        ("cam-3", "camera"),
+        ("router-1", "router"),
+        ("plc-1", "plc"),
+    ];
+    Ok(devices
+        .map(|(name, class)| Registration {
+            device_class: Some(class.into()),
+            poll: Some(PollTarget {
+                url: format!("http://127.0.0.1:{port}/devices/{name}"),
+                fields: BTreeMap::from([
+                    ("ok".into(), "/ok".into()),
+                    ("battery_pct".into(), "/battery".into()),
+                ]),
+            }),
+            ..Registration::new(tenant, format!("polled-{name}"))
+        })
+        .into())
 }
 
 pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
@@ -176,6 +223,10 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     c.pipeline.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.clickhouse.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.poller.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.poller.http_interval_ms = 5_000;
+    c.poller.timeout_ms = 2_000;
+    c.poller.breaker_open_ms = 60_000;
     c.bridge.listen = free(args.listen)?;
     if c.bridge.jwt_secret.is_empty() {
         c.bridge.jwt_secret = secret()?;
@@ -222,6 +273,12 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             c.clickhouse.database
         );
     }
+    let polled = polled_fleet("tenant-00").await?;
+    println!(
+        "fleetpulse demo: the poller checks {} simulated HTTP devices of the inventory every 5 s (tenant-00/polled-*): a router fails now and then, a PLC never answers.",
+        polled.len()
+    );
+    super::inventory::register(&c, polled).await?;
     println!("fleetpulse demo: Ctrl-C stops everything.");
 
     let sink = async {
@@ -234,6 +291,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         super::generate::run(&c, generate),
         super::pipeline::run(&c, pipeline),
         super::bridge::run(&c),
+        super::poll::run(&c),
         sink,
     );
     let _ = std::fs::remove_dir_all(&dir);

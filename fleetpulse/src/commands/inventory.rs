@@ -161,24 +161,42 @@ async fn apply(config: &Config, codec: Codec, args: ApplyArgs) -> anyhow::Result
         }
         return Ok(());
     }
-    let mut sink = KafkaSink::new(
-        config.brokers()?.as_str(),
-        topic,
-        &config.kafka.properties,
-        codec.clone(),
-        MessageFormat::Avro,
-    )?;
     let summary = format!(
         "Applied: {} registered, {} changed, {} decommissioned.",
         plan.register.len(),
         plan.change.len(),
         plan.decommission.len()
     );
-    tokio::task::spawn_blocking(move || write(&mut sink, &codec, &plan))
-        .await
-        .context("the inventory writer failed")??;
+    written(config, codec, plan).await?;
     println!("{summary}");
     Ok(())
+}
+
+/// Registers `registrations` (the demo's polled devices), whatever the topic holds.
+pub(crate) async fn register(
+    config: &Config,
+    registrations: Vec<Registration>,
+) -> anyhow::Result<()> {
+    let codec = super::codec(config, &[RecordKind::Registration]).await?;
+    let plan = Plan {
+        register: registrations,
+        ..Plan::default()
+    };
+    written(config, codec, plan).await
+}
+
+/// Writes `plan` to the inventory topic, waiting until the brokers acknowledged all of it.
+async fn written(config: &Config, codec: Codec, plan: Plan) -> anyhow::Result<()> {
+    let mut sink = KafkaSink::new(
+        config.brokers()?.as_str(),
+        config.topics.inventory.as_str(),
+        &config.kafka.properties,
+        codec.clone(),
+        MessageFormat::Avro,
+    )?;
+    tokio::task::spawn_blocking(move || write(&mut sink, &codec, &plan))
+        .await
+        .context("the inventory writer failed")?
 }
 
 /// Writes a plan and waits until the brokers acknowledged all of it.

@@ -8,6 +8,7 @@ pub(crate) mod inventory;
 pub(crate) mod pipeline;
 pub(crate) mod poll;
 pub(crate) mod registry;
+pub(crate) mod simulated;
 pub(crate) mod sink;
 pub(crate) mod tail;
 pub(crate) mod token;

@@ -14,10 +14,10 @@ use inventory::Change;
 use poller::probe::Prober;
 use poller::{Clock, Poller, PollerConfig};
 use schemas::{PollTarget, ProbeKind, Registration};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::sink::cpu_seconds;
+use crate::commands::simulated::{self, Answer};
 
 /// Flags of `bench poll`.
 #[derive(Debug, Args)]
@@ -37,45 +37,6 @@ pub struct PollBench {
     /// Devices scheduled (not probed) for the memory measurement.
     #[arg(long, default_value_t = 100_000)]
     memory_devices: u32,
-}
-
-/// Serves every GET on `ip` with a small health answer at once, on kept-alive connections.
-async fn gateway(ip: [u8; 4]) -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind(std::net::SocketAddr::from((ip, 0)))
-        .await
-        .context("binding a simulated gateway")?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let mut seen = 0;
-                // Keep-alive: one connection answers request after request.
-                loop {
-                    match socket.read(&mut buf[seen..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen += n,
-                    }
-                    while let Some(end) = buf[..seen].windows(4).position(|w| w == b"\r\n\r\n") {
-                        let body = r#"{"ok":true,"battery":90}"#;
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if socket.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        buf.copy_within(end + 4..seen, 0);
-                        seen -= end + 4;
-                    }
-                    if seen == buf.len() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Ok(port)
 }
 
 fn registration(n: u32, url: String) -> Registration {
@@ -137,9 +98,10 @@ fn resident() -> u64 {
 
 pub(crate) async fn run(args: PollBench) -> anyhow::Result<()> {
     let files = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
+    let healthy: Answer = Arc::new(|_: &str| Some((200, r#"{"ok":true,"battery":90}"#.into())));
     let mut ports = Vec::new();
     for h in 0..args.hosts {
-        ports.push(gateway([127, 0, 1, h + 1]).await?);
+        ports.push(simulated::serve([127, 0, 1, h + 1], Arc::clone(&healthy)).await?);
     }
     let urls: Vec<String> = (0..args.devices)
         .map(|n| {
