@@ -329,6 +329,21 @@ fn http_device(body: &'static str) -> (String, Arc<AtomicU64>) {
     (url, hits)
 }
 
+/// `fleetpulse poll` with the inventory and telemetry topics named, probing every `interval_ms`
+/// (HTTP and TCP) without jitter; and its HTTP address.
+fn poll(brokers: &str, inventory: &str, telemetry: &str, interval_ms: u64) -> (Running, String) {
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["poll", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("topics.inventory={inventory}")])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(["--set", &format!("poller.http_interval_ms={interval_ms}")])
+            .args(["--set", &format!("poller.tcp_interval_ms={interval_ms}")])
+            .args(["--set", "poller.jitter=0.0"]),
+    );
+    (Running(child), http)
+}
+
 #[test]
 fn the_poller_follows_the_inventory_and_produces_a_record_per_probe() {
     let brokers = shared(Kind::Kafka).address();
@@ -352,16 +367,7 @@ fn the_poller_follows_the_inventory_and_produces_a_record_per_probe() {
     .unwrap();
     apply(brokers, &topic, &file, &[]);
 
-    let (child, http) = spawn_serving(
-        fleetpulse()
-            .args(["poll", "--brokers", brokers, "--listen", "127.0.0.1:0"])
-            .args(["--set", &format!("topics.inventory={topic}")])
-            .args(["--set", &format!("topics.telemetry={telemetry}")])
-            .args(["--set", "poller.http_interval_ms=300"])
-            .args(["--set", "poller.tcp_interval_ms=300"])
-            .args(["--set", "poller.jitter=0.0"]),
-    );
-    let mut child = Running(child);
+    let (mut child, http) = poll(brokers, &topic, &telemetry, 300);
     assert!(testkit::wait_for(Duration::from_secs(30), || {
         http_text(&http, "GET", "/readyz", None).0 == 200
     }));
@@ -438,6 +444,17 @@ fn the_poller_follows_the_inventory_and_produces_a_record_per_probe() {
             .all(|(_, t)| !t.ok && t.error_code.as_deref() == Some("reported_unhealthy"))
     );
 
+    let (status, metrics) = http_text(&http, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    for line in [
+        r#"fleetpulse_poller_probes_total{kind="http",result="ok"}"#,
+        r#"fleetpulse_poller_probes_total{kind="tcp",result="ok"}"#,
+        r#"fleetpulse_poller_probes_total{kind="http",result="reported_unhealthy"}"#,
+        "fleetpulse_poller_devices 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+
     // SIGTERM: the poller stops and says what it wrote.
     let pid = child.0.id().to_string();
     run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
@@ -464,15 +481,7 @@ fn a_broker_away_and_back_costs_the_poller_no_record() {
     )
     .unwrap();
     apply(&brokers, &topic, &file, &[]);
-    let (child, http) = spawn_serving(
-        fleetpulse()
-            .args(["poll", "--brokers", &brokers, "--listen", "127.0.0.1:0"])
-            .args(["--set", &format!("topics.inventory={topic}")])
-            .args(["--set", &format!("topics.telemetry={telemetry}")])
-            .args(["--set", "poller.http_interval_ms=200"])
-            .args(["--set", "poller.jitter=0.0"]),
-    );
-    let mut child = Running(child);
+    let (mut child, http) = poll(&brokers, &topic, &telemetry, 200);
     let ready = || http_text(&http, "GET", "/readyz", None).0 == 200;
     assert!(testkit::wait_for(Duration::from_secs(30), ready));
     std::thread::sleep(Duration::from_secs(2));

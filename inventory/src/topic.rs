@@ -54,38 +54,13 @@ pub fn read_to_end<C: ConsumerContext>(
     codec: &Codec,
     timeout: Duration,
 ) -> Result<Current, TopicError> {
-    let kafka = |source| TopicError::Kafka {
-        topic: topic.to_string(),
-        source,
-    };
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(kafka)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    // Per partition, the offset reading stops before.
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(kafka)?;
-        if high > low {
-            ends.insert(p, high);
-            assignment
-                .add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(kafka)?;
-        }
-    }
+    let kafka = failed(topic);
+    let (_, mut ends) = layout(consumer, topic, timeout)?;
+    assign(consumer, topic, ends.keys().copied())?;
     let mut current = Current::default();
     if ends.is_empty() {
         return Ok(current);
     }
-    consumer.assign(&assignment).map_err(kafka)?;
     let started = Instant::now();
     while !ends.is_empty() {
         if started.elapsed() > timeout {
@@ -111,6 +86,59 @@ pub fn read_to_end<C: ConsumerContext>(
         }
     }
     Ok(current)
+}
+
+/// How a Kafka error of reading `topic` is told.
+fn failed(topic: &str) -> impl Fn(rdkafka::error::KafkaError) -> TopicError + Copy + '_ {
+    move |source| TopicError::Kafka {
+        topic: topic.to_string(),
+        source,
+    }
+}
+
+/// The partitions of `topic` (none while it does not exist) and, for each that holds records,
+/// the offset after its last one: where reading it to its end stops.
+fn layout<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(Vec<i32>, BTreeMap<i32, i64>), TopicError> {
+    let kafka = failed(topic);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut ends = BTreeMap::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, timeout)
+            .map_err(kafka)?;
+        if high > low {
+            ends.insert(*p, high);
+        }
+    }
+    Ok((partitions, ends))
+}
+
+/// Assigns `partitions` of `topic` to `consumer`, each from its beginning.
+fn assign<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> Result<(), TopicError> {
+    let kafka = failed(topic);
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka)?;
+    }
+    consumer.assign(&assignment).map_err(kafka)
 }
 
 /// A change of the inventory, as one record of the topic says it.
@@ -165,7 +193,8 @@ const TOPIC_WAIT: Duration = Duration::from_secs(1);
 /// Reads `topic` from its beginning for as long as `stop` is unset, handing `each` every change
 /// in the order of its partition, and calling `caught_up` once, when every partition has been read
 /// to where it ended when reading began (at once for an empty or missing topic). A topic that does
-/// not exist yet is waited for. Records without a readable key are skipped.
+/// not exist yet, or brokers that do not answer, are waited for. Records without a readable key
+/// are skipped.
 pub fn follow<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -174,46 +203,26 @@ pub fn follow<C: ConsumerContext>(
     mut each: impl FnMut(Change),
     caught_up: impl FnOnce(),
 ) -> Result<(), TopicError> {
-    let kafka = |source| TopicError::Kafka {
-        topic: topic.to_string(),
-        source,
-    };
     let mut caught_up = Some(caught_up);
-    let partitions = loop {
+    let mut ends = loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(kafka)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if !partitions.is_empty() {
-            break partitions;
-        }
-        if let Some(done) = caught_up.take() {
-            done();
+        match layout(consumer, topic, Duration::from_secs(10)) {
+            Ok((partitions, ends)) if !partitions.is_empty() => {
+                assign(consumer, topic, partitions)?;
+                break ends;
+            }
+            Ok(_) => {
+                if let Some(done) = caught_up.take() {
+                    done();
+                }
+            }
+            // Brokers that do not answer yet: asked again, and not caught up meanwhile.
+            Err(e) => tracing::warn!(error = %e, "the inventory cannot be read yet"),
         }
         std::thread::sleep(TOPIC_WAIT);
     };
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .map_err(kafka)?;
-        if high > low {
-            ends.insert(p, high);
-        }
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(kafka)?;
-    }
-    consumer.assign(&assignment).map_err(kafka)?;
     while !stop.load(Ordering::Relaxed) {
         if ends.is_empty()
             && let Some(done) = caught_up.take()
