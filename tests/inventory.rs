@@ -358,14 +358,20 @@ fn the_poller_follows_the_inventory_and_produces_a_record_per_probe() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fleet.yaml");
     let fields = "fields: {ok: /up, battery_pct: /battery, attributes.fw: /fw}";
-    std::fs::write(
-        &file,
-        format!(
-            "devices:\n  - {{tenant: acme, device: web-1, class: cam, poll: {{url: \"{web}\", {fields}}}}}\n  - {{tenant: acme, device: plc-1, poll: {{url: \"{plc_url}\"}}}}\n  - {{tenant: acme, device: push-1}}\n"
-        ),
-    )
-    .unwrap();
-    apply(brokers, &topic, &file, &[]);
+    // The fleet: an HTTP device (given), a TCP one, and one that pushes (not polled).
+    let apply_fleet = |web_device: String| {
+        std::fs::write(
+            &file,
+            format!(
+                "devices:\n  - {web_device}\n  - {{tenant: acme, device: plc-1, poll: {{url: \"{plc_url}\"}}}}\n  - {{tenant: acme, device: push-1}}\n"
+            ),
+        )
+        .unwrap();
+        apply(brokers, &topic, &file, &[]);
+    };
+    apply_fleet(format!(
+        "{{tenant: acme, device: web-1, class: cam, poll: {{url: \"{web}\", {fields}}}}}"
+    ));
 
     let (mut child, http) = poll(brokers, &topic, &telemetry, 300);
     assert!(testkit::wait_for(Duration::from_secs(30), || {
@@ -420,14 +426,9 @@ fn the_poller_follows_the_inventory_and_produces_a_record_per_probe() {
     );
 
     // web-1 decommissioned, web-2 registered: taken live.
-    std::fs::write(
-        &file,
-        format!(
-            "devices:\n  - {{tenant: acme, device: web-2, poll: {{url: \"{web2}\", {fields}}}}}\n  - {{tenant: acme, device: plc-1, poll: {{url: \"{plc_url}\"}}}}\n  - {{tenant: acme, device: push-1}}\n"
-        ),
-    )
-    .unwrap();
-    apply(brokers, &topic, &file, &[]);
+    apply_fleet(format!(
+        "{{tenant: acme, device: web-2, poll: {{url: \"{web2}\", {fields}}}}}"
+    ));
     assert!(testkit::wait_for(Duration::from_secs(30), || {
         of(&decoded(), "web-2").len() >= 2
     }));
