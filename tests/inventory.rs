@@ -8,7 +8,8 @@
 //! telemetry record per probe with the mapped fields, devices registered and decommissioned while
 //! it runs taken at once, `/readyz` once the inventory is read, a clean stop on SIGTERM; with its
 //! broker killed and restarted, `/readyz` says so meanwhile, probes go on, and every probe is
-//! one record once the broker is back.
+//! one record once the broker is back. An HTTPS device with a certificate of the fleet's own CA is
+//! probed when `poller.ca_file` names that CA, and is unreachable without it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -525,4 +526,91 @@ fn a_broker_away_and_back_costs_the_poller_no_record() {
         .collect();
     times.dedup();
     assert_eq!(times.len(), records.len(), "no record twice");
+}
+
+#[test]
+fn https_devices_are_trusted_by_the_fleet_s_ca_and_never_without_it() {
+    let brokers = shared(Kind::Kafka).address();
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a certificate for 127.0.0.1, as the secured stack makes them.
+    let secrets = dir.path().join("secrets");
+    run_ok(
+        std::process::Command::new("bash")
+            .arg(testkit::workspace_root().join("scripts/compose-secrets.sh"))
+            .arg(&secrets),
+    );
+    let identity = native_tls::Identity::from_pkcs8(
+        &std::fs::read(secrets.join("server.pem")).unwrap(),
+        &std::fs::read(secrets.join("server.key")).unwrap(),
+    )
+    .unwrap();
+    let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/health", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for socket in listener.incoming().flatten() {
+            let Ok(mut tls) = acceptor.accept(socket) else {
+                continue;
+            };
+            let mut buf = [0u8; 2048];
+            let _ = tls.read(&mut buf);
+            let body = r#"{"battery": 55}"#;
+            let _ = tls.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let prefix = unique("poll-tls");
+    let topic = format!("{prefix}-{INVENTORY}");
+    let file = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "devices:\n  - {{tenant: acme, device: tls-1, poll: {{url: \"{url}\", fields: {{battery_pct: /battery}}}}}}\n"
+        ),
+    )
+    .unwrap();
+    apply(brokers, &topic, &file, &[]);
+    let codec = Codec::builtin();
+    let records = |telemetry: &str, ca: Option<&Path>| {
+        let mut command = fleetpulse();
+        command
+            .args(["poll", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("topics.inventory={topic}")])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(["--set", "poller.http_interval_ms=200"])
+            .args(["--set", "poller.retries=0"]);
+        if let Some(ca) = ca {
+            command.args(["--set", &format!("poller.ca_file={}", ca.display())]);
+        }
+        let (child, _) = spawn_serving(&mut command);
+        let mut child = Running(child);
+        let mut read = Vec::new();
+        testkit::wait_for(Duration::from_secs(30), || {
+            read = read_all(brokers, telemetry);
+            read.len() >= 3
+        });
+        let _ = child.0.kill();
+        read.iter()
+            .map(|r| codec.decode::<schemas::Telemetry>(&r.value).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let untrusted = records(&format!("{prefix}-untrusted"), None);
+    assert!(untrusted.len() >= 3);
+    assert!(
+        untrusted
+            .iter()
+            .all(|t| !t.ok && t.error_code.as_deref() == Some("unreachable")),
+        "{untrusted:?}"
+    );
+    let trusted = records(&format!("{prefix}-trusted"), Some(&secrets.join("ca.pem")));
+    assert!(trusted.len() >= 3);
+    assert!(
+        trusted.iter().all(|t| t.ok && t.battery_pct == Some(55.0)),
+        "{trusted:?}"
+    );
 }

@@ -46,6 +46,10 @@ pub struct PollerConfig {
     pub instance: u32,
     /// How many instances share the inventory.
     pub instances: u32,
+    /// A CA (PEM) whose certificates HTTPS devices are trusted with, besides the system's: the
+    /// fleet's own CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks a free one.
     pub listen: std::net::SocketAddr,
 }
@@ -68,6 +72,7 @@ impl Default for PollerConfig {
             jitter: 0.1,
             instance: 0,
             instances: 1,
+            ca_file: None,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9466)),
         }
     }

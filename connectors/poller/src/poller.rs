@@ -60,7 +60,11 @@ pub struct Poller {
 impl Poller {
     /// A poller with nothing scheduled yet.
     pub fn new(config: PollerConfig, clock: Clock) -> Result<Poller, ProberError> {
-        let prober = Prober::new(Duration::from_millis(config.timeout_ms), config.retries)?;
+        let prober = Prober::new(
+            Duration::from_millis(config.timeout_ms),
+            config.retries,
+            config.ca_file.as_deref(),
+        )?;
         let seed = u64::from(config.instance);
         Ok(Poller {
             schedule: Schedule::new(config.jitter, seed),

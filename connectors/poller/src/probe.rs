@@ -71,13 +71,41 @@ pub struct Prober {
 
 /// Why the prober could not be made.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct ProberError(#[from] reqwest::Error);
+pub enum ProberError {
+    /// The HTTP client refused its settings.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The CA file cannot be read or holds no certificate.
+    #[error("poller.ca_file {path}: {detail}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
 
 impl Prober {
-    /// A prober whose attempts take at most `timeout`, retrying `retries` times.
-    pub fn new(timeout: Duration, retries: u32) -> Result<Prober, ProberError> {
-        let http = reqwest::Client::builder()
+    /// A prober whose attempts take at most `timeout`, retrying `retries` times, trusting the
+    /// CA in the PEM file `ca_file` besides the system's (devices with certificates of the
+    /// fleet's own CA).
+    pub fn new(
+        timeout: Duration,
+        retries: u32,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Prober, ProberError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_file {
+            let ca = |detail: String| ProberError::Ca {
+                path: path.display().to_string(),
+                detail,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+            let certificate =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| ca(e.to_string()))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder
             // A probe asks one URL: a redirect is the device's answer, not a second device.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
@@ -193,6 +221,18 @@ pub fn host(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_named() {
+        let missing = Prober::new(
+            Duration::from_secs(1),
+            0,
+            Some(std::path::Path::new("/nonexistent/ca.pem")),
+        );
+        assert!(
+            matches!(missing, Err(ProberError::Ca { path, .. }) if path == "/nonexistent/ca.pem")
+        );
+    }
 
     #[test]
     fn hosts_ignore_ports_paths_and_case() {

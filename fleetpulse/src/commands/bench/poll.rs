@@ -120,7 +120,7 @@ pub(crate) async fn run(args: PollBench) -> anyhow::Result<()> {
     );
 
     // (a) The same GETs as fast as they go, with the poller's client, at the same concurrency.
-    let prober = Prober::new(Duration::from_secs(5), 0)?;
+    let prober = Prober::new(Duration::from_secs(5), 0, None)?;
     let slots = Arc::new(Semaphore::new(args.concurrency));
     let raw_done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
