@@ -531,3 +531,60 @@ fn wrong_clocks_on_a_broker_stamped_topic_cost_honest_devices_nothing() {
         );
     }
 }
+
+/// A bounded run resumed exactly where a partition ends (a checkpoint taken after its last
+/// record) knows at once that the partition is done: no record will say so, and librdkafka's
+/// end-of-partition event comes before the consumer has a position. It used to wait for ever.
+#[test]
+fn a_bounded_input_resumed_at_a_partition_s_end_is_done_with_it() {
+    use pipeline::source::Input;
+    use pipeline::source::kafka::{KafkaInput, KafkaSettings};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let brokers = shared(Kind::Kafka).address();
+    let topic = unique("resumed-at-end");
+    generate_into(
+        brokers,
+        &topic,
+        ("20", "200", "5"),
+        START_MS,
+        &["--partitions", "2"],
+    );
+    let asking: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let end = |p: i32| {
+        asking
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .unwrap()
+            .1
+    };
+    let ends = [end(0), end(1)];
+    assert!(ends.iter().all(|e| *e > 0), "{ends:?}");
+    let settings = KafkaSettings {
+        properties: [("bootstrap.servers".to_string(), brokers.to_string())].into(),
+        topic: topic.clone(),
+        until_end: true,
+        topic_wait: Some(Duration::from_secs(30)),
+    };
+    // Partition 0 resumed at its end, partition 1 from its beginning.
+    let start = [(0, ends[0])].into();
+    let mut input = KafkaInput::new(&settings, 0, 1, &start).unwrap();
+    let mut finished = input.take_finished();
+    let mut records = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while finished.len() < 2 && std::time::Instant::now() < deadline {
+        records += input
+            .poll(1_000, &mut |r| assert_eq!(r.partition, 1))
+            .unwrap();
+        finished.extend(input.take_finished());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    finished.sort_unstable();
+    assert_eq!(finished, [0, 1], "both partitions done");
+    assert_eq!(
+        records as i64, ends[1],
+        "partition 1 read whole, partition 0 not again"
+    );
+}

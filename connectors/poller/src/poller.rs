@@ -122,7 +122,7 @@ impl Poller {
     }
 
     /// Runs until `stop`: takes `changes` as they come, probes what is due, and sends each
-    /// probe's record to `out`.
+    /// probe's record to `out`; then waits for the probes in flight (at most their timeouts).
     pub async fn run(
         mut self,
         mut changes: mpsc::UnboundedReceiver<Change>,
@@ -159,6 +159,18 @@ impl Poller {
             if gauges.elapsed() >= Duration::from_secs(1) {
                 gauges = Instant::now();
                 events::state(self.schedule.len(), self.in_flight, self.open);
+            }
+        }
+        // Probes started before the stop end within their attempts' timeouts: their records go
+        // out too, rather than leave devices that were probed without a record.
+        // Each attempt's timeout, and a second for the backoff before each.
+        let attempts = u64::from(self.config.retries) + 1;
+        let most = Duration::from_millis((self.config.timeout_ms + 1_000).saturating_mul(attempts));
+        let deadline = tokio::time::Instant::now() + most;
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                Ok(Some(done)) => self.finish(done, &out).await,
+                Ok(None) | Err(_) => break,
             }
         }
     }

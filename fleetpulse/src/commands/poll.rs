@@ -119,9 +119,12 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     // A record waits for the brokers for as long as they are away (librdkafka retries it, in
     // order, without duplicates); when its queue is full, probes wait. Unless configured.
     let mut properties = config.kafka.properties.clone();
-    properties
-        .entry("message.timeout.ms".into())
-        .or_insert_with(|| "0".into());
+    for (key, value) in [
+        ("message.timeout.ms", "0"),
+        ("client.id", "fleetpulse-poll"),
+    ] {
+        properties.entry(key.into()).or_insert_with(|| value.into());
+    }
     let sink = KafkaSink::new(
         config.brokers()?.as_str(),
         config.topics.telemetry.as_str(),

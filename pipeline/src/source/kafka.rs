@@ -203,15 +203,25 @@ impl KafkaInput {
             deferred: None,
             next,
         };
-        // Partitions empty at start-up are done before they begin.
-        let empty: Vec<i32> = input
+        // Partitions empty at start-up, or resumed at their end (a run restarted from a
+        // checkpoint taken there), are done before they begin: no record will say so, and the
+        // end-of-partition event that librdkafka sends comes with no position yet.
+        let at_end: Vec<(i32, i64)> = input
             .ends
             .iter()
-            .filter(|(_, end)| **end < 0)
-            .map(|(p, _)| *p)
+            .map(|(p, end)| {
+                (
+                    *p,
+                    if *end < 0 {
+                        0
+                    } else {
+                        input.next.get(p).copied().unwrap_or(0)
+                    },
+                )
+            })
             .collect();
-        for p in empty {
-            input.reached(p, 0);
+        for (p, next) in at_end {
+            input.reached(p, next);
         }
         Ok(input)
     }
@@ -292,6 +302,8 @@ impl Input for KafkaInput {
                     (m.partition(), m.offset() + 1)
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
+                    // Before a partition's first record the consumer has no position (a
+                    // negative logical offset): the next offset known is where it resumed.
                     let position = self
                         .consumer
                         .position()
@@ -300,6 +312,8 @@ impl Input for KafkaInput {
                             tpl.find_partition(&self.topic, p)
                                 .and_then(|e| e.offset().to_raw())
                         })
+                        .filter(|o| *o >= 0)
+                        .or_else(|| self.next.get(&p).copied())
                         .unwrap_or(0);
                     (p, position)
                 }
