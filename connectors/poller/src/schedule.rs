@@ -1,7 +1,7 @@
-//! When each device is probed next. A device's probes keep its interval's cadence from a phase
-//! its key fixes (so a fleet registered at once is spread evenly over the interval, never all at
-//! the top of the minute, and the same on every restart), each moved by up to `jitter` of the
-//! interval at random so that devices that share a phase drift apart.
+//! When each device is probed next. A device's probes keep its interval's cadence at a phase its
+//! key fixes, counted from the epoch (so a fleet registered at once is spread evenly over the
+//! interval, never all at the top of the minute, and the same on every restart), each moved by
+//! up to `jitter` of the interval at random so that devices that share a phase drift apart.
 //!
 //! Devices live in a slab (an index each, reused) and the queue holds 16-byte entries, so a
 //! million devices cost a few tens of megabytes; a device removed or rescheduled leaves its old
@@ -173,8 +173,11 @@ impl<T> Schedule<T> {
     }
 }
 
+/// The first time at or after `now` that is the device's phase in its interval, counted from
+/// the epoch: the cadence is the same whenever the device was scheduled, so a restarted poller,
+/// or another instance taking the device over, probes it when the last one would have.
 fn first_due(key: &DeviceId, interval_ms: i64, now: i64) -> i64 {
-    now + phase(key, interval_ms)
+    now + (phase(key, interval_ms) - now).rem_euclid(interval_ms)
 }
 
 #[cfg(test)]
@@ -265,6 +268,21 @@ mod tests {
         assert_eq!(probes.iter().filter(|p| p.1 == 10).count(), 4);
         assert_eq!(probes.iter().filter(|p| p.1 == 3).count(), 2);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_device_s_cadence_is_the_same_whenever_it_is_scheduled() {
+        let due = |now| {
+            let mut s = Schedule::new(0.0, 1);
+            s.upsert(key(7), 7, 30_000, now);
+            s.next_due().unwrap()
+        };
+        let first = due(1_700_000_000_000);
+        assert!((0..30_000).contains(&(first - 1_700_000_000_000)));
+        // Scheduled again 4.5 intervals later (a restart): the same cadence.
+        let again = due(1_700_000_135_000);
+        assert_eq!((again - first).rem_euclid(30_000), 0);
+        assert!((0..30_000).contains(&(again - 1_700_000_135_000)));
     }
 
     #[test]
