@@ -565,6 +565,7 @@ fn a_bounded_input_resumed_at_a_partition_s_end_is_done_with_it() {
     let settings = KafkaSettings {
         properties: [("bootstrap.servers".to_string(), brokers.to_string())].into(),
         topic: topic.clone(),
+        inventory: None,
         until_end: true,
         topic_wait: Some(Duration::from_secs(30)),
     };

@@ -37,6 +37,13 @@ pub struct PipelineConfig {
     pub device_retention_ms: i64,
     /// Bounds on what a reading may hold; beyond them it is a dead letter `invalid_field`.
     pub limits: schemas::Limits,
+    /// Read the device inventory (`topics.inventory`) beside the telemetry: registered devices
+    /// that never report go offline as `never_seen`, their class and expected interval apply,
+    /// and a decommissioned one is retired. Kafka input only.
+    pub inventory: bool,
+    /// A registered device with an expected reporting interval goes offline after this many
+    /// intervals of silence, instead of after `thresholds.offline_timeout_ms`.
+    pub expected_interval_multiple: f64,
     /// A device's last-seen time goes out at most once per this much event time (and at once
     /// when its status changes), so a fleet reporting every second costs one record per device
     /// per interval, not one per reading.
@@ -154,6 +161,8 @@ impl Default for PipelineConfig {
             clock_correction: true,
             device_retention_ms: 30 * DAY_MS,
             limits: schemas::Limits::default(),
+            inventory: true,
+            expected_interval_multiple: 3.0,
             lastseen_interval_ms: 5_000,
             watermark_step_ms: 100,
             mass_offline_share: 0.5,
@@ -336,6 +345,13 @@ impl PipelineConfig {
                 "more milliseconds than every offline timeout and window size",
             ));
         }
+        if !(self.expected_interval_multiple.is_finite() && self.expected_interval_multiple >= 1.0)
+        {
+            return Err((
+                "expected_interval_multiple".into(),
+                "a number of intervals, at least 1",
+            ));
+        }
         positive("watermark_step_ms", self.watermark_step_ms)?;
         positive("lastseen_interval_ms", self.lastseen_interval_ms)?;
         positive("checkpoint_interval_ms", self.checkpoint_interval_ms)?;
@@ -397,6 +413,12 @@ impl PipelineConfig {
         matching
             .into_iter()
             .fold(self.thresholds, |t, (_, i)| t.with(&self.overrides[i]))
+    }
+
+    /// How long a registered device expected every `interval_ms` may be silent before it is
+    /// offline.
+    pub fn expected_timeout_ms(&self, interval_ms: u32) -> i64 {
+        (f64::from(interval_ms) * self.expected_interval_multiple).ceil() as i64
     }
 
     /// The smallest window size: the one threshold and baseline rules judge.

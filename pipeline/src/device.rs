@@ -4,6 +4,18 @@
 //! that its latest reading time goes out ([`crate::lastseen`]): announced on arrival, or at a
 //! status change, or `lastseen_interval_ms` after it when no reading followed, or at the end.
 //!
+//! Its registration in the inventory comes in as a reading too ([`ReadingKind::Registered`]),
+//! after the device's own readings of the same millisecond: the registered class replaces the
+//! readings' class; a watched device is expected from then on (offline as `never_seen` when it
+//! says nothing for its timeout) and goes offline after its expected interval times
+//! `expected_interval_multiple` of silence, never before the registration that set it; a
+//! registered device is never retired for its silence. A tombstone ([`ReadingKind::
+//! Decommissioned`]) retires the device at once: firing anomalies resolve, a last transition
+//! says `decommissioned`, and all but its open windows and its class is forgotten. The windows
+//! close at their ends, unjudged unless the device came back (their offline time counted up to
+//! the tombstone), so a device that reports on after its tombstone, a new device to the
+//! pipeline, does not make a second window of the same bounds; it is freed once they closed.
+//!
 //! At one millisecond the order is: windows ending there close, then readings stamped there, then
 //! the offline deadline, then rule timers. A reading exactly at `last_seen + timeout` therefore
 //! keeps the device online, and a window never sees a reading stamped at its end.
@@ -120,12 +132,30 @@ pub struct Ctx<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Presence {
+    /// Registered and watched, not heard from yet (since its registration).
+    Expected,
     Online,
     Offline {
         prolonged_fired: bool,
+        /// False after `never_seen`: its first reading is `first_seen`, not `resumed`.
+        seen: bool,
     },
-    /// Silent past the retention: its owner frees it.
+    /// Left (silent past the retention, or decommissioned): its owner frees it once its windows
+    /// closed.
     Retired,
+}
+
+/// What the device's registration says, as far as presence goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Enrolment {
+    /// The latest registration's time: no deadline falls before it.
+    at: i64,
+    /// Expected reporting interval, ms; 0: none.
+    interval_ms: u32,
+    /// Watched: expected to report.
+    monitored: bool,
+    /// The class is the registration's: the readings' classes are ignored.
+    class: bool,
 }
 
 /// One device's state; checkpoints keep it whole, except the thresholds, which are resolved
@@ -155,6 +185,8 @@ pub struct Device {
     switches: Switches,
     /// The due time the owner's timer queue holds for this device, packed (see [`pack`]).
     scheduled: i64,
+    /// Its registration; boxed, as most devices of most fleets have none.
+    enrolment: Option<Box<Enrolment>>,
 }
 
 /// No due time.
@@ -194,6 +226,7 @@ impl Device {
             error_baseline: Baseline::default(),
             switches: Switches::default(),
             scheduled: UNSCHEDULED,
+            enrolment: None,
         }
     }
 
@@ -238,25 +271,27 @@ impl Device {
             .flatten()
             .map(|w| Due::new(w.end, Kind::Close));
         let presence = match self.presence {
-            Some(Presence::Online) => Some(Due::new(
-                self.last_seen + self.thresholds.offline_timeout_ms,
-                Kind::Deadline,
-            )),
+            Some(Presence::Expected) => {
+                Some(Due::new(self.deadline(self.since, cfg), Kind::Deadline))
+            }
+            Some(Presence::Online) => {
+                Some(Due::new(self.deadline(self.last_seen, cfg), Kind::Deadline))
+            }
             Some(Presence::Offline {
                 prolonged_fired: false,
+                ..
             }) => Some(Due::new(
                 self.since + self.thresholds.prolonged_offline_ms,
                 Kind::Rule,
             )),
             _ => None,
         };
-        let retire = match self.presence {
-            Some(Presence::Online | Presence::Offline { .. }) => Some(Due::new(
+        let retire = self.retires().then(|| {
+            Due::new(
                 self.last_seen.saturating_add(cfg.device_retention_ms),
                 Kind::Rule,
-            )),
-            _ => None,
-        };
+            )
+        });
         let untold = (self.told < self.last_seen && self.tracked()).then(|| {
             Due::new(
                 self.last_seen.saturating_add(cfg.lastseen_interval_ms),
@@ -304,6 +339,28 @@ impl Device {
         self.tell_last_seen(ctx);
     }
 
+    /// How long the device may be silent: its registration's interval times the configured
+    /// multiple when it is watched with one, else its thresholds' timeout.
+    fn timeout(&self, cfg: &PipelineConfig) -> i64 {
+        match self.enrolment.as_deref() {
+            Some(e) if e.monitored && e.interval_ms > 0 => cfg.expected_timeout_ms(e.interval_ms),
+            _ => self.thresholds.offline_timeout_ms,
+        }
+    }
+
+    /// When silence since `from` makes the device offline: never before its latest
+    /// registration, which may have shortened the timeout.
+    fn deadline(&self, from: i64, cfg: &PipelineConfig) -> i64 {
+        let due = from.saturating_add(self.timeout(cfg));
+        self.enrolment.as_deref().map_or(due, |e| due.max(e.at))
+    }
+
+    /// Whether the device is retired after `device_retention_ms` of silence: a tracked device
+    /// the inventory does not hold (a registered one stays until it is decommissioned).
+    fn retires(&self) -> bool {
+        self.tracked() && self.enrolment.is_none()
+    }
+
     /// Whether the device has been seen and not retired.
     fn tracked(&self) -> bool {
         matches!(
@@ -314,18 +371,24 @@ impl Device {
 
     /// Whether the device was retired and is to be freed.
     pub fn retired(&self) -> bool {
-        self.presence == Some(Presence::Retired)
+        self.presence == Some(Presence::Retired) && self.open_windows() == 0
     }
 
     /// A reading, after [`Device::advance`] to its time and [`Kind::Reading`]. An arrival (a reading the DLQ
     /// took for its clock) only keeps the device's presence and its clock anomaly up to date.
     pub fn reading(&mut self, r: &Reading, ctx: &mut Ctx<'_>) {
-        if let Some(class) = r.device_class.as_deref()
-            && self.class.as_deref() != Some(class)
+        match r.kind {
+            ReadingKind::Registered {
+                interval_ms,
+                monitored,
+            } => return self.register(r, interval_ms, monitored, ctx),
+            ReadingKind::Decommissioned => return self.decommission(r.ts, ctx),
+            _ => {}
+        }
+        if !self.enrolment.as_ref().is_some_and(|e| e.class)
+            && let Some(class) = r.device_class.as_deref()
         {
-            let class = ctx.profiles.class(class);
-            self.thresholds = ctx.profiles.get(ctx.cfg, &self.tenant, Some(&class));
-            self.class = Some(class);
+            self.set_class(class, ctx);
         }
         let ts = r.ts;
         let came_online = self.presence != Some(Presence::Online);
@@ -335,23 +398,31 @@ impl Device {
             self.windows[i].get_or_insert_with(|| WindowState::open(ts, *size));
         }
         match self.presence {
-            None => self.transition(
+            None | Some(Presence::Expected | Presence::Retired) => self.transition(
                 DeviceStatus::Online,
                 None,
                 ts,
                 TransitionReason::FirstSeen,
                 ctx,
             ),
-            Some(Presence::Offline { prolonged_fired }) => {
+            Some(Presence::Offline {
+                prolonged_fired,
+                seen,
+            }) => {
                 let since = self.since;
                 for w in self.windows.iter_mut().flatten() {
                     w.add_offline(since, ts);
                 }
+                let reason = if seen {
+                    TransitionReason::Resumed
+                } else {
+                    TransitionReason::FirstSeen
+                };
                 self.transition(
                     DeviceStatus::Online,
                     Some(DeviceStatus::Offline),
                     ts,
-                    TransitionReason::Resumed,
+                    reason,
                     ctx,
                 );
                 if prolonged_fired {
@@ -365,7 +436,7 @@ impl Device {
                     self.change(AnomalyKind::ProlongedOffline, false, true, ts, obs, ctx);
                 }
             }
-            Some(Presence::Online | Presence::Retired) => {}
+            Some(Presence::Online) => {}
         }
         self.last_seen = ts;
         if r.announced {
@@ -405,6 +476,77 @@ impl Device {
         }
     }
 
+    /// The device's class, and the thresholds that go with it.
+    fn set_class(&mut self, class: &str, ctx: &mut Ctx<'_>) {
+        if self.class.as_deref() != Some(class) {
+            let class = ctx.profiles.class(class);
+            self.thresholds = ctx.profiles.get(ctx.cfg, &self.tenant, Some(&class));
+            self.class = Some(class);
+        }
+    }
+
+    /// A registration at `r.ts` (see the module's documentation); an update keeps the time the
+    /// device has been expected since.
+    fn register(&mut self, r: &Reading, interval_ms: u32, monitored: bool, ctx: &mut Ctx<'_>) {
+        let ts = r.ts;
+        if let Some(class) = r.device_class.as_deref() {
+            self.set_class(class, ctx);
+        }
+        self.enrolment = Some(Box::new(Enrolment {
+            at: ts,
+            interval_ms,
+            monitored,
+            class: r.device_class.is_some(),
+        }));
+        match (self.presence, monitored) {
+            (None | Some(Presence::Retired), true) => {
+                self.presence = Some(Presence::Expected);
+                self.since = ts;
+                // Its deadline counts from here; there is no reading time to tell.
+                self.last_seen = ts;
+                self.told = ts;
+            }
+            // Known, and kept for its registration, but not waited for.
+            (Some(Presence::Expected | Presence::Retired), false) => self.presence = None,
+            _ => {}
+        }
+    }
+
+    /// A tombstone at `ts`: the device is retired at once (see the module's documentation).
+    fn decommission(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        let previous = match self.presence {
+            Some(Presence::Online) => Some(DeviceStatus::Online),
+            Some(Presence::Offline { .. }) => Some(DeviceStatus::Offline),
+            _ => None,
+        };
+        if previous == Some(DeviceStatus::Offline) {
+            let since = self.since;
+            for w in self.windows.iter_mut().flatten() {
+                w.add_offline(since, ts);
+            }
+        }
+        self.tell_last_seen(ctx);
+        if let Some(previous) = previous {
+            let message = "the device was decommissioned".to_string();
+            self.leave(
+                ts,
+                previous,
+                TransitionReason::Decommissioned,
+                0.0,
+                message,
+                ctx,
+            );
+        }
+        let mut fresh = Device::new(Rc::clone(&self.tenant), Rc::clone(&self.id), ctx);
+        fresh.windows = std::mem::take(&mut self.windows);
+        fresh.scheduled = self.scheduled;
+        fresh.class = self.class.take();
+        fresh.thresholds = Rc::clone(&self.thresholds);
+        fresh.presence = Some(Presence::Retired);
+        *self = fresh;
+        events::device_decommissioned();
+    }
+
     fn close_windows(&mut self, end: i64, ctx: &mut Ctx<'_>) {
         for i in 0..self.windows.len() {
             if self.windows[i].as_ref().is_some_and(|w| w.end == end)
@@ -424,7 +566,8 @@ impl Device {
         if let Some(Presence::Offline { .. }) = self.presence {
             w.add_offline(self.since, w.end);
         }
-        if judge && w.end - w.start == ctx.cfg.rule_window_ms() {
+        let tracked = self.presence != Some(Presence::Retired);
+        if judge && tracked && w.end - w.start == ctx.cfg.rule_window_ms() {
             self.window_rules(&w, ctx);
         }
         ctx.out.push(Output::Aggregate(w.finish(

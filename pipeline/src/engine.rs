@@ -15,7 +15,7 @@ use crate::device::{Ctx, Device, Due, Kind, Profiles};
 use crate::lastseen::{self, Announcer};
 use crate::output::Output;
 use crate::pending::PendingQueue;
-use crate::reading::{Reading, device_key};
+use crate::reading::{Reading, ReadingKind, device_key};
 
 /// What a checkpoint keeps of an engine: every device, the readings not yet processed, how far
 /// data has moved event time, and the last-seen announcements (see [`Engine::state`]).
@@ -141,7 +141,7 @@ impl Engine {
     /// Queues a reading until the frontier passes its `ts`; its arrival may announce its
     /// device's last-seen time, into `out`.
     pub fn push(&mut self, mut r: Reading, out: &mut Vec<Output>) {
-        if self.announcer.arrive(&r, self.cfg.lastseen_interval_ms) {
+        if !r.kind.is_inventory() && self.announcer.arrive(&r, self.cfg.lastseen_interval_ms) {
             r.announced = true;
             out.push(lastseen::record(
                 &r.tenant_id,
@@ -247,17 +247,7 @@ impl Engine {
                 (None, Some(_)) => self.fire_timer(&mut ctx),
                 _ => {
                     if let Some(r) = self.pending.pop() {
-                        let mut slot = self.slot(&r, &mut ctx);
-                        self.devices[slot as usize]
-                            .advance(Due::new(r.ts, Kind::Reading), &mut ctx);
-                        // Its timer fires first, but a reading must never reach a device it
-                        // would find retired.
-                        if self.devices[slot as usize].retired() {
-                            self.free(slot);
-                            slot = self.slot(&r, &mut ctx);
-                        }
-                        self.devices[slot as usize].reading(&r, &mut ctx);
-                        self.reschedule(slot);
+                        self.take(&r, &mut ctx);
                     }
                 }
             }
@@ -266,6 +256,34 @@ impl Engine {
         self.announcer = announcer;
         self.pending.shrink();
         done
+    }
+
+    /// Hands a reading to its device, after the device's timers before it.
+    fn take(&mut self, r: &Reading, ctx: &mut Ctx<'_>) {
+        let known = self.index.get(&r.key).copied().filter(|slot| {
+            let device = &mut self.devices[*slot as usize];
+            device.advance(Due::new(r.ts, Kind::Reading), ctx);
+            // Its timer fires first, but a reading must never reach a device it would find
+            // retired.
+            !device.retired()
+        });
+        if known.is_none()
+            && let Some(slot) = self.index.get(&r.key).copied()
+        {
+            self.free(slot);
+        }
+        let slot = match known {
+            Some(slot) => slot,
+            // Nothing to decommission: the device is not (or no longer) known.
+            None if r.kind == ReadingKind::Decommissioned => return,
+            None => self.slot(r, ctx),
+        };
+        self.devices[slot as usize].reading(r, ctx);
+        if self.devices[slot as usize].retired() {
+            self.free(slot);
+        } else {
+            self.reschedule(slot);
+        }
     }
 
     fn fire_timer(&mut self, ctx: &mut Ctx<'_>) {

@@ -29,6 +29,16 @@ pub fn device_retired() {
     counter!("fleetpulse_pipeline_devices_retired_total").increment(1);
 }
 
+/// A device decommissioned by the inventory, its state freed.
+pub fn device_decommissioned() {
+    counter!("fleetpulse_pipeline_devices_decommissioned_total").increment(1);
+}
+
+/// A registered device that never reported went offline (`never_seen`).
+pub fn device_never_seen() {
+    counter!("fleetpulse_pipeline_devices_never_seen_total").increment(1);
+}
+
 /// Whether the brokers answer (1) or not (0).
 pub fn brokers_up(up: bool) {
     gauge!("fleetpulse_pipeline_brokers_up").set(if up { 1.0 } else { 0.0 });

@@ -51,6 +51,28 @@ pub enum ReadingKind {
     /// A reading the DLQ took (its clock could not be trusted); it only says the device
     /// reported, at `ts`, the partition's clock truth when it arrived.
     Arrival,
+    /// The device's registration in the inventory, at its record's time; `device_class` is the
+    /// registered class.
+    Registered {
+        /// Expected reporting interval, ms (0: none). 32 bits hold the longest allowed (30
+        /// days) and keep the reading as small as it was.
+        interval_ms: u32,
+        /// Watched: expected to report (`never_seen` if it does not), with the interval's
+        /// timeout.
+        monitored: bool,
+    },
+    /// The device's registration was removed (a tombstone), at its record's time.
+    Decommissioned,
+}
+
+impl ReadingKind {
+    /// Whether the reading comes from the inventory rather than from the device.
+    pub fn is_inventory(self) -> bool {
+        matches!(
+            self,
+            ReadingKind::Registered { .. } | ReadingKind::Decommissioned
+        )
+    }
 }
 
 impl Reading {
@@ -76,6 +98,35 @@ impl Reading {
             battery_pct: t.battery_pct,
             signal_dbm: t.signal_dbm,
             clock_offset_ms,
+            kind,
+            announced: false,
+        }
+    }
+
+    /// An inventory record of `tenant`'s `device` (`class`, when registered) read at
+    /// `partition`/`offset`, taken at `ts`: `kind` is [`ReadingKind::Registered`] or
+    /// [`ReadingKind::Decommissioned`].
+    pub fn inventory(
+        tenant: &str,
+        device: &str,
+        class: Option<&str>,
+        (partition, offset): (i32, i64),
+        ts: i64,
+        kind: ReadingKind,
+    ) -> Reading {
+        Reading {
+            ts,
+            partition,
+            offset,
+            tenant_id: CompactString::from(tenant),
+            device_id: CompactString::from(device),
+            device_class: class.map(CompactString::from),
+            key: device_key(tenant, device),
+            response_time_ms: None,
+            ok: true,
+            battery_pct: None,
+            signal_dbm: None,
+            clock_offset_ms: 0,
             kind,
             announced: false,
         }

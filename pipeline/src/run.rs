@@ -38,6 +38,8 @@ pub enum InputSpec {
     Memory {
         /// The records of each partition.
         partitions: Arc<Vec<Vec<MemoryRecord>>>,
+        /// The records of each inventory partition (none: no inventory is read).
+        inventory: Arc<Vec<Vec<MemoryRecord>>>,
         /// Whether the input ends after the last record.
         bounded: bool,
     },

@@ -56,9 +56,14 @@ impl Tenants {
         for t in batch {
             let tenant = self.tenants.entry(t.tenant_id.clone()).or_default();
             match t.status {
-                // A retired device was offline already (retention outlasts every offline
-                // timeout); it only leaves the outage it may still be counted in.
-                _ if t.reason == TransitionReason::Retired => {
+                // A device that leaves (retired, usually long offline; or decommissioned) only
+                // leaves the count and the outage it may still be counted in: taking a device
+                // out of service is no outage.
+                _ if matches!(
+                    t.reason,
+                    TransitionReason::Retired | TransitionReason::Decommissioned
+                ) =>
+                {
                     if t.previous == Some(DeviceStatus::Online) {
                         tenant.online -= 1;
                     }
@@ -68,6 +73,8 @@ impl Tenants {
                     tenant.online += 1;
                     tenant.recent.retain(|(_, d)| *d != t.device_id);
                 }
+                // A device that was never online was not part of what the tenant lost.
+                DeviceStatus::Offline if t.previous.is_none() => {}
                 DeviceStatus::Offline => {
                     tenant.online -= 1;
                     tenant.recent.push_back((ts, t.device_id.clone()));
@@ -153,10 +160,13 @@ mod tests {
             device_id: format!("d{device}"),
             device_class: None,
             status,
-            previous: None,
+            previous: (status == DeviceStatus::Offline).then_some(DeviceStatus::Online),
             ts,
             last_seen: ts,
-            reason: TransitionReason::FirstSeen,
+            reason: match status {
+                DeviceStatus::Online => TransitionReason::FirstSeen,
+                DeviceStatus::Offline => TransitionReason::Timeout,
+            },
             time_in_previous_ms: None,
             event_id: String::new(),
         }
@@ -204,6 +214,40 @@ mod tests {
                 (AnomalyState::Resolved, 100_019)
             ]
         );
+    }
+
+    #[test]
+    fn devices_never_seen_or_taken_out_of_service_are_no_outage() {
+        let cfg = PipelineConfig::default();
+        let mut out = Vec::new();
+        let mut tenants = online(40, &cfg, &mut out);
+        // 30 registered devices that never reported, and 30 of the 40 decommissioned.
+        let never: Vec<_> = (100..130)
+            .map(|d| StatusTransition {
+                previous: None,
+                reason: TransitionReason::NeverSeen,
+                ..tr(d, DeviceStatus::Offline, 1_000)
+            })
+            .collect();
+        tenants.apply(1_000, &never, &cfg, &mut out);
+        let gone: Vec<_> = (0..30)
+            .map(|d| StatusTransition {
+                reason: TransitionReason::Decommissioned,
+                ..tr(d, DeviceStatus::Offline, 2_000)
+            })
+            .collect();
+        tenants.apply(2_000, &gone, &cfg, &mut out);
+        assert_eq!(kinds(&out), vec![]);
+        // The 10 left going offline are most of the tenant now.
+        let offline: Vec<_> = (30..40)
+            .map(|d| tr(d, DeviceStatus::Offline, 3_000))
+            .collect();
+        let cfg = PipelineConfig {
+            mass_offline_min_devices: 5,
+            ..cfg
+        };
+        tenants.apply(3_000, &offline, &cfg, &mut out);
+        assert_eq!(kinds(&out), vec![(AnomalyState::Firing, 3_000)]);
     }
 
     #[test]

@@ -14,12 +14,19 @@
 //!
 //! For checkpoints taken while running, each partition also remembers where it stood when its
 //! event time first reached each point of a grid (see [`Watermarks::cut`]).
+//!
+//! Inventory partitions ([`crate::source::joined`]) are partitions here too, with two
+//! differences: their watermark is not data (a registration says nothing of how far the fleet's
+//! time has moved), so it counts neither in [`Watermarks::data_max`] nor where a bounded input
+//! ends ([`Watermarks::data_min`]); and one read to its end holds nothing back, as every record
+//! it had was sent and it bounds no timer.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{ClockRules, Judged, RecordTime, Truth};
+use crate::source::joined::is_inventory;
 
 /// The event-time settings a tracker needs.
 #[derive(Debug, Clone, Copy)]
@@ -323,7 +330,7 @@ impl Watermarks {
     pub fn hold(&self) -> Hold {
         let mut least = Hold::Release;
         for p in &self.partitions {
-            if p.finished && p.wm.is_none() {
+            if p.finished && (p.wm.is_none() || is_inventory(p.id)) {
                 continue;
             }
             least = match (least, p.wm) {
@@ -337,18 +344,20 @@ impl Watermarks {
 
     /// The largest watermark data alone has produced in any partition.
     pub fn data_max(&self) -> Option<i64> {
-        self.partitions
-            .iter()
-            .filter_map(|p| p.data(&self.bounds))
-            .max()
+        self.data().max()
     }
 
     /// The least data watermark over partitions that had data: where a bounded input ends.
     pub fn data_min(&self) -> Option<i64> {
+        self.data().min()
+    }
+
+    /// The data watermarks of the telemetry partitions that had data.
+    fn data(&self) -> impl Iterator<Item = i64> + '_ {
         self.partitions
             .iter()
+            .filter(|p| !is_inventory(p.id))
             .filter_map(|p| p.data(&self.bounds))
-            .min()
     }
 }
 

@@ -29,6 +29,7 @@ fn job(
             Arc::new(cfg),
             InputSpec::Memory {
                 partitions: Arc::new(input),
+                inventory: Arc::default(),
                 bounded,
             },
             Arc::new(Codec::builtin()),
@@ -40,6 +41,7 @@ fn job(
 fn record(t: &Telemetry) -> MemoryRecord {
     MemoryRecord {
         record_time: RecordTime::Producer(t.ts),
+        key: None,
         value: Codec::builtin().encode(t).unwrap_or_default(),
     }
 }

@@ -183,7 +183,11 @@ fn build(
             _ => RecordTime::Producer(s.record_ts),
         };
         let value = codec.encode(&s.telemetry).unwrap_or_default();
-        out[s.partition].push(MemoryRecord { record_time, value });
+        out[s.partition].push(MemoryRecord {
+            record_time,
+            key: None,
+            value,
+        });
     }
     out
 }
@@ -202,6 +206,7 @@ fn job(
             Arc::new(cfg.clone()),
             InputSpec::Memory {
                 partitions: Arc::new(input.to_vec()),
+                inventory: Arc::default(),
                 bounded,
             },
             Arc::new(Codec::builtin()),

@@ -38,6 +38,7 @@ fn an_idle_input_follows_the_clock_and_says_so() {
             };
             MemoryRecord {
                 record_time: RecordTime::Producer(t.ts),
+                key: None,
                 value: codec.encode(&t).expect("encodes"),
             }
         })
@@ -53,6 +54,7 @@ fn an_idle_input_follows_the_clock_and_says_so() {
             Arc::new(PipelineConfig::default()),
             InputSpec::Memory {
                 partitions: Arc::new(vec![readings, Vec::new()]),
+                inventory: Arc::default(),
                 bounded: false,
             },
             Arc::new(Codec::builtin()),

@@ -1,6 +1,6 @@
 //! Property tests: the dataflow, on one worker and on several, agrees record for record with
-//! the reference model (tests/support/model.rs) on random streams, and no input stops the job or
-//! is lost.
+//! the reference model (tests/support/model.rs) on random streams of telemetry and inventory
+//! records, and no input stops the job or is lost.
 
 #[path = "../../tests/support/model.rs"]
 mod reference;
@@ -14,14 +14,37 @@ use pipeline::source::memory::MemoryRecord;
 use pipeline::{InputSpec, Job, PipelineConfig};
 use proptest::prelude::*;
 use reference::normalise;
-use schemas::{AnomalyKind, Codec, Telemetry};
+use schemas::{AnomalyKind, Codec, Registration, Telemetry};
 
-fn model(partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig) -> Vec<Output> {
-    reference::model("memory", partitions, cfg)
+/// The telemetry's partitions and the inventory's.
+#[derive(Debug, Clone, Default)]
+struct Input {
+    telemetry: Vec<Vec<MemoryRecord>>,
+    inventory: Vec<Vec<MemoryRecord>>,
+}
+
+impl From<Vec<Vec<MemoryRecord>>> for Input {
+    fn from(telemetry: Vec<Vec<MemoryRecord>>) -> Input {
+        Input {
+            telemetry,
+            inventory: Vec::new(),
+        }
+    }
+}
+
+fn model(input: &Input, cfg: &PipelineConfig) -> Vec<Output> {
+    if input.inventory.is_empty() {
+        return reference::model("memory", &input.telemetry, cfg);
+    }
+    let inventory = reference::Inventory {
+        topic: "memory-inventory",
+        partitions: &input.inventory,
+    };
+    reference::model_with("memory", &input.telemetry, &inventory, cfg)
 }
 
 /// Runs the dataflow over the same partitions on `workers` threads.
-fn dataflow(partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig, workers: usize) -> Vec<Output> {
+fn dataflow(input: &Input, cfg: &PipelineConfig, workers: usize) -> Vec<Output> {
     let collector = Collector::default();
     let job = Job {
         clock: Arc::new(|| 0),
@@ -30,7 +53,8 @@ fn dataflow(partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig, workers: usi
         ..Job::new(
             Arc::new(cfg.clone()),
             InputSpec::Memory {
-                partitions: Arc::new(partitions.to_vec()),
+                partitions: Arc::new(input.telemetry.clone()),
+                inventory: Arc::new(input.inventory.clone()),
                 bounded: true,
             },
             Arc::new(Codec::builtin()),
@@ -88,6 +112,44 @@ struct DeviceSpec {
     clock: (i64, i64),
     /// Whether its producer stamps records with the device's own clock (else a gateway's).
     stamps_own: bool,
+    /// Its registration in the inventory, if any.
+    enrolled: Option<Enrolled>,
+    /// It sends no telemetry at all (a registered device that never reports).
+    silent: bool,
+}
+
+/// A device's registration: when (after T0), with what interval (0: none), watched or not,
+/// decommissioned how long after, and how far its record time is stamped back (behind its
+/// partition's watermark, beyond the out-of-orderness).
+#[derive(Debug, Clone)]
+struct Enrolled {
+    at: i64,
+    interval_ms: u32,
+    monitored: bool,
+    decommissioned_after: Option<i64>,
+    stamped_back: i64,
+}
+
+fn enrolled() -> impl Strategy<Value = Option<Enrolled>> {
+    prop::option::weighted(
+        0.5,
+        (
+            -20_000i64..250_000,
+            prop_oneof![1 => Just(0u32), 3 => 2_000u32..30_000],
+            prop::bool::weighted(0.85),
+            prop::option::weighted(0.4, 1_000i64..250_000),
+            prop_oneof![6 => Just(0i64), 1 => 0i64..6_000],
+        )
+            .prop_map(
+                |(at, interval_ms, monitored, decommissioned_after, stamped_back)| Enrolled {
+                    at,
+                    interval_ms,
+                    monitored,
+                    decommissioned_after,
+                    stamped_back,
+                },
+            ),
+    )
 }
 
 /// Mostly right clocks; the others off by less than the allowed future skew, by more, or behind.
@@ -108,9 +170,10 @@ fn device_spec() -> impl Strategy<Value = DeviceSpec> {
         10.0f64..100.0,
         (clock_offset(), clock_offset()),
         any::<bool>(),
+        (enrolled(), prop::bool::weighted(0.1)),
     )
         .prop_map(
-            |(partition, tenant, slow, gaps, marks, battery_start, clock, stamps_own)| DeviceSpec {
+            |(
                 partition,
                 tenant,
                 slow,
@@ -119,16 +182,82 @@ fn device_spec() -> impl Strategy<Value = DeviceSpec> {
                 battery_start,
                 clock,
                 stamps_own,
+                (enrolled, silent),
+            )| DeviceSpec {
+                partition,
+                tenant,
+                slow,
+                gaps,
+                marks,
+                battery_start,
+                clock,
+                stamps_own,
+                silent: silent && enrolled.is_some(),
+                enrolled,
             },
         )
 }
 
+/// The inventory's partitions.
+const INVENTORY_PARTITIONS: usize = 2;
+
 /// Lays the devices' readings out on partitions in send order, with out-of-order, late, future
-/// and malformed messages mixed in by the marks.
-fn build(devices: &[DeviceSpec], partitions: usize) -> Vec<Vec<MemoryRecord>> {
+/// and malformed messages mixed in by the marks; and their registrations and tombstones on the
+/// inventory's partitions in the order they were written, with a record that is no
+/// registration on some.
+fn build(devices: &[DeviceSpec], partitions: usize) -> Input {
     let codec = Codec::builtin();
     let mut sends: Vec<Vec<(i64, usize, MemoryRecord)>> = vec![Vec::new(); partitions];
+    let mut written: Vec<Vec<(i64, usize, MemoryRecord)>> = vec![Vec::new(); INVENTORY_PARTITIONS];
     for (d, spec) in devices.iter().enumerate() {
+        let tenant = format!("tenant-{}", spec.tenant);
+        let device = format!("dev-{d}");
+        let class = if d % 2 == 0 { "sensor" } else { "gateway" };
+        if let Some(e) = &spec.enrolled {
+            let key = Some(serde_json::to_vec(&[&tenant, &device]).unwrap_or_default());
+            let registration = Registration {
+                device_class: Some(class.into()),
+                expected_interval_ms: (e.interval_ms > 0).then_some(i64::from(e.interval_ms)),
+                monitoring_enabled: e.monitored,
+                ..Registration::new(&tenant, &device)
+            };
+            let at = T0 + e.at;
+            let inventory = &mut written[d % INVENTORY_PARTITIONS];
+            inventory.push((
+                at,
+                d,
+                MemoryRecord {
+                    record_time: RecordTime::Producer(at - e.stamped_back),
+                    key: key.clone(),
+                    value: codec.encode(&registration).unwrap_or_default(),
+                },
+            ));
+            if d % 5 == 3 {
+                inventory.push((
+                    at,
+                    d,
+                    MemoryRecord {
+                        record_time: RecordTime::Producer(at),
+                        key: key.clone(),
+                        value: b"not a registration".to_vec(),
+                    },
+                ));
+            }
+            if let Some(after) = e.decommissioned_after {
+                inventory.push((
+                    at + after,
+                    d,
+                    MemoryRecord {
+                        record_time: RecordTime::Producer(at + after),
+                        key,
+                        value: Vec::new(),
+                    },
+                ));
+            }
+        }
+        if spec.silent {
+            continue;
+        }
         let p = spec.partition % partitions;
         let mut sent = T0 + d as i64 * 37;
         for (i, gap) in spec.gaps.iter().enumerate() {
@@ -148,8 +277,8 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Vec<Vec<MemoryRecord>> {
             };
             ts += offset;
             let t = Telemetry {
-                tenant_id: format!("tenant-{}", spec.tenant),
-                device_id: format!("dev-{d}"),
+                tenant_id: tenant.clone(),
+                device_id: device.clone(),
                 ts,
                 response_time_ms: (kind != 9).then_some(
                     if spec.slow && (i / 12) % 2 == 0 {
@@ -167,7 +296,7 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Vec<Vec<MemoryRecord>> {
                     90.0
                 }),
                 signal_dbm: (kind != 10).then_some(-60.0 - (i % 5) as f64 * 10.0),
-                device_class: Some(if d % 2 == 0 { "sensor" } else { "gateway" }.into()),
+                device_class: Some(class.into()),
                 // Over the limit on attributes: a dead letter naming them.
                 attributes: if kind == 13 {
                     (0..300).map(|a| (a.to_string(), String::new())).collect()
@@ -194,25 +323,34 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Vec<Vec<MemoryRecord>> {
                 _ if spec.stamps_own => RecordTime::Producer(sent + offset),
                 _ => RecordTime::Producer(sent),
             };
-            sends[p].push((sent, d, MemoryRecord { record_time, value }));
+            sends[p].push((
+                sent,
+                d,
+                MemoryRecord {
+                    record_time,
+                    key: None,
+                    value,
+                },
+            ));
         }
     }
-    sends
-        .into_iter()
-        .map(|mut v| {
-            v.sort_by_key(|(sent, d, _)| (*sent, *d));
-            v.into_iter().map(|(_, _, r)| r).collect()
-        })
-        .collect()
+    let in_order = |all: Vec<Vec<(i64, usize, MemoryRecord)>>| -> Vec<Vec<MemoryRecord>> {
+        all.into_iter()
+            .map(|mut v| {
+                v.sort_by_key(|(sent, d, _)| (*sent, *d));
+                v.into_iter().map(|(_, _, r)| r).collect()
+            })
+            .collect()
+    };
+    Input {
+        telemetry: in_order(sends),
+        inventory: in_order(written),
+    }
 }
 
-fn compare(
-    partitions: &[Vec<MemoryRecord>],
-    cfg: &PipelineConfig,
-    workers: usize,
-) -> Result<(), TestCaseError> {
-    let want = normalise(model(partitions, cfg));
-    let got = normalise(dataflow(partitions, cfg, workers));
+fn compare(input: &Input, cfg: &PipelineConfig, workers: usize) -> Result<(), TestCaseError> {
+    let want = normalise(model(input, cfg));
+    let got = normalise(dataflow(input, cfg, workers));
     let ids = |v: &[Output]| {
         v.iter()
             .map(|o| o.event_id().to_string())
@@ -268,6 +406,8 @@ fn a_mass_outage_is_one_anomaly() {
         battery_start: 90.0,
         clock: (0, 0),
         stamps_own: false,
+        enrolled: None,
+        silent: false,
     };
     let devices: Vec<_> = (0..10).map(spec).collect();
     // The outage outlasts the usual test retention; here the devices come back, not retire.
@@ -342,6 +482,8 @@ fn the_random_streams_cover_every_rule() {
         "ClockSkew/Firing",
         "ClockSkew/Resolved",
         "Retired",
+        "NeverSeen",
+        "Decommissioned",
     ] {
         assert!(seen.contains(want), "no {want} in {seen:?}");
     }
@@ -379,10 +521,10 @@ proptest! {
         ),
     ) {
         let n = messages.len();
-        let partitions = vec![messages
+        let partitions: Input = vec![messages
             .into_iter()
-            .map(|value| MemoryRecord { record_time: RecordTime::Producer(T0 + 50_000), value })
-            .collect::<Vec<_>>()];
+            .map(|value| MemoryRecord { record_time: RecordTime::Producer(T0 + 50_000), key: None, value })
+            .collect::<Vec<_>>()].into();
         let cfg = test_config();
         let out = dataflow(&partitions, &cfg, 2);
         let dead = out.iter().filter(|o| matches!(o, Output::DeadLetter(_))).count() as i64;
@@ -415,6 +557,8 @@ fn a_large_fleet_on_four_workers_agrees_with_the_model() {
         battery_start: 90.0,
         clock: (0, 0),
         stamps_own: false,
+        enrolled: None,
+        silent: false,
     };
     let devices: Vec<_> = (0..400).map(spec).collect();
     let input = build(&devices, 4);

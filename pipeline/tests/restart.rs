@@ -3,7 +3,9 @@
 //! together they emit exactly what one uninterrupted run emits, and nothing twice (but a
 //! last-seen time a device repeats after telling an older one, as any run may). A job that
 //! dies instead resumes from the last checkpoint it cut while running: it repeats some records,
-//! each exactly as before, and loses none.
+//! each exactly as before, and loses none. The input has an inventory beside the telemetry:
+//! devices registered with an interval, registered devices that never report, decommissioned
+//! ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,12 +20,23 @@ use pipeline::reading::route;
 use pipeline::sink::Collector;
 use pipeline::source::memory::MemoryRecord;
 use pipeline::{InputSpec, Job, PipelineConfig};
-use schemas::Codec;
+use schemas::{Codec, Registration, TransitionReason};
 
 const START_MS: i64 = 1_700_000_000_000;
 
-/// A fleet's messages on three partitions, keyed by device as a producer would put them.
-fn input() -> Arc<Vec<Vec<MemoryRecord>>> {
+/// The telemetry's partitions and the inventory's.
+#[derive(Clone)]
+struct Input {
+    telemetry: Arc<Vec<Vec<MemoryRecord>>>,
+    inventory: Arc<Vec<Vec<MemoryRecord>>>,
+}
+
+/// A fleet's messages on three partitions, keyed by device as a producer would put them, and
+/// an inventory on two: a fifth of the devices registered over the first minute (every other
+/// one with an expected interval), a tenth of them decommissioned half-way, and ten devices
+/// that never report, the last registered at the end of the input, so that the inventory never
+/// holds the frontier back on a clock that does not move.
+fn input() -> Input {
     let fleet = GeneratorConfig {
         devices: 150,
         events: 30_000,
@@ -33,27 +46,73 @@ fn input() -> Arc<Vec<Vec<MemoryRecord>>> {
     };
     let codec = Codec::builtin();
     let mut partitions = vec![Vec::new(); 3];
+    let mut devices = BTreeMap::new();
+    let mut end = START_MS;
     for event in Fleet::new(&fleet, START_MS).take(fleet.events as usize) {
+        end = end.max(event.record_ts);
+        if let generator::Body::Reading(t) = &event.body {
+            devices
+                .entry((t.tenant_id.clone(), t.device_id.clone()))
+                .or_insert_with(|| t.device_class.clone());
+        }
         let mut value = Vec::new();
         if generator::encode(&event, MessageFormat::Avro, &codec, &mut value).is_err() {
             continue;
         }
         partitions[(route(&event.key) % 3) as usize].push(MemoryRecord {
             record_time: RecordTime::Producer(event.record_ts),
+            key: None,
             value,
         });
     }
-    Arc::new(partitions)
+    let mut inventory = vec![Vec::new(); 2];
+    let mut write = |r: Option<&Registration>, tenant: &str, device: &str, at: i64| {
+        inventory[(at / 1_000 % 2) as usize].push(MemoryRecord {
+            record_time: RecordTime::Producer(at),
+            key: serde_json::to_vec(&[tenant, device]).ok(),
+            value: r.map_or(Vec::new(), |r| codec.encode(r).unwrap_or_default()),
+        });
+    };
+    let half = START_MS + (end - START_MS) / 2;
+    for (i, ((tenant, device), class)) in devices.iter().enumerate().step_by(5) {
+        let r = Registration {
+            device_class: class.clone(),
+            expected_interval_ms: (i % 2 == 0).then_some(5_000),
+            ..Registration::new(tenant, device)
+        };
+        write(Some(&r), tenant, device, START_MS + i as i64 * 400);
+        if i % 10 == 0 {
+            write(None, tenant, device, half + i as i64);
+        }
+    }
+    for g in 0..10 {
+        let (tenant, device) = (format!("tenant-{}", g % 3), format!("ghost-{g}"));
+        let at = if g == 9 { end } else { START_MS + g * 3_000 };
+        write(
+            Some(&Registration::new(&tenant, &device)),
+            &tenant,
+            &device,
+            at,
+        );
+    }
+    for p in &mut inventory {
+        p.sort_by_key(|r| r.record_time.millis());
+    }
+    Input {
+        telemetry: Arc::new(partitions),
+        inventory: Arc::new(inventory),
+    }
 }
 
-fn job(input: &Arc<Vec<Vec<MemoryRecord>>>, bounded: bool, collector: &Collector) -> Job {
+fn job(input: &Input, bounded: bool, collector: &Collector) -> Job {
     Job {
         // Frozen: no partition ever goes idle, so the output is a function of the input.
         clock: Arc::new(|| 0),
         ..Job::new(
             Arc::new(PipelineConfig::default()),
             InputSpec::Memory {
-                partitions: Arc::clone(input),
+                partitions: Arc::clone(&input.telemetry),
+                inventory: Arc::clone(&input.inventory),
                 bounded,
             },
             Arc::new(Codec::builtin()),
@@ -82,6 +141,16 @@ fn a_stopped_job_resumes_from_its_checkpoint_without_loss_or_repeats() {
     assert!(pipeline::run(timely::Config::process(2), reference).is_ok());
     let want = ids(&distinct(whole.records()));
     assert!(want.len() > 1_000);
+    for reason in [
+        TransitionReason::NeverSeen,
+        TransitionReason::Decommissioned,
+    ] {
+        let seen = whole
+            .records()
+            .iter()
+            .any(|o| matches!(o, Output::Status(s) if s.reason == reason));
+        assert!(seen, "no {reason:?} in the uninterrupted run");
+    }
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     for stop_after in [want.len() / 5, want.len() / 2] {

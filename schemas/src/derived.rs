@@ -150,6 +150,11 @@ pub enum TransitionReason {
     /// Silent for longer than the device retention: its state is freed, and its next reading
     /// is `first_seen` again.
     Retired,
+    /// Registered in the inventory and silent for its timeout since registration.
+    NeverSeen,
+    /// Removed from the inventory: its last transition; its state is freed, and its next
+    /// reading is `first_seen` again.
+    Decommissioned,
 }
 
 /// A device went online or offline.

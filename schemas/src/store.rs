@@ -31,7 +31,7 @@ pub struct BuiltinSchema {
 
 // Ids are part of the wire format of everything written without a networked registry: never
 // renumber, only append.
-const BUILTIN: [BuiltinSchema; 12] = [
+const BUILTIN: [BuiltinSchema; 13] = [
     BuiltinSchema {
         id: 1,
         kind: RecordKind::Telemetry,
@@ -86,7 +86,7 @@ const BUILTIN: [BuiltinSchema; 12] = [
         id: 9,
         kind: RecordKind::StatusTransition,
         version: 2,
-        json: include_str!("../avro/status_transition.avsc"),
+        json: include_str!("../avro/status_transition.v2.avsc"),
     },
     BuiltinSchema {
         id: 10,
@@ -105,6 +105,14 @@ const BUILTIN: [BuiltinSchema; 12] = [
         kind: RecordKind::Registration,
         version: 1,
         json: include_str!("../avro/registration.avsc"),
+    },
+    // Version 3 of the status transition (the inventory): the never_seen and decommissioned
+    // reasons.
+    BuiltinSchema {
+        id: 13,
+        kind: RecordKind::StatusTransition,
+        version: 3,
+        json: include_str!("../avro/status_transition.avsc"),
     },
 ];
 

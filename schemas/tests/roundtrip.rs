@@ -101,7 +101,9 @@ prop_compose! {
         status in status(), previous in proptest::option::of(status()), ts in ts(),
         last_seen in ts(),
         reason in prop_oneof![Just(TransitionReason::FirstSeen), Just(TransitionReason::Resumed),
-            Just(TransitionReason::Timeout), Just(TransitionReason::InputIdle)],
+            Just(TransitionReason::Timeout), Just(TransitionReason::InputIdle),
+            Just(TransitionReason::Retired), Just(TransitionReason::NeverSeen),
+            Just(TransitionReason::Decommissioned)],
         time_in_previous_ms in proptest::option::of(0..i64::MAX), event_id in text(),
     ) -> StatusTransition {
         StatusTransition { tenant_id, device_id, device_class, status, previous, ts, last_seen,

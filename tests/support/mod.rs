@@ -345,6 +345,7 @@ pub fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>>
     for m in read {
         out[m.partition as usize].push(MemoryRecord {
             record_time: m.timestamp,
+            key: None,
             value: m.value,
         });
     }

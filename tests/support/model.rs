@@ -2,6 +2,12 @@
 //! whole input at once. The pipeline's property tests and the end-to-end test against Kafka both
 //! compare the dataflow with it.
 //!
+//! The inventory is modelled too: registrations and tombstones on their own partitions, at their
+//! record times, each device's lives split at its decommissioning, its deadlines following its
+//! expected interval, `never_seen` for one registered before it ever reported. The model takes a
+//! device's class as fixed in a life and allows one registration per life (the tests register
+//! devices with the class they report, once).
+//!
 //! The model shares only leaf primitives with the pipeline (the health formula, the quantile
 //! digest, the fire/resolve switch, the baseline estimator and the tenant counter, each unit-
 //! tested on its own); clock truth, lateness, ordering, windowing, presence, timers, retirement
@@ -18,11 +24,13 @@ use pipeline::digest::RtDigest;
 use pipeline::event_id;
 use pipeline::health::{self, HealthInputs};
 use pipeline::output::Output;
+use pipeline::source::joined::INVENTORY;
 use pipeline::source::memory::MemoryRecord;
 use pipeline::tenant::Tenants;
 use schemas::{
-    AnomalyKind, Codec, DeadLetter, DeadLetterReason, DeviceStatus, InputFormat, LastSeen,
-    StatusTransition, TS_MAX_MS, TS_MIN_MS, Telemetry, TransitionReason, WindowAggregate,
+    AnomalyKind, Codec, DeadLetter, DeadLetterReason, DeviceStatus, InputFormat, LastSeen, Record,
+    Registration, StatusTransition, TS_MAX_MS, TS_MIN_MS, Telemetry, TransitionReason,
+    WindowAggregate,
 };
 
 /// How a device takes an accepted reading.
@@ -281,8 +289,76 @@ fn over_limits(len: usize, t: &Telemetry, cfg: &PipelineConfig) -> bool {
             > l.attribute_bytes
 }
 
+/// The inventory's partitions, as the pipeline reads them beside the telemetry.
+pub struct Inventory<'a> {
+    /// Its topic (for dead letters).
+    pub topic: &'a str,
+    /// Its records per partition.
+    pub partitions: &'a [Vec<MemoryRecord>],
+}
+
+/// A registration, as far as the model uses it.
+#[derive(Debug, Clone)]
+struct Reg {
+    at: i64,
+    class: Option<String>,
+    interval_ms: u32,
+    monitored: bool,
+}
+
+/// An accepted inventory record: a registration, or (`None`) a tombstone.
+#[derive(Debug, Clone)]
+struct InventoryEvent {
+    ts: i64,
+    partition: i32,
+    offset: i64,
+    reg: Option<Reg>,
+}
+
 /// Runs the model over in-memory partitions.
 pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig) -> Vec<Output> {
+    let inventory = Inventory {
+        topic: "memory-inventory",
+        partitions: &[],
+    };
+    model_with(topic, partitions, &inventory, cfg)
+}
+
+/// The inventory record `rec` holds: tenant, device, and its registration (`None`: a
+/// tombstone); or why it is unusable.
+fn registration(
+    codec: &Codec,
+    rec: &MemoryRecord,
+    cfg: &PipelineConfig,
+) -> Result<(String, String, Option<Registration>), DeadLetterReason> {
+    if rec.value.len() > cfg.limits.message_bytes {
+        return Err(DeadLetterReason::InvalidField);
+    }
+    let decoded = if rec.value.is_empty() {
+        let (tenant, device) = rec
+            .key
+            .as_deref()
+            .and_then(schemas::device_of_key)
+            .ok_or(DeadLetterReason::Undecodable)?;
+        (tenant, device, None)
+    } else {
+        let r: Registration = codec.decode(&rec.value).map_err(|e| e.reason())?;
+        r.validate().map_err(|_| DeadLetterReason::InvalidField)?;
+        (r.tenant_id.clone(), r.device_id.clone(), Some(r))
+    };
+    if rec.record_time.millis().is_none() {
+        return Err(DeadLetterReason::InvalidField);
+    }
+    Ok(decoded)
+}
+
+/// Runs the model over in-memory telemetry partitions and the inventory's.
+pub fn model_with(
+    topic: &str,
+    partitions: &[Vec<MemoryRecord>],
+    inventory: &Inventory<'_>,
+    cfg: &PipelineConfig,
+) -> Vec<Output> {
     let codec = Codec::builtin();
     let mut out = Vec::new();
     let mut accepted: Vec<Accepted> = Vec::new();
@@ -359,6 +435,60 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
     }
     let last_wm = last_watermarks.into_iter().min().unwrap_or(i64::MIN);
 
+    // The inventory: its record time is its event time, and one behind its partition's
+    // watermark is taken at the watermark.
+    let mut enrolments: BTreeMap<(String, String), Vec<InventoryEvent>> = BTreeMap::new();
+    for (p, records) in inventory.partitions.iter().enumerate() {
+        let p = p as i32;
+        let mut clock = PartitionModel::default();
+        for (offset, rec) in records.iter().enumerate() {
+            let offset = offset as i64;
+            let (tenant, device, reg) = match registration(&codec, rec, cfg) {
+                Ok(r) => r,
+                Err(reason) => {
+                    out.push(Output::DeadLetter(DeadLetter {
+                        source_topic: inventory.topic.into(),
+                        source_partition: p,
+                        source_offset: offset,
+                        key: None,
+                        raw: rec.value.clone(),
+                        reason,
+                        detail: String::new(),
+                        record_ts: rec.record_time.millis(),
+                        event_id: event_id::dead_letter(inventory.topic, p, offset),
+                    }));
+                    continue;
+                }
+            };
+            let Some(at) = rec.record_time.millis() else {
+                continue;
+            };
+            let key = format!("{tenant}\u{0}{device}");
+            let ts = match clock.judge(&key, at, RecordTime::Broker(at), cfg) {
+                Judgement::Accept(ts, _, _) => ts,
+                Judgement::Reject(_, arrival) => arrival.map_or(at, |(ts, _)| ts),
+            };
+            clock.follow(cfg);
+            let reg = reg.map(|r| Reg {
+                at: ts,
+                class: r.device_class,
+                interval_ms: r
+                    .expected_interval_ms
+                    .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+                monitored: r.monitoring_enabled,
+            });
+            enrolments
+                .entry((tenant, device))
+                .or_default()
+                .push(InventoryEvent {
+                    ts,
+                    partition: INVENTORY + p,
+                    offset,
+                    reg,
+                });
+        }
+    }
+
     let mut by_device: BTreeMap<(String, String), Vec<Accepted>> = BTreeMap::new();
     for a in accepted {
         by_device
@@ -366,23 +496,42 @@ pub fn model(topic: &str, partitions: &[Vec<MemoryRecord>], cfg: &PipelineConfig
             .or_default()
             .push(a);
     }
+    for key in enrolments.keys() {
+        by_device.entry(key.clone()).or_default();
+    }
     let mut transitions = Vec::new();
     for ((tenant, device), mut readings) in by_device {
         readings.sort_by_key(|a| (a.t.ts, a.partition, a.offset));
-        // A device silent past the retention is retired; what follows is a new device.
-        let mut lives: Vec<&[Accepted]> = Vec::new();
-        let mut start = 0;
-        for i in 1..readings.len() {
-            if readings[i].t.ts > readings[i - 1].t.ts + cfg.device_retention_ms {
-                lives.push(&readings[start..i]);
-                start = i;
+        let mut events = enrolments
+            .remove(&(tenant.clone(), device.clone()))
+            .unwrap_or_default();
+        events.sort_by_key(|e| (e.ts, e.partition, e.offset));
+        let lives = lives(readings, events, cfg);
+        let models: Vec<DeviceModel> = lives
+            .iter()
+            .map(|life| DeviceModel::new(&tenant, &device, life, cfg, last_wm))
+            .collect();
+        let Some(first) = models.first() else {
+            continue;
+        };
+        let per_life: Vec<Vec<StatusTransition>> =
+            models.iter().map(DeviceModel::transitions).collect();
+        // A window open when its device leaves closes at its end, with the readings of the
+        // device's next life if one began by then: windows are the device's, not a life's.
+        let all: Vec<StatusTransition> = per_life.iter().flatten().cloned().collect();
+        let readings: Vec<&Accepted> = lives.iter().flat_map(|l| &l.readings).collect();
+        let rule_size = cfg.rule_window_ms();
+        let mut rule_windows = Vec::new();
+        for size in &cfg.windows_ms {
+            for (agg, _) in first.windows(&readings, *size, &all) {
+                if *size == rule_size {
+                    rule_windows.push(agg.clone());
+                }
+                out.push(Output::Aggregate(agg));
             }
         }
-        lives.push(&readings[start..]);
-        let last = lives.len() - 1;
-        for (i, life) in lives.into_iter().enumerate() {
-            let d = DeviceModel::new(&tenant, &device, life, cfg, last_wm, i < last);
-            d.emit(&mut out, &mut transitions);
+        for (d, t) in models.iter().zip(per_life) {
+            d.emit(t, &rule_windows, &mut out, &mut transitions);
         }
     }
 
@@ -408,18 +557,108 @@ fn last_seen(tenant: &str, device: &str, class: &Option<String>, ts: i64) -> Out
     })
 }
 
-/// One device's readings (of one life: from its first reading to its retirement), judged as a
-/// whole.
+/// How a life ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// It does not end before the input does (it may still be retired then).
+    Open,
+    /// Retired at this time, as a later event of the device came after its retention.
+    Retired(i64),
+    /// Decommissioned at this time.
+    Decommissioned(i64),
+}
+
+/// One life of a device: from its first reading or registration to its retirement or
+/// decommissioning.
+#[derive(Debug, Clone)]
+struct Life {
+    readings: Vec<Accepted>,
+    reg: Option<Reg>,
+    end: End,
+}
+
+/// A device's readings and inventory events cut into lives: a device silent past the retention
+/// (unless registered) is retired, a tombstone decommissions it, and what follows is a new
+/// device. Events of one millisecond come in the pipeline's order: readings before inventory
+/// records (whose partitions are numbered after every telemetry partition), and the retention's
+/// timer after both.
+fn lives(readings: Vec<Accepted>, events: Vec<InventoryEvent>, cfg: &PipelineConfig) -> Vec<Life> {
+    enum Event {
+        Reading(Accepted),
+        Inventory(InventoryEvent),
+    }
+    let mut all: Vec<((i64, i32, i64), Event)> = readings
+        .into_iter()
+        .map(|a| ((a.t.ts, a.partition, a.offset), Event::Reading(a)))
+        .chain(
+            events
+                .into_iter()
+                .map(|e| ((e.ts, e.partition, e.offset), Event::Inventory(e))),
+        )
+        .collect();
+    all.sort_by_key(|(k, _)| *k);
+    let mut out = Vec::new();
+    let mut current: Option<Life> = None;
+    let fresh = || Life {
+        readings: Vec::new(),
+        reg: None,
+        end: End::Open,
+    };
+    for ((t, _, _), event) in all {
+        if let Some(life) = current.take() {
+            let retire = life
+                .readings
+                .last()
+                .filter(|_| life.reg.is_none())
+                .map(|a| a.t.ts + cfg.device_retention_ms)
+                .filter(|x| t > *x);
+            match retire {
+                Some(x) => out.push(Life {
+                    end: End::Retired(x),
+                    ..life
+                }),
+                None => current = Some(life),
+            }
+        }
+        match event {
+            Event::Reading(a) => current.get_or_insert_with(fresh).readings.push(a),
+            Event::Inventory(InventoryEvent { reg: Some(r), .. }) => {
+                let life = current.get_or_insert_with(fresh);
+                assert!(
+                    life.reg.is_none(),
+                    "the model takes one registration per life"
+                );
+                life.reg = Some(r);
+            }
+            Event::Inventory(InventoryEvent { reg: None, ts, .. }) => {
+                if let Some(life) = current.take() {
+                    out.push(Life {
+                        end: End::Decommissioned(ts),
+                        ..life
+                    });
+                }
+            }
+        }
+    }
+    out.extend(current);
+    out
+}
+
+/// One device's life, judged as a whole.
 struct DeviceModel<'a> {
     tenant: &'a str,
     device: &'a str,
     class: Option<String>,
     readings: &'a [Accepted],
+    reg: Option<&'a Reg>,
     cfg: &'a PipelineConfig,
     th: Thresholds,
     last_wm: i64,
     /// When the device is retired, if it is: nothing due at or after it is processed.
     retired: Option<i64>,
+    /// When the device is decommissioned, if it is: nothing due after the readings of that
+    /// millisecond is processed.
+    decommissioned: Option<i64>,
 }
 
 /// Things that happen to a device, in the order they are processed at one millisecond.
@@ -429,53 +668,103 @@ enum Happening {
     RuleWindow(usize),
     /// Reading number `i`.
     Reading(usize),
-    /// Offline deadline.
-    Offline,
-    /// The device has been offline for the prolonged limit.
-    Prolonged,
+    /// The registration (after the readings of its millisecond).
+    Registered,
+    /// Offline deadline; whether it counts towards flapping (not `never_seen`, which follows
+    /// no status).
+    Offline(bool),
+    /// The device has been offline for the prolonged limit since transition `i`.
+    Prolonged(usize),
     /// A transition leaves the flapping period.
     FlapExpiry,
-    /// Silent past the retention.
-    Retire,
+    /// Transition `i` retires or decommissions the device.
+    Retire(usize),
 }
 
 impl<'a> DeviceModel<'a> {
-    /// `followed`: another life of the device follows this one, which therefore ends retired.
     fn new(
         tenant: &'a str,
         device: &'a str,
-        readings: &'a [Accepted],
+        life: &'a Life,
         cfg: &'a PipelineConfig,
         last_wm: i64,
-        followed: bool,
     ) -> Self {
+        let readings = &life.readings[..];
+        let reg = life.reg.as_ref();
         // The model takes a device's class as fixed (every fleet in the tests keeps it); the
         // pipeline follows the class of each reading, which only differs when it changes.
-        let class = readings.iter().rev().find_map(|a| a.t.device_class.clone());
-        let retire = readings.last().map(|a| a.t.ts + cfg.device_retention_ms);
+        let class = reg
+            .and_then(|r| r.class.clone())
+            .or_else(|| readings.iter().rev().find_map(|a| a.t.device_class.clone()));
         let mut d = DeviceModel {
             tenant,
             device,
             th: cfg.thresholds_for(tenant, class.as_deref()),
             class,
             readings,
+            reg,
             cfg,
             last_wm,
             retired: None,
+            decommissioned: None,
         };
-        d.retired = retire.filter(|r| followed || d.processed(*r, true));
+        match life.end {
+            End::Retired(x) => d.retired = Some(x),
+            End::Decommissioned(t) => d.decommissioned = Some(t),
+            End::Open => {
+                let retire = readings
+                    .last()
+                    .filter(|_| reg.is_none())
+                    .map(|a| a.t.ts + cfg.device_retention_ms);
+                d.retired = retire.filter(|r| d.processed(*r, true));
+            }
+        }
         d
     }
 
     /// Whether something due at `t` (processed after readings at `t` when `after_readings`) is
-    /// ever processed: before the device's last reading, or before the input's last watermark,
-    /// and before its retirement.
+    /// ever processed: before the device's last reading or registration, or before the input's
+    /// last watermark, and before its retirement or decommissioning.
     fn processed(&self, t: i64, after_readings: bool) -> bool {
+        if let Some(d) = self.decommissioned {
+            return t < d || (t == d && !after_readings);
+        }
         if let Some(r) = self.retired {
             return t < r;
         }
-        let last = self.readings.last().map_or(i64::MIN, |a| a.t.ts);
+        let last = self
+            .readings
+            .last()
+            .map(|a| a.t.ts)
+            .into_iter()
+            .chain(self.reg.map(|r| r.at))
+            .max()
+            .unwrap_or(i64::MIN);
         t < last || (t == last && !after_readings) || t < self.last_wm
+    }
+
+    /// When silence since the reading at `from` makes the device offline: after its timeout,
+    /// which its registration sets from the registration on (never before it), when it was
+    /// registered before the old deadline passed.
+    fn deadline(&self, from: i64) -> i64 {
+        let default = from + self.th.offline_timeout_ms;
+        match self.reg {
+            Some(r) if r.at <= from || default >= r.at => {
+                let timeout = if r.monitored && r.interval_ms > 0 {
+                    self.cfg.expected_timeout_ms(r.interval_ms)
+                } else {
+                    self.th.offline_timeout_ms
+                };
+                (from + timeout).max(r.at)
+            }
+            _ => default,
+        }
+    }
+
+    /// The registration the device was expected by before it ever reported, if any.
+    fn expected(&self) -> Option<&Reg> {
+        self.reg
+            .filter(|r| r.monitored && self.readings.first().is_none_or(|a| r.at < a.t.ts))
     }
 
     /// Presence: transitions, with the offline intervals they imply.
@@ -494,22 +783,41 @@ impl<'a> DeviceModel<'a> {
             time_in_previous_ms: previous.map(|_| ts - since),
             event_id: event_id::status(self.tenant, self.device, status, ts),
         };
+        // A device registered before it ever reported, and silent for its timeout.
+        let mut never_seen = false;
+        if let Some(r) = self.expected() {
+            let due = self.deadline(r.at);
+            let first = self.readings.first().map(|a| a.t.ts);
+            if first.is_none_or(|f| due < f) && self.processed(due, true) {
+                out.push(status(
+                    DeviceStatus::Offline,
+                    None,
+                    due,
+                    r.at,
+                    TransitionReason::NeverSeen,
+                    0,
+                ));
+                since = due;
+                never_seen = true;
+            }
+        }
         for (i, a) in self.readings.iter().enumerate() {
             let ts = a.t.ts;
             if i == 0 {
+                let previous = never_seen.then_some(DeviceStatus::Offline);
                 out.push(status(
                     DeviceStatus::Online,
-                    None,
+                    previous,
                     ts,
                     ts,
                     TransitionReason::FirstSeen,
-                    0,
+                    since,
                 ));
                 since = ts;
                 continue;
             }
             let prev = self.readings[i - 1].t.ts;
-            let deadline = prev + self.th.offline_timeout_ms;
+            let deadline = self.deadline(prev);
             if deadline < ts {
                 out.push(status(
                     DeviceStatus::Offline,
@@ -530,9 +838,10 @@ impl<'a> DeviceModel<'a> {
                 since = ts;
             }
         }
+        let mut previous = never_seen.then_some(DeviceStatus::Offline);
         if let Some(last) = self.readings.last() {
-            let deadline = last.t.ts + self.th.offline_timeout_ms;
-            let mut previous = DeviceStatus::Online;
+            let deadline = self.deadline(last.t.ts);
+            previous = Some(DeviceStatus::Online);
             if self.processed(deadline, true) {
                 out.push(status(
                     DeviceStatus::Offline,
@@ -543,12 +852,12 @@ impl<'a> DeviceModel<'a> {
                     since,
                 ));
                 since = deadline;
-                previous = DeviceStatus::Offline;
+                previous = Some(DeviceStatus::Offline);
             }
             if let Some(r) = self.retired {
                 out.push(status(
                     DeviceStatus::Offline,
-                    Some(previous),
+                    previous,
                     r,
                     last.t.ts,
                     TransitionReason::Retired,
@@ -556,16 +865,52 @@ impl<'a> DeviceModel<'a> {
                 ));
             }
         }
+        if let (Some(d), Some(_)) = (self.decommissioned, previous) {
+            let last_seen = self
+                .readings
+                .last()
+                .map(|a| a.t.ts)
+                .or(self.reg.map(|r| r.at))
+                .unwrap_or(d);
+            out.push(status(
+                DeviceStatus::Offline,
+                previous,
+                d,
+                last_seen,
+                TransitionReason::Decommissioned,
+                since,
+            ));
+        }
         out
     }
 
-    fn offline_within(&self, transitions: &[StatusTransition], start: i64, end: i64) -> i64 {
+    /// The offline time within `[start, end)` of a window first opened at `opened`.
+    fn offline_within(
+        &self,
+        transitions: &[StatusTransition],
+        start: i64,
+        end: i64,
+        opened: i64,
+    ) -> i64 {
+        let leaves = |t: &StatusTransition| {
+            matches!(
+                t.reason,
+                TransitionReason::Retired | TransitionReason::Decommissioned
+            )
+        };
         let mut total = 0;
         for (i, t) in transitions.iter().enumerate() {
-            if t.status != DeviceStatus::Offline {
+            // Leaving ends the windows' offline time; it begins none.
+            if t.status != DeviceStatus::Offline || leaves(t) {
                 continue;
             }
-            let until = transitions.get(i + 1).map_or(i64::MAX, |n| n.ts);
+            let next = transitions.get(i + 1);
+            // An offline time that ended with the device leaving counts only in the windows
+            // open then: a window its next life opens knows nothing of it.
+            if next.is_some_and(|n| leaves(n) && opened > n.ts) {
+                continue;
+            }
+            let until = next.map_or(i64::MAX, |n| n.ts);
             let overlap = until.min(end) - t.ts.max(start);
             if overlap > 0 {
                 total += overlap;
@@ -574,9 +919,15 @@ impl<'a> DeviceModel<'a> {
         total
     }
 
-    fn windows(&self, size: i64, transitions: &[StatusTransition]) -> Vec<(WindowAggregate, f64)> {
+    /// The windows of `readings` (of every life of the device).
+    fn windows(
+        &self,
+        readings: &[&Accepted],
+        size: i64,
+        transitions: &[StatusTransition],
+    ) -> Vec<(WindowAggregate, f64)> {
         let mut groups: BTreeMap<i64, Vec<&Accepted>> = BTreeMap::new();
-        for a in self.readings.iter().filter(|a| a.kind != Kind::Arrival) {
+        for a in readings.iter().copied().filter(|a| a.kind != Kind::Arrival) {
             groups
                 .entry(a.t.ts.div_euclid(size) * size)
                 .or_default()
@@ -609,7 +960,13 @@ impl<'a> DeviceModel<'a> {
                     .then(|| signals.iter().sum::<f64>() / signals.len() as f64);
                 let error_rate = errors as f64 / count as f64;
                 let rt_p95 = digest.quantile(0.95);
-                let offline = self.offline_within(transitions, start, end);
+                let opened = readings
+                    .iter()
+                    .map(|a| a.t.ts)
+                    .filter(|ts| (start..end).contains(ts))
+                    .min()
+                    .unwrap_or(start);
+                let offline = self.offline_within(transitions, start, end, opened);
                 let battery_last = batteries.last().copied();
                 let agg = WindowAggregate {
                     tenant_id: self.tenant.into(),
@@ -647,21 +1004,37 @@ impl<'a> DeviceModel<'a> {
             .collect()
     }
 
-    fn emit(&self, out: &mut Vec<Output>, all_transitions: &mut Vec<StatusTransition>) {
+    /// The life's transitions, with the class each carries.
+    fn transitions(&self) -> Vec<StatusTransition> {
         let mut transitions = self.presence();
         for t in &mut transitions {
             t.device_class = self.class_at(t.ts, t.status);
         }
-        let rule_size = self.cfg.rule_window_ms();
-        let mut rule_windows = Vec::new();
-        for size in &self.cfg.windows_ms {
-            for (agg, _) in self.windows(*size, &transitions) {
-                if *size == rule_size && self.processed(agg.window_end, false) {
-                    rule_windows.push(agg.clone());
-                }
-                out.push(Output::Aggregate(agg));
-            }
-        }
+        transitions
+    }
+
+    /// The life's records but its windows; it judges the device's rule windows that close while
+    /// it lives (after its first event, and processed before it ends).
+    fn emit(
+        &self,
+        transitions: Vec<StatusTransition>,
+        device_rule_windows: &[WindowAggregate],
+        out: &mut Vec<Output>,
+        all_transitions: &mut Vec<StatusTransition>,
+    ) {
+        let begins = self
+            .readings
+            .first()
+            .map(|a| a.t.ts)
+            .into_iter()
+            .chain(self.reg.map(|r| r.at))
+            .min()
+            .unwrap_or(i64::MAX);
+        let rule_windows: Vec<WindowAggregate> = device_rule_windows
+            .iter()
+            .filter(|w| begins < w.window_end && self.processed(w.window_end, false))
+            .cloned()
+            .collect();
         self.anomalies(&transitions, &rule_windows, out);
         self.last_seen(out);
         for t in transitions {
@@ -674,10 +1047,7 @@ impl<'a> DeviceModel<'a> {
     /// goes out when it brings the device online, or when neither a reading nor the end of the
     /// life came within an interval (or the offline timeout, whichever is shorter) after it.
     fn last_seen(&self, out: &mut Vec<Output>) {
-        let within = self
-            .cfg
-            .lastseen_interval_ms
-            .min(self.th.offline_timeout_ms);
+        let within = self.cfg.lastseen_interval_ms;
         let mut told = i64::MIN;
         let mut class = None;
         for (i, a) in self.readings.iter().enumerate() {
@@ -685,14 +1055,14 @@ impl<'a> DeviceModel<'a> {
             if a.t.device_class.is_some() {
                 class.clone_from(&a.t.device_class);
             }
-            let came_online = i == 0 || self.readings[i - 1].t.ts + self.th.offline_timeout_ms < ts;
+            let came_online = i == 0 || self.deadline(self.readings[i - 1].t.ts) < ts;
             if a.announced {
                 told = told.max(ts);
             }
             let next = self.readings.get(i + 1).map(|n| n.t.ts);
             // The life's last reading goes out at the latest at the end of the input or when
             // the device retires.
-            let silence = next.is_none_or(|n| ts + within < n);
+            let silence = next.is_none_or(|n| ts + within < n || self.deadline(ts) < n);
             if told < ts && (came_online || silence) {
                 told = ts;
                 out.push(last_seen(self.tenant, self.device, &class, ts));
@@ -702,6 +1072,13 @@ impl<'a> DeviceModel<'a> {
 
     /// The class a record made at `ts` carries: that of the latest reading processed before it.
     fn class_at(&self, ts: i64, status: DeviceStatus) -> Option<String> {
+        if let Some(class) = self
+            .reg
+            .filter(|r| r.at <= ts)
+            .and_then(|r| r.class.clone())
+        {
+            return Some(class);
+        }
         self.readings
             .iter()
             .take_while(|a| a.t.ts < ts || (a.t.ts == ts && status == DeviceStatus::Online))
@@ -722,17 +1099,23 @@ impl<'a> DeviceModel<'a> {
         for (i, a) in self.readings.iter().enumerate() {
             timeline.push((a.t.ts, Happening::Reading(i)));
         }
+        if let Some(r) = self.reg {
+            timeline.push((r.at, Happening::Registered));
+        }
         for (i, t) in transitions.iter().enumerate() {
-            if t.reason == TransitionReason::Retired {
-                timeline.push((t.ts, Happening::Retire));
+            if matches!(
+                t.reason,
+                TransitionReason::Retired | TransitionReason::Decommissioned
+            ) {
+                timeline.push((t.ts, Happening::Retire(i)));
                 continue;
             }
             if t.status == DeviceStatus::Offline {
-                timeline.push((t.ts, Happening::Offline));
+                timeline.push((t.ts, Happening::Offline(t.previous.is_some())));
                 let at = t.ts + self.th.prolonged_offline_ms;
                 let back = transitions.get(i + 1).map_or(i64::MAX, |n| n.ts);
                 if at < back && self.processed(at, true) {
-                    timeline.push((at, Happening::Prolonged));
+                    timeline.push((at, Happening::Prolonged(i)));
                 }
             }
             if t.previous.is_some() {
@@ -893,13 +1276,20 @@ impl<'a> DeviceModel<'a> {
                         &class,
                     );
                 }
-                Happening::Offline => {
-                    offline_since = Some(ts);
-                    flaps.push(ts);
-                    self.flapping(&mut sw, &mut flaps, ts, &mut change, &class);
+                Happening::Registered => {
+                    if let Some(c) = self.reg.and_then(|r| r.class.clone()) {
+                        class = Some(c);
+                    }
                 }
-                Happening::Prolonged => {
-                    let last_seen = ts - th.prolonged_offline_ms - th.offline_timeout_ms;
+                Happening::Offline(flap) => {
+                    offline_since = Some(ts);
+                    if flap {
+                        flaps.push(ts);
+                        self.flapping(&mut sw, &mut flaps, ts, &mut change, &class);
+                    }
+                }
+                Happening::Prolonged(i) => {
+                    let last_seen = transitions[i].last_seen;
                     change(
                         &mut sw,
                         AnomalyKind::ProlongedOffline,
@@ -919,8 +1309,14 @@ impl<'a> DeviceModel<'a> {
                         self.flapping(&mut sw, &mut flaps, ts, &mut change, &class);
                     }
                 }
-                Happening::Retire => {
-                    let silent = self.readings.last().map_or(0, |a| ts - a.t.ts);
+                Happening::Retire(i) => {
+                    let t = &transitions[i];
+                    let silent = ts - t.last_seen;
+                    let threshold = if t.reason == TransitionReason::Retired {
+                        self.cfg.device_retention_ms as f64
+                    } else {
+                        0.0
+                    };
                     for kind in sw.firing() {
                         change(
                             &mut sw,
@@ -928,7 +1324,7 @@ impl<'a> DeviceModel<'a> {
                             false,
                             true,
                             ts,
-                            obs(silent as f64, self.cfg.device_retention_ms as f64, None),
+                            obs(silent as f64, threshold, None),
                             &class,
                         );
                     }

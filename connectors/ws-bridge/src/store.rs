@@ -6,7 +6,7 @@
 //!
 //! Devices are filed by tenant, each tenant's sorted by id: a page of one tenant's devices (a
 //! snapshot, `/api/devices`) is a range read that copies only that page. A device leaves the store
-//! when the pipeline retires it (a transition with reason `retired`) or when it has been silent
+//! when the pipeline retires it (a transition with reason `retired` or `decommissioned`) or when it has been silent
 //! for `bridge.device_retention_ms` ([`Store::sweep`]).
 
 mod device;
@@ -187,9 +187,12 @@ impl Store {
     }
 
     /// Takes a status transition, if it is newer than the one held; one with reason `retired`
-    /// removes the device.
+    /// or `decommissioned` removes the device.
     pub fn status(&self, s: &StatusTransition) {
-        if s.reason == TransitionReason::Retired {
+        if matches!(
+            s.reason,
+            TransitionReason::Retired | TransitionReason::Decommissioned
+        ) {
             self.retire(&s.tenant_id, &s.device_id, s.ts);
             return;
         }
@@ -290,10 +293,12 @@ impl Store {
     /// together, the one read first stays: one device's records are in one partition, so every
     /// bridge reads them in the same order).
     pub fn aggregate(&self, a: &WindowAggregate) {
+        // A window is from before a retirement if it began before: a device decommissioned
+        // mid-window has that window close after it left, and must not come back for it.
         self.with(
             &a.tenant_id,
             &a.device_id,
-            a.window_end,
+            a.window_start,
             &a.device_class,
             Change::All,
             |d| {

@@ -183,6 +183,10 @@ pub(crate) async fn run(config: &Config, args: PipelineArgs) -> anyhow::Result<(
         None => InputSpec::Kafka(KafkaSettings {
             properties: crate::kafka::properties(config)?,
             topic: config.topics.telemetry.as_str().into(),
+            inventory: config
+                .pipeline
+                .inventory
+                .then(|| config.topics.inventory.as_str().into()),
             until_end: args.until_end,
             // A bounded run has nothing to wait for; a long-running job outwaits a late broker.
             topic_wait: args.until_end.then_some(Duration::from_secs(30)),

@@ -29,7 +29,7 @@ use super::{CheckpointError, Store, Unreadable, WorkerPart, io};
 /// The format's mark; 04 held the last-seen announcements and what each device told, 05 the
 /// same state with variable-length integers, in sections with a trailer, 06 devices known by
 /// their XXH3 key where 05 had an FNV hash (announcements, pending readings).
-const MAGIC: &[u8; 8] = b"FPCKPT06";
+const MAGIC: &[u8; 8] = b"FPCKPT07";
 const TRAILER: usize = 24;
 /// Bytes of devices handed to the part's thread at a time.
 const CHUNK: usize = 1 << 20;

@@ -32,6 +32,10 @@ fn each_mistake_names_its_key() {
             "device_retention_ms",
         ),
         (
+            Box::new(|c| c.expected_interval_multiple = 0.5),
+            "expected_interval_multiple",
+        ),
+        (
             Box::new(|c| c.checkpoint_interval_ms = 0),
             "checkpoint_interval_ms",
         ),

@@ -1,12 +1,17 @@
 //! A device's presence: its last-seen time told at most once an interval, going offline after its
-//! timeout, being retired after its retention, and every status transition, which also feeds
-//! the flapping rule.
+//! timeout (or, registered and never heard from, `never_seen`), leaving after its retention or
+//! its decommissioning, and every status transition, which also feeds the flapping rule.
 
 use super::*;
 use crate::reading::device_key;
 
 impl Device {
     pub(super) fn go_offline(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        if self.presence == Some(Presence::Expected) {
+            events::device_never_seen();
+            let reason = TransitionReason::NeverSeen;
+            return self.transition(DeviceStatus::Offline, None, ts, reason, ctx);
+        }
         self.tell_last_seen(ctx);
         let reason = if ts < ctx.data_watermark {
             TransitionReason::Timeout
@@ -22,27 +27,50 @@ impl Device {
         );
     }
 
-    /// Silent past the retention: every firing anomaly resolves (nothing is left firing for a
-    /// device nobody tracks), and a last transition says the device is retired.
+    /// Silent past the retention: the device leaves with reason `retired`.
     pub(super) fn retire(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
-        let silent = ts - self.last_seen;
         let message = format!(
             "the device was retired after {} s of silence",
-            silent / 1000
+            (ts - self.last_seen) / 1000
         );
+        let previous = match self.presence {
+            Some(Presence::Online) => DeviceStatus::Online,
+            _ => DeviceStatus::Offline,
+        };
+        let retention = ctx.cfg.device_retention_ms as f64;
+        self.leave(
+            ts,
+            previous,
+            TransitionReason::Retired,
+            retention,
+            message,
+            ctx,
+        );
+        events::device_retired();
+    }
+
+    /// The device's last records: every firing anomaly resolves (nothing is left firing for a
+    /// device nobody tracks; observed is its silence, against `threshold`), and a last
+    /// transition from `previous` says why it left. Its owner frees it.
+    pub(super) fn leave(
+        &mut self,
+        ts: i64,
+        previous: DeviceStatus,
+        reason: TransitionReason,
+        threshold: f64,
+        message: String,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let silent = ts - self.last_seen;
         for kind in self.switches.firing() {
             let obs = Observation {
                 observed: silent as f64,
-                threshold: ctx.cfg.device_retention_ms as f64,
+                threshold,
                 baseline: None,
                 message: message.clone(),
             };
             self.change(kind, false, true, ts, move || obs, ctx);
         }
-        let previous = match self.presence {
-            Some(Presence::Online) => DeviceStatus::Online,
-            _ => DeviceStatus::Offline,
-        };
         ctx.out.push(Output::Status(StatusTransition {
             tenant_id: self.tenant.to_string(),
             device_id: self.id.to_string(),
@@ -51,12 +79,11 @@ impl Device {
             previous: Some(previous),
             ts,
             last_seen: self.last_seen,
-            reason: TransitionReason::Retired,
+            reason,
             time_in_previous_ms: Some(ts - self.since),
             event_id: event_id::status(&self.tenant, &self.id, DeviceStatus::Offline, ts),
         }));
         self.presence = Some(Presence::Retired);
-        events::device_retired();
     }
 
     pub(super) fn transition(
@@ -75,7 +102,7 @@ impl Device {
             status,
             previous,
             ts,
-            last_seen: if previous.is_none() {
+            last_seen: if reason == TransitionReason::FirstSeen {
                 ts
             } else {
                 self.last_seen
@@ -89,6 +116,7 @@ impl Device {
             DeviceStatus::Online => Presence::Online,
             DeviceStatus::Offline => Presence::Offline {
                 prolonged_fired: false,
+                seen: reason != TransitionReason::NeverSeen,
             },
         });
         if previous.is_some() {

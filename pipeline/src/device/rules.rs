@@ -130,17 +130,19 @@ impl Device {
         if ts >= self.last_seen.saturating_add(ctx.cfg.lastseen_interval_ms) {
             self.tell_last_seen(ctx);
         }
-        if ts >= self.last_seen.saturating_add(ctx.cfg.device_retention_ms) {
+        if self.retires() && ts >= self.last_seen.saturating_add(ctx.cfg.device_retention_ms) {
             self.retire(ts, ctx);
             return;
         }
         if let Some(Presence::Offline {
             prolonged_fired: false,
+            seen,
         }) = self.presence
             && ts >= self.since + self.thresholds.prolonged_offline_ms
         {
             self.presence = Some(Presence::Offline {
                 prolonged_fired: true,
+                seen,
             });
             let (last_seen, since) = (self.last_seen, self.since);
             let limit = self.thresholds.prolonged_offline_ms;

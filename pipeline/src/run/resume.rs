@@ -10,7 +10,8 @@ use crate::dataflow::WorkerState;
 use crate::source::ahead::Ahead;
 use crate::source::decoder::Decoder;
 use crate::source::file::FileInput;
-use crate::source::kafka::KafkaInput;
+use crate::source::joined::{Joined, split};
+use crate::source::kafka::{KafkaInput, KafkaSettings};
 use crate::source::memory::MemoryInput;
 use crate::source::{Input, SourceError};
 use crate::watermark::PartitionClock;
@@ -25,7 +26,22 @@ pub(super) fn open(
     decoder: Decoder,
 ) -> Result<Box<dyn Input>, SourceError> {
     let input: Box<dyn Input + Send> = match input {
-        InputSpec::Kafka(settings) => Box::new(KafkaInput::new(settings, index, peers, start)?),
+        InputSpec::Kafka(settings) => {
+            let (start, at) = split(start);
+            let telemetry = Box::new(KafkaInput::new(settings, index, peers, &start)?);
+            match &settings.inventory {
+                Some(topic) => {
+                    let settings = KafkaSettings {
+                        topic: topic.clone(),
+                        inventory: None,
+                        ..settings.clone()
+                    };
+                    let inventory = Box::new(KafkaInput::new(&settings, index, peers, &at)?);
+                    Box::new(Joined::new(telemetry, inventory))
+                }
+                None => telemetry,
+            }
+        }
         InputSpec::File(path) => Box::new(FileInput::open(
             path,
             index,
@@ -33,14 +49,26 @@ pub(super) fn open(
         )?),
         InputSpec::Memory {
             partitions,
+            inventory,
             bounded,
-        } => Box::new(MemoryInput::new(
-            Arc::clone(partitions),
-            index,
-            peers,
-            *bounded,
-            start,
-        )),
+        } => {
+            let (start, at) = split(start);
+            let telemetry = Box::new(MemoryInput::new(
+                Arc::clone(partitions),
+                index,
+                peers,
+                *bounded,
+                &start,
+            ));
+            if inventory.is_empty() {
+                telemetry
+            } else {
+                let inventory =
+                    MemoryInput::new(Arc::clone(inventory), index, peers, *bounded, &at)
+                        .named("memory-inventory");
+                Box::new(Joined::new(telemetry, Box::new(inventory)))
+            }
+        }
     };
     Ok(Box::new(Ahead::start(input, decoder)?))
 }

@@ -20,7 +20,8 @@ use compact_str::CompactString;
 use schemas::retry::{Backoff, Delays, Retryable};
 use schemas::{AttributeCount, TelemetryRef};
 
-use super::decoder::{Decoder, Unusable};
+use super::decoder::{Decoder, Enrolment, Item, Unusable};
+use super::joined::is_inventory;
 use super::{Input, Payload, RawRecord, SourceError};
 use crate::clock::RecordTime;
 
@@ -31,9 +32,32 @@ const AHEAD: usize = 4;
 /// How long the thread waits before reading again when the input had nothing.
 const IDLE: Duration = Duration::from_millis(5);
 
+/// A decoded record that owns its ids.
+#[derive(Debug)]
+enum Decoded {
+    Reading(Owned),
+    Inventory(Enrolment),
+}
+
+impl Decoded {
+    fn of(item: &Item<'_>) -> Decoded {
+        match item {
+            Item::Reading(t) => Decoded::Reading(Owned::of(t)),
+            Item::Inventory(e) => Decoded::Inventory(e.clone()),
+        }
+    }
+
+    fn as_ref(&self) -> Item<'_> {
+        match self {
+            Decoded::Reading(t) => Item::Reading(t.as_ref()),
+            Decoded::Inventory(e) => Item::Inventory(e.clone()),
+        }
+    }
+}
+
 /// A decoded reading that owns its ids, inline up to 24 bytes.
 #[derive(Debug)]
-struct Decoded {
+struct Owned {
     tenant_id: CompactString,
     device_id: CompactString,
     device_class: Option<CompactString>,
@@ -46,10 +70,10 @@ struct Decoded {
     attributes: AttributeCount,
 }
 
-impl Decoded {
-    fn of(t: &TelemetryRef<'_>) -> Decoded {
+impl Owned {
+    fn of(t: &TelemetryRef<'_>) -> Owned {
         let inline = |s: &str| CompactString::from(s);
-        Decoded {
+        Owned {
             tenant_id: inline(&t.tenant_id),
             device_id: inline(&t.device_id),
             device_class: t.device_class.as_deref().map(inline),
@@ -106,7 +130,7 @@ struct Batch {
 
 impl Batch {
     fn push(&mut self, rec: RawRecord<'_>, decoder: &mut Decoder) {
-        let (result, raw) = decoder.check(rec.payload);
+        let (result, raw) = decoder.check(is_inventory(rec.partition), rec.key, rec.payload);
         let mut keep = |bytes: &[u8]| {
             let start = self.bytes.len();
             self.bytes.extend_from_slice(bytes);
@@ -120,7 +144,7 @@ impl Batch {
             record_time: rec.record_time,
             key,
             raw,
-            result: result.map(|t| Decoded::of(&t)),
+            result: result.map(|item| Decoded::of(&item)),
         });
     }
 
@@ -136,6 +160,7 @@ impl Batch {
 /// A worker's input, read on a thread of its own.
 pub struct Ahead {
     topic: String,
+    inventory_topic: Option<String>,
     partitions: Vec<i32>,
     bounded: bool,
     batches: Receiver<Batch>,
@@ -158,6 +183,7 @@ impl Ahead {
         let (to_worker, batches) = sync_channel(AHEAD);
         let (spent, returned) = sync_channel(AHEAD + 1);
         let topic = input.topic().to_string();
+        let inventory_topic = input.inventory_topic().map(str::to_string);
         let partitions = input.partitions().to_vec();
         let bounded = input.bounded();
         let positions = input.positions().into_iter().collect();
@@ -167,6 +193,7 @@ impl Ahead {
             .map_err(|e| SourceError::Ahead(e.to_string()))?;
         Ok(Ahead {
             topic,
+            inventory_topic,
             partitions,
             bounded,
             batches,
@@ -234,6 +261,10 @@ impl Ahead {
 impl Input for Ahead {
     fn topic(&self) -> &str {
         &self.topic
+    }
+
+    fn inventory_topic(&self) -> Option<&str> {
+        self.inventory_topic.as_deref()
     }
 
     fn partitions(&self) -> &[i32] {

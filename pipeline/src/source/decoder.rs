@@ -1,12 +1,16 @@
 //! Decoding and checking of one record's value where it lies (the Kafka message, the file's line
-//! buffer): the reading it holds, within the limits, or why it is unusable, with the bytes its
-//! dead letter keeps. Plain state, no clocks: whichever thread reads the input decodes.
+//! buffer): the reading it holds, within the limits, or, from an inventory partition, the
+//! registration or tombstone; or why it is unusable, with the bytes its dead letter keeps. Plain
+//! state, no clocks: whichever thread reads the input decodes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use schemas::{Codec, DeadLetterReason, DecodeError, InputFormat, TelemetryRef};
+use compact_str::CompactString;
+use schemas::{
+    Codec, DeadLetterReason, DecodeError, InputFormat, Record, Registration, TelemetryRef,
+};
 
 use super::{Payload, SchemaFetcher};
 
@@ -16,6 +20,73 @@ const REFETCH_AFTER: Duration = Duration::from_secs(60);
 
 /// Why a record is unusable: its dead letter's reason and detail.
 pub type Unusable = (DeadLetterReason, String);
+
+/// What a usable record holds.
+#[derive(Debug)]
+pub enum Item<'a> {
+    /// A device's reading.
+    Reading(TelemetryRef<'a>),
+    /// An inventory record.
+    Inventory(Enrolment),
+}
+
+/// What the pipeline takes from an inventory record: the device, and its registration unless
+/// the record is a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    /// Tenant.
+    pub tenant_id: CompactString,
+    /// Device.
+    pub device_id: CompactString,
+    /// `None`: decommissioned.
+    pub registered: Option<Registered>,
+}
+
+/// The fields of a registration the pipeline uses (labels and poll targets are for the sink, the
+/// poller and the notifier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// Device class.
+    pub class: Option<CompactString>,
+    /// Expected reporting interval, ms; 0: none.
+    pub interval_ms: u32,
+    /// `monitoring_enabled`.
+    pub monitored: bool,
+}
+
+/// The decoded inventory record of `key` and `value` (empty: a tombstone).
+fn enrolment(codec: &Codec, key: Option<&[u8]>, value: &[u8]) -> Result<Enrolment, Unusable> {
+    if value.is_empty() {
+        let (tenant, device) = key.and_then(schemas::device_of_key).ok_or_else(|| {
+            (
+                DeadLetterReason::Undecodable,
+                "a tombstone whose key is not [tenant, device]".to_string(),
+            )
+        })?;
+        return Ok(Enrolment {
+            tenant_id: tenant.into(),
+            device_id: device.into(),
+            registered: None,
+        });
+    }
+    let r: Registration = codec
+        .decode(value)
+        .map_err(|e| (e.reason(), e.to_string()))?;
+    r.validate()
+        .map_err(|e| (DeadLetterReason::InvalidField, e.to_string()))?;
+    let interval_ms = r
+        .expected_interval_ms
+        .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX));
+    Ok(Enrolment {
+        tenant_id: r.tenant_id.into(),
+        device_id: r.device_id.into(),
+        registered: Some(Registered {
+            class: r.device_class.map(Into::into),
+            interval_ms,
+            monitored: r.monitoring_enabled,
+        }),
+    })
+}
 
 /// Decodes the values of one input.
 pub struct Decoder {
@@ -40,13 +111,24 @@ impl Decoder {
         }
     }
 
-    /// The reading `payload` holds, checked against the limits, or why it is unusable; and the
-    /// bytes a dead letter of it keeps. A payload checked already is passed on as it is.
+    /// What `payload` holds (an inventory record when it comes from an inventory partition,
+    /// with its `key`; else a reading, checked against the limits), or why it is unusable; and
+    /// the bytes a dead letter of it keeps. A payload checked already is passed on as it is.
     pub fn check<'a>(
         &mut self,
+        inventory: bool,
+        key: Option<&[u8]>,
         payload: Payload<'a>,
-    ) -> (Result<TelemetryRef<'a>, Unusable>, &'a [u8]) {
+    ) -> (Result<Item<'a>, Unusable>, &'a [u8]) {
         let invalid = |e: schemas::InvalidField| (DeadLetterReason::InvalidField, e.to_string());
+        if inventory && let Payload::Wire(bytes) = payload {
+            let decoded = self
+                .limits
+                .check_message(bytes.len())
+                .map_err(invalid)
+                .and_then(|()| enrolment(&self.codec, key, bytes));
+            return (decoded.map(Item::Inventory), bytes);
+        }
         let (decoded, raw) = match payload {
             Payload::Wire(bytes) => {
                 let decoded = self
@@ -67,7 +149,7 @@ impl Decoder {
             Payload::Checked { result, raw } => return (result, raw),
         };
         let checked = decoded.and_then(|t| self.limits.check_ref(&t).map(|()| t).map_err(invalid));
-        (checked, raw)
+        (checked.map(Item::Reading), raw)
     }
 
     /// Decodes a wire value, fetching its writer schema first when the id is unknown and a

@@ -29,6 +29,8 @@ pub struct KafkaSettings {
     pub properties: HashMap<String, String>,
     /// The telemetry topic.
     pub topic: String,
+    /// The inventory topic, read beside it ([`super::joined`]); `None`: no inventory.
+    pub inventory: Option<String>,
     /// Stop at the end offsets found at start-up instead of running forever.
     pub until_end: bool,
     /// How long to wait for the broker and the topic; `None` waits as long as it takes (a

@@ -12,6 +12,8 @@ use crate::clock::RecordTime;
 pub struct MemoryRecord {
     /// Record timestamp, and who stamped it.
     pub record_time: RecordTime,
+    /// Key (inventory records are keyed by their device, and a tombstone is only its key).
+    pub key: Option<Vec<u8>>,
     /// Wire bytes.
     pub value: Vec<u8>,
 }
@@ -27,6 +29,7 @@ impl MemoryRecord {
         };
         MemoryRecord {
             record_time: RecordTime::None,
+            key: None,
             value: serde_json::to_vec(&t).unwrap_or_default(),
         }
     }
@@ -34,6 +37,7 @@ impl MemoryRecord {
 
 /// A worker's share of in-memory partitions (partition `p` belongs to worker `p % peers`).
 pub struct MemoryInput {
+    topic: &'static str,
     partitions: Arc<Vec<Vec<MemoryRecord>>>,
     mine: Vec<i32>,
     next: Vec<usize>,
@@ -61,6 +65,7 @@ impl MemoryInput {
             .map(|p| start.get(p).map_or(0, |o| usize::try_from(*o).unwrap_or(0)))
             .collect();
         MemoryInput {
+            topic: "memory",
             partitions,
             mine,
             next,
@@ -71,9 +76,16 @@ impl MemoryInput {
     }
 }
 
+impl MemoryInput {
+    /// The input under another topic name (for dead letters).
+    pub fn named(self, topic: &'static str) -> MemoryInput {
+        MemoryInput { topic, ..self }
+    }
+}
+
 impl Input for MemoryInput {
     fn topic(&self) -> &str {
-        "memory"
+        self.topic
     }
 
     fn partitions(&self) -> &[i32] {
@@ -102,7 +114,7 @@ impl Input for MemoryInput {
                         partition: *p,
                         offset: offset as i64,
                         record_time: r.record_time,
-                        key: None,
+                        key: r.key.as_deref(),
                         payload: Payload::Wire(&r.value),
                     });
                     taken += 1;

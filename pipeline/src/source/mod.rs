@@ -9,6 +9,7 @@
 pub mod ahead;
 pub mod decoder;
 pub mod file;
+pub mod joined;
 pub mod kafka;
 pub mod machine;
 pub mod memory;
@@ -64,8 +65,8 @@ pub enum Payload<'a> {
     },
     /// Decoded and checked already, by the read-ahead thread ([`ahead::Ahead`]).
     Checked {
-        /// The reading, or why it is unusable.
-        result: Result<schemas::TelemetryRef<'a>, decoder::Unusable>,
+        /// What the record holds, or why it is unusable.
+        result: Result<decoder::Item<'a>, decoder::Unusable>,
         /// What to keep in the DLQ.
         raw: &'a [u8],
     },
@@ -124,6 +125,10 @@ impl Retryable for SourceError {
 pub trait Input {
     /// The topic (or file) name, for dead letters and metrics.
     fn topic(&self) -> &str;
+    /// The inventory topic, when the input reads one ([`joined`]).
+    fn inventory_topic(&self) -> Option<&str> {
+        None
+    }
     /// The partitions this worker owns.
     fn partitions(&self) -> &[i32];
     /// Whether the input ends (files, `--until-end`) rather than runs forever.
@@ -264,6 +269,7 @@ pub fn source<'scope>(
         .map(|every| CutProposer::new(every, settings.generation, settings.through));
     let triage = Triage::new(
         input.topic(),
+        input.inventory_topic(),
         (*settings.codec).clone(),
         settings.fetcher,
         settings.limits,

@@ -1,15 +1,19 @@
 //! Triage of one record: decoded and checked ([`Decoder`], unless the read-ahead thread did it),
 //! judged by its partition's clock, and sent on as a compact reading, a dead letter, or both (a
-//! reading whose clock cannot be trusted still says its device reported). Plain state, no
-//! timely: the source operator hands it records and sends what it gathers.
+//! reading whose clock cannot be trusted still says its device reported). An inventory record
+//! becomes a reading of its own kind at its record time, which its partition's clock takes as
+//! the truth (the inventory's producer stamps it); one behind its partition's watermark is taken
+//! at the watermark, as a registration is never too late to count. Plain state, no timely: the
+//! source operator hands it records and sends what it gathers.
 
 use std::sync::Arc;
 
 use schemas::{Codec, DeadLetter, DeadLetterReason};
 
-use super::decoder::{Decoder, Unusable};
+use super::decoder::{Decoder, Enrolment, Item, Unusable};
+use super::joined::{is_inventory, source_partition};
 use super::{RawRecord, SchemaFetcher};
-use crate::clock::Judged;
+use crate::clock::{Judged, RecordTime};
 use crate::event_id;
 use crate::events;
 use crate::reading::{Reading, ReadingKind};
@@ -39,6 +43,7 @@ struct Source<'a> {
 /// Decodes and judges the records of one worker's partitions.
 pub struct Triage {
     topic: Arc<str>,
+    inventory_topic: Arc<str>,
     decoder: Decoder,
     replay_below: Option<i64>,
 }
@@ -49,6 +54,7 @@ impl Triage {
     /// but not sent again.
     pub fn new(
         topic: &str,
+        inventory_topic: Option<&str>,
         codec: Codec,
         fetcher: Option<Arc<dyn SchemaFetcher>>,
         limits: schemas::Limits,
@@ -56,6 +62,7 @@ impl Triage {
     ) -> Triage {
         Triage {
             topic: topic.into(),
+            inventory_topic: inventory_topic.unwrap_or_default().into(),
             decoder: Decoder::new(codec, fetcher, limits),
             replay_below,
         }
@@ -80,9 +87,10 @@ impl Triage {
             record_time,
             key,
         };
-        let (decoded, raw) = self.decoder.check(payload);
+        let (decoded, raw) = self.decoder.check(is_inventory(partition), key, payload);
         let t = match decoded {
-            Ok(t) => t,
+            Ok(Item::Reading(t)) => t,
+            Ok(Item::Inventory(e)) => return self.enrolment(&source, raw, e, wm, now, out),
             Err(why) => {
                 wm.touch(partition, offset);
                 self.dead(&source, raw, why, out);
@@ -132,6 +140,57 @@ impl Triage {
         }
     }
 
+    fn enrolment(
+        &self,
+        rec: &Source<'_>,
+        raw: &[u8],
+        e: Enrolment,
+        wm: &mut Watermarks,
+        now: i64,
+        out: &mut Triaged,
+    ) {
+        let Some(at) = rec.record_time.millis() else {
+            wm.touch(rec.partition, rec.offset);
+            let why = "an inventory record needs its record timestamp: it is its event time";
+            return self.dead(rec, raw, (DeadLetterReason::InvalidField, why.into()), out);
+        };
+        let judged = wm.observe(
+            rec.partition,
+            rec.offset,
+            &e.tenant_id,
+            &e.device_id,
+            at,
+            RecordTime::Broker(at),
+            now,
+        );
+        let ts = match judged {
+            Judged::Accept { ts, .. } => ts,
+            Judged::Reject { arrival, .. } => arrival.unwrap_or(at),
+        };
+        if !self.fresh(ts) {
+            return;
+        }
+        let (class, kind) = match &e.registered {
+            Some(r) => (
+                r.class.as_deref(),
+                ReadingKind::Registered {
+                    interval_ms: r.interval_ms,
+                    monitored: r.monitored,
+                },
+            ),
+            None => (None, ReadingKind::Decommissioned),
+        };
+        let at = (rec.partition, rec.offset);
+        out.readings.push(Reading::inventory(
+            &e.tenant_id,
+            &e.device_id,
+            class,
+            at,
+            ts,
+            kind,
+        ));
+    }
+
     fn dead(
         &self,
         rec: &Source<'_>,
@@ -148,10 +207,15 @@ impl Triage {
             ));
             raw = &raw[..MAX_RAW];
         }
+        let (topic, partition) = if is_inventory(rec.partition) {
+            (&self.inventory_topic, source_partition(rec.partition))
+        } else {
+            (&self.topic, rec.partition)
+        };
         out.dead.push(DeadLetter {
-            event_id: event_id::dead_letter(&self.topic, rec.partition, rec.offset),
-            source_topic: self.topic.to_string(),
-            source_partition: rec.partition,
+            event_id: event_id::dead_letter(topic, partition, rec.offset),
+            source_topic: topic.to_string(),
+            source_partition: partition,
             source_offset: rec.offset,
             key: rec.key.map(<[u8]>::to_vec),
             raw: raw.to_vec(),

@@ -146,6 +146,49 @@ fn a_moved_last_seen_is_noted_alone_and_anything_else_wholly() {
     );
 }
 
+#[test]
+fn a_decommissioned_device_leaves_and_its_last_window_does_not_bring_it_back() {
+    let store = Store::noting_changes();
+    store.last_seen(&seen("d", None, 1_000));
+    store.status(&StatusTransition {
+        reason: TransitionReason::Decommissioned,
+        ..transition(DeviceStatus::Offline, 5_000)
+    });
+    assert!(every(&store).is_empty());
+    // The minute it was decommissioned in closes after it left.
+    let window = WindowAggregate {
+        tenant_id: "t".into(),
+        device_id: "d".into(),
+        device_class: None,
+        window_start: 0,
+        window_end: 60_000,
+        count: 1,
+        errors: 0,
+        error_rate: 0.0,
+        rt_min: None,
+        rt_mean: None,
+        rt_p50: None,
+        rt_p95: None,
+        rt_p99: None,
+        rt_max: None,
+        battery_last: None,
+        battery_min: None,
+        signal_mean: None,
+        health_score: 100.0,
+        event_id: "agg/t/d/60000/0".into(),
+        clock_offset_ms: None,
+    };
+    store.aggregate(&window);
+    assert!(every(&store).is_empty());
+    // A window it began after coming back is its own.
+    store.aggregate(&WindowAggregate {
+        window_start: 60_000,
+        window_end: 120_000,
+        ..window
+    });
+    assert_eq!(every(&store).len(), 1);
+}
+
 fn retired(tenant: &str, device: &str, ts: i64) -> StatusTransition {
     StatusTransition {
         tenant_id: tenant.into(),

@@ -310,6 +310,8 @@ pub(crate) async fn run(config: &Config, args: PipelineBench) -> anyhow::Result<
     let input = InputSpec::Kafka(KafkaSettings {
         properties: crate::kafka::properties(config)?,
         topic: topic.clone(),
+        // The benchmark compares the telemetry path with a raw consume of the same topic.
+        inventory: None,
         until_end: true,
         topic_wait: Some(Duration::from_secs(30)),
     });

@@ -27,7 +27,12 @@ fn take(input: &mut Ahead, seen: &mut Vec<Seen>, n: usize, max: usize) -> Vec<(u
                 let Payload::Checked { result, raw } = r.payload else {
                     panic!("not decoded ahead");
                 };
-                let device = result.map(|t| t.device_id.to_string()).map_err(|e| e.0);
+                let device = result
+                    .map(|item| match item {
+                        Item::Reading(t) => t.device_id.to_string(),
+                        Item::Inventory(e) => e.device_id.to_string(),
+                    })
+                    .map_err(|e| e.0);
                 seen.push((r.partition, r.offset, device, raw.to_vec()));
             })
             .unwrap();

@@ -36,6 +36,7 @@ fn machine(input: Box<dyn Input>, cuts: Option<CutProposer>) -> Fixture {
     let wm = Rc::new(RefCell::new(Watermarks::new(BOUNDS, input.partitions(), 0)));
     let triage = Triage::new(
         input.topic(),
+        None,
         Codec::builtin(),
         None,
         schemas::Limits::default(),
@@ -82,6 +83,7 @@ fn a_bounded_input_is_read_marked_and_finished() {
                 MemoryRecord::json("b", 1_020),
                 MemoryRecord {
                     record_time: RecordTime::None,
+                    key: None,
                     value: b"{not json".to_vec(),
                 },
             ]],
