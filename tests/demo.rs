@@ -1,7 +1,7 @@
 //! `fleetpulse demo`, as a newcomer runs it: one process, nothing installed (the embedded
 //! broker). It prints the dashboard's address with a token; the dashboard, in headless Chromium,
 //! then shows the live fleet (devices online, health from the first closed windows, the devices
-//! its poller checks among them); a
+//! its poller checks among them, registered devices that never reported offline); a
 //! screenshot is saved (and, with `UPDATE_SCREENSHOTS=1`, copied to
 //! docs/demo-dashboard.png, the one the README shows); and SIGTERM stops it cleanly.
 
@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use e2e::browser::Browser;
 use e2e::*;
 
-/// The fleet the demo is started with, and the five simulated devices its poller checks.
-const DEVICES: u64 = 1_000 + 5;
+/// The fleet the demo is started with, the five simulated devices its poller checks, and the
+/// three registered devices that never report.
+const DEVICES: u64 = 1_000 + 5 + 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
@@ -76,6 +77,18 @@ async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
         status == 200 && device["status"] == "online"
     });
     assert!(polled, "the demo's poller reports its devices");
+    // A registered device that never reported is offline (never_seen, 30 s after it was
+    // registered).
+    let never = testkit::wait_for(Duration::from_secs(90), || {
+        let (status, device) = http(
+            base,
+            "GET",
+            &format!("/api/devices/never-reported-1?token={token}"),
+            None,
+        );
+        status == 200 && device["status"] == "offline"
+    });
+    assert!(never, "the demo's silent registered devices go offline");
     println!("live data after {:.0} s", started.elapsed().as_secs_f64());
 
     let mut browser = Browser::open(&dashboard).await;

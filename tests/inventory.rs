@@ -4,6 +4,10 @@
 //! does not speak for stay; `list --format csv` gives a file that applies as no change; a wrong
 //! entry fails naming it. The sink keeps the inventory in `device_inventory`, decommissions
 //! included, and the documented query joins aggregates to the devices' site labels.
+//! The pipeline reads the inventory beside the telemetry: a registered device that never reports
+//! goes offline as `never_seen`, a removed one is `decommissioned` (and, reporting on, a new
+//! device), and every derived record agrees with the reference model's for what the two topics
+//! hold.
 //! `fleetpulse poll` follows the inventory against HTTP and TCP devices on loopback: one
 //! telemetry record per probe with the mapped fields, devices registered and decommissioned while
 //! it runs taken at once, `/readyz` once the inventory is read, a clean stop on SIGTERM; with its
@@ -21,6 +25,8 @@ use std::time::Duration;
 
 use e2e::clickhouse::{ask, connect, documented_queries};
 use e2e::*;
+use pipeline::PipelineConfig;
+use pipeline::output::Output;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use schemas::{Codec, Record, WindowAggregate};
 use testkit::{Kind, shared, unique};
@@ -310,6 +316,108 @@ fn apply_writes_only_what_changed_and_the_sink_keeps_the_inventory() {
 }
 
 /// An HTTP device on loopback that answers every GET with `body`, counting the requests.
+/// The generated fleet's first devices of each tenant, watched with a 1 s interval; two devices
+/// that never report; and one device the second file removes.
+const WATCHED: &str = r#"
+devices:
+  - {tenant: tenant-00, device: t00-dev-0000000, expected_interval_ms: 1000}
+  - {tenant: tenant-01, device: t01-dev-0000001, expected_interval_ms: 1000}
+  - {tenant: tenant-00, device: ghost-1, expected_interval_ms: 5000}
+  - {tenant: tenant-01, device: ghost-2}
+  - {tenant: tenant-01, device: t01-dev-0000003}
+"#;
+
+#[test]
+fn the_pipeline_reports_silent_and_removed_devices_as_the_model_does() {
+    let brokers = shared(Kind::Kafka).address();
+    let prefix = unique("inventory-pipeline");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(create_derived(brokers, &prefix, 2));
+    let inventory_topic = format!("{prefix}-{INVENTORY}");
+    let telemetry = format!("{prefix}-telemetry");
+
+    // Registered now (the record time is the registration's event time), one device removed
+    // two seconds later; the fleet's readings run from a minute before to four minutes after.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.yaml");
+    std::fs::write(&file, WATCHED).unwrap();
+    apply(brokers, &inventory_topic, &file, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    let without: String = WATCHED
+        .lines()
+        .filter(|l| !l.contains("t01-dev-0000003"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, without).unwrap();
+    let removed = apply(brokers, &inventory_topic, &file, &[]);
+    assert!(removed.contains("- tenant-01/t01-dev-0000003"), "{removed}");
+    generate_into(
+        brokers,
+        &telemetry,
+        ("40", "12000", "5"),
+        now - 60_000,
+        &["--set", "generate.tenants=2"],
+    );
+
+    let cfg = PipelineConfig::default();
+    let inventory = topic_as_partitions(brokers, &inventory_topic);
+    let input = topic_as_partitions(brokers, &telemetry);
+    let want = model::normalise(model::model_with(
+        &telemetry,
+        &input,
+        &model::Inventory {
+            topic: &inventory_topic,
+            partitions: &inventory,
+        },
+        &cfg,
+    ));
+    let status = |o: &Output, device: &str, reason: schemas::TransitionReason| matches!(o, Output::Status(s) if s.device_id == device && s.reason == reason);
+    use schemas::TransitionReason::{Decommissioned, FirstSeen, NeverSeen};
+    for (device, reason) in [
+        ("ghost-1", NeverSeen),
+        ("ghost-2", NeverSeen),
+        ("t01-dev-0000003", Decommissioned),
+    ] {
+        assert!(
+            want.iter().any(|o| status(o, device, reason)),
+            "the model has {device} {reason:?}"
+        );
+    }
+    let back = want
+        .iter()
+        .filter(|o| status(o, "t01-dev-0000003", FirstSeen))
+        .count();
+    assert_eq!(back, 2, "first seen, and again after its tombstone");
+
+    let output = run_ok(
+        fleetpulse()
+            .args(["pipeline", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--until-end", "-w", "2"])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(derived_topics(&prefix)),
+    );
+    assert!(output.status.success());
+    let mut got = Vec::new();
+    let codec = Codec::builtin();
+    for kind in DERIVED {
+        for m in read_all(brokers, &format!("{prefix}-{kind}")) {
+            got.push(decode_output(&codec, kind, &m.value));
+        }
+    }
+    let got = model::normalise(got);
+    assert_eq!(got.len(), want.len(), "as many records as the model");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}
+
 fn http_device(body: &'static str) -> (String, Arc<AtomicU64>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/health", listener.local_addr().unwrap());

@@ -108,6 +108,22 @@ pub struct Fleet {
     next: usize,
 }
 
+/// The tenant and id of device number `i` of a fleet of `tenants` tenants.
+fn ids(i: u32, tenants: u32) -> (String, String) {
+    let tenant = i % tenants.max(1);
+    (
+        format!("tenant-{tenant:02}"),
+        format!("t{tenant:02}-dev-{i:07}"),
+    )
+}
+
+/// The tenant and id of every device of a fleet of `config`, as its readings name them (to
+/// register the fleet in the inventory).
+pub fn device_ids(config: &GeneratorConfig) -> impl Iterator<Item = (String, String)> + use<> {
+    let tenants = config.tenants;
+    (0..config.devices).map(move |i| ids(i, tenants))
+}
+
 impl Fleet {
     /// A fleet whose first round starts at `start_ms` of event time.
     pub fn new(config: &GeneratorConfig, start_ms: i64) -> Fleet {
@@ -115,13 +131,13 @@ impl Fleet {
         let interval = config.interval_ms.max(1) as i64;
         let devices: Vec<Device> = (0..config.devices)
             .map(|i| {
-                let tenant = i % config.tenants.max(1);
+                let (tenant_id, device_id) = ids(i, config.tenants);
                 let slow = rng.random_bool(config.slow_fraction);
                 let median_ms: f64 = rng.random_range(20.0..120.0) * if slow { 10.0 } else { 1.0 };
                 let mains_powered = rng.random_bool(0.2);
                 Device {
-                    tenant_id: format!("tenant-{tenant:02}"),
-                    device_id: format!("t{tenant:02}-dev-{i:07}"),
+                    tenant_id,
+                    device_id,
                     class: CLASSES[rng.random_range(0..CLASSES.len())],
                     phase_ms: rng.random_range(0..interval),
                     rt_mu: median_ms.ln(),

@@ -19,7 +19,7 @@ mod sink;
 pub use config::{GeneratorConfig, MessageFormat};
 pub use encode::encode;
 pub use error::GeneratorError;
-pub use fleet::{Body, Event, Fleet, Malformation, Tag};
+pub use fleet::{Body, Event, Fleet, Malformation, Tag, device_ids};
 pub use kafka::KafkaSink;
 pub use run::{Summary, run};
 pub use sink::{FileSink, Sink};

@@ -336,7 +336,8 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Read> {
     out
 }
 
-/// `topic` as the reference model's input: each partition's records in offset order.
+/// `topic` as the reference model's input: each partition's records in offset order, with their
+/// keys (an inventory's tombstones are only a key).
 pub fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>> {
     let mut read = read_all(brokers, topic);
     read.sort_by_key(|m| (m.partition, m.offset));
@@ -345,7 +346,7 @@ pub fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>>
     for m in read {
         out[m.partition as usize].push(MemoryRecord {
             record_time: m.timestamp,
-            key: None,
+            key: Some(m.key),
             value: m.value,
         });
     }

@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rdkafka::mocking::MockCluster;
 
+use generator::GeneratorConfig;
 use schemas::{PollTarget, Registration};
 
 use super::generate::GenerateArgs;
@@ -126,6 +127,25 @@ async fn polled_fleet(tenant: &str) -> anyhow::Result<Vec<Registration>> {
             ..Registration::new(tenant, format!("polled-{name}"))
         })
         .into())
+}
+
+/// The generated fleet as the inventory holds it, spread over five sites, with three sensors of
+/// `tenant` that were installed and never reported (they go offline as `never_seen`).
+fn registered_fleet(config: &GeneratorConfig, tenant: &str) -> Vec<Registration> {
+    let silent = (1..=3).map(|i| Registration {
+        device_class: Some("sensor".into()),
+        labels: BTreeMap::from([("site".into(), "basement".into())]),
+        expected_interval_ms: Some(10_000),
+        ..Registration::new(tenant, format!("never-reported-{i}"))
+    });
+    generator::device_ids(config)
+        .enumerate()
+        .map(|(i, (tenant, device))| Registration {
+            labels: BTreeMap::from([("site".into(), format!("site-{}", i % 5))]),
+            ..Registration::new(tenant, device)
+        })
+        .chain(silent)
+        .collect()
 }
 
 pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
@@ -278,7 +298,12 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         "fleetpulse demo: the poller checks {} simulated HTTP devices of the inventory every 5 s (tenant-00/polled-*): a router fails now and then, a PLC never answers.",
         polled.len()
     );
-    super::inventory::register(&c, polled).await?;
+    let mut inventory = registered_fleet(&c.generate, "tenant-00");
+    println!(
+        "fleetpulse demo: the inventory registers the fleet, and tenant-00/never-reported-1 to -3, which never report: offline as never_seen after 30 s."
+    );
+    inventory.extend(polled);
+    super::inventory::register(&c, inventory).await?;
     println!("fleetpulse demo: Ctrl-C stops everything.");
 
     let sink = async {
