@@ -35,6 +35,12 @@ pub enum Command {
     Inventory(commands::inventory::InventoryCommand),
     /// Probe the inventory's poll targets (HTTP, TCP): one telemetry record per probe.
     Poll(commands::poll::PollArgs),
+    /// Take readings POSTed over HTTP under API keys (`POST /v1/telemetry`) into the telemetry
+    /// topic, the tenant from the key.
+    Ingest(commands::ingest::IngestArgs),
+    /// Make, list and revoke the API keys of `ingest`.
+    #[command(subcommand)]
+    ApiKey(commands::api_key::ApiKeyCommand),
     /// Run the dataflow: telemetry in, aggregates, anomalies, status and dead letters out.
     Pipeline(commands::pipeline::PipelineArgs),
     /// Write the derived topics somewhere analysts query them.
@@ -173,12 +179,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(args) => args.overrides(&mut overrides),
         Command::Inventory(command) => command.overrides(&mut overrides),
         Command::Poll(args) => args.overrides(&mut overrides),
+        Command::Ingest(args) => args.overrides(&mut overrides),
         Command::Pipeline(args) => args.overrides(&mut overrides),
         Command::Tail(args) => args.kafka.overrides(&mut overrides),
         Command::Sink(sink) => sink.overrides(&mut overrides),
         Command::Bridge(args) => args.overrides(&mut overrides),
         Command::Bench(bench) => bench.overrides(&mut overrides),
-        Command::Config | Command::Token(_) => {}
+        Command::Config | Command::Token(_) | Command::ApiKey(_) => {}
         Command::Demo(args) => args.overrides(&mut overrides),
     }
     let config: Config = config::load(cli.config.as_deref(), &overrides)?;
@@ -191,6 +198,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(_) => runtime.block_on(commands::registry::run(&config)),
         Command::Inventory(command) => runtime.block_on(commands::inventory::run(&config, command)),
         Command::Poll(_) => runtime.block_on(commands::poll::run(&config)),
+        Command::Ingest(_) => runtime.block_on(commands::ingest::run(&config)),
+        Command::ApiKey(command) => commands::api_key::run(&config, command),
         Command::Pipeline(args) => runtime.block_on(commands::pipeline::run(&config, args)),
         Command::Tail(args) => runtime.block_on(commands::tail::run(&config, args)),
         Command::Sink(sink) => runtime.block_on(commands::sink::run(&config, sink)),

@@ -58,6 +58,9 @@ pub struct Config {
     /// `[poller]`: `fleetpulse poll`.
     #[serde(default)]
     pub poller: poller::PollerConfig,
+    /// `[ingest]`: `fleetpulse ingest`.
+    #[serde(default)]
+    pub ingest: ingest::IngestConfig,
     /// `[log]`: logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -425,6 +428,9 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
     }
     if let Err((key, expected)) = config.poller.validate() {
         return Err(ConfigError::invalid(&format!("poller.{key}"), &expected));
+    }
+    if let Err((key, expected)) = config.ingest.validate() {
+        return Err(ConfigError::invalid(&format!("ingest.{key}"), &expected));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::Keys(vec![ConfigError::key(

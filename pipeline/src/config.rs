@@ -44,6 +44,9 @@ pub struct PipelineConfig {
     /// A registered device with an expected reporting interval goes offline after this many
     /// intervals of silence, instead of after `thresholds.offline_timeout_ms`.
     pub expected_interval_multiple: f64,
+    /// Where a reading's tenant comes from: its body, or only the header fleetpulse's gateways
+    /// stamp from the credential it came with ([`schemas::headers`]).
+    pub tenant_source: TenantSource,
     /// A device's last-seen time goes out at most once per this much event time (and at once
     /// when its status changes), so a fleet reporting every second costs one record per device
     /// per interval, not one per reading.
@@ -66,6 +69,20 @@ pub struct PipelineConfig {
     /// Overrides of `thresholds` for a tenant, a device class, or both; the most specific match
     /// wins (tenant and class, then tenant, then class).
     pub overrides: Vec<Override>,
+}
+
+/// Where a reading's tenant comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantSource {
+    /// The body's `tenant_id` (any producer may claim any tenant).
+    #[default]
+    Body,
+    /// Only the `fleetpulse-tenant` header (and `fleetpulse-device`, when there is one) that
+    /// fleetpulse's gateways stamp from the credential; a record without it is a dead letter.
+    /// With Kafka ACLs that let only the gateways write the telemetry topic, no producer can
+    /// claim another tenant.
+    Header,
 }
 
 /// What the health score compares a window with.
@@ -163,6 +180,7 @@ impl Default for PipelineConfig {
             limits: schemas::Limits::default(),
             inventory: true,
             expected_interval_multiple: 3.0,
+            tenant_source: TenantSource::Body,
             lastseen_interval_ms: 5_000,
             watermark_step_ms: 100,
             mass_offline_share: 0.5,

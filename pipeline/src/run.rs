@@ -214,7 +214,8 @@ pub fn run(timely: timely::Config, job: Job) -> Result<(), RunError> {
             *state.cuts.borrow_mut() = Cuts::new(store.clone(), index, peers);
         }
         let cuts = Rc::clone(&state.cuts);
-        let decoder = Decoder::new((*job.codec).clone(), job.fetcher.clone(), job.cfg.limits);
+        let decoder = Decoder::new((*job.codec).clone(), job.fetcher.clone(), job.cfg.limits)
+            .with_tenant_source(job.cfg.tenant_source);
         let input = match open(&job.input, index, peers, &start, decoder) {
             Ok(input) => input,
             Err(e) => {

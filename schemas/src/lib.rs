@@ -23,6 +23,7 @@ mod dead_letter;
 mod derived;
 mod derived_writers;
 mod error;
+pub mod headers;
 mod json;
 mod last_seen;
 mod limits;

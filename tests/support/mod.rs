@@ -111,15 +111,27 @@ pub struct Read {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub timestamp: RecordTime,
+    /// Headers, by name (as text).
+    pub headers: BTreeMap<String, String>,
 }
 
 impl From<&rdkafka::message::BorrowedMessage<'_>> for Read {
     fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Read {
+        use rdkafka::message::Headers;
         Read {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().unwrap_or_default().to_vec(),
             value: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .into_iter()
+                .flat_map(|h| h.iter())
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                    (h.key.to_string(), value)
+                })
+                .collect(),
             timestamp: match m.timestamp() {
                 Timestamp::NotAvailable => RecordTime::None,
                 Timestamp::CreateTime(t) => RecordTime::Producer(t),

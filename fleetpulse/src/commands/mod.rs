@@ -1,9 +1,11 @@
 //! One module per subcommand, plus what several of them share.
 
+pub(crate) mod api_key;
 pub(crate) mod bench;
 pub(crate) mod bridge;
 pub(crate) mod demo;
 pub(crate) mod generate;
+pub(crate) mod ingest;
 pub(crate) mod inventory;
 pub(crate) mod pipeline;
 pub(crate) mod poll;

@@ -130,7 +130,8 @@ struct Batch {
 
 impl Batch {
     fn push(&mut self, rec: RawRecord<'_>, decoder: &mut Decoder) {
-        let (result, raw) = decoder.check(is_inventory(rec.partition), rec.key, rec.payload);
+        let (result, raw) =
+            decoder.check(is_inventory(rec.partition), rec.key, rec.stamp, rec.payload);
         let mut keep = |bytes: &[u8]| {
             let start = self.bytes.len();
             self.bytes.extend_from_slice(bytes);
@@ -305,6 +306,8 @@ impl Input for Ahead {
                 offset: r.offset,
                 record_time: r.record_time,
                 key: r.key.clone().and_then(|k| bytes.get(k)),
+                // Applied by the decoder already.
+                stamp: Default::default(),
                 payload: Payload::Checked {
                     result,
                     raw: bytes.get(r.raw.clone()).unwrap_or_default(),

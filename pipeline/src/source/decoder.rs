@@ -12,7 +12,8 @@ use schemas::{
     Codec, DeadLetterReason, DecodeError, InputFormat, Record, Registration, TelemetryRef,
 };
 
-use super::{Payload, SchemaFetcher};
+use super::{Payload, SchemaFetcher, Stamp};
+use crate::config::TenantSource;
 
 /// How long an id the registry could not give is not asked for again (its records go to the
 /// DLQ meanwhile, with reason `schema`).
@@ -88,12 +89,45 @@ fn enrolment(codec: &Codec, key: Option<&[u8]>, value: &[u8]) -> Result<Enrolmen
     })
 }
 
+/// `t` with the tenant (and device) the gateway stamped from the credential it came with,
+/// whatever its body claims; a reading without the stamp is unusable.
+fn stamped<'a>(mut t: TelemetryRef<'a>, stamp: Stamp<'a>) -> Result<TelemetryRef<'a>, Unusable> {
+    let text = |bytes: Option<&'a [u8]>, header: &str| {
+        bytes
+            .map(|b| {
+                std::str::from_utf8(b).map_err(|_| {
+                    (
+                        DeadLetterReason::InvalidField,
+                        format!("the {header} header is not UTF-8"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let Some(tenant) = text(stamp.tenant, schemas::headers::TENANT)? else {
+        return Err((
+            DeadLetterReason::InvalidField,
+            format!(
+                "no {} header: pipeline.tenant_source is header, so only readings from \
+                 fleetpulse's gateways count",
+                schemas::headers::TENANT
+            ),
+        ));
+    };
+    t.tenant_id = std::borrow::Cow::Borrowed(tenant);
+    if let Some(device) = text(stamp.device, schemas::headers::DEVICE)? {
+        t.device_id = std::borrow::Cow::Borrowed(device);
+    }
+    Ok(t)
+}
+
 /// Decodes the values of one input.
 pub struct Decoder {
     codec: Codec,
     fetcher: Option<Arc<dyn SchemaFetcher>>,
     refused: HashMap<u32, Instant>,
     limits: schemas::Limits,
+    tenant_source: TenantSource,
 }
 
 impl Decoder {
@@ -108,16 +142,27 @@ impl Decoder {
             fetcher,
             refused: HashMap::new(),
             limits,
+            tenant_source: TenantSource::Body,
+        }
+    }
+
+    /// The decoder taking readings' tenant from `source`.
+    pub fn with_tenant_source(self, tenant_source: TenantSource) -> Decoder {
+        Decoder {
+            tenant_source,
+            ..self
         }
     }
 
     /// What `payload` holds (an inventory record when it comes from an inventory partition,
-    /// with its `key`; else a reading, checked against the limits), or why it is unusable; and
+    /// with its `key`; else a reading, its tenant (and device) from the gateway's `stamp` when
+    /// the tenant source is the header, checked against the limits), or why it is unusable; and
     /// the bytes a dead letter of it keeps. A payload checked already is passed on as it is.
     pub fn check<'a>(
         &mut self,
         inventory: bool,
         key: Option<&[u8]>,
+        stamp: Stamp<'a>,
         payload: Payload<'a>,
     ) -> (Result<Item<'a>, Unusable>, &'a [u8]) {
         let invalid = |e: schemas::InvalidField| (DeadLetterReason::InvalidField, e.to_string());
@@ -148,7 +193,11 @@ impl Decoder {
             }
             Payload::Checked { result, raw } => return (result, raw),
         };
-        let checked = decoded.and_then(|t| self.limits.check_ref(&t).map(|()| t).map_err(invalid));
+        let stamped = match self.tenant_source {
+            TenantSource::Body => decoded,
+            TenantSource::Header => decoded.and_then(|t| stamped(t, stamp)),
+        };
+        let checked = stamped.and_then(|t| self.limits.check_ref(&t).map(|()| t).map_err(invalid));
         (checked.map(Item::Reading), raw)
     }
 
@@ -185,5 +234,70 @@ impl Decoder {
                 unknown
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::Telemetry;
+
+    use super::*;
+
+    fn reading(
+        decoder: &mut Decoder,
+        stamp: Stamp<'_>,
+        body: &[u8],
+    ) -> Result<(String, String), DeadLetterReason> {
+        match decoder.check(false, None, stamp, Payload::Wire(body)).0 {
+            Ok(Item::Reading(t)) => Ok((t.tenant_id.into_owned(), t.device_id.into_owned())),
+            Ok(Item::Inventory(_)) => Err(DeadLetterReason::Schema),
+            Err((reason, _)) => Err(reason),
+        }
+    }
+
+    #[test]
+    fn with_the_header_as_tenant_source_only_the_gateway_s_stamp_counts() {
+        let claimed = serde_json::to_vec(&Telemetry {
+            tenant_id: "globex".into(),
+            ..Telemetry::example()
+        })
+        .unwrap_or_default();
+        let limits = schemas::Limits::default();
+        let mut body = Decoder::new(Codec::builtin(), None, limits);
+        let mut header =
+            Decoder::new(Codec::builtin(), None, limits).with_tenant_source(TenantSource::Header);
+        let stamp = Stamp {
+            tenant: Some(b"acme"),
+            device: None,
+        };
+        assert_eq!(
+            reading(&mut body, stamp, &claimed),
+            Ok(("globex".into(), "dev-0001".into()))
+        );
+        assert_eq!(
+            reading(&mut header, stamp, &claimed),
+            Ok(("acme".into(), "dev-0001".into()))
+        );
+        let device = Stamp {
+            device: Some(b"own"),
+            ..stamp
+        };
+        assert_eq!(
+            reading(&mut header, device, &claimed),
+            Ok(("acme".into(), "own".into()))
+        );
+        assert_eq!(
+            reading(&mut header, Stamp::default(), &claimed),
+            Err(DeadLetterReason::InvalidField),
+            "a producer that is no gateway"
+        );
+        let broken = Stamp {
+            tenant: Some(&[0xff, 0xfe]),
+            device: None,
+        };
+        assert_eq!(
+            reading(&mut header, broken, &claimed),
+            Err(DeadLetterReason::InvalidField)
+        );
     }
 }

@@ -119,6 +119,7 @@ impl Input for FileInput {
                 offset: self.offset,
                 record_time: RecordTime::None,
                 key: None,
+                stamp: Default::default(),
                 payload,
             };
             match reader {

@@ -11,13 +11,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, Timestamp};
+use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use schemas::retry::Backoff;
 
-use super::{Input, Payload, RawRecord, SourceError};
+use super::{Input, Payload, RawRecord, SourceError, Stamp};
 use crate::clock::RecordTime;
 use crate::events;
 use crate::readiness::Readiness;
@@ -298,6 +298,7 @@ impl Input for KafkaInput {
                         offset: m.offset(),
                         record_time: record_time(m.timestamp()),
                         key: m.key(),
+                        stamp: stamp(m.headers()),
                         payload: Payload::Wire(m.payload().unwrap_or_default()),
                     });
                     taken += 1;
@@ -340,6 +341,19 @@ impl Input for KafkaInput {
         p.sort_unstable();
         p
     }
+}
+
+/// The headers fleetpulse's gateways stamp, if a record has them.
+fn stamp<H: Headers>(headers: Option<&H>) -> Stamp<'_> {
+    let mut stamp = Stamp::default();
+    for h in headers.into_iter().flat_map(Headers::iter) {
+        match h.key {
+            schemas::headers::TENANT => stamp.tenant = h.value,
+            schemas::headers::DEVICE => stamp.device = h.value,
+            _ => {}
+        }
+    }
+    stamp
 }
 
 /// A record's timestamp and who stamped it: a topic with `message.timestamp.type =

@@ -115,6 +115,7 @@ impl Input for MemoryInput {
                         offset: offset as i64,
                         record_time: r.record_time,
                         key: r.key.as_deref(),
+                        stamp: Default::default(),
                         payload: Payload::Wire(&r.value),
                     });
                     taken += 1;

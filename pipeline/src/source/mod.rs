@@ -72,6 +72,16 @@ pub enum Payload<'a> {
     },
 }
 
+/// What fleetpulse's gateways stamped on a record in its headers ([`schemas::headers`]): the
+/// tenant of the credential it came with, and the device for a device's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stamp<'a> {
+    /// `fleetpulse-tenant`.
+    pub tenant: Option<&'a [u8]>,
+    /// `fleetpulse-device`.
+    pub device: Option<&'a [u8]>,
+}
+
 /// One record of one partition, borrowed from the input for as long as it is looked at.
 #[derive(Debug)]
 pub struct RawRecord<'a> {
@@ -83,6 +93,8 @@ pub struct RawRecord<'a> {
     pub record_time: RecordTime,
     /// Key.
     pub key: Option<&'a [u8]>,
+    /// Headers fleetpulse reads.
+    pub stamp: Stamp<'a>,
     /// Value.
     pub payload: Payload<'a>,
 }

@@ -79,6 +79,7 @@ impl Triage {
             offset,
             record_time,
             key,
+            stamp,
             payload,
         } = rec;
         let source = Source {
@@ -87,7 +88,9 @@ impl Triage {
             record_time,
             key,
         };
-        let (decoded, raw) = self.decoder.check(is_inventory(partition), key, payload);
+        let (decoded, raw) = self
+            .decoder
+            .check(is_inventory(partition), key, stamp, payload);
         let t = match decoded {
             Ok(Item::Reading(t)) => t,
             Ok(Item::Inventory(e)) => return self.enrolment(&source, raw, e, wm, now, out),

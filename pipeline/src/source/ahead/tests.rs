@@ -137,6 +137,7 @@ impl Input for Failing {
             offset: 7,
             record_time: RecordTime::None,
             key: Some(b"k"),
+            stamp: Default::default(),
             payload: Payload::Wire(&value),
         });
         Ok(1)
