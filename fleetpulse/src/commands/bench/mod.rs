@@ -3,6 +3,7 @@
 
 mod bridge;
 mod files;
+mod ingest;
 mod pipeline;
 mod poll;
 mod recovery;
@@ -30,6 +31,8 @@ pub enum BenchCommand {
     Bridge(bridge::BridgeBench),
     /// `fleetpulse poll` against a simulated fleet on loopback beside a raw loop of the same GETs.
     Poll(poll::PollBench),
+    /// `fleetpulse ingest` taking NDJSON batches over HTTP beside a raw produce of the readings.
+    Ingest(ingest::IngestBench),
 }
 
 /// Flags of `bench generate`.
@@ -59,6 +62,7 @@ impl BenchCommand {
             BenchCommand::Sink(b) => b.overrides(into),
             BenchCommand::Bridge(b) => b.kafka.overrides(into),
             BenchCommand::Poll(_) => {}
+            BenchCommand::Ingest(b) => b.overrides(into),
         }
     }
 }
@@ -75,6 +79,7 @@ pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Resul
         BenchCommand::Sink(args) => sink::run(config, args).await,
         BenchCommand::Bridge(args) => bridge::run(config, args).await,
         BenchCommand::Poll(args) => poll::run(args).await,
+        BenchCommand::Ingest(args) => ingest::run(config, args).await,
     }
 }
 
