@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # services.sh: install and run the real local services that fleetpulse's tests and demo
-# need (Apache Kafka in KRaft mode, ClickHouse, Redis), each as a plain child process
+# need (Apache Kafka in KRaft mode, ClickHouse, Redis, the Mosquitto MQTT broker), each as a plain child process
 # on free 127.0.0.1 ports under a directory chosen by the caller. Never uses a fixed
 # port or a machine-wide service.
 #
-#   services.sh install [kafka|clickhouse|redis|chromium|build ...]
+#   services.sh install [kafka|clickhouse|redis|mosquitto|chromium|build ...]
 #                                                       install what is missing (no args = the
 #                                                       three services; chromium, Debian's, is
 #                                                       the browser the dashboard tests drive;
@@ -41,9 +41,9 @@ die() { log "error: $*"; exit 1; }
 
 usage() {
   cat >&2 <<'EOF'
-usage: services.sh install [kafka|clickhouse|redis|chromium|build ...]
-       services.sh run (kafka|clickhouse|redis) --dir DIR [--remove-on-exit] [--secure]
-       services.sh up [--secure] [kafka|clickhouse|redis ...]
+usage: services.sh install [kafka|clickhouse|redis|mosquitto|chromium|build ...]
+       services.sh run (kafka|clickhouse|redis|mosquitto) --dir DIR [--remove-on-exit] [--secure]
+       services.sh up [--secure] [kafka|clickhouse|redis|mosquitto ...]
        services.sh down DIR
 EOF
   exit 2
@@ -51,7 +51,7 @@ EOF
 
 check_service() {
   case "$1" in
-    kafka | clickhouse | redis) ;;
+    kafka | clickhouse | redis | mosquitto) ;;
     *) log "unknown service: $1"; usage ;;
   esac
 }

@@ -25,6 +25,7 @@ scripts/services.sh install build
 scripts/services.sh install kafka
 scripts/services.sh install clickhouse
 scripts/services.sh install redis
+scripts/services.sh install mosquitto
 scripts/services.sh install chromium
 scripts/python-env.sh >/dev/null
 

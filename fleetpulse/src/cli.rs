@@ -38,6 +38,9 @@ pub enum Command {
     /// Take readings POSTed over HTTP under API keys (`POST /v1/telemetry`) into the telemetry
     /// topic, the tenant from the key.
     Ingest(commands::ingest::IngestArgs),
+    /// Take MQTT messages (Zigbee2MQTT, Home Assistant, Tasmota, or mapped by hand) into the
+    /// telemetry topic, each acknowledged once Kafka has it.
+    Mqtt(commands::mqtt::MqttArgs),
     /// Make, list and revoke the API keys of `ingest`.
     #[command(subcommand)]
     ApiKey(commands::api_key::ApiKeyCommand),
@@ -83,13 +86,14 @@ fn parse_set(entry: &str) -> Result<Override, NotKeyValue> {
 }
 
 /// The keys whose values `config` does not print: it is run to show a configuration to others.
-const SECRETS: [(&str, &str); 6] = [
+const SECRETS: [(&str, &str); 7] = [
     ("bridge", "jwt_secret"),
     ("bridge", "redis_password"),
     ("registry", "write_token"),
     ("schema_registry", "token"),
     ("clickhouse", "password"),
     ("schema_registry", "password"),
+    ("mqtt", "password"),
 ];
 
 /// Parts of librdkafka property names that mark a secret value (`sasl.password`,
@@ -180,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inventory(command) => command.overrides(&mut overrides),
         Command::Poll(args) => args.overrides(&mut overrides),
         Command::Ingest(args) => args.overrides(&mut overrides),
+        Command::Mqtt(args) => args.overrides(&mut overrides),
         Command::Pipeline(args) => args.overrides(&mut overrides),
         Command::Tail(args) => args.kafka.overrides(&mut overrides),
         Command::Sink(sink) => sink.overrides(&mut overrides),
@@ -199,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inventory(command) => runtime.block_on(commands::inventory::run(&config, command)),
         Command::Poll(_) => runtime.block_on(commands::poll::run(&config)),
         Command::Ingest(_) => runtime.block_on(commands::ingest::run(&config)),
+        Command::Mqtt(_) => runtime.block_on(commands::mqtt::run(&config)),
         Command::ApiKey(command) => commands::api_key::run(&config, command),
         Command::Pipeline(args) => runtime.block_on(commands::pipeline::run(&config, args)),
         Command::Tail(args) => runtime.block_on(commands::tail::run(&config, args)),

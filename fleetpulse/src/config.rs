@@ -61,6 +61,9 @@ pub struct Config {
     /// `[ingest]`: `fleetpulse ingest`.
     #[serde(default)]
     pub ingest: ingest::IngestConfig,
+    /// `[mqtt]`: `fleetpulse mqtt`.
+    #[serde(default)]
+    pub mqtt: mqtt_gateway::MqttConfig,
     /// `[log]`: logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -431,6 +434,9 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, Confi
     }
     if let Err((key, expected)) = config.ingest.validate() {
         return Err(ConfigError::invalid(&format!("ingest.{key}"), &expected));
+    }
+    if let Err((key, expected)) = config.mqtt.validate() {
+        return Err(ConfigError::invalid(&format!("mqtt.{key}"), &expected));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::Keys(vec![ConfigError::key(

@@ -72,6 +72,14 @@ install_redis() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after apt-get install"
 }
 
+install_mosquitto() {
+  if command -v mosquitto >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1; then return 0; fi
+  apt_install mosquitto
+  apt_install mosquitto-clients
+  stop_system_service mosquitto
+  command -v mosquitto >/dev/null 2>&1 || die "mosquitto still missing after apt-get install"
+}
+
 kafka_candidates() {
   if [[ -n "${FLEETPULSE_KAFKA_VERSION:-}" ]]; then
     printf '%s\n' "$FLEETPULSE_KAFKA_VERSION"
@@ -190,6 +198,7 @@ is_installed() {
     kafka) kafka_home >/dev/null ;;
     clickhouse) clickhouse_cmd >/dev/null ;;
     redis) command -v redis-server >/dev/null 2>&1 ;;
+    mosquitto) command -v mosquitto >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1 ;;
     chromium) command -v chromium >/dev/null 2>&1 ;;
     build) command -v openssl >/dev/null 2>&1 && pkg-config --exists openssl 2>/dev/null ;;
   esac
@@ -205,6 +214,7 @@ install_service() {
       kafka) install_kafka ;;
       clickhouse) install_clickhouse ;;
       redis) install_redis ;;
+      mosquitto) install_mosquitto ;;
       chromium) is_installed chromium || apt_install chromium ;;
       # What the build links (OpenSSL for TLS to Kafka, ClickHouse and Redis, found through
       # pkg-config) and the `openssl` tool that makes --secure's certificates.

@@ -247,6 +247,7 @@ cmd_up() {
       kafka) printf 'export KAFKA_BROKERS=%s\n' "${addr_of[$svc]}" ;;
       clickhouse) printf 'export CLICKHOUSE_URL=%s\n' "${addr_of[$svc]}" ;;
       redis) printf 'export REDIS_URL=%s\n' "${addr_of[$svc]}" ;;
+      mosquitto) printf 'export MQTT_URL=%s\n' "${addr_of[$svc]}" ;;
     esac
   done
   printf "# stop with: %s down '%s'\n" "$SELF" "$dir"

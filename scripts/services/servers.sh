@@ -303,6 +303,28 @@ prepare_redis() {
   fi
 }
 
+prepare_mosquitto() {
+  local dir="$1" port
+  ((SECURE)) && die "mosquitto: --secure is not supported yet"
+  port="$(service_ports "$dir" mosquitto 1)"
+  mkdir -p "$dir/mosquitto"
+  # Queued messages for a persistent session while its client is away: enough for a test's
+  # stream, where the default (1000) would drop the rest.
+  cat >"$dir/mosquitto/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+EOF
+  SERVER_CMD=(mosquitto -c "$dir/mosquitto/mosquitto.conf")
+  READY_ADDR="mqtt://127.0.0.1:$port"
+  READY_CHECK="mosquitto_ready $port"
+}
+
+mosquitto_ready() {
+  timeout 3 mosquitto_sub -h 127.0.0.1 -p "$1" -t '$SYS/broker/version' -C 1 -W 2 >/dev/null 2>&1
+}
+
 # redis_ready PORT [DIR]: with DIR, over TLS as the secure user.
 redis_ready() {
   local reply

@@ -1,6 +1,6 @@
-//! Real services for tests, never mocks: Apache Kafka, `clickhouse-server` and `redis-server`,
-//! each installed if missing and started on free 127.0.0.1 ports under a temporary directory by
-//! `scripts/services.sh run`, which this crate drives.
+//! Real services for tests, never mocks: Apache Kafka, `clickhouse-server`, `redis-server` and
+//! Mosquitto, each installed if missing and started on free 127.0.0.1 ports under a temporary
+//! directory by `scripts/services.sh run`, which this crate drives.
 //!
 //! [`Service::start`] gives a test its own instance, stopped when dropped. [`shared`] gives all
 //! tests of one test binary one instance (they isolate themselves by topic or database name),
@@ -34,6 +34,8 @@ pub enum Kind {
     ClickHouse,
     /// `redis-server`.
     Redis,
+    /// The Mosquitto MQTT broker.
+    Mosquitto,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Kafka => "kafka",
             Kind::ClickHouse => "clickhouse",
             Kind::Redis => "redis",
+            Kind::Mosquitto => "mosquitto",
         }
     }
 }
@@ -172,7 +175,7 @@ impl Service {
     }
 
     /// Where clients connect: `127.0.0.1:PORT` for Kafka, `http://127.0.0.1:PORT` for
-    /// ClickHouse, `redis://127.0.0.1:PORT` for Redis.
+    /// ClickHouse, `redis://127.0.0.1:PORT` for Redis, `mqtt://127.0.0.1:PORT` for Mosquitto.
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -305,10 +308,12 @@ pub fn shared(kind: Kind) -> &'static Service {
     static KAFKA: OnceLock<Service> = OnceLock::new();
     static CLICKHOUSE: OnceLock<Service> = OnceLock::new();
     static REDIS: OnceLock<Service> = OnceLock::new();
+    static MOSQUITTO: OnceLock<Service> = OnceLock::new();
     let cell = match kind {
         Kind::Kafka => &KAFKA,
         Kind::ClickHouse => &CLICKHOUSE,
         Kind::Redis => &REDIS,
+        Kind::Mosquitto => &MOSQUITTO,
     };
     cell.get_or_init(|| {
         // Statics are never dropped: the parent-death signal stops the server, and the script

@@ -1,5 +1,6 @@
-//! `fleetpulse mqtt`'s mapping: which MQTT messages are whose telemetry, and how their payloads
-//! become readings or availability reports.
+//! `fleetpulse mqtt`: MQTT messages as telemetry. Which messages are whose, and how their payloads
+//! become readings or availability reports, is the mapping; the gateway takes them from the broker
+//! and writes them to Kafka.
 //!
 //! A mapping is a list of rules ([`mapping::Rule`]), each a topic pattern ([`pattern::Pattern`]:
 //! `zigbee2mqtt/{device+}`, `tele/{device}/STATE`, `site/{tenant}/{device}/data`) and what a
@@ -7,10 +8,12 @@
 //! conversions, an availability report, or nothing. The first rule that matches decides.
 //! Built-in presets ([`presets`]) write those rules for Zigbee2MQTT, Home Assistant's MQTT
 //! statestream and Tasmota from their documented payloads; a deployment adds rules of its own.
-//! Nothing here talks to a broker: the mapping is a function of a topic, a payload and the
-//! gateway's clock.
+//! The mapping talks to no broker: it is a function of a topic, a payload and the gateway's clock.
+//! [`gateway`] is the client that runs it between the MQTT broker and Kafka.
 
 pub mod config;
+pub mod events;
+pub mod gateway;
 pub mod mapping;
 pub mod pattern;
 pub mod presets;

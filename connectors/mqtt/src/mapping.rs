@@ -319,6 +319,12 @@ impl Mapper {
                 attributes,
                 offline_when,
             } => {
+                let whole = |p: &str| p.is_empty();
+                let needs_object = fields.values().any(|f| !whole(&f.pointer))
+                    || attributes.as_deref().is_some_and(whole);
+                if needs_object && !payload.is_object() {
+                    return unmappable(Undecodable, "the payload is not a JSON object");
+                }
                 if let Value::String(s) = &payload
                     && offline_when.iter().any(|o| o.eq_ignore_ascii_case(s))
                 {

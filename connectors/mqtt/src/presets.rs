@@ -252,6 +252,17 @@ mod tests {
         ] {
             assert_eq!(z.map(ignored, b"{}", NOW), Outcome::Ignored, "{ignored}");
         }
+        let garbage = z.map("zigbee2mqtt/plug", b"garbage", NOW);
+        assert!(
+            matches!(
+                garbage,
+                Outcome::Unmappable {
+                    reason: schemas::DeadLetterReason::Undecodable,
+                    ..
+                }
+            ),
+            "{garbage:?}"
+        );
         let broken = z.map("zigbee2mqtt/plug", br#"{"battery":"low"}"#, NOW);
         assert!(
             matches!(

@@ -7,6 +7,7 @@ pub(crate) mod demo;
 pub(crate) mod generate;
 pub(crate) mod ingest;
 pub(crate) mod inventory;
+pub(crate) mod mqtt;
 pub(crate) mod pipeline;
 pub(crate) mod poll;
 pub(crate) mod registry;

@@ -1,0 +1,395 @@
+//! The gateway: subscribed to the broker under a persistent session (QoS 1, clean session off,
+//! acknowledgements by hand), each message mapped ([`Mapper`]) and written to Kafka (readings to
+//! the telemetry topic with the mapping's tenant in the `fleetpulse-tenant` header, what cannot be
+//! mapped to the dead-letter topic with its MQTT topic), and acknowledged to the broker only once
+//! Kafka acknowledged what it became. MQTT wants acknowledgements in the order messages came, so
+//! they go out in that order, each after its own Kafka acknowledgement. A gateway that crashes,
+//! or waits on a Kafka that is down, leaves messages unacknowledged, and the broker sends them
+//! again: nothing it accepted at QoS 1 is lost, and a message sent twice is the same reading
+//! twice.
+//!
+//! Availability reports are mapped and counted, not yet written: the pipeline's
+//! `reported_offline` is the next step (docs/decisions.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use kafka_auth::Tokens;
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use schemas::{Codec, DeadLetter, Limits};
+use tokio::sync::mpsc;
+
+use crate::config::MqttConfig;
+use crate::events;
+use crate::mapping::{Mapper, Outcome};
+
+/// Messages taken and not yet acknowledged, at most: past it, the gateway stops taking more
+/// (and the broker holds them).
+const IN_FLIGHT: usize = 10_000;
+
+/// Errors of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration cannot be used.
+    #[error("configuration key `mqtt.{key}`: {why}")]
+    Config {
+        /// The key.
+        key: String,
+        /// Why.
+        why: String,
+    },
+    /// The Kafka producer could not be made.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A file the configuration names could not be read.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What the gateway needs.
+pub struct Setup {
+    /// `[mqtt]`.
+    pub config: MqttConfig,
+    /// librdkafka properties (brokers, TLS, SASL).
+    pub kafka: HashMap<String, String>,
+    /// Where readings go.
+    pub telemetry: String,
+    /// Where what cannot be mapped goes.
+    pub dlq: String,
+    /// Encodes readings and dead letters.
+    pub codec: Codec,
+    /// The pipeline's limits, which readings are checked against.
+    pub limits: Limits,
+    /// Set to stop: the gateway stops taking messages, waits for those in hand to be written and
+    /// acknowledged, and disconnects.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What `/readyz` looks at.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Connected to the broker and subscribed.
+    pub connected: AtomicBool,
+    /// The last Kafka answer was an acknowledgement.
+    pub kafka_failing: AtomicBool,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Messages acknowledged to the broker.
+    pub acknowledged: u64,
+}
+
+/// How a taken message is settled before it is acknowledged.
+enum Settle {
+    /// Nothing to write.
+    Now,
+    /// Once this record is acknowledged.
+    After(DeliveryFuture),
+    /// Never: what it became could not be produced; the broker sends it again.
+    Never,
+}
+
+fn options(c: &MqttConfig) -> Result<MqttOptions, GatewayError> {
+    let config = |key: &str, why: String| GatewayError::Config {
+        key: key.into(),
+        why,
+    };
+    let (tls, rest) = if let Some(rest) = c.url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = c.url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(config(
+            "url",
+            "mqtt://host:port or mqtts://host:port".into(),
+        ));
+    };
+    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| config("url", format!("{port:?} is not a port")))?,
+        ),
+        None => (rest.trim_end_matches('/'), if tls { 8883 } else { 1883 }),
+    };
+    let mut o = MqttOptions::new(c.client_id.clone(), host, port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_inflight(100);
+    let password = match &c.password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|p| p.trim_end().to_string())
+                .map_err(|e| {
+                    GatewayError::Io(format!("mqtt.password_file {}: {e}", path.display()))
+                })?,
+        ),
+        None => c.password.clone(),
+    };
+    if let Some(user) = &c.username {
+        o.set_credentials(user.clone(), password.unwrap_or_default());
+    }
+    if tls {
+        let transport = match &c.ca_file {
+            Some(path) => Transport::tls_with_config(TlsConfiguration::SimpleNative {
+                ca: std::fs::read(path).map_err(|e| {
+                    GatewayError::Io(format!("mqtt.ca_file {}: {e}", path.display()))
+                })?,
+                client_auth: None,
+            }),
+            None => Transport::tls_with_config(TlsConfiguration::Native),
+        };
+        o.set_transport(transport);
+    }
+    Ok(o)
+}
+
+fn producer(kafka: &HashMap<String, String>) -> Result<FutureProducer<Tokens>, KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("client.id", "fleetpulse-mqtt")
+        // A record waits for the brokers for as long as they are away; its message stays
+        // unacknowledged at the MQTT broker meanwhile.
+        .set("message.timeout.ms", "0");
+    for (k, v) in kafka {
+        config.set(k, v);
+    }
+    config.create_with_context(Tokens)
+}
+
+/// Runs the gateway until `setup.stop` is set.
+pub async fn run(setup: Setup, health: Arc<Health>) -> Result<Counts, GatewayError> {
+    let rules = setup
+        .config
+        .rules()
+        .map_err(|(key, why)| GatewayError::Config { key, why })?;
+    let mapper = Mapper::new(rules, setup.codec.clone(), setup.limits);
+    let filters = mapper.filters();
+    if filters.is_empty() {
+        return Err(GatewayError::Config {
+            key: "mappings".into(),
+            why: "at least one mapping that takes messages".into(),
+        });
+    }
+    let kafka = producer(&setup.kafka)?;
+    let (client, mut eventloop) = AsyncClient::new(options(&setup.config)?, 1_024);
+    let (to_acker, mut settling) = mpsc::channel::<(Publish, Settle)>(IN_FLIGHT);
+    let acked = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let acker = {
+        let (client, acked, in_flight, health) = (
+            client.clone(),
+            Arc::clone(&acked),
+            Arc::clone(&in_flight),
+            Arc::clone(&health),
+        );
+        tokio::spawn(async move {
+            while let Some((publish, settle)) = settling.recv().await {
+                let written = match settle {
+                    Settle::Now => true,
+                    Settle::Never => false,
+                    Settle::After(delivery) => match delivery.await {
+                        Ok(Ok(_)) => {
+                            health.kafka_failing.store(false, Ordering::Relaxed);
+                            true
+                        }
+                        // Not acknowledged: the broker sends it again when the gateway reconnects.
+                        Ok(Err((e, _))) => {
+                            health.kafka_failing.store(true, Ordering::Relaxed);
+                            tracing::error!(error = %e, topic = %publish.topic, "a record was not written; the message stays unacknowledged");
+                            false
+                        }
+                        Err(_) => false,
+                    },
+                };
+                if written {
+                    if client.ack(&publish).await.is_err() {
+                        break;
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    events::acknowledged();
+                }
+                let left = in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+                events::in_flight(usize::try_from(left).unwrap_or(usize::MAX));
+            }
+        })
+    };
+    let mut sequence = 0u64;
+    let mut said_down = false;
+    loop {
+        if setup.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let event = match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
+            Err(_) => continue,
+            Ok(event) => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                said_down = false;
+                let subscriptions = filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.subscribe_many(subscriptions).await {
+                    tracing::error!(error = %e, "cannot subscribe");
+                }
+            }
+            // Ready once the broker confirmed the subscriptions: before that, what is published
+            // may not reach the gateway's session.
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                tracing::info!(filters = ?filters, "connected to the MQTT broker and subscribed");
+                health.connected.store(true, Ordering::Relaxed);
+                events::connected(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                sequence += 1;
+                let now = now_ms();
+                let settle = take(&mapper, &kafka, &setup, &publish, now, sequence).await;
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                if to_acker.send((publish, settle)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                health.connected.store(false, Ordering::Relaxed);
+                events::connected(false);
+                if !said_down {
+                    tracing::warn!(error = %e, url = %setup.config.url, "the MQTT broker is away; reconnecting");
+                    said_down = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // What was taken is written and acknowledged before the gateway leaves; the event loop must
+    // run for the acknowledgements to go out.
+    drop(to_acker);
+    let drained = async {
+        while in_flight.load(Ordering::Relaxed) > 0 && !acker.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await;
+        }
+        let _ = client.disconnect().await;
+        for _ in 0..20 {
+            match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) => break,
+                _ => {}
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("messages still unacknowledged at stop; the broker sends them again");
+    }
+    Ok(Counts {
+        acknowledged: acked.load(Ordering::Relaxed),
+    })
+}
+
+/// Maps one message and hands what it became to the producer.
+async fn take(
+    mapper: &Mapper,
+    kafka: &FutureProducer<Tokens>,
+    setup: &Setup,
+    publish: &Publish,
+    now: i64,
+    sequence: u64,
+) -> Settle {
+    let outcome = mapper.map(&publish.topic, &publish.payload, now);
+    let (topic, key, value, tenant) = match outcome {
+        Outcome::Reading(t) => {
+            events::message("reading");
+            match setup.codec.encode(&t) {
+                Ok(value) => (
+                    &setup.telemetry,
+                    t.device_id.clone(),
+                    value,
+                    Some(t.tenant_id),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "a reading cannot be encoded");
+                    return Settle::Never;
+                }
+            }
+        }
+        Outcome::Availability(a) => {
+            events::message("availability");
+            tracing::debug!(tenant = %a.tenant_id, device = %a.device_id, online = a.online, "availability report");
+            return Settle::Now;
+        }
+        Outcome::Ignored => {
+            events::message("ignored");
+            return Settle::Now;
+        }
+        Outcome::Unmappable { reason, detail } => {
+            events::message("dead_letter");
+            let source = format!("mqtt:{}", publish.topic);
+            let offset = i64::try_from(sequence).unwrap_or(i64::MAX);
+            let dead = DeadLetter {
+                event_id: format!("dlq/{source}/{now}/{sequence}"),
+                source_topic: source,
+                source_partition: 0,
+                source_offset: offset,
+                key: None,
+                raw: publish.payload.to_vec(),
+                reason,
+                detail,
+                record_ts: Some(now),
+            };
+            match setup.codec.encode(&dead) {
+                Ok(value) => (&setup.dlq, publish.topic.clone(), value, None),
+                Err(e) => {
+                    tracing::error!(error = %e, "a dead letter cannot be encoded");
+                    return Settle::Never;
+                }
+            }
+        }
+    };
+    let headers = tenant.as_deref().map(|tenant| {
+        OwnedHeaders::new().insert(Header {
+            key: schemas::headers::TENANT,
+            value: Some(tenant.as_bytes()),
+        })
+    });
+    loop {
+        let mut record = FutureRecord::to(topic).key(key.as_bytes()).payload(&value);
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match kafka.send_result(record) {
+            Ok(delivery) => return Settle::After(delivery),
+            // The producer's queue is full: Kafka is slow or away; wait (the broker holds the
+            // messages not taken meanwhile).
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                _,
+            )) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((e, _)) => {
+                tracing::error!(error = %e, "a record cannot be produced; the message stays unacknowledged");
+                return Settle::Never;
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

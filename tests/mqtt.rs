@@ -1,0 +1,293 @@
+//! `fleetpulse mqtt` against the real Debian Mosquitto and the real Kafka broker: Zigbee2MQTT,
+//! Home Assistant statestream and Tasmota payloads, as those projects document them, become the
+//! expected telemetry, with the mapping's tenant in the record header; payloads that do not fit
+//! go to the DLQ with their MQTT topic; bridge topics are ignored. And a stream at QoS 1 with the
+//! gateway killed (SIGKILL) mid-stream and restarted, and then Kafka stopped and restarted while
+//! messages keep coming, ends up whole on the telemetry topic: every message the broker accepted,
+//! duplicates only as the same reading.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use e2e::*;
+use schemas::{Codec, DeadLetter, DeadLetterReason, Telemetry};
+use testkit::{Kind, shared, unique};
+
+/// The gateway's configuration: the three presets under the topic namespace `ns` (tests share
+/// the broker), against the broker at `url`.
+fn config(dir: &Path, url: &str, client_id: &str, ns: &str) -> std::path::PathBuf {
+    let file = dir.join("fleetpulse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[mqtt]
+url = "{url}"
+client_id = "{client_id}"
+
+[[mqtt.mappings]]
+preset = "zigbee2mqtt"
+base = "{ns}/zigbee2mqtt"
+tenant = "home"
+device_class = "zigbee"
+
+[[mqtt.mappings]]
+preset = "home_assistant"
+base = "{ns}/homeassistant"
+tenant = "home"
+
+[[mqtt.mappings]]
+preset = "tasmota"
+base = "{ns}/tele"
+tenant = "plant"
+"#
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// `fleetpulse mqtt` with `config`, writing to the topics of `prefix`; ready (subscribed).
+fn gateway(config: &Path, brokers: &str, prefix: &str) -> Running {
+    let (child, http) = spawn_serving(
+        fleetpulse()
+            .args(["--config", &config.display().to_string()])
+            .args(["mqtt", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--set", &format!("topics.telemetry={prefix}-telemetry")])
+            .args(["--set", &format!("topics.dlq={prefix}-dlq")]),
+    );
+    let ready = testkit::wait_for(Duration::from_secs(60), || {
+        http_text(&http, "GET", "/readyz", None).0 == 200
+    });
+    assert!(ready, "the gateway subscribes");
+    Running(child)
+}
+
+/// Publishes each of `messages` (topic, payload) at QoS 1, as a device would.
+fn publish(url: &str, messages: &[(&String, &str)]) {
+    let port = url.rsplit(':').next().unwrap();
+    for (topic, payload) in messages {
+        run_ok(Command::new("mosquitto_pub").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ]));
+    }
+}
+
+fn readings(brokers: &str, topic: &str) -> Vec<(Telemetry, String)> {
+    let codec = Codec::builtin();
+    read_all(brokers, topic)
+        .into_iter()
+        .map(|r| {
+            (
+                codec.decode::<Telemetry>(&r.value).unwrap(),
+                r.headers
+                    .get("fleetpulse-tenant")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_presets_map_documented_payloads_and_the_rest_is_a_dead_letter() {
+    let brokers = shared(Kind::Kafka).address();
+    let mosquitto = shared(Kind::Mosquitto).address();
+    let prefix = unique("mqtt");
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("site");
+    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let _gateway = gateway(&config, brokers, &prefix);
+    let t = |topic: &str| format!("{ns}/{topic}");
+    publish(
+        mosquitto,
+        &[
+            (
+                &t("zigbee2mqtt/kitchen/door"),
+                r#"{"battery":97,"contact":true,"linkquality":102,"voltage":3015}"#,
+            ),
+            (
+                &t("zigbee2mqtt/kitchen/door/availability"),
+                r#"{"state":"offline"}"#,
+            ),
+            (&t("zigbee2mqtt/bridge/state"), r#"{"state":"online"}"#),
+            (&t("homeassistant/sensor/kitchen_temperature/state"), "21.5"),
+            (
+                &t("tele/plug-7/STATE"),
+                r#"{"Time":"2025-12-02T02:46:40","Uptime":"0T00:15:00","POWER":"ON","Wifi":{"AP":1,"SSId":"iot","RSSI":78,"Signal":-61}}"#,
+            ),
+            (&t("zigbee2mqtt/kitchen/door"), r#"{"battery":"low"}"#),
+            (&t("zigbee2mqtt/kitchen/window"), "garbage"),
+        ],
+    );
+    let telemetry = format!("{prefix}-telemetry");
+    let arrived = testkit::wait_for(Duration::from_secs(30), || {
+        readings(brokers, &telemetry).len() >= 3
+    });
+    assert!(arrived, "three readings");
+    let mut got: Vec<(String, String, String)> = readings(brokers, &telemetry)
+        .into_iter()
+        .map(|(t, header)| (t.tenant_id, t.device_id, header))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("home".into(), "kitchen/door".into(), "home".into()),
+            (
+                "home".into(),
+                "sensor.kitchen_temperature".into(),
+                "home".into()
+            ),
+            ("plant".into(), "plug-7".into(), "plant".into()),
+        ]
+    );
+    let all = readings(brokers, &telemetry);
+    let door = &all
+        .iter()
+        .find(|(t, _)| t.device_id == "kitchen/door")
+        .unwrap()
+        .0;
+    assert_eq!(door.battery_pct, Some(97.0));
+    assert_eq!(door.device_class.as_deref(), Some("zigbee"));
+    assert_eq!(
+        door.attributes.get("contact").map(String::as_str),
+        Some("true")
+    );
+    let plug = &all.iter().find(|(t, _)| t.device_id == "plug-7").unwrap().0;
+    assert_eq!(plug.signal_dbm, Some(-61.0));
+
+    let codec = Codec::builtin();
+    let dlq = format!("{prefix}-dlq");
+    assert!(testkit::wait_for(Duration::from_secs(30), || read_all(
+        brokers, &dlq
+    )
+    .len()
+        >= 2));
+    let mut dead: Vec<(String, DeadLetterReason)> = read_all(brokers, &dlq)
+        .into_iter()
+        .map(|r| {
+            let d: DeadLetter = codec.decode(&r.value).unwrap();
+            (d.source_topic, d.reason)
+        })
+        .collect();
+    dead.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        dead,
+        [
+            (
+                format!("mqtt:{ns}/zigbee2mqtt/kitchen/door"),
+                DeadLetterReason::InvalidField
+            ),
+            (
+                format!("mqtt:{ns}/zigbee2mqtt/kitchen/window"),
+                DeadLetterReason::Undecodable
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_killed_gateway_and_a_kafka_away_lose_no_message_the_broker_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka_dir = dir.path().join("kafka");
+    let mut kafka = testkit::Service::start_in(Kind::Kafka, &kafka_dir);
+    let brokers = kafka.address().to_string();
+    let mosquitto = shared(Kind::Mosquitto).address();
+    let prefix = unique("mqtt-chaos");
+    let ns = unique("plant");
+    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let telemetry = format!("{prefix}-telemetry");
+    let topic = format!("{ns}/tele/plug-9/STATE");
+    let port = mosquitto.rsplit(':').next().unwrap().to_string();
+    // A plug reporting its uptime, a message per line, at QoS 1.
+    let stream = |from: usize, to: usize| {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-q",
+                "1",
+                "-t",
+                &topic,
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        for i in from..to {
+            writeln!(
+                stdin,
+                r#"{{"POWER":"ON","Uptime":"{i}","Wifi":{{"Signal":-60}}}}"#
+            )
+            .unwrap();
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    };
+    let uptimes = |brokers: &str| -> BTreeSet<String> {
+        readings(brokers, &telemetry)
+            .into_iter()
+            .filter_map(|(t, _)| t.attributes.get("uptime").cloned())
+            .collect()
+    };
+
+    let mut first = gateway(&config, &brokers, &prefix);
+    stream(0, 1_000);
+    assert!(testkit::wait_for(Duration::from_secs(30), || uptimes(
+        &brokers
+    )
+    .len()
+        >= 200));
+    // Killed with messages in hand; the broker keeps the session's unacknowledged and queued
+    // messages while the gateway is away.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    stream(1_000, 2_000);
+    let mut second = gateway(&config, &brokers, &prefix);
+    assert!(testkit::wait_for(Duration::from_secs(60), || uptimes(
+        &brokers
+    )
+    .len()
+        == 2_000));
+
+    // Kafka goes away while the plug keeps talking, and comes back.
+    kafka.kill();
+    stream(2_000, 3_000);
+    let kafka = testkit::Service::start_in(Kind::Kafka, &kafka_dir);
+    assert_eq!(kafka.address(), brokers);
+    let whole = testkit::wait_for(Duration::from_secs(120), || {
+        uptimes(&brokers).len() == 3_000
+    });
+    let seen = uptimes(&brokers);
+    let missing: Vec<usize> = (0..3_000)
+        .filter(|i| !seen.contains(&i.to_string()))
+        .take(10)
+        .collect();
+    assert!(whole, "missing uptimes, first: {missing:?}");
+    // A message sent again is the same reading again.
+    let all = readings(&brokers, &telemetry);
+    for (t, tenant) in &all {
+        assert_eq!((tenant.as_str(), t.device_id.as_str()), ("plant", "plug-9"));
+    }
+    let pid = second.0.id().to_string();
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    assert!(second.0.wait().unwrap().success(), "a clean stop");
+}
