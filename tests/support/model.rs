@@ -732,15 +732,19 @@ impl<'a> DeviceModel<'a> {
         if let Some(r) = self.retired {
             return t < r;
         }
-        let last = self
-            .readings
-            .last()
-            .map(|a| a.t.ts)
-            .into_iter()
-            .chain(self.reg.map(|r| r.at))
-            .max()
-            .unwrap_or(i64::MIN);
+        let last = self.event_times().max().unwrap_or(i64::MIN);
         t < last || (t == last && !after_readings) || t < self.last_wm
+    }
+
+    /// The times of the life's first and last readings and of its registration: what forces
+    /// the device's timers forward, and when the life begins.
+    fn event_times(&self) -> impl Iterator<Item = i64> + '_ {
+        let ends = self
+            .readings
+            .first()
+            .into_iter()
+            .chain(self.readings.last());
+        ends.map(|a| a.t.ts).chain(self.reg.map(|r| r.at))
     }
 
     /// When silence since the reading at `from` makes the device offline: after its timeout,
@@ -1022,14 +1026,7 @@ impl<'a> DeviceModel<'a> {
         out: &mut Vec<Output>,
         all_transitions: &mut Vec<StatusTransition>,
     ) {
-        let begins = self
-            .readings
-            .first()
-            .map(|a| a.t.ts)
-            .into_iter()
-            .chain(self.reg.map(|r| r.at))
-            .min()
-            .unwrap_or(i64::MAX);
+        let begins = self.event_times().min().unwrap_or(i64::MAX);
         let rule_windows: Vec<WindowAggregate> = device_rule_windows
             .iter()
             .filter(|w| begins < w.window_end && self.processed(w.window_end, false))
