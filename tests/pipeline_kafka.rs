@@ -221,6 +221,28 @@ fn a_file_gives_what_a_one_partition_topic_gives() {
     let topic_out = rename(topic_out);
     assert!(topic_out.iter().any(|o| matches!(o, Output::DeadLetter(_))));
     assert_same(rename(file_out), &topic_out, "file against topic");
+
+    // The topic replayed to files, where no inventory topic exists (nothing creates one for a
+    // replay to files): the telemetry is read alone, and gives the same records.
+    let out = tempfile::tempdir().unwrap();
+    let summary_out = run_ok(
+        fleetpulse()
+            .args(["pipeline", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--until-end", "--output", out.path().to_str().unwrap()])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args([
+                "--set",
+                &format!("topics.inventory={}", unique("no-inventory")),
+            ]),
+    );
+    let aggregates = topic_out
+        .iter()
+        .filter(|o| matches!(o, Output::Aggregate(_)))
+        .count();
+    assert_eq!(
+        summary(&summary_out.stdout)["aggregates"].as_u64(),
+        Some(aggregates as u64)
+    );
 }
 
 /// The records of the files `--output` wrote into `dir`, as (key, record), in a fixed order.

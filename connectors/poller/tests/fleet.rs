@@ -178,6 +178,9 @@ struct Running {
     changes: mpsc::UnboundedSender<Change>,
     records: Arc<Mutex<Vec<Telemetry>>>,
     stop: Arc<AtomicBool>,
+    /// The poller, then what collects its records: both end once it stopped and its probes in
+    /// flight are written.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn start(config: PollerConfig, registrations: &[Registration]) -> Running {
@@ -188,10 +191,10 @@ fn start(config: PollerConfig, registrations: &[Registration]) -> Running {
     let (changes, changes_rx) = mpsc::unbounded_channel();
     let (out, mut out_rx) = mpsc::channel(1024);
     let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(poller.run(changes_rx, out, Arc::clone(&stop)));
+    let polling = tokio::spawn(poller.run(changes_rx, out, Arc::clone(&stop)));
     let records = Arc::new(Mutex::new(Vec::new()));
     let keep = Arc::clone(&records);
-    tokio::spawn(async move {
+    let collecting = tokio::spawn(async move {
         while let Some(r) = out_rx.recv().await {
             keep.lock().unwrap().push(r);
         }
@@ -200,6 +203,7 @@ fn start(config: PollerConfig, registrations: &[Registration]) -> Running {
         changes,
         records,
         stop,
+        tasks: vec![polling, collecting],
     }
 }
 
@@ -214,8 +218,13 @@ impl Running {
             .collect()
     }
 
-    fn stop(&self) {
+    /// Stops the poller and waits until its probes in flight are answered and their records
+    /// collected: the devices count a probe when they answer it, before its record is made.
+    async fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks.drain(..) {
+            task.await.unwrap();
+        }
     }
 }
 
@@ -249,9 +258,9 @@ async fn probes_keep_each_class_s_cadence() {
             },
         );
     }
-    let running = start(config, &registrations);
+    let mut running = start(config, &registrations);
     tokio::time::sleep(Duration::from_millis(6_200)).await;
-    running.stop();
+    running.stop().await;
 
     assert!(seen.max_total() <= 6, "global cap: {}", seen.max_total());
     assert!(
@@ -309,9 +318,9 @@ async fn a_fleet_that_wants_more_than_the_caps_gets_exactly_the_caps() {
         http_interval_ms: 500,
         ..PollerConfig::default()
     };
-    let running = start(config, &registrations);
+    let mut running = start(config, &registrations);
     tokio::time::sleep(Duration::from_millis(3_000)).await;
-    running.stop();
+    running.stop().await;
     assert_eq!(
         seen.max_total(),
         6,
@@ -347,7 +356,7 @@ async fn a_hanging_device_opens_its_breaker_and_closes_it_once_it_answers() {
         jitter: 0.0,
         ..PollerConfig::default()
     };
-    let running = start(config, &[registration("cam", None, &url)]);
+    let mut running = start(config, &[registration("cam", None, &url)]);
     tokio::time::sleep(Duration::from_millis(3_300)).await;
     let hung = seen.hits(port(&url)).len();
     // Without the breaker: a probe per interval (33). With it: two that fail, then one trial per
@@ -362,7 +371,7 @@ async fn a_hanging_device_opens_its_breaker_and_closes_it_once_it_answers() {
     hanging.hang.store(false, Ordering::Relaxed);
     // The next trial (within a breaker period) succeeds and closes it: probes every interval.
     tokio::time::sleep(Duration::from_millis(2_300)).await;
-    running.stop();
+    running.stop().await;
     let after = seen.hits(port(&url)).len() - hung;
     assert!(after >= 8, "{after} probes after the device came back");
     assert!(running.records_of("cam").last().is_some_and(|r| r.ok));
@@ -391,7 +400,7 @@ async fn tcp_errors_and_inventory_changes_are_taken_live() {
         jitter: 0.0,
         ..PollerConfig::default()
     };
-    let running = start(
+    let mut running = start(
         config,
         &[
             registration("plc", None, &open_url),
@@ -430,7 +439,7 @@ async fn tcp_errors_and_inventory_changes_are_taken_live() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let plc_then = accepted.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    running.stop();
+    running.stop().await;
     assert!(seen.hits(port(&late)).len() >= 3);
     assert_eq!(
         accepted.load(Ordering::Relaxed),
@@ -455,13 +464,13 @@ async fn two_instances_probe_every_device_exactly_once() {
         instances: 2,
         ..PollerConfig::default()
     };
-    let (a, b) = (
+    let (mut a, mut b) = (
         start(config(0), &registrations),
         start(config(1), &registrations),
     );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    a.stop();
-    b.stop();
+    a.stop().await;
+    b.stop().await;
     let devices = |r: &Running| {
         r.records
             .lock()

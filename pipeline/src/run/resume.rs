@@ -16,6 +16,9 @@ use crate::source::memory::MemoryInput;
 use crate::source::{Input, SourceError};
 use crate::watermark::PartitionClock;
 
+/// How long a worker waits for the inventory topic's metadata once the telemetry's answered.
+const INVENTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens worker `index`'s share of `input` at `start`, read ahead and decoded by `decoder` on a
 /// thread of its own.
 pub(super) fn open(
@@ -29,17 +32,25 @@ pub(super) fn open(
         InputSpec::Kafka(settings) => {
             let (start, at) = split(start);
             let telemetry = Box::new(KafkaInput::new(settings, index, peers, &start)?);
-            match &settings.inventory {
-                Some(topic) => {
-                    let settings = KafkaSettings {
-                        topic: topic.clone(),
-                        inventory: None,
-                        ..settings.clone()
-                    };
-                    let inventory = Box::new(KafkaInput::new(&settings, index, peers, &at)?);
-                    Box::new(Joined::new(telemetry, inventory))
+            let Some(topic) = &settings.inventory else {
+                return Ok(Box::new(Ahead::start(telemetry, decoder)?));
+            };
+            // The brokers answered for the telemetry already: an inventory topic that does not
+            // show within seconds does not exist (no inventory was ever applied, and nothing
+            // created it, as a replay to files does not), and the telemetry is read alone.
+            let settings = KafkaSettings {
+                topic: topic.clone(),
+                inventory: None,
+                topic_wait: Some(INVENTORY_WAIT),
+                ..settings.clone()
+            };
+            match KafkaInput::new(&settings, index, peers, &at) {
+                Ok(inventory) => Box::new(Joined::new(telemetry, Box::new(inventory))),
+                Err(SourceError::NoTopic(_)) => {
+                    tracing::warn!(topic = %topic, "no inventory topic: reading the telemetry alone");
+                    telemetry
                 }
-                None => telemetry,
+                Err(e) => return Err(e),
             }
         }
         InputSpec::File(path) => Box::new(FileInput::open(
