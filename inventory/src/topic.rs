@@ -115,14 +115,41 @@ fn layout<C: ConsumerContext>(
         .collect();
     let mut ends = BTreeMap::new();
     for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, timeout)
-            .map_err(kafka)?;
+        let (low, high) = watermarks(consumer, topic, *p, timeout).map_err(kafka)?;
         if high > low {
             ends.insert(*p, high);
         }
     }
     Ok((partitions, ends))
+}
+
+/// A partition's low and high offsets. A partition whose leader is being elected (just after the
+/// topic was made, or after a broker restart) answers "not leader" for a moment: asked again
+/// until `timeout` has passed.
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    use rdkafka::types::RDKafkaErrorCode::{
+        LeaderNotAvailable, NotLeaderForPartition, UnknownTopicOrPartition,
+    };
+    let started = Instant::now();
+    let mut delays = schemas::retry::Backoff::Unavailable.delays();
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(LeaderNotAvailable | NotLeaderForPartition | UnknownTopicOrPartition)
+                ) && started.elapsed() < timeout =>
+            {
+                std::thread::sleep(delays.next_wait());
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Assigns `partitions` of `topic` to `consumer`, each from its beginning.
