@@ -415,17 +415,7 @@ pub fn model_with(
                 }
             };
             if let Some(reason) = reason {
-                out.push(Output::DeadLetter(DeadLetter {
-                    source_topic: topic.into(),
-                    source_partition: p,
-                    source_offset: offset,
-                    key: None,
-                    raw: rec.value.clone(),
-                    reason,
-                    detail: String::new(),
-                    record_ts: rec.record_time.millis(),
-                    event_id: event_id::dead_letter(topic, p, offset),
-                }));
+                out.push(dead_letter(topic, (p, offset), rec, reason));
             }
         }
         clock.settle(cfg);
@@ -446,17 +436,7 @@ pub fn model_with(
             let (tenant, device, reg) = match registration(&codec, rec, cfg) {
                 Ok(r) => r,
                 Err(reason) => {
-                    out.push(Output::DeadLetter(DeadLetter {
-                        source_topic: inventory.topic.into(),
-                        source_partition: p,
-                        source_offset: offset,
-                        key: None,
-                        raw: rec.value.clone(),
-                        reason,
-                        detail: String::new(),
-                        record_ts: rec.record_time.millis(),
-                        event_id: event_id::dead_letter(inventory.topic, p, offset),
-                    }));
+                    out.push(dead_letter(inventory.topic, (p, offset), rec, reason));
                     continue;
                 }
             };
@@ -545,6 +525,27 @@ pub fn model_with(
         i = j;
     }
     out
+}
+
+/// The dead letter of `rec`, read at `partition`/`offset` of `topic`, for `reason` (the model
+/// does not restate details).
+fn dead_letter(
+    topic: &str,
+    (partition, offset): (i32, i64),
+    rec: &MemoryRecord,
+    reason: DeadLetterReason,
+) -> Output {
+    Output::DeadLetter(DeadLetter {
+        source_topic: topic.into(),
+        source_partition: partition,
+        source_offset: offset,
+        key: None,
+        raw: rec.value.clone(),
+        reason,
+        detail: String::new(),
+        record_ts: rec.record_time.millis(),
+        event_id: event_id::dead_letter(topic, partition, offset),
+    })
 }
 
 fn last_seen(tenant: &str, device: &str, class: &Option<String>, ts: i64) -> Output {

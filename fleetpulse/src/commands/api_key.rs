@@ -30,12 +30,6 @@ pub enum ApiKeyCommand {
     },
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 pub(crate) fn run(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
     let path = super::ingest::keys_file(config)?;
     let mut file = KeyFile::load(path)?;
@@ -45,7 +39,7 @@ pub(crate) fn run(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()>
             device,
             name,
         } => {
-            let key = file.create(&tenant, device.as_deref(), name.as_deref(), now_ms())?;
+            let key = file.create(&tenant, device.as_deref(), name.as_deref(), super::now_ms())?;
             file.save(path)?;
             let id = file.keys.last().map(|k| k.id.clone()).unwrap_or_default();
             println!("{}", serde_json::json!({ "id": id, "key": key }));
@@ -65,7 +59,7 @@ pub(crate) fn run(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()>
             }
         }
         ApiKeyCommand::Revoke { id } => {
-            file.revoke(&id, now_ms())?;
+            file.revoke(&id, super::now_ms())?;
             file.save(path)?;
             println!("{}", serde_json::json!({ "revoked": id }));
         }

@@ -54,12 +54,6 @@ pub(crate) fn keys_file(config: &Config) -> anyhow::Result<&std::path::Path> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     let c = &config.ingest;
     let path = keys_file(config)?;
@@ -122,7 +116,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         limits: config.pipeline.limits,
         on_foreign_claim: c.on_foreign_claim,
     };
-    let app = Arc::new(App::new(c, keys, rules, producer, now_ms));
+    let app = Arc::new(App::new(c, keys, rules, producer, super::now_ms));
     let listener = crate::serve::Listener::bind(
         "ingest",
         c.listen,

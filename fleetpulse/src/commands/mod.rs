@@ -66,6 +66,14 @@ pub(crate) async fn codec(config: &Config, kinds: &[RecordKind]) -> anyhow::Resu
     }
 }
 
+/// The wall clock, ms since the epoch: when keys are made and revoked, and what a reading
+/// without a time of its own is stamped with.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A flag set on Ctrl-C or SIGTERM: how a long-running command learns it should stop. A second
 /// signal exits at once: a stop waits for Kafka or ClickHouse to acknowledge what is in hand,
 /// which never happens if they are gone for good. Nothing is lost by it: what was not

@@ -43,12 +43,6 @@ impl IngestBench {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Serves `fleetpulse ingest` on loopback, writing to `topic` under a key of tenant `bench`;
 /// its URL and the key.
 async fn serve(
@@ -57,7 +51,7 @@ async fn serve(
     keys: &std::path::Path,
 ) -> anyhow::Result<(String, String)> {
     let mut file = KeyFile::default();
-    let key = file.create("bench", None, Some("bench"), now_ms())?;
+    let key = file.create("bench", None, Some("bench"), crate::commands::now_ms())?;
     file.save(keys)?;
     let ingest = IngestConfig {
         readings_per_s: u32::MAX,
@@ -81,7 +75,7 @@ async fn serve(
         Arc::new(Keys::open(keys)?),
         rules,
         producer,
-        now_ms,
+        crate::commands::now_ms,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/telemetry", listener.local_addr()?);
