@@ -1,7 +1,8 @@
 //! `fleetpulse mqtt` against the real Debian Mosquitto and the real Kafka broker: Zigbee2MQTT,
 //! Home Assistant statestream and Tasmota payloads, as those projects document them, become the
 //! expected telemetry, with the mapping's tenant in the record header; payloads that do not fit
-//! go to the DLQ with their MQTT topic; bridge topics are ignored. And a stream at QoS 1 with the
+//! go to the DLQ with their MQTT topic; bridge topics are ignored; availability messages and a
+//! last will become `reported_offline` and `resumed` in the pipeline. And a stream at QoS 1 with the
 //! gateway killed (SIGKILL) mid-stream and restarted, and then Kafka stopped and restarted while
 //! messages keep coming, ends up whole on the telemetry topic: every message the broker accepted,
 //! duplicates only as the same reading.
@@ -87,7 +88,17 @@ fn publish(url: &str, messages: &[(&String, &str)]) {
     }
 }
 
+/// The readings on `topic` with their tenant header; availability reports left out.
 fn readings(brokers: &str, topic: &str) -> Vec<(Telemetry, String)> {
+    records(brokers, topic)
+        .into_iter()
+        .filter(|(_, _, availability)| availability.is_none())
+        .map(|(t, tenant, _)| (t, tenant))
+        .collect()
+}
+
+/// Every record on `topic`, with its tenant and availability headers.
+fn records(brokers: &str, topic: &str) -> Vec<(Telemetry, String, Option<String>)> {
     let codec = Codec::builtin();
     read_all(brokers, topic)
         .into_iter()
@@ -95,9 +106,10 @@ fn readings(brokers: &str, topic: &str) -> Vec<(Telemetry, String)> {
             (
                 codec.decode::<Telemetry>(&r.value).unwrap(),
                 r.headers
-                    .get("fleetpulse-tenant")
+                    .get(schemas::headers::TENANT)
                     .cloned()
                     .unwrap_or_default(),
+                r.headers.get(schemas::headers::AVAILABILITY).cloned(),
             )
         })
         .collect()
@@ -136,9 +148,17 @@ fn the_presets_map_documented_payloads_and_the_rest_is_a_dead_letter() {
     );
     let telemetry = format!("{prefix}-telemetry");
     let arrived = testkit::wait_for(Duration::from_secs(30), || {
-        readings(brokers, &telemetry).len() >= 3
+        records(brokers, &telemetry).len() >= 4
     });
-    assert!(arrived, "three readings");
+    assert!(arrived, "three readings and a report");
+    let reports: Vec<_> = records(brokers, &telemetry)
+        .into_iter()
+        .filter_map(|(t, tenant, a)| a.map(|a| (t.device_id, tenant, a)))
+        .collect();
+    assert_eq!(
+        reports,
+        [("kitchen/door".into(), "home".into(), "offline".into())]
+    );
     let mut got: Vec<(String, String, String)> = readings(brokers, &telemetry)
         .into_iter()
         .map(|(t, header)| (t.tenant_id, t.device_id, header))
@@ -290,4 +310,107 @@ fn a_killed_gateway_and_a_kafka_away_lose_no_message_the_broker_accepted() {
     let pid = second.0.id().to_string();
     run_ok(Command::new("kill").args(["-TERM", &pid]));
     assert!(second.0.wait().unwrap().success(), "a clean stop");
+}
+
+/// Zigbee2MQTT's availability messages, Home Assistant's `unavailable` and an MQTT last will
+/// (a device's client killed, the broker publishing its will) become reports on the telemetry
+/// topic, and the pipeline (taking the tenant only from the gateway's header) turns them into
+/// `reported_offline` at once and `resumed`; a report counts in no aggregate.
+#[test]
+fn availability_reports_give_reported_offline_and_resumed() {
+    use schemas::{StatusTransition, TransitionReason, WindowAggregate};
+
+    let brokers = shared(Kind::Kafka).address();
+    let mosquitto = shared(Kind::Mosquitto).address();
+    let port = mosquitto.rsplit(':').next().unwrap().to_string();
+    let prefix = unique("mqtt-availability");
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("home");
+    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let _gateway = gateway(&config, brokers, &prefix);
+    let t = |topic: &str| format!("{ns}/{topic}");
+    publish(
+        mosquitto,
+        &[
+            (
+                &t("zigbee2mqtt/kitchen/door"),
+                r#"{"battery":97,"contact":true}"#,
+            ),
+            (
+                &t("zigbee2mqtt/kitchen/door/availability"),
+                r#"{"state":"offline"}"#,
+            ),
+            (
+                &t("zigbee2mqtt/kitchen/door/availability"),
+                r#"{"state":"online"}"#,
+            ),
+            (&t("homeassistant/sensor/kitchen_temperature/state"), "21.5"),
+            (
+                &t("homeassistant/sensor/kitchen_temperature/state"),
+                "unavailable",
+            ),
+            (&t("homeassistant/sensor/kitchen_temperature/state"), "22.0"),
+            (
+                &t("zigbee2mqtt/porch/motion"),
+                r#"{"battery":80,"occupancy":false}"#,
+            ),
+        ],
+    );
+    // The porch sensor's client leaves a last will and dies without a word: the broker
+    // publishes the will.
+    let mut device = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
+        .args(["-i", &unique("porch"), "-t", &t("porch/commands")])
+        .args(["--will-topic", &t("zigbee2mqtt/porch/motion/availability")])
+        .args(["--will-payload", "offline", "--will-qos", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    device.kill().unwrap();
+    device.wait().unwrap();
+
+    let telemetry = format!("{prefix}-telemetry");
+    let arrived = testkit::wait_for(Duration::from_secs(30), || {
+        records(brokers, &telemetry).len() >= 8
+    });
+    assert!(arrived, "four readings and four reports");
+    run_ok(
+        fleetpulse()
+            .args(["pipeline", "--brokers", brokers, "--listen", "127.0.0.1:0"])
+            .args(["--until-end", "-w", "1"])
+            .args(["--set", &format!("topics.telemetry={telemetry}")])
+            .args(["--set", "pipeline.tenant_source=header"])
+            .args(derived_topics(&prefix)),
+    );
+    let codec = Codec::builtin();
+    let mut statuses: Vec<StatusTransition> = read_all(brokers, &format!("{prefix}-status"))
+        .into_iter()
+        .map(|r| codec.decode(&r.value).unwrap())
+        .collect();
+    statuses.sort_by_key(|s| s.ts);
+    let reasons = |device: &str| -> Vec<TransitionReason> {
+        statuses
+            .iter()
+            .filter(|s| s.tenant_id == "home" && s.device_id == device)
+            .map(|s| s.reason)
+            .collect()
+    };
+    use TransitionReason::{FirstSeen, ReportedOffline, Resumed};
+    assert_eq!(
+        reasons("kitchen/door"),
+        [FirstSeen, ReportedOffline, Resumed]
+    );
+    assert_eq!(
+        reasons("sensor.kitchen_temperature"),
+        [FirstSeen, ReportedOffline, Resumed]
+    );
+    assert_eq!(reasons("porch/motion"), [FirstSeen, ReportedOffline]);
+    let door: i64 = read_all(brokers, &format!("{prefix}-aggregates"))
+        .into_iter()
+        .map(|r| codec.decode::<WindowAggregate>(&r.value).unwrap())
+        .filter(|a| a.device_id == "kitchen/door" && a.window_end - a.window_start == 60_000)
+        .map(|a| a.count)
+        .sum();
+    assert_eq!(door, 1, "the door's one reading; its reports are none");
 }

@@ -383,6 +383,7 @@ impl Device {
                 monitored,
             } => return self.register(r, interval_ms, monitored, ctx),
             ReadingKind::Decommissioned => return self.decommission(r.ts, ctx),
+            ReadingKind::ReportedOffline => return self.reported_offline(r.ts, ctx),
             _ => {}
         }
         if !self.enrolment.as_ref().is_some_and(|e| e.class)

@@ -141,7 +141,8 @@ impl Engine {
     /// Queues a reading until the frontier passes its `ts`; its arrival may announce its
     /// device's last-seen time, into `out`.
     pub fn push(&mut self, mut r: Reading, out: &mut Vec<Output>) {
-        if !r.kind.is_inventory() && self.announcer.arrive(&r, self.cfg.lastseen_interval_ms) {
+        let seen = !r.kind.is_inventory() && r.kind != ReadingKind::ReportedOffline;
+        if seen && self.announcer.arrive(&r, self.cfg.lastseen_interval_ms) {
             r.announced = true;
             out.push(lastseen::record(
                 &r.tenant_id,
@@ -274,8 +275,14 @@ impl Engine {
         }
         let slot = match known {
             Some(slot) => slot,
-            // Nothing to decommission: the device is not (or no longer) known.
-            None if r.kind == ReadingKind::Decommissioned => return,
+            // Nothing to decommission or take offline: the device is not (or no longer) known.
+            None if matches!(
+                r.kind,
+                ReadingKind::Decommissioned | ReadingKind::ReportedOffline
+            ) =>
+            {
+                return;
+            }
             None => self.slot(r, ctx),
         };
         self.devices[slot as usize].reading(r, ctx);

@@ -39,6 +39,11 @@ pub fn device_never_seen() {
     counter!("fleetpulse_pipeline_devices_never_seen_total").increment(1);
 }
 
+/// An online device was reported offline (`reported_offline`).
+pub fn device_reported_offline() {
+    counter!("fleetpulse_pipeline_devices_reported_offline_total").increment(1);
+}
+
 /// Whether the brokers answer (1) or not (0).
 pub fn brokers_up(up: bool) {
     gauge!("fleetpulse_pipeline_brokers_up").set(if up { 1.0 } else { 0.0 });

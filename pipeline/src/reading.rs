@@ -49,7 +49,8 @@ pub enum ReadingKind {
     /// A reading re-timed by the device's clock offset (`ts` is its stamp minus the offset).
     Retimed,
     /// A reading the DLQ took (its clock could not be trusted); it only says the device
-    /// reported, at `ts`, the partition's clock truth when it arrived.
+    /// reported, at `ts`, the partition's clock truth when it arrived. An availability report
+    /// of being online is taken the same way: a sign of life, no measurement.
     Arrival,
     /// The device's registration in the inventory, at its record's time; `device_class` is the
     /// registered class.
@@ -63,6 +64,8 @@ pub enum ReadingKind {
     },
     /// The device's registration was removed (a tombstone), at its record's time.
     Decommissioned,
+    /// The device, or the bridge it speaks through, reported it offline: no sign of life.
+    ReportedOffline,
 }
 
 impl ReadingKind {

@@ -40,6 +40,7 @@ fn job(
 
 fn record(t: &Telemetry) -> MemoryRecord {
     MemoryRecord {
+        headers: Vec::new(),
         record_time: RecordTime::Producer(t.ts),
         key: None,
         value: Codec::builtin().encode(t).unwrap_or_default(),

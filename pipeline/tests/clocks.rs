@@ -184,6 +184,7 @@ fn build(
         };
         let value = codec.encode(&s.telemetry).unwrap_or_default();
         out[s.partition].push(MemoryRecord {
+            headers: Vec::new(),
             record_time,
             key: None,
             value,

@@ -37,6 +37,7 @@ fn an_idle_input_follows_the_clock_and_says_so() {
                 ..Telemetry::example()
             };
             MemoryRecord {
+                headers: Vec::new(),
                 record_time: RecordTime::Producer(t.ts),
                 key: None,
                 value: codec.encode(&t).expect("encodes"),

@@ -26,6 +26,7 @@ fn reading(device: &str, class: Option<&str>, ts: i64) -> MemoryRecord {
         ..Telemetry::example()
     };
     MemoryRecord {
+        headers: Vec::new(),
         record_time: RecordTime::Producer(ts),
         key: None,
         value: Codec::builtin().encode(&t).unwrap_or_default(),
@@ -38,6 +39,7 @@ fn key(device: &str) -> Option<Vec<u8>> {
 
 fn registered(r: Registration, at: i64) -> MemoryRecord {
     MemoryRecord {
+        headers: Vec::new(),
         record_time: RecordTime::Producer(at),
         key: key(&r.device_id),
         value: Codec::builtin().encode(&r).unwrap_or_default(),
@@ -46,6 +48,7 @@ fn registered(r: Registration, at: i64) -> MemoryRecord {
 
 fn tombstone(device: &str, at: i64) -> MemoryRecord {
     MemoryRecord {
+        headers: Vec::new(),
         record_time: RecordTime::Producer(at),
         key: key(device),
         value: Vec::new(),
@@ -235,16 +238,19 @@ fn inventory_records_that_are_no_registration_are_dead_letters_of_the_inventory(
         fleet(&["d"], None, 60_000),
         vec![
             MemoryRecord {
+                headers: Vec::new(),
                 record_time: RecordTime::Producer(T0),
                 key: key("x"),
                 value: b"garbage".to_vec(),
             },
             MemoryRecord {
+                headers: Vec::new(),
                 record_time: RecordTime::Producer(T0),
                 key: Some(b"not a key".to_vec()),
                 value: Vec::new(),
             },
             MemoryRecord {
+                headers: Vec::new(),
                 record_time: RecordTime::None,
                 key: key("d"),
                 value: Vec::new(),

@@ -1,6 +1,6 @@
 //! Property tests: the dataflow, on one worker and on several, agrees record for record with
-//! the reference model (tests/support/model.rs) on random streams of telemetry and inventory
-//! records, and no input stops the job or is lost.
+//! the reference model (tests/support/model.rs) on random streams of telemetry (availability
+//! reports among it) and inventory records, and no input stops the job or is lost.
 
 #[path = "../../tests/support/model.rs"]
 mod reference;
@@ -202,7 +202,7 @@ fn device_spec() -> impl Strategy<Value = DeviceSpec> {
 const INVENTORY_PARTITIONS: usize = 2;
 
 /// Lays the devices' readings out on partitions in send order, with out-of-order, late, future
-/// and malformed messages mixed in by the marks; and their registrations and tombstones on the
+/// and malformed messages and availability reports mixed in by the marks; and their registrations and tombstones on the
 /// inventory's partitions in the order they were written, with a record that is no
 /// registration on some.
 fn build(devices: &[DeviceSpec], partitions: usize) -> Input {
@@ -227,6 +227,7 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Input {
                 at,
                 d,
                 MemoryRecord {
+                    headers: Vec::new(),
                     record_time: RecordTime::Producer(at - e.stamped_back),
                     key: key.clone(),
                     value: codec.encode(&registration).unwrap_or_default(),
@@ -237,6 +238,7 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Input {
                     at,
                     d,
                     MemoryRecord {
+                        headers: Vec::new(),
                         record_time: RecordTime::Producer(at),
                         key: key.clone(),
                         value: b"not a registration".to_vec(),
@@ -248,6 +250,7 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Input {
                     at + after,
                     d,
                     MemoryRecord {
+                        headers: Vec::new(),
                         record_time: RecordTime::Producer(at + after),
                         key,
                         value: Vec::new(),
@@ -270,6 +273,18 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Input {
             if kind == 7 {
                 ts = sent + 120_000;
             }
+            // An availability report instead of a reading: offline, online, neither, and
+            // offline sent late.
+            let availability: Option<&[u8]> = match kind {
+                14 => Some(b"offline"),
+                15 => Some(b"online"),
+                16 => Some(b"unplugged"),
+                17 => {
+                    ts = sent - 30_000;
+                    Some(b"offline")
+                }
+                _ => None,
+            };
             let offset = if (i / 8) % 2 == 1 {
                 spec.clock.1
             } else {
@@ -327,6 +342,10 @@ fn build(devices: &[DeviceSpec], partitions: usize) -> Input {
                 sent,
                 d,
                 MemoryRecord {
+                    headers: availability
+                        .map(|a| (schemas::headers::AVAILABILITY.to_string(), a.to_vec()))
+                        .into_iter()
+                        .collect(),
                     record_time,
                     key: None,
                     value,
@@ -484,6 +503,7 @@ fn the_random_streams_cover_every_rule() {
         "Retired",
         "NeverSeen",
         "Decommissioned",
+        "ReportedOffline",
     ] {
         assert!(seen.contains(want), "no {want} in {seen:?}");
     }
@@ -523,7 +543,8 @@ proptest! {
         let n = messages.len();
         let partitions: Input = vec![messages
             .into_iter()
-            .map(|value| MemoryRecord { record_time: RecordTime::Producer(T0 + 50_000), key: None, value })
+            .map(|value| MemoryRecord {
+ headers: Vec::new(), record_time: RecordTime::Producer(T0 + 50_000), key: None, value })
             .collect::<Vec<_>>()].into();
         let cfg = test_config();
         let out = dataflow(&partitions, &cfg, 2);

@@ -60,6 +60,7 @@ fn input() -> Input {
             continue;
         }
         partitions[(route(&event.key) % 3) as usize].push(MemoryRecord {
+            headers: Vec::new(),
             record_time: RecordTime::Producer(event.record_ts),
             key: None,
             value,
@@ -68,6 +69,7 @@ fn input() -> Input {
     let mut inventory = vec![Vec::new(); 2];
     let mut write = |r: Option<&Registration>, tenant: &str, device: &str, at: i64| {
         inventory[(at / 1_000 % 2) as usize].push(MemoryRecord {
+            headers: Vec::new(),
             record_time: RecordTime::Producer(at),
             key: serde_json::to_vec(&[tenant, device]).ok(),
             value: r.map_or(Vec::new(), |r| codec.encode(r).unwrap_or_default()),

@@ -155,6 +155,9 @@ pub enum TransitionReason {
     /// Removed from the inventory: its last transition; its state is freed, and its next
     /// reading is `first_seen` again.
     Decommissioned,
+    /// The device, or the bridge it speaks through, said it is offline (an availability
+    /// report): offline at once, not after the timeout.
+    ReportedOffline,
 }
 
 /// A device went online or offline.

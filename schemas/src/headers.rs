@@ -9,3 +9,9 @@ pub const TENANT: &str = "fleetpulse-tenant";
 
 /// The device, when the credential was the device's own.
 pub const DEVICE: &str = "fleetpulse-device";
+
+/// On a record that is an availability report rather than a reading: `online` or `offline`.
+/// The record's body is a reading of the device at the report's time (`ok` the same as the
+/// header); the pipeline takes an `offline` as the device going offline at once
+/// (`reported_offline`), and an `online` as a sign of life that counts in no aggregate.
+pub const AVAILABILITY: &str = "fleetpulse-availability";

@@ -106,8 +106,8 @@ const BUILTIN: [BuiltinSchema; 13] = [
         version: 1,
         json: include_str!("../avro/registration.avsc"),
     },
-    // Version 3 of the status transition (the inventory): the never_seen and decommissioned
-    // reasons.
+    // Version 3 of the status transition (the inventory and push ingest): the never_seen,
+    // decommissioned and reported_offline reasons.
     BuiltinSchema {
         id: 13,
         kind: RecordKind::StatusTransition,

@@ -349,7 +349,7 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Read> {
 }
 
 /// `topic` as the reference model's input: each partition's records in offset order, with their
-/// keys (an inventory's tombstones are only a key).
+/// keys (an inventory's tombstones are only a key) and headers.
 pub fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>> {
     let mut read = read_all(brokers, topic);
     read.sort_by_key(|m| (m.partition, m.offset));
@@ -357,6 +357,11 @@ pub fn topic_as_partitions(brokers: &str, topic: &str) -> Vec<Vec<MemoryRecord>>
     let mut out = vec![Vec::new(); partitions];
     for m in read {
         out[m.partition as usize].push(MemoryRecord {
+            headers: m
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect(),
             record_time: m.timestamp,
             key: Some(m.key),
             value: m.value,

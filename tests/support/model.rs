@@ -40,8 +40,10 @@ enum Kind {
     Stamped,
     /// Re-timed by the device's clock offset.
     Retimed,
-    /// Only its arrival counts (the DLQ took the reading).
+    /// Only its arrival counts (the DLQ took the reading, or it is a report of being online).
     Arrival,
+    /// A report of going offline: no sign of life, no measurement.
+    Offline,
 }
 
 /// An accepted reading with its position; `t.ts` is the time it is taken at.
@@ -377,27 +379,44 @@ pub fn model_with(
                     .decode_telemetry(&rec.value, InputFormat::Auto)
                     .map_err(|e| e.reason())
             };
+            let report = rec
+                .headers
+                .iter()
+                .find(|(name, _)| name == schemas::headers::AVAILABILITY)
+                .map(|(_, value)| match value.as_slice() {
+                    b"online" => Some(Kind::Arrival),
+                    b"offline" => Some(Kind::Offline),
+                    _ => None,
+                });
             let reason = match decoded {
                 Err(reason) => Some(reason),
-                Ok(t) if over_limits(rec.value.len(), &t, cfg) => {
+                Ok(t) if over_limits(rec.value.len(), &t, cfg) || report == Some(None) => {
                     Some(DeadLetterReason::InvalidField)
                 }
                 Ok(t) => {
+                    let report = report.flatten();
                     // The device's key: tenant and id, which no two distinct pairs share.
                     let key = format!("{}\u{0}{}", t.tenant_id, t.device_id);
                     let judged = clock.judge(&key, t.ts, rec.record_time, cfg);
                     clock.follow(cfg);
+                    // A report is judged as a reading is; one of going offline says nothing of
+                    // the device being there when it is rejected.
                     let (accept, reason) = match judged {
-                        Judgement::Accept(ts, offset, kind) => (Some((ts, offset, kind)), None),
+                        Judgement::Accept(ts, offset, kind) => {
+                            (Some((ts, offset, report.unwrap_or(kind))), None)
+                        }
                         Judgement::Reject(reason, arrival) => (
-                            arrival.map(|(at, offset)| (at, offset, Kind::Arrival)),
+                            arrival
+                                .filter(|_| report != Some(Kind::Offline))
+                                .map(|(at, offset)| (at, offset, Kind::Arrival)),
                             Some(reason),
                         ),
                     };
                     if let Some((ts, clock, kind)) = accept {
-                        let due = announced
-                            .get(&key)
-                            .is_none_or(|last| ts >= last + cfg.lastseen_interval_ms);
+                        let due = kind != Kind::Offline
+                            && announced
+                                .get(&key)
+                                .is_none_or(|last| ts >= last + cfg.lastseen_interval_ms);
                         if due {
                             announced.insert(key, ts);
                             out.push(last_seen(&t.tenant_id, &t.device_id, &t.device_class, ts));
@@ -578,6 +597,13 @@ struct Life {
     end: End,
 }
 
+impl Life {
+    /// The life's latest sign of life: its last reading that is no offline report.
+    fn last_seen(&self) -> Option<&Accepted> {
+        self.readings.iter().rev().find(|a| a.kind != Kind::Offline)
+    }
+}
+
 /// A device's readings and inventory events cut into lives: a device silent past the retention
 /// (unless registered) is retired, a tombstone decommissions it, and what follows is a new
 /// device. Events of one millisecond come in the pipeline's order: readings before inventory
@@ -608,8 +634,7 @@ fn lives(readings: Vec<Accepted>, events: Vec<InventoryEvent>, cfg: &PipelineCon
     for ((t, _, _), event) in all {
         if let Some(life) = current.take() {
             let retire = life
-                .readings
-                .last()
+                .last_seen()
                 .filter(|_| life.reg.is_none())
                 .map(|a| a.t.ts + cfg.device_retention_ms)
                 .filter(|x| t > *x);
@@ -622,6 +647,12 @@ fn lives(readings: Vec<Accepted>, events: Vec<InventoryEvent>, cfg: &PipelineCon
             }
         }
         match event {
+            // A device nobody knows is not taken offline, nor known after.
+            Event::Reading(a) if a.kind == Kind::Offline => {
+                if let Some(life) = current.as_mut() {
+                    life.readings.push(a);
+                }
+            }
             Event::Reading(a) => current.get_or_insert_with(fresh).readings.push(a),
             Event::Inventory(InventoryEvent { reg: Some(r), .. }) => {
                 let life = current.get_or_insert_with(fresh);
@@ -694,9 +725,13 @@ impl<'a> DeviceModel<'a> {
         let reg = life.reg.as_ref();
         // The model takes a device's class as fixed (every fleet in the tests keeps it); the
         // pipeline follows the class of each reading, which only differs when it changes.
-        let class = reg
-            .and_then(|r| r.class.clone())
-            .or_else(|| readings.iter().rev().find_map(|a| a.t.device_class.clone()));
+        let class = reg.and_then(|r| r.class.clone()).or_else(|| {
+            readings
+                .iter()
+                .rev()
+                .filter(|a| a.kind != Kind::Offline)
+                .find_map(|a| a.t.device_class.clone())
+        });
         let mut d = DeviceModel {
             tenant,
             device,
@@ -713,8 +748,8 @@ impl<'a> DeviceModel<'a> {
             End::Retired(x) => d.retired = Some(x),
             End::Decommissioned(t) => d.decommissioned = Some(t),
             End::Open => {
-                let retire = readings
-                    .last()
+                let retire = life
+                    .last_seen()
                     .filter(|_| reg.is_none())
                     .map(|a| a.t.ts + cfg.device_retention_ms);
                 d.retired = retire.filter(|r| d.processed(*r, true));
@@ -737,8 +772,8 @@ impl<'a> DeviceModel<'a> {
         t < last || (t == last && !after_readings) || t < self.last_wm
     }
 
-    /// The times of the life's first and last readings and of its registration: what forces
-    /// the device's timers forward, and when the life begins.
+    /// The times of the life's first and last readings (or reports) and of its registration:
+    /// what forces the device's timers forward, and when the life begins.
     fn event_times(&self) -> impl Iterator<Item = i64> + '_ {
         let ends = self
             .readings
@@ -766,10 +801,25 @@ impl<'a> DeviceModel<'a> {
         }
     }
 
+    /// The life's signs of life, with their places among its readings: all but offline reports.
+    fn seen(&self) -> impl Iterator<Item = (usize, &Accepted)> + '_ {
+        self.readings
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.kind != Kind::Offline)
+    }
+
+    /// Whether an offline report comes among the readings `from..to`.
+    fn reported_offline(&self, from: usize, to: usize) -> bool {
+        self.readings[from..to]
+            .iter()
+            .any(|a| a.kind == Kind::Offline)
+    }
+
     /// The registration the device was expected by before it ever reported, if any.
     fn expected(&self) -> Option<&Reg> {
         self.reg
-            .filter(|r| r.monitored && self.readings.first().is_none_or(|a| r.at < a.t.ts))
+            .filter(|r| r.monitored && self.seen().next().is_none_or(|(_, a)| r.at < a.t.ts))
     }
 
     /// Presence: transitions, with the offline intervals they imply.
@@ -792,7 +842,7 @@ impl<'a> DeviceModel<'a> {
         let mut never_seen = false;
         if let Some(r) = self.expected() {
             let due = self.deadline(r.at);
-            let first = self.readings.first().map(|a| a.t.ts);
+            let first = self.seen().next().map(|(_, a)| a.t.ts);
             if first.is_none_or(|f| due < f) && self.processed(due, true) {
                 out.push(status(
                     DeviceStatus::Offline,
@@ -806,65 +856,86 @@ impl<'a> DeviceModel<'a> {
                 never_seen = true;
             }
         }
-        for (i, a) in self.readings.iter().enumerate() {
+        // The latest sign of life, and whether the device is online after it.
+        let mut last: Option<i64> = None;
+        let mut online = false;
+        for a in self.readings {
             let ts = a.t.ts;
-            if i == 0 {
-                let previous = never_seen.then_some(DeviceStatus::Offline);
+            if let Some(prev) = last.filter(|_| online) {
+                let deadline = self.deadline(prev);
+                if deadline < ts {
+                    out.push(status(
+                        DeviceStatus::Offline,
+                        Some(DeviceStatus::Online),
+                        deadline,
+                        prev,
+                        TransitionReason::Timeout,
+                        since,
+                    ));
+                    since = deadline;
+                    online = false;
+                }
+            }
+            if a.kind == Kind::Offline {
+                if let Some(prev) = last.filter(|_| online) {
+                    out.push(status(
+                        DeviceStatus::Offline,
+                        Some(DeviceStatus::Online),
+                        ts,
+                        prev,
+                        TransitionReason::ReportedOffline,
+                        since,
+                    ));
+                    since = ts;
+                    online = false;
+                }
+                continue;
+            }
+            if !online {
+                let (previous, last_seen, reason) = match last {
+                    None => (
+                        never_seen.then_some(DeviceStatus::Offline),
+                        ts,
+                        TransitionReason::FirstSeen,
+                    ),
+                    Some(prev) => (Some(DeviceStatus::Offline), prev, TransitionReason::Resumed),
+                };
                 out.push(status(
                     DeviceStatus::Online,
                     previous,
                     ts,
-                    ts,
-                    TransitionReason::FirstSeen,
+                    last_seen,
+                    reason,
                     since,
                 ));
                 since = ts;
-                continue;
+                online = true;
             }
-            let prev = self.readings[i - 1].t.ts;
-            let deadline = self.deadline(prev);
-            if deadline < ts {
-                out.push(status(
-                    DeviceStatus::Offline,
-                    Some(DeviceStatus::Online),
-                    deadline,
-                    prev,
-                    TransitionReason::Timeout,
-                    since,
-                ));
-                out.push(status(
-                    DeviceStatus::Online,
-                    Some(DeviceStatus::Offline),
-                    ts,
-                    prev,
-                    TransitionReason::Resumed,
-                    deadline,
-                ));
-                since = ts;
-            }
+            last = Some(ts);
         }
         let mut previous = never_seen.then_some(DeviceStatus::Offline);
-        if let Some(last) = self.readings.last() {
-            let deadline = self.deadline(last.t.ts);
-            previous = Some(DeviceStatus::Online);
-            if self.processed(deadline, true) {
+        if let Some(last) = last {
+            previous = Some(DeviceStatus::Offline);
+            let deadline = self.deadline(last);
+            if online && self.processed(deadline, true) {
                 out.push(status(
                     DeviceStatus::Offline,
                     Some(DeviceStatus::Online),
                     deadline,
-                    last.t.ts,
+                    last,
                     TransitionReason::Timeout,
                     since,
                 ));
                 since = deadline;
-                previous = Some(DeviceStatus::Offline);
+            } else if online {
+                previous = Some(DeviceStatus::Online);
             }
             if let Some(r) = self.retired {
                 out.push(status(
                     DeviceStatus::Offline,
                     previous,
                     r,
-                    last.t.ts,
+                    last,
                     TransitionReason::Retired,
                     since,
                 ));
@@ -872,9 +943,9 @@ impl<'a> DeviceModel<'a> {
         }
         if let (Some(d), Some(_)) = (self.decommissioned, previous) {
             let last_seen = self
-                .readings
+                .seen()
                 .last()
-                .map(|a| a.t.ts)
+                .map(|(_, a)| a.t.ts)
                 .or(self.reg.map(|r| r.at))
                 .unwrap_or(d);
             out.push(status(
@@ -932,7 +1003,8 @@ impl<'a> DeviceModel<'a> {
         transitions: &[StatusTransition],
     ) -> Vec<(WindowAggregate, f64)> {
         let mut groups: BTreeMap<i64, Vec<&Accepted>> = BTreeMap::new();
-        for a in readings.iter().copied().filter(|a| a.kind != Kind::Arrival) {
+        let measured = |a: &&Accepted| !matches!(a.kind, Kind::Arrival | Kind::Offline);
+        for a in readings.iter().copied().filter(measured) {
             groups
                 .entry(a.t.ts.div_euclid(size) * size)
                 .or_default()
@@ -967,6 +1039,7 @@ impl<'a> DeviceModel<'a> {
                 let rt_p95 = digest.quantile(0.95);
                 let opened = readings
                     .iter()
+                    .filter(|a| a.kind != Kind::Offline)
                     .map(|a| a.t.ts)
                     .filter(|ts| (start..end).contains(ts))
                     .min()
@@ -1013,7 +1086,7 @@ impl<'a> DeviceModel<'a> {
     fn transitions(&self) -> Vec<StatusTransition> {
         let mut transitions = self.presence();
         for t in &mut transitions {
-            t.device_class = self.class_at(t.ts, t.status);
+            t.device_class = self.class_at(t);
         }
         transitions
     }
@@ -1043,24 +1116,32 @@ impl<'a> DeviceModel<'a> {
 
     /// What the device side tells of its last-seen times: a reading not announced on arrival
     /// goes out when it brings the device online, or when neither a reading nor the end of the
-    /// life came within an interval (or the offline timeout, whichever is shorter) after it.
+    /// life came within an interval (or the offline timeout, whichever is shorter) after it, or
+    /// when a report took the device offline before the next.
     fn last_seen(&self, out: &mut Vec<Output>) {
         let within = self.cfg.lastseen_interval_ms;
         let mut told = i64::MIN;
         let mut class = None;
-        for (i, a) in self.readings.iter().enumerate() {
+        let seen: Vec<(usize, &Accepted)> = self.seen().collect();
+        for (k, &(i, a)) in seen.iter().enumerate() {
             let ts = a.t.ts;
             if a.t.device_class.is_some() {
                 class.clone_from(&a.t.device_class);
             }
-            let came_online = i == 0 || self.deadline(self.readings[i - 1].t.ts) < ts;
+            let came_online = k == 0 || {
+                let (j, before) = seen[k - 1];
+                self.deadline(before.t.ts) < ts || self.reported_offline(j, i)
+            };
             if a.announced {
                 told = told.max(ts);
             }
-            let next = self.readings.get(i + 1).map(|n| n.t.ts);
+            let next = seen.get(k + 1).copied();
             // The life's last reading goes out at the latest at the end of the input or when
             // the device retires.
-            let silence = next.is_none_or(|n| ts + within < n || self.deadline(ts) < n);
+            let silence = next.is_none_or(|(j, n)| {
+                let n = n.t.ts;
+                ts + within < n || self.deadline(ts) < n || self.reported_offline(i, j)
+            });
             if told < ts && (came_online || silence) {
                 told = ts;
                 out.push(last_seen(self.tenant, self.device, &class, ts));
@@ -1068,18 +1149,23 @@ impl<'a> DeviceModel<'a> {
         }
     }
 
-    /// The class a record made at `ts` carries: that of the latest reading processed before it.
-    fn class_at(&self, ts: i64, status: DeviceStatus) -> Option<String> {
+    /// The class transition `t` carries: that of the latest reading processed before it. A
+    /// reading of its millisecond counts for one going online, and for a report of going offline
+    /// (which, when it acts, follows a reading; the fleets of the tests name the class in every
+    /// reading).
+    fn class_at(&self, t: &StatusTransition) -> Option<String> {
         if let Some(class) = self
             .reg
-            .filter(|r| r.at <= ts)
+            .filter(|r| r.at <= t.ts)
             .and_then(|r| r.class.clone())
         {
             return Some(class);
         }
-        self.readings
-            .iter()
-            .take_while(|a| a.t.ts < ts || (a.t.ts == ts && status == DeviceStatus::Online))
+        let same_ms =
+            t.status == DeviceStatus::Online || t.reason == TransitionReason::ReportedOffline;
+        self.seen()
+            .map(|(_, a)| a)
+            .take_while(|a| a.t.ts < t.ts || (a.t.ts == t.ts && same_ms))
             .filter_map(|a| a.t.device_class.clone())
             .last()
     }
@@ -1109,7 +1195,10 @@ impl<'a> DeviceModel<'a> {
                 continue;
             }
             if t.status == DeviceStatus::Offline {
-                timeline.push((t.ts, Happening::Offline(t.previous.is_some())));
+                // A report takes the device offline where it comes among the readings.
+                if t.reason != TransitionReason::ReportedOffline {
+                    timeline.push((t.ts, Happening::Offline(t.previous.is_some())));
+                }
                 let at = t.ts + self.th.prolonged_offline_ms;
                 let back = transitions.get(i + 1).map_or(i64::MAX, |n| n.ts);
                 if at < back && self.processed(at, true) {
@@ -1133,6 +1222,7 @@ impl<'a> DeviceModel<'a> {
         let mut recent: Vec<f32> = Vec::new();
         let mut flaps: Vec<i64> = Vec::new();
         let mut offline_since = None;
+        let mut online = false;
         let (mut p95_base, mut err_base) = (Baseline::default(), Baseline::default());
         let mut class: Option<String> = None;
         let mut change = |sw: &mut Switches,
@@ -1167,7 +1257,16 @@ impl<'a> DeviceModel<'a> {
         };
         for (ts, what) in timeline {
             match what {
+                Happening::Reading(i) if self.readings[i].kind == Kind::Offline => {
+                    if online {
+                        online = false;
+                        offline_since = Some(ts);
+                        flaps.push(ts);
+                        self.flapping(&mut sw, &mut flaps, ts, &mut change, &class);
+                    }
+                }
                 Happening::Reading(i) => {
+                    online = true;
                     let a = &self.readings[i];
                     let r = &a.t;
                     if r.device_class.is_some() {
@@ -1280,6 +1379,7 @@ impl<'a> DeviceModel<'a> {
                     }
                 }
                 Happening::Offline(flap) => {
+                    online = false;
                     offline_since = Some(ts);
                     if flap {
                         flaps.push(ts);

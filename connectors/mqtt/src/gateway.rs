@@ -6,10 +6,9 @@
 //! they go out in that order, each after its own Kafka acknowledgement. A gateway that crashes,
 //! or waits on a Kafka that is down, leaves messages unacknowledged, and the broker sends them
 //! again: nothing it accepted at QoS 1 is lost, and a message sent twice is the same reading
-//! twice.
-//!
-//! Availability reports are mapped and counted, not yet written: the pipeline's
-//! `reported_offline` is the next step (docs/decisions.md).
+//! twice. An availability report goes to the telemetry topic as a reading of its device at the
+//! gateway's time with the `fleetpulse-availability` header (`online` or `offline`), which the
+//! pipeline takes as a report, not a measurement.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
-use schemas::{Codec, DeadLetter, Limits};
+use schemas::{Codec, DeadLetter, Limits, Telemetry};
 use tokio::sync::mpsc;
 
 use crate::config::MqttConfig;
@@ -310,26 +309,28 @@ async fn take(
     sequence: u64,
 ) -> Settle {
     let outcome = mapper.map(&publish.topic, &publish.payload, now);
-    let (topic, key, value, tenant) = match outcome {
+    let (reading, availability) = match outcome {
         Outcome::Reading(t) => {
             events::message("reading");
-            match setup.codec.encode(&t) {
-                Ok(value) => (
-                    &setup.telemetry,
-                    t.device_id.clone(),
-                    value,
-                    Some(t.tenant_id),
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "a reading cannot be encoded");
-                    return Settle::Never;
-                }
-            }
+            (t, None)
         }
         Outcome::Availability(a) => {
             events::message("availability");
             tracing::debug!(tenant = %a.tenant_id, device = %a.device_id, online = a.online, "availability report");
-            return Settle::Now;
+            let online = if a.online { "online" } else { "offline" };
+            let report = Telemetry {
+                tenant_id: a.tenant_id,
+                device_id: a.device_id,
+                ts: a.ts,
+                ok: a.online,
+                response_time_ms: None,
+                error_code: None,
+                battery_pct: None,
+                signal_dbm: None,
+                device_class: None,
+                attributes: Default::default(),
+            };
+            (report, Some(online))
         }
         Outcome::Ignored => {
             events::message("ignored");
@@ -350,23 +351,52 @@ async fn take(
                 detail,
                 record_ts: Some(now),
             };
-            match setup.codec.encode(&dead) {
-                Ok(value) => (&setup.dlq, publish.topic.clone(), value, None),
+            return match setup.codec.encode(&dead) {
+                Ok(value) => send(kafka, &setup.dlq, &publish.topic, &value, None).await,
                 Err(e) => {
                     tracing::error!(error = %e, "a dead letter cannot be encoded");
-                    return Settle::Never;
+                    Settle::Never
                 }
-            }
+            };
         }
     };
-    let headers = tenant.as_deref().map(|tenant| {
-        OwnedHeaders::new().insert(Header {
-            key: schemas::headers::TENANT,
-            value: Some(tenant.as_bytes()),
-        })
+    let value = match setup.codec.encode(&reading) {
+        Ok(value) => value,
+        Err(e) => {
+            tracing::error!(error = %e, "a reading cannot be encoded");
+            return Settle::Never;
+        }
+    };
+    let mut headers = OwnedHeaders::new().insert(Header {
+        key: schemas::headers::TENANT,
+        value: Some(reading.tenant_id.as_bytes()),
     });
+    if let Some(online) = availability {
+        headers = headers.insert(Header {
+            key: schemas::headers::AVAILABILITY,
+            value: Some(online.as_bytes()),
+        });
+    }
+    send(
+        kafka,
+        &setup.telemetry,
+        &reading.device_id,
+        &value,
+        Some(headers),
+    )
+    .await
+}
+
+/// Hands one record to the producer, waiting while its queue is full.
+async fn send(
+    kafka: &FutureProducer<Tokens>,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Settle {
     loop {
-        let mut record = FutureRecord::to(topic).key(key.as_bytes()).payload(&value);
+        let mut record = FutureRecord::to(topic).key(key.as_bytes()).payload(value);
         if let Some(h) = &headers {
             record = record.headers(h.clone());
         }

@@ -1,6 +1,7 @@
 //! A device's presence: its last-seen time told at most once an interval, going offline after its
-//! timeout (or, registered and never heard from, `never_seen`), leaving after its retention or
-//! its decommissioning, and every status transition, which also feeds the flapping rule.
+//! timeout (or, registered and never heard from, `never_seen`; or at once when reported
+//! offline), leaving after its retention or its decommissioning, and every status transition,
+//! which also feeds the flapping rule.
 
 use super::*;
 use crate::reading::device_key;
@@ -18,6 +19,24 @@ impl Device {
         } else {
             TransitionReason::InputIdle
         };
+        self.transition(
+            DeviceStatus::Offline,
+            Some(DeviceStatus::Online),
+            ts,
+            reason,
+            ctx,
+        );
+    }
+
+    /// The device was reported offline at `ts`: offline at once if it was online; a device not
+    /// online (offline already, or registered and never heard from) stays as it is.
+    pub(super) fn reported_offline(&mut self, ts: i64, ctx: &mut Ctx<'_>) {
+        if self.presence != Some(Presence::Online) {
+            return;
+        }
+        events::device_reported_offline();
+        self.tell_last_seen(ctx);
+        let reason = TransitionReason::ReportedOffline;
         self.transition(
             DeviceStatus::Offline,
             Some(DeviceStatus::Online),

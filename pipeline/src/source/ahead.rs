@@ -36,6 +36,7 @@ const IDLE: Duration = Duration::from_millis(5);
 #[derive(Debug)]
 enum Decoded {
     Reading(Owned),
+    Report(Owned, bool),
     Inventory(Enrolment),
 }
 
@@ -43,6 +44,7 @@ impl Decoded {
     fn of(item: &Item<'_>) -> Decoded {
         match item {
             Item::Reading(t) => Decoded::Reading(Owned::of(t)),
+            Item::Report(t, online) => Decoded::Report(Owned::of(t), *online),
             Item::Inventory(e) => Decoded::Inventory(e.clone()),
         }
     }
@@ -50,6 +52,7 @@ impl Decoded {
     fn as_ref(&self) -> Item<'_> {
         match self {
             Decoded::Reading(t) => Item::Reading(t.as_ref()),
+            Decoded::Report(t, online) => Item::Report(t.as_ref(), *online),
             Decoded::Inventory(e) => Item::Inventory(e.clone()),
         }
     }

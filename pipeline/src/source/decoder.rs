@@ -27,6 +27,9 @@ pub type Unusable = (DeadLetterReason, String);
 pub enum Item<'a> {
     /// A device's reading.
     Reading(TelemetryRef<'a>),
+    /// An availability report of the reading's device (`true`: online), from the record's
+    /// `fleetpulse-availability` header.
+    Report(TelemetryRef<'a>, bool),
     /// An inventory record.
     Inventory(Enrolment),
 }
@@ -121,6 +124,23 @@ fn stamped<'a>(mut t: TelemetryRef<'a>, stamp: Stamp<'a>) -> Result<TelemetryRef
     Ok(t)
 }
 
+/// A checked reading as what it is: a report when the record says it is one.
+fn item<'a>(t: TelemetryRef<'a>, availability: Option<&[u8]>) -> Result<Item<'a>, Unusable> {
+    match availability {
+        None => Ok(Item::Reading(t)),
+        Some(b"online") => Ok(Item::Report(t, true)),
+        Some(b"offline") => Ok(Item::Report(t, false)),
+        Some(other) => Err((
+            DeadLetterReason::InvalidField,
+            format!(
+                "the {} header is {:?}, neither online nor offline",
+                schemas::headers::AVAILABILITY,
+                String::from_utf8_lossy(other)
+            ),
+        )),
+    }
+}
+
 /// Decodes the values of one input.
 pub struct Decoder {
     codec: Codec,
@@ -198,7 +218,7 @@ impl Decoder {
             TenantSource::Header => decoded.and_then(|t| stamped(t, stamp)),
         };
         let checked = stamped.and_then(|t| self.limits.check_ref(&t).map(|()| t).map_err(invalid));
-        (checked.map(Item::Reading), raw)
+        (checked.and_then(|t| item(t, stamp.availability)), raw)
     }
 
     /// Decodes a wire value, fetching its writer schema first when the id is unknown and a
@@ -250,7 +270,7 @@ mod tests {
     ) -> Result<(String, String), DeadLetterReason> {
         match decoder.check(false, None, stamp, Payload::Wire(body)).0 {
             Ok(Item::Reading(t)) => Ok((t.tenant_id.into_owned(), t.device_id.into_owned())),
-            Ok(Item::Inventory(_)) => Err(DeadLetterReason::Schema),
+            Ok(Item::Report(..) | Item::Inventory(_)) => Err(DeadLetterReason::Schema),
             Err((reason, _)) => Err(reason),
         }
     }
@@ -268,7 +288,7 @@ mod tests {
             Decoder::new(Codec::builtin(), None, limits).with_tenant_source(TenantSource::Header);
         let stamp = Stamp {
             tenant: Some(b"acme"),
-            device: None,
+            ..Stamp::default()
         };
         assert_eq!(
             reading(&mut body, stamp, &claimed),
@@ -293,11 +313,31 @@ mod tests {
         );
         let broken = Stamp {
             tenant: Some(&[0xff, 0xfe]),
-            device: None,
+            ..Stamp::default()
         };
         assert_eq!(
             reading(&mut header, broken, &claimed),
             Err(DeadLetterReason::InvalidField)
         );
+    }
+
+    #[test]
+    fn the_availability_header_makes_a_reading_a_report() {
+        let body = serde_json::to_vec(&Telemetry::example()).unwrap_or_default();
+        let mut decoder = Decoder::new(Codec::builtin(), None, schemas::Limits::default());
+        let mut report = |value: &'static [u8]| {
+            let stamp = Stamp {
+                availability: Some(value),
+                ..Stamp::default()
+            };
+            match decoder.check(false, None, stamp, Payload::Wire(&body)).0 {
+                Ok(Item::Report(t, online)) => Ok((t.device_id.into_owned(), online)),
+                Ok(_) => Err(DeadLetterReason::Schema),
+                Err((reason, _)) => Err(reason),
+            }
+        };
+        assert_eq!(report(b"offline"), Ok(("dev-0001".into(), false)));
+        assert_eq!(report(b"online"), Ok(("dev-0001".into(), true)));
+        assert_eq!(report(b"maybe"), Err(DeadLetterReason::InvalidField));
     }
 }

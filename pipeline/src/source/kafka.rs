@@ -350,6 +350,7 @@ fn stamp<H: Headers>(headers: Option<&H>) -> Stamp<'_> {
         match h.key {
             schemas::headers::TENANT => stamp.tenant = h.value,
             schemas::headers::DEVICE => stamp.device = h.value,
+            schemas::headers::AVAILABILITY => stamp.availability = h.value,
             _ => {}
         }
     }

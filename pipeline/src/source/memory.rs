@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Input, Payload, RawRecord, SourceError};
+use super::{Input, Payload, RawRecord, SourceError, Stamp};
 use crate::clock::RecordTime;
 
 /// One record of an in-memory partition.
@@ -16,6 +16,25 @@ pub struct MemoryRecord {
     pub key: Option<Vec<u8>>,
     /// Wire bytes.
     pub value: Vec<u8>,
+    /// Headers, by name; those fleetpulse reads are taken as a Kafka record's are.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl MemoryRecord {
+    /// What fleetpulse reads of the record's headers.
+    fn stamp(&self) -> Stamp<'_> {
+        let mut stamp = Stamp::default();
+        for (name, value) in &self.headers {
+            let value = Some(value.as_slice());
+            match name.as_str() {
+                schemas::headers::TENANT => stamp.tenant = value,
+                schemas::headers::DEVICE => stamp.device = value,
+                schemas::headers::AVAILABILITY => stamp.availability = value,
+                _ => {}
+            }
+        }
+        stamp
+    }
 }
 
 #[cfg(test)]
@@ -28,6 +47,7 @@ impl MemoryRecord {
             ..schemas::Telemetry::example()
         };
         MemoryRecord {
+            headers: Vec::new(),
             record_time: RecordTime::None,
             key: None,
             value: serde_json::to_vec(&t).unwrap_or_default(),
@@ -115,7 +135,7 @@ impl Input for MemoryInput {
                         offset: offset as i64,
                         record_time: r.record_time,
                         key: r.key.as_deref(),
-                        stamp: Default::default(),
+                        stamp: r.stamp(),
                         payload: Payload::Wire(&r.value),
                     });
                     taken += 1;

@@ -80,6 +80,8 @@ pub struct Stamp<'a> {
     pub tenant: Option<&'a [u8]>,
     /// `fleetpulse-device`.
     pub device: Option<&'a [u8]>,
+    /// `fleetpulse-availability`: the record is an availability report, not a reading.
+    pub availability: Option<&'a [u8]>,
 }
 
 /// One record of one partition, borrowed from the input for as long as it is looked at.

@@ -3,7 +3,10 @@
 //! reading whose clock cannot be trusted still says its device reported). An inventory record
 //! becomes a reading of its own kind at its record time, which its partition's clock takes as
 //! the truth (the inventory's producer stamps it); one behind its partition's watermark is taken
-//! at the watermark, as a registration is never too late to count. Plain state, no timely: the
+//! at the watermark, as a registration is never too late to count. An availability report is
+//! judged as a reading is: an online one counts as its device's arrival (a sign of life, no
+//! measurement), an offline one as [`ReadingKind::ReportedOffline`], and a late one of going
+//! offline only as a dead letter. Plain state, no timely: the
 //! source operator hands it records and sends what it gathers.
 
 use std::sync::Arc;
@@ -91,8 +94,9 @@ impl Triage {
         let (decoded, raw) = self
             .decoder
             .check(is_inventory(partition), key, stamp, payload);
-        let t = match decoded {
-            Ok(Item::Reading(t)) => t,
+        let (t, report) = match decoded {
+            Ok(Item::Reading(t)) => (t, None),
+            Ok(Item::Report(t, online)) => (t, Some(online)),
             Ok(Item::Inventory(e)) => return self.enrolment(&source, raw, e, wm, now, out),
             Err(why) => {
                 wm.touch(partition, offset);
@@ -116,11 +120,14 @@ impl Triage {
                 retimed,
             } => {
                 if self.fresh(ts) {
-                    let kind = if retimed {
-                        events::retimed();
-                        ReadingKind::Retimed
-                    } else {
-                        ReadingKind::Stamped
+                    let kind = match report {
+                        Some(false) => ReadingKind::ReportedOffline,
+                        Some(true) => ReadingKind::Arrival,
+                        None if retimed => {
+                            events::retimed();
+                            ReadingKind::Retimed
+                        }
+                        None => ReadingKind::Stamped,
                     };
                     let r = Reading::new(&t, partition, offset, ts, clock_offset, kind);
                     out.readings.push(r);
@@ -133,6 +140,8 @@ impl Triage {
                 arrival,
             } => {
                 let detail = rejection(reason, t.ts, skew, clock_offset);
+                // A report of going offline says nothing of the device being there.
+                let arrival = arrival.filter(|_| report != Some(false));
                 if let Some(at) = arrival.filter(|at| self.fresh(*at)) {
                     let kind = ReadingKind::Arrival;
                     let r = Reading::new(&t, partition, offset, at, clock_offset, kind);

@@ -29,7 +29,7 @@ fn take(input: &mut Ahead, seen: &mut Vec<Seen>, n: usize, max: usize) -> Vec<(u
                 };
                 let device = result
                     .map(|item| match item {
-                        Item::Reading(t) => t.device_id.to_string(),
+                        Item::Reading(t) | Item::Report(t, _) => t.device_id.to_string(),
                         Item::Inventory(e) => e.device_id.to_string(),
                     })
                     .map_err(|e| e.0);

@@ -82,6 +82,7 @@ fn a_bounded_input_is_read_marked_and_finished() {
                 MemoryRecord::json("a", 1_000),
                 MemoryRecord::json("b", 1_020),
                 MemoryRecord {
+                    headers: Vec::new(),
                     record_time: RecordTime::None,
                     key: None,
                     value: b"{not json".to_vec(),
