@@ -414,3 +414,47 @@ fn availability_reports_give_reported_offline_and_resumed() {
         .sum();
     assert_eq!(door, 1, "the door's one reading; its reports are none");
 }
+
+/// A burst of more messages than the gateway keeps in hand (100 devices publishing at once, the
+/// broker sending them all unacknowledged) is bridged whole: the gateway once stopped for good
+/// there, its acknowledgements waiting for the event loop that waited for them.
+#[test]
+fn a_burst_larger_than_the_gateway_s_window_is_bridged_whole() {
+    let brokers = shared(Kind::Kafka).address();
+    let mosquitto = shared(Kind::Mosquitto).address();
+    let port = mosquitto.rsplit(':').next().unwrap().to_string();
+    let prefix = unique("mqtt-burst");
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("burst");
+    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let _gateway = gateway(&config, brokers, &prefix);
+    let (devices, each) = (100, 200);
+    let publishers: Vec<_> = (0..devices)
+        .map(|d| {
+            let mut child = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-l"])
+                .args(["-t", &format!("{ns}/zigbee2mqtt/sensor-{d}")])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            for i in 0..each {
+                writeln!(stdin, r#"{{"battery":90,"linkquality":{i}}}"#).unwrap();
+            }
+            child
+        })
+        .collect();
+    for mut p in publishers {
+        assert!(p.wait().unwrap().success());
+    }
+    let telemetry = format!("{prefix}-telemetry");
+    let whole = testkit::wait_for(Duration::from_secs(120), || {
+        readings(brokers, &telemetry).len() >= devices * each
+    });
+    assert!(
+        whole,
+        "{} of {} messages",
+        readings(brokers, &telemetry).len(),
+        devices * each
+    );
+}

@@ -183,7 +183,10 @@ pub async fn run(setup: Setup, health: Arc<Health>) -> Result<Counts, GatewayErr
         });
     }
     let kafka = producer(&setup.kafka)?;
-    let (client, mut eventloop) = AsyncClient::new(options(&setup.config)?, 1_024);
+    // Room for an acknowledgement of every message in hand, and more: the acknowledger must
+    // never wait for the event loop, which waits for it when IN_FLIGHT messages are in hand
+    // (a deadlock a broker sending ten thousand messages unacknowledged reached).
+    let (client, mut eventloop) = AsyncClient::new(options(&setup.config)?, IN_FLIGHT + 1_024);
     let (to_acker, mut settling) = mpsc::channel::<(Publish, Settle)>(IN_FLIGHT);
     let acked = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(AtomicU64::new(0));

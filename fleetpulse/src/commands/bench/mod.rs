@@ -4,6 +4,7 @@
 mod bridge;
 mod files;
 mod ingest;
+mod mqtt;
 mod pipeline;
 mod poll;
 mod recovery;
@@ -33,6 +34,8 @@ pub enum BenchCommand {
     Poll(poll::PollBench),
     /// `fleetpulse ingest` taking NDJSON batches over HTTP beside a raw produce of the readings.
     Ingest(ingest::IngestBench),
+    /// `fleetpulse mqtt` bridging MQTT messages into Kafka beside `mosquitto_sub` reading them.
+    Mqtt(mqtt::MqttBench),
 }
 
 /// Flags of `bench generate`.
@@ -63,6 +66,7 @@ impl BenchCommand {
             BenchCommand::Bridge(b) => b.kafka.overrides(into),
             BenchCommand::Poll(_) => {}
             BenchCommand::Ingest(b) => b.overrides(into),
+            BenchCommand::Mqtt(b) => b.overrides(into),
         }
     }
 }
@@ -80,6 +84,7 @@ pub(crate) async fn run(config: &Config, command: BenchCommand) -> anyhow::Resul
         BenchCommand::Bridge(args) => bridge::run(config, args).await,
         BenchCommand::Poll(args) => poll::run(args).await,
         BenchCommand::Ingest(args) => ingest::run(config, args).await,
+        BenchCommand::Mqtt(args) => mqtt::run(config, args).await,
     }
 }
 

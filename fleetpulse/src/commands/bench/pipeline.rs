@@ -88,7 +88,7 @@ fn consumer(config: &Config) -> anyhow::Result<BaseConsumer<Tokens>> {
 }
 
 /// Messages on `topic` (sum of its partitions' offsets ranges), or 0 when it does not exist.
-fn messages_on(config: &Config, topic: &str) -> anyhow::Result<u64> {
+pub(crate) fn messages_on(config: &Config, topic: &str) -> anyhow::Result<u64> {
     let c = consumer(config)?;
     let metadata = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut total = 0;
