@@ -1,7 +1,8 @@
-//! `fleetpulse demo`, as a newcomer runs it: one process, nothing installed (the embedded
-//! broker). It prints the dashboard's address with a token; the dashboard, in headless Chromium,
-//! then shows the live fleet (devices online, health from the first closed windows, the devices
-//! its poller checks among them, registered devices that never reported offline); a
+//! `fleetpulse demo`, as a newcomer runs it: one process (the embedded broker), with the Mosquitto
+//! the demo script installs. It prints the dashboard's address with a token; the dashboard, in
+//! headless Chromium, then shows the live fleet (devices online, health from the first closed
+//! windows, the devices its poller checks among them, registered devices that never reported
+//! offline, the Zigbee home bridged from MQTT, its porch light reported offline); a
 //! screenshot is saved (and, with `UPDATE_SCREENSHOTS=1`, copied to
 //! docs/demo-dashboard.png, the one the README shows); and SIGTERM stops it cleanly.
 
@@ -13,14 +14,16 @@ use std::time::{Duration, Instant};
 use e2e::browser::Browser;
 use e2e::*;
 
-/// The fleet the demo is started with, the five simulated devices its poller checks, and the
-/// three registered devices that never report.
-const DEVICES: u64 = 1_000 + 5 + 3;
+/// The fleet the demo is started with, the five simulated devices its poller checks, the three
+/// registered devices that never report, and the six of the Zigbee home on MQTT.
+const DEVICES: u64 = 1_000 + 5 + 3 + 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
+    let mosquitto = testkit::shared(testkit::Kind::Mosquitto).address();
     let mut child = fleetpulse()
         .args(["demo", "--devices", "1000", "--listen", "127.0.0.1:0"])
+        .args(["--mqtt-url", mosquitto])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -89,6 +92,33 @@ async fn the_demo_shows_a_live_fleet_and_stops_cleanly() {
         status == 200 && device["status"] == "offline"
     });
     assert!(never, "the demo's silent registered devices go offline");
+    // The Zigbee home, published over MQTT and bridged by the gateway: its porch light drops
+    // off the network, and its availability says so at once.
+    let home = testkit::wait_for(Duration::from_secs(60), || {
+        let (status, device) = http(
+            base,
+            "GET",
+            &format!("/api/devices/front-door?token={token}"),
+            None,
+        );
+        status == 200 && device["status"] == "online" && device["tenant_id"] == "home"
+    });
+    assert!(home, "the demo's MQTT home reports");
+    // Away for 20 s of every other minute, a third of its 60 s timeout: only its availability
+    // report can have taken it offline and back since it first came online with the others.
+    let since = |device: &str| {
+        let (_, d) = http(
+            base,
+            "GET",
+            &format!("/api/devices/{device}?token={token}"),
+            None,
+        );
+        d["status_since"].as_i64().unwrap_or(0)
+    };
+    let reported = testkit::wait_for(Duration::from_secs(150), || {
+        since("porch-light") > since("front-door") + 15_000
+    });
+    assert!(reported, "the porch light is reported offline");
     println!("live data after {:.0} s", started.elapsed().as_secs_f64());
 
     let mut browser = Browser::open(&dashboard).await;

@@ -2,7 +2,10 @@
 //! Kafka-compatible broker (librdkafka's mock cluster; a real one with `--brokers`), the
 //! file-backed schema registry, a live fleet with failures and devices going silent, the
 //! pipeline, the bridge with its dashboard, and, given a ClickHouse (`--clickhouse-url`), the
-//! sink. Ctrl-C stops every part the way it stops on its own.
+//! sink; given an MQTT broker (`--mqtt-url`), a Zigbee home publishing to it and the MQTT gateway
+//! bridging it into Kafka. Ctrl-C stops every part the way it stops on its own.
+
+mod home;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +34,10 @@ pub struct DemoArgs {
     /// A ClickHouse HTTP interface: the sink joins the demo (`clickhouse.url`).
     #[arg(long)]
     clickhouse_url: Option<String>,
+    /// An MQTT broker (`mqtt://host:port`): a Zigbee home publishes to it, and the MQTT gateway
+    /// joins the demo.
+    #[arg(long)]
+    mqtt_url: Option<String>,
     /// Devices in the fleet; each reports once per `generate.interval_ms`.
     #[arg(long, default_value_t = 3_000)]
     devices: u32,
@@ -244,6 +251,10 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     c.pipeline.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.clickhouse.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.poller.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let home_base = format!("demo-{}/zigbee2mqtt", std::process::id());
+    if let Some(url) = &args.mqtt_url {
+        c.mqtt = home::gateway(url, &home_base, SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
     c.poller.http_interval_ms = 5_000;
     c.poller.timeout_ms = 2_000;
     c.poller.breaker_open_ms = 60_000;
@@ -304,11 +315,29 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     inventory.extend(polled);
     super::inventory::register(&c, inventory).await?;
+    if let Some(url) = &args.mqtt_url {
+        println!(
+            "fleetpulse demo: a Zigbee home ({} devices, tenant {}) publishes to the MQTT broker at {url}, bridged into Kafka by the MQTT gateway; its {} drops off every other minute (reported_offline, then resumed).",
+            home::DEVICES.len(),
+            home::TENANT,
+            home::FLAKY
+        );
+    }
     println!("fleetpulse demo: Ctrl-C stops everything.");
 
     let sink = async {
         match sink {
             Some(s) => super::sink::run(&c, s).await,
+            None => Ok(()),
+        }
+    };
+    let mqtt = async {
+        match &args.mqtt_url {
+            Some(url) => {
+                let stop = super::stop_on_signal();
+                tokio::try_join!(super::mqtt::run(&c), home::run(url, &home_base, stop))?;
+                Ok(())
+            }
             None => Ok(()),
         }
     };
@@ -318,6 +347,7 @@ pub(crate) async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         super::bridge::run(&c),
         super::poll::run(&c),
         sink,
+        mqtt,
     );
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = ran {
