@@ -29,7 +29,7 @@ set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 CACHE="${FLEETPULSE_CACHE:-${HOME:-/root}/.cache/fleetpulse}"
-ALL_SERVICES=(kafka clickhouse redis)
+ALL_SERVICES=(kafka clickhouse redis mosquitto)
 # Tried in this order when FLEETPULSE_KAFKA_VERSION is not set: the first that resolves wins.
 KAFKA_VERSIONS=(4.1.1 4.1.2 4.1.0 4.0.2 4.0.1 4.0.0)
 LOG4J_VERSION=2.24.3

@@ -458,3 +458,58 @@ fn a_burst_larger_than_the_gateway_s_window_is_bridged_whole() {
         devices * each
     );
 }
+
+/// `mqtt.protocol = "5"`: the gateway speaks MQTT 5 to Mosquitto, bridges what a device publishes
+/// over MQTT 5, and its session outlives a clean stop (it never expires), so what is published
+/// while the gateway is away comes when it is back.
+#[test]
+fn the_gateway_speaks_mqtt_5_and_its_session_outlives_a_stop() {
+    let brokers = shared(Kind::Kafka).address();
+    let mosquitto = shared(Kind::Mosquitto).address();
+    let port = mosquitto.rsplit(':').next().unwrap().to_string();
+    let prefix = unique("mqtt-v5");
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("v5");
+    let file = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n"),
+    )
+    .unwrap();
+    let publish_v5 = |device: &str, battery: u32| {
+        run_ok(
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-V", "mqttv5"])
+                .args(["-t", &format!("{ns}/zigbee2mqtt/{device}")])
+                .args(["-m", &format!(r#"{{"battery":{battery}}}"#)]),
+        );
+    };
+    let telemetry = format!("{prefix}-telemetry");
+    let batteries = || -> BTreeSet<u32> {
+        readings(brokers, &telemetry)
+            .into_iter()
+            .filter_map(|(t, _)| t.battery_pct.map(|b| b as u32))
+            .collect()
+    };
+
+    let first = gateway(&file, brokers, &prefix);
+    publish_v5("attic-sensor", 81);
+    assert!(testkit::wait_for(Duration::from_secs(30), || batteries().contains(&81)));
+    let pid = first.0.id().to_string();
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    let mut first = first;
+    assert!(first.0.wait().unwrap().success(), "a clean stop");
+    for battery in [82, 83, 84] {
+        publish_v5("attic-sensor", battery);
+    }
+    let _second = gateway(&file, brokers, &prefix);
+    let whole = testkit::wait_for(Duration::from_secs(30), || {
+        batteries() == BTreeSet::from([81, 82, 83, 84])
+    });
+    assert!(
+        whole,
+        "the session kept what came while away: {:?}",
+        batteries()
+    );
+}

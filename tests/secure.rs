@@ -1,9 +1,10 @@
 //! fleetpulse against secured services, as production runs them: Apache Kafka over SASL_SSL
 //! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER with a token file) and over mTLS,
-//! ClickHouse over HTTPS with a password user, Redis over TLS with an ACL user; every
-//! certificate checked against a CA file and every secret read from a file. A wrong password or
-//! an untrusted certificate ends a command at start-up with a message that names the service and
-//! the cause, and no secret appears in any output.
+//! ClickHouse over HTTPS with a password user, Redis over TLS with an ACL user, Mosquitto over
+//! TLS with a password user (the MQTT gateway); every certificate checked against a CA file and
+//! every secret read from a file. A wrong password or an untrusted certificate ends a command at
+//! start-up with a message that names the service and the cause, and no secret appears in any
+//! output.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -994,4 +995,83 @@ fn the_registry_serves_https_and_takes_registrations_only_with_its_token() {
         .unwrap();
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(!text(&shown).contains("registry-write-token-4711"));
+}
+
+/// `fleetpulse mqtt` against Mosquitto that takes only TLS and a password: it logs in with the
+/// password from a file and the broker checked against the CA, and bridges what a device
+/// publishes; a wrong password or a broker it cannot trust ends it at start-up saying so, with
+/// no secret in its output.
+#[test]
+fn the_mqtt_gateway_logs_in_over_tls_and_says_why_it_cannot() {
+    let kafka = kafka();
+    let mosquitto = Service::start_secure(Kind::Mosquitto);
+    let url = mosquitto.address().to_string();
+    assert!(url.starts_with("mqtts://"), "{url}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, prefix) = (unique("secure-home"), unique("mqtt-secure"));
+    let section = |login: &str, ca: bool| {
+        let ca = if ca {
+            format!("ca_file = \"{}\"\n", mosquitto.ca_file().display())
+        } else {
+            String::new()
+        };
+        format!(
+            "{}[mqtt]\nurl = \"{url}\"\nclient_id = \"{}\"\nlisten = \"127.0.0.1:0\"\nusername = \"{}\"\n{login}{ca}\n[[mqtt.mappings]]\npreset = \"zigbee2mqtt\"\nbase = \"{ns}/zigbee2mqtt\"\ntenant = \"home\"\n\n[topics]\ntelemetry = \"{prefix}-telemetry\"\ndlq = \"{prefix}-dlq\"\n",
+            kafka_section(kafka),
+            unique("gw"),
+            mosquitto.user(),
+        )
+    };
+    let password = mosquitto.password();
+    let good = write_config(
+        dir.path(),
+        &section(
+            &format!(
+                "password_file = \"{}\"\n",
+                mosquitto.password_file().display()
+            ),
+            true,
+        ),
+    );
+    let (_gateway, http, log) = serve(&good, &["mqtt"]);
+    assert!(
+        wait_for(Duration::from_secs(60), || readyz(&http, None, false).0
+            == 200),
+        "never ready: {}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
+    let port = url.rsplit(':').next().unwrap();
+    run_ok(
+        std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", port, "-q", "1"])
+            .arg("--cafile")
+            .arg(mosquitto.ca_file())
+            .args(["-u", mosquitto.user(), "-P", &password])
+            .args(["-t", &format!("{ns}/zigbee2mqtt/front-door")])
+            .args(["-m", r#"{"battery":91,"contact":true}"#]),
+    );
+    let tailed = tail(
+        &good,
+        &brokers(kafka, Login::Sasl("SCRAM-SHA-512", &kafka.password_file())),
+        &format!("{prefix}-telemetry"),
+        1,
+    );
+    assert!(text(&tailed).contains("front-door"), "{}", text(&tailed));
+    let logged = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(!logged.contains(&password), "the password is in the log");
+
+    let place = format!("MQTT broker at {url}");
+    let wrong = write_config(dir.path(), &section("password = \"not-it-4711\"\n", true));
+    says_refused(&run_failing(&wrong, &["mqtt"]), &place, "not-it-4711");
+    let untrusted = write_config(
+        dir.path(),
+        &section(
+            &format!(
+                "password_file = \"{}\"\n",
+                mosquitto.password_file().display()
+            ),
+            false,
+        ),
+    );
+    says_untrusted(&run_failing(&untrusted, &["mqtt"]), &place, &[]);
 }

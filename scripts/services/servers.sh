@@ -304,25 +304,53 @@ prepare_redis() {
 }
 
 prepare_mosquitto() {
-  local dir="$1" port
-  ((SECURE)) && die "mosquitto: --secure is not supported yet"
+  local dir="$1" port conf
   port="$(service_ports "$dir" mosquitto 1)"
   mkdir -p "$dir/mosquitto"
+  conf="$dir/mosquitto/mosquitto.conf"
   # Queued messages for a persistent session while its client is away: enough for a test's
-  # stream, where the default (1000) would drop the rest.
-  cat >"$dir/mosquitto/mosquitto.conf" <<EOF
+  # stream, where the default (1000) would drop the rest. Started as root, Mosquitto would run
+  # as the user `mosquitto`, which cannot read the directory's keys.
+  cat >"$conf" <<EOF
 listener $port 127.0.0.1
-allow_anonymous true
 persistence false
 max_queued_messages 1000000
+user $(id -un)
 EOF
-  SERVER_CMD=(mosquitto -c "$dir/mosquitto/mosquitto.conf")
-  READY_ADDR="mqtt://127.0.0.1:$port"
-  READY_CHECK="mosquitto_ready $port"
+  if ((SECURE)); then
+    local tls="$dir/tls"
+    ensure_secure_material "$dir"
+    # TLS only, and only the secure user with its password (hashed by mosquitto_passwd, which
+    # reads it from stdin, not the command line).
+    printf '%s\n%s\n' "$(secret_of "$dir" mosquitto)" "$(secret_of "$dir" mosquitto)" |
+      mosquitto_passwd -c "$dir/mosquitto/passwd" "$SECURE_USER" >/dev/null
+    chmod 600 "$dir/mosquitto/passwd"
+    cat >>"$conf" <<EOF
+allow_anonymous false
+password_file $dir/mosquitto/passwd
+cafile $tls/ca.pem
+certfile $tls/server.pem
+keyfile $tls/server.key
+EOF
+    READY_ADDR="mqtts://127.0.0.1:$port"
+    READY_CHECK="mosquitto_ready $port $dir"
+  else
+    echo "allow_anonymous true" >>"$conf"
+    READY_ADDR="mqtt://127.0.0.1:$port"
+    READY_CHECK="mosquitto_ready $port"
+  fi
+  SERVER_CMD=(mosquitto -c "$conf")
 }
 
+# mosquitto_ready PORT [DIR]: with DIR, over TLS as the secure user (mosquitto_sub takes the
+# password only as an argument; it is this throwaway instance's, on loopback).
 mosquitto_ready() {
-  timeout 3 mosquitto_sub -h 127.0.0.1 -p "$1" -t '$SYS/broker/version' -C 1 -W 2 >/dev/null 2>&1
+  local login=()
+  if [[ -n "${2:-}" ]]; then
+    login=(--cafile "$2/tls/ca.pem" -u "$SECURE_USER" -P "$(secret_of "$2" mosquitto)")
+  fi
+  timeout 3 mosquitto_sub -h 127.0.0.1 -p "$1" "${login[@]}" -t '$SYS/broker/version' -C 1 -W 2 \
+    >/dev/null 2>&1
 }
 
 # redis_ready PORT [DIR]: with DIR, over TLS as the secure user.

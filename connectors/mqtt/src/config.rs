@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::client::Protocol;
 use crate::mapping::{Conversion, Field, Rule, RuleKind};
 use crate::pattern::Pattern;
 use crate::presets;
@@ -72,6 +73,8 @@ pub struct MqttConfig {
     /// The client id, which names the persistent session the broker keeps while the gateway is
     /// away; one per gateway.
     pub client_id: String,
+    /// The protocol version: `"3.1.1"` or `"5"`.
+    pub protocol: Protocol,
     /// User name, when the broker asks for one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -95,6 +98,7 @@ impl Default for MqttConfig {
         MqttConfig {
             url: "mqtt://127.0.0.1:1883".into(),
             client_id: "fleetpulse-mqtt".into(),
+            protocol: Protocol::V311,
             username: None,
             password: None,
             password_file: None,

@@ -1,5 +1,6 @@
-//! The gateway: subscribed to the broker under a persistent session (QoS 1, clean session off,
-//! acknowledgements by hand), each message mapped ([`Mapper`]) and written to Kafka (readings to
+//! The gateway: subscribed to the broker under a persistent session (QoS 1; MQTT 3.1.1 with clean
+//! session off, or MQTT 5 with a session that never expires; acknowledgements by hand; the
+//! protocol's differences are [`client`]'s), each message mapped ([`Mapper`]) and written to Kafka (readings to
 //! the telemetry topic with the mapping's tenant in the `fleetpulse-tenant` header, what cannot be
 //! mapped to the dead-letter topic with its MQTT topic), and acknowledged to the broker only once
 //! Kafka acknowledged what it became. MQTT wants acknowledgements in the order messages came, so
@@ -20,10 +21,10 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use schemas::{Codec, DeadLetter, Limits, Telemetry};
 use tokio::sync::mpsc;
 
+use crate::client::{self, Failure, Happened, Message};
 use crate::config::MqttConfig;
 use crate::events;
 use crate::mapping::{Mapper, Outcome};
@@ -49,6 +50,24 @@ pub enum GatewayError {
     /// A file the configuration names could not be read.
     #[error("{0}")]
     Io(String),
+    /// The broker refused the gateway's credentials before it ever connected: a configuration
+    /// to mend, not an outage to wait out.
+    #[error("the MQTT broker at {url}: the credentials are refused ({code})")]
+    Refused {
+        /// The broker.
+        url: String,
+        /// What it answered.
+        code: String,
+    },
+    /// TLS with the broker failed before the gateway ever connected (an untrusted or wrong
+    /// certificate, a broker that speaks no TLS).
+    #[error("the MQTT broker at {url}: TLS failed: {detail}")]
+    Tls {
+        /// The broker.
+        url: String,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// What the gateway needs.
@@ -96,62 +115,6 @@ enum Settle {
     Never,
 }
 
-fn options(c: &MqttConfig) -> Result<MqttOptions, GatewayError> {
-    let config = |key: &str, why: String| GatewayError::Config {
-        key: key.into(),
-        why,
-    };
-    let (tls, rest) = if let Some(rest) = c.url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = c.url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err(config(
-            "url",
-            "mqtt://host:port or mqtts://host:port".into(),
-        ));
-    };
-    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| config("url", format!("{port:?} is not a port")))?,
-        ),
-        None => (rest.trim_end_matches('/'), if tls { 8883 } else { 1883 }),
-    };
-    let mut o = MqttOptions::new(c.client_id.clone(), host, port);
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_inflight(100);
-    let password = match &c.password_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map(|p| p.trim_end().to_string())
-                .map_err(|e| {
-                    GatewayError::Io(format!("mqtt.password_file {}: {e}", path.display()))
-                })?,
-        ),
-        None => c.password.clone(),
-    };
-    if let Some(user) = &c.username {
-        o.set_credentials(user.clone(), password.unwrap_or_default());
-    }
-    if tls {
-        let transport = match &c.ca_file {
-            Some(path) => Transport::tls_with_config(TlsConfiguration::SimpleNative {
-                ca: std::fs::read(path).map_err(|e| {
-                    GatewayError::Io(format!("mqtt.ca_file {}: {e}", path.display()))
-                })?,
-                client_auth: None,
-            }),
-            None => Transport::tls_with_config(TlsConfiguration::Native),
-        };
-        o.set_transport(transport);
-    }
-    Ok(o)
-}
-
 fn producer(kafka: &HashMap<String, String>) -> Result<FutureProducer<Tokens>, KafkaError> {
     let mut config = ClientConfig::new();
     config
@@ -186,8 +149,13 @@ pub async fn run(setup: Setup, health: Arc<Health>) -> Result<Counts, GatewayErr
     // Room for an acknowledgement of every message in hand, and more: the acknowledger must
     // never wait for the event loop, which waits for it when IN_FLIGHT messages are in hand
     // (a deadlock a broker sending ten thousand messages unacknowledged reached).
-    let (client, mut eventloop) = AsyncClient::new(options(&setup.config)?, IN_FLIGHT + 1_024);
-    let (to_acker, mut settling) = mpsc::channel::<(Publish, Settle)>(IN_FLIGHT);
+    let (client, mut connection) = client::connect(&setup.config, IN_FLIGHT + 1_024).map_err(
+        |client::Unusable { key, why }| GatewayError::Config {
+            key: key.into(),
+            why,
+        },
+    )?;
+    let (to_acker, mut settling) = mpsc::channel::<(Message, Settle)>(IN_FLIGHT);
     let acked = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(AtomicU64::new(0));
     let acker = {
@@ -198,7 +166,7 @@ pub async fn run(setup: Setup, health: Arc<Health>) -> Result<Counts, GatewayErr
             Arc::clone(&health),
         );
         tokio::spawn(async move {
-            while let Some((publish, settle)) = settling.recv().await {
+            while let Some((message, settle)) = settling.recv().await {
                 let written = match settle {
                     Settle::Now => true,
                     Settle::Never => false,
@@ -210,14 +178,14 @@ pub async fn run(setup: Setup, health: Arc<Health>) -> Result<Counts, GatewayErr
                         // Not acknowledged: the broker sends it again when the gateway reconnects.
                         Ok(Err((e, _))) => {
                             health.kafka_failing.store(true, Ordering::Relaxed);
-                            tracing::error!(error = %e, topic = %publish.topic, "a record was not written; the message stays unacknowledged");
+                            tracing::error!(error = %e, topic = %message.topic(), "a record was not written; the message stays unacknowledged");
                             false
                         }
                         Err(_) => false,
                     },
                 };
                 if written {
-                    if client.ack(&publish).await.is_err() {
+                    if client.ack(&message).await.is_err() {
                         break;
                     }
                     acked.fetch_add(1, Ordering::Relaxed);
@@ -230,42 +198,54 @@ pub async fn run(setup: Setup, health: Arc<Health>) -> Result<Counts, GatewayErr
     };
     let mut sequence = 0u64;
     let mut said_down = false;
+    let mut ever_connected = false;
     loop {
         if setup.stop.load(Ordering::Relaxed) {
             break;
         }
-        let event = match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
-            Err(_) => continue,
-            Ok(event) => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+        let happened =
+            match tokio::time::timeout(Duration::from_millis(200), connection.poll()).await {
+                Err(_) => continue,
+                Ok(happened) => happened,
+            };
+        match happened {
+            Ok(Happened::Connected) => {
                 said_down = false;
-                let subscriptions = filters
-                    .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                if let Err(e) = client.subscribe_many(subscriptions).await {
+                ever_connected = true;
+                if let Err(e) = client.subscribe(&filters).await {
                     tracing::error!(error = %e, "cannot subscribe");
                 }
             }
             // Ready once the broker confirmed the subscriptions: before that, what is published
             // may not reach the gateway's session.
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
+            Ok(Happened::Subscribed) => {
                 tracing::info!(filters = ?filters, "connected to the MQTT broker and subscribed");
                 health.connected.store(true, Ordering::Relaxed);
                 events::connected(true);
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(Happened::Message(message)) => {
                 sequence += 1;
                 let now = now_ms();
-                let settle = take(&mapper, &kafka, &setup, &publish, now, sequence).await;
+                let settle = take(&mapper, &kafka, &setup, &message, now, sequence).await;
                 in_flight.fetch_add(1, Ordering::Relaxed);
-                if to_acker.send((publish, settle)).await.is_err() {
+                if to_acker.send((message, settle)).await.is_err() {
                     break;
                 }
             }
-            Ok(_) => {}
+            Ok(Happened::Disconnected | Happened::Other) => {}
             Err(e) => {
+                // Refused credentials or TLS that fails before the gateway ever connected is a
+                // configuration to mend, not a broker away to wait for.
+                let url = setup.config.url.clone();
+                match e {
+                    Failure::Refused(code) if !ever_connected => {
+                        return Err(GatewayError::Refused { url, code });
+                    }
+                    Failure::Tls(detail) if !ever_connected => {
+                        return Err(GatewayError::Tls { url, detail });
+                    }
+                    _ => {}
+                }
                 health.connected.store(false, Ordering::Relaxed);
                 events::connected(false);
                 if !said_down {
@@ -281,12 +261,12 @@ pub async fn run(setup: Setup, health: Arc<Health>) -> Result<Counts, GatewayErr
     drop(to_acker);
     let drained = async {
         while in_flight.load(Ordering::Relaxed) > 0 && !acker.is_finished() {
-            let _ = tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), connection.poll()).await;
         }
-        let _ = client.disconnect().await;
+        client.disconnect().await;
         for _ in 0..20 {
-            match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) => break,
+            match tokio::time::timeout(Duration::from_millis(100), connection.poll()).await {
+                Ok(Ok(Happened::Disconnected)) | Ok(Err(_)) => break,
                 _ => {}
             }
         }
@@ -307,11 +287,12 @@ async fn take(
     mapper: &Mapper,
     kafka: &FutureProducer<Tokens>,
     setup: &Setup,
-    publish: &Publish,
+    message: &Message,
     now: i64,
     sequence: u64,
 ) -> Settle {
-    let outcome = mapper.map(&publish.topic, &publish.payload, now);
+    let topic = message.topic();
+    let outcome = mapper.map(&topic, message.payload(), now);
     let (reading, availability) = match outcome {
         Outcome::Reading(t) => {
             events::message("reading");
@@ -341,7 +322,7 @@ async fn take(
         }
         Outcome::Unmappable { reason, detail } => {
             events::message("dead_letter");
-            let source = format!("mqtt:{}", publish.topic);
+            let source = format!("mqtt:{topic}");
             let offset = i64::try_from(sequence).unwrap_or(i64::MAX);
             let dead = DeadLetter {
                 event_id: format!("dlq/{source}/{now}/{sequence}"),
@@ -349,13 +330,13 @@ async fn take(
                 source_partition: 0,
                 source_offset: offset,
                 key: None,
-                raw: publish.payload.to_vec(),
+                raw: message.payload().to_vec(),
                 reason,
                 detail,
                 record_ts: Some(now),
             };
             return match setup.codec.encode(&dead) {
-                Ok(value) => send(kafka, &setup.dlq, &publish.topic, &value, None).await,
+                Ok(value) => send(kafka, &setup.dlq, &topic, &value, None).await,
                 Err(e) => {
                     tracing::error!(error = %e, "a dead letter cannot be encoded");
                     Settle::Never

@@ -11,6 +11,7 @@
 //! The mapping talks to no broker: it is a function of a topic, a payload and the gateway's clock.
 //! [`gateway`] is the client that runs it between the MQTT broker and Kafka.
 
+pub mod client;
 pub mod config;
 pub mod events;
 pub mod gateway;
