@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use testkit::{Kind, shared, unique};
 
 /// The gateway's configuration: the three presets under the topic namespace `ns` (tests share
 /// the broker), against the broker at `url`.
-fn config(dir: &Path, url: &str, client_id: &str, ns: &str) -> std::path::PathBuf {
+fn config(dir: &Path, url: &str, client_id: &str, ns: &str, protocol: &str) -> PathBuf {
     let file = dir.join("fleetpulse.toml");
     std::fs::write(
         &file,
@@ -30,6 +30,7 @@ fn config(dir: &Path, url: &str, client_id: &str, ns: &str) -> std::path::PathBu
 [mqtt]
 url = "{url}"
 client_id = "{client_id}"
+protocol = "{protocol}"
 
 [[mqtt.mappings]]
 preset = "zigbee2mqtt"
@@ -51,6 +52,34 @@ tenant = "plant"
     )
     .unwrap();
     file
+}
+
+/// What a test on the shared Kafka and Mosquitto starts from: the brokers, the MQTT broker and
+/// its port, a topic prefix and an MQTT namespace of its own, and the gateway's configuration
+/// (speaking `protocol`) in a directory that lives as long as `_dir`.
+struct Setup {
+    brokers: &'static str,
+    mosquitto: &'static str,
+    port: String,
+    prefix: String,
+    ns: String,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(name: &str, protocol: &str) -> Setup {
+    let mosquitto = shared(Kind::Mosquitto).address();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique(name);
+    Setup {
+        brokers: shared(Kind::Kafka).address(),
+        mosquitto,
+        port: mosquitto.rsplit(':').next().unwrap().to_string(),
+        prefix: unique(&format!("mqtt-{name}")),
+        config: config(dir.path(), mosquitto, &unique("gw"), &ns, protocol),
+        ns,
+        _dir: dir,
+    }
 }
 
 /// `fleetpulse mqtt` with `config`, writing to the topics of `prefix`; ready (subscribed).
@@ -117,12 +146,15 @@ fn records(brokers: &str, topic: &str) -> Vec<(Telemetry, String, Option<String>
 
 #[test]
 fn the_presets_map_documented_payloads_and_the_rest_is_a_dead_letter() {
-    let brokers = shared(Kind::Kafka).address();
-    let mosquitto = shared(Kind::Mosquitto).address();
-    let prefix = unique("mqtt");
-    let dir = tempfile::tempdir().unwrap();
-    let ns = unique("site");
-    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let Setup {
+        brokers,
+        mosquitto,
+        prefix,
+        ns,
+        config,
+        _dir,
+        ..
+    } = setup("site", "3.1.1");
     let _gateway = gateway(&config, brokers, &prefix);
     let t = |topic: &str| format!("{ns}/{topic}");
     publish(
@@ -230,7 +262,7 @@ fn a_killed_gateway_and_a_kafka_away_lose_no_message_the_broker_accepted() {
     let mosquitto = shared(Kind::Mosquitto).address();
     let prefix = unique("mqtt-chaos");
     let ns = unique("plant");
-    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let config = config(dir.path(), mosquitto, &unique("gw"), &ns, "3.1.1");
     let telemetry = format!("{prefix}-telemetry");
     let topic = format!("{ns}/tele/plug-9/STATE");
     let port = mosquitto.rsplit(':').next().unwrap().to_string();
@@ -320,13 +352,15 @@ fn a_killed_gateway_and_a_kafka_away_lose_no_message_the_broker_accepted() {
 fn availability_reports_give_reported_offline_and_resumed() {
     use schemas::{StatusTransition, TransitionReason, WindowAggregate};
 
-    let brokers = shared(Kind::Kafka).address();
-    let mosquitto = shared(Kind::Mosquitto).address();
-    let port = mosquitto.rsplit(':').next().unwrap().to_string();
-    let prefix = unique("mqtt-availability");
-    let dir = tempfile::tempdir().unwrap();
-    let ns = unique("home");
-    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let Setup {
+        brokers,
+        mosquitto,
+        port,
+        prefix,
+        ns,
+        config,
+        _dir,
+    } = setup("home", "3.1.1");
     let _gateway = gateway(&config, brokers, &prefix);
     let t = |topic: &str| format!("{ns}/{topic}");
     publish(
@@ -420,13 +454,15 @@ fn availability_reports_give_reported_offline_and_resumed() {
 /// there, its acknowledgements waiting for the event loop that waited for them.
 #[test]
 fn a_burst_larger_than_the_gateway_s_window_is_bridged_whole() {
-    let brokers = shared(Kind::Kafka).address();
-    let mosquitto = shared(Kind::Mosquitto).address();
-    let port = mosquitto.rsplit(':').next().unwrap().to_string();
-    let prefix = unique("mqtt-burst");
-    let dir = tempfile::tempdir().unwrap();
-    let ns = unique("burst");
-    let config = config(dir.path(), mosquitto, &unique("gw"), &ns);
+    let Setup {
+        brokers,
+        port,
+        prefix,
+        ns,
+        config,
+        _dir,
+        ..
+    } = setup("burst", "3.1.1");
     let _gateway = gateway(&config, brokers, &prefix);
     let (devices, each) = (100, 200);
     let publishers: Vec<_> = (0..devices)
@@ -464,19 +500,15 @@ fn a_burst_larger_than_the_gateway_s_window_is_bridged_whole() {
 /// while the gateway is away comes when it is back.
 #[test]
 fn the_gateway_speaks_mqtt_5_and_its_session_outlives_a_stop() {
-    let brokers = shared(Kind::Kafka).address();
-    let mosquitto = shared(Kind::Mosquitto).address();
-    let port = mosquitto.rsplit(':').next().unwrap().to_string();
-    let prefix = unique("mqtt-v5");
-    let dir = tempfile::tempdir().unwrap();
-    let ns = unique("v5");
-    let file = config(dir.path(), mosquitto, &unique("gw"), &ns);
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        text.replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n"),
-    )
-    .unwrap();
+    let Setup {
+        brokers,
+        port,
+        prefix,
+        ns,
+        config: file,
+        _dir,
+        ..
+    } = setup("v5", "5");
     let publish_v5 = |device: &str, battery: u32| {
         run_ok(
             Command::new("mosquitto_pub")

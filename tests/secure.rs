@@ -1,10 +1,10 @@
 //! fleetpulse against secured services, as production runs them: Apache Kafka over SASL_SSL
 //! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER with a token file) and over mTLS,
 //! ClickHouse over HTTPS with a password user, Redis over TLS with an ACL user, Mosquitto over
-//! TLS with a password user (the MQTT gateway); every certificate checked against a CA file and
-//! every secret read from a file. A wrong password or an untrusted certificate ends a command at
-//! start-up with a message that names the service and the cause, and no secret appears in any
-//! output.
+//! TLS with a password user (the MQTT gateway), and the HTTP ingest serving HTTPS; every
+//! certificate checked against a CA file and every secret read from a file. A wrong password or
+//! an untrusted certificate ends a command at start-up with a message that names the service and
+//! the cause, and no secret appears in any output.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1074,4 +1074,93 @@ fn the_mqtt_gateway_logs_in_over_tls_and_says_why_it_cannot() {
         ),
     );
     says_untrusted(&run_failing(&untrusted, &["mqtt"]), &place, &[]);
+}
+
+/// `fleetpulse ingest` serving HTTPS into a Kafka over SASL_SSL: a reading POSTed under an API
+/// key, with the server checked against the CA, is accepted and on the topic; a client that does
+/// not trust the CA, or speaks plain HTTP, gets nothing in.
+#[test]
+fn ingest_serves_https_and_writes_to_a_secured_kafka() {
+    use std::io::BufRead as _;
+
+    let kafka = kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = kafka.dir().join("tls");
+    let keys = dir.path().join("keys.json");
+    let topic = unique("ingest-tls");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}[ingest]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nkeys_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\n[topics]\ntelemetry = \"{topic}\"\n",
+            kafka_section(kafka),
+            keys.display(),
+            tls.join("server.pem").display(),
+            tls.join("server.key").display()
+        ),
+    );
+    let created = run_ok(
+        fleetpulse()
+            .args(["--config", config.to_str().unwrap()])
+            .args(["api-key", "create", "--tenant", "acme"]),
+    );
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    let mut child = fleetpulse()
+        .args(["--config", config.to_str().unwrap(), "ingest"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _ingest = Running(child);
+    let url = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|said| said["listening"] == "ingest")
+        .and_then(|said| said["url"].as_str().map(str::to_string))
+        .expect("ingest says where it listens");
+    assert!(url.starts_with("https://"), "{url}");
+    let line = r#"{"tenant_id":"acme","device_id":"tls-sensor-1","ts":1700000000000,"ok":true,"battery_pct":77.0}"#;
+    let post = |ca: Option<&Path>, url: &str| {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-s", "--max-time", "10", "-X", "POST"])
+            .args(["-H", &format!("Authorization: Bearer {key}")])
+            .args([
+                "-H",
+                "Content-Type: application/x-ndjson",
+                "--data-binary",
+                line,
+            ])
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(ca) = ca {
+            curl.arg("--cacert").arg(ca);
+        }
+        let out = curl.arg(format!("{url}/v1/telemetry")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let answer = post(Some(&kafka.ca_file()), &url);
+    let (body, status) = answer.rsplit_once('\n').unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    assert_eq!(
+        (status, &body["accepted"]),
+        ("200", &serde_json::json!(1)),
+        "{answer}"
+    );
+    assert!(
+        post(None, &url).ends_with("\n000"),
+        "curl trusts only the test CA"
+    );
+    let plain = url.replace("https://", "http://");
+    assert!(
+        !post(Some(&kafka.ca_file()), &plain).ends_with("\n200"),
+        "plain HTTP gets nothing in"
+    );
+    let tailed = tail(
+        &config,
+        &brokers(kafka, Login::Sasl("SCRAM-SHA-512", &kafka.password_file())),
+        &topic,
+        1,
+    );
+    assert!(text(&tailed).contains("tls-sensor-1"), "{}", text(&tailed));
 }

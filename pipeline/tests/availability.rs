@@ -4,13 +4,11 @@
 //! nothing. The reference model covers them on random fleets (tests/model.rs); these are the
 //! cases named.
 
-use std::sync::Arc;
+mod support;
 
 use pipeline::clock::RecordTime;
 use pipeline::output::Output;
-use pipeline::sink::Collector;
 use pipeline::source::memory::MemoryRecord;
-use pipeline::{InputSpec, Job, PipelineConfig};
 use schemas::{Codec, DeadLetterReason, DeviceStatus, Telemetry, TransitionReason};
 
 const T0: i64 = 1_700_000_000_000;
@@ -35,29 +33,7 @@ fn record(device: &str, ts: i64, availability: Option<&str>) -> MemoryRecord {
 }
 
 fn run(telemetry: Vec<MemoryRecord>) -> Vec<Output> {
-    let collector = Collector::default();
-    let cfg = PipelineConfig {
-        out_of_orderness_ms: 1_000,
-        trust_record_time: true,
-        ..PipelineConfig::default()
-    };
-    let job = Job {
-        clock: Arc::new(|| 0),
-        ..Job::new(
-            Arc::new(cfg),
-            InputSpec::Memory {
-                partitions: Arc::new(vec![telemetry]),
-                inventory: Arc::new(vec![]),
-                bounded: true,
-            },
-            Arc::new(Codec::builtin()),
-            collector.factory(),
-        )
-    };
-    if let Err(e) = pipeline::run(timely::Config::thread(), job) {
-        panic!("the dataflow failed: {e}");
-    }
-    collector.records()
+    support::run(telemetry, Vec::new())
 }
 
 /// `(status, previous, ts - T0, last_seen - T0, reason)` of `device`'s transitions.

@@ -3,13 +3,13 @@
 //! replacing the reported one, a registration changed or unwatched, a tombstone for a device
 //! never known, and records on the inventory that are no registration.
 
-use std::sync::Arc;
+mod support;
+
+use support::run;
 
 use pipeline::clock::RecordTime;
 use pipeline::output::Output;
-use pipeline::sink::Collector;
 use pipeline::source::memory::MemoryRecord;
-use pipeline::{InputSpec, Job, PipelineConfig};
 use schemas::{
     Codec, DeadLetterReason, DeviceStatus, Registration, StatusTransition, Telemetry,
     TransitionReason,
@@ -53,35 +53,6 @@ fn tombstone(device: &str, at: i64) -> MemoryRecord {
         key: key(device),
         value: Vec::new(),
     }
-}
-
-/// Runs the dataflow over one telemetry and one inventory partition.
-fn run(telemetry: Vec<MemoryRecord>, inventory: Vec<MemoryRecord>) -> Vec<Output> {
-    let collector = Collector::default();
-    // Record times as the truth: with two devices in a partition, a consensus of their clocks
-    // would wait for the silent one.
-    let cfg = PipelineConfig {
-        out_of_orderness_ms: 1_000,
-        trust_record_time: true,
-        ..PipelineConfig::default()
-    };
-    let job = Job {
-        clock: Arc::new(|| 0),
-        ..Job::new(
-            Arc::new(cfg),
-            InputSpec::Memory {
-                partitions: Arc::new(vec![telemetry]),
-                inventory: Arc::new(vec![inventory]),
-                bounded: true,
-            },
-            Arc::new(Codec::builtin()),
-            collector.factory(),
-        )
-    };
-    if let Err(e) = pipeline::run(timely::Config::thread(), job) {
-        panic!("the dataflow failed: {e}");
-    }
-    collector.records()
 }
 
 fn statuses<'a>(out: &'a [Output], device: &str) -> Vec<&'a StatusTransition> {

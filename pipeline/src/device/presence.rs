@@ -13,19 +13,12 @@ impl Device {
             let reason = TransitionReason::NeverSeen;
             return self.transition(DeviceStatus::Offline, None, ts, reason, ctx);
         }
-        self.tell_last_seen(ctx);
         let reason = if ts < ctx.data_watermark {
             TransitionReason::Timeout
         } else {
             TransitionReason::InputIdle
         };
-        self.transition(
-            DeviceStatus::Offline,
-            Some(DeviceStatus::Online),
-            ts,
-            reason,
-            ctx,
-        );
+        self.leave_online(ts, reason, ctx);
     }
 
     /// The device was reported offline at `ts`: offline at once if it was online; a device not
@@ -35,8 +28,12 @@ impl Device {
             return;
         }
         events::device_reported_offline();
+        self.leave_online(ts, TransitionReason::ReportedOffline, ctx);
+    }
+
+    /// An online device goes offline at `ts` for `reason`, its last-seen time told first.
+    fn leave_online(&mut self, ts: i64, reason: TransitionReason, ctx: &mut Ctx<'_>) {
         self.tell_last_seen(ctx);
-        let reason = TransitionReason::ReportedOffline;
         self.transition(
             DeviceStatus::Offline,
             Some(DeviceStatus::Online),
