@@ -1124,7 +1124,9 @@ fn ingest_serves_https_and_writes_to_a_secured_kafka() {
     let line = r#"{"tenant_id":"acme","device_id":"tls-sensor-1","ts":1700000000000,"ok":true,"battery_pct":77.0}"#;
     let post = |ca: Option<&Path>, url: &str| {
         let mut curl = std::process::Command::new("curl");
-        curl.args(["-s", "--max-time", "10", "-X", "POST"])
+        // The answer waits for Kafka's acknowledgement: the producer's first SASL_SSL login
+        // takes seconds on a busy machine (a 10 s limit once ran out in CI).
+        curl.args(["-s", "--max-time", "60", "-X", "POST"])
             .args(["-H", &format!("Authorization: Bearer {key}")])
             .args([
                 "-H",

@@ -1,9 +1,9 @@
 //! The gateway: subscribed to the broker under a persistent session (QoS 1; MQTT 3.1.1 with clean
 //! session off, or MQTT 5 with a session that never expires; acknowledgements by hand; the
-//! protocol's differences are [`client`]'s), each message mapped ([`Mapper`]) and written to Kafka (readings to
-//! the telemetry topic with the mapping's tenant in the `fleetpulse-tenant` header, what cannot be
-//! mapped to the dead-letter topic with its MQTT topic), and acknowledged to the broker only once
-//! Kafka acknowledged what it became. MQTT wants acknowledgements in the order messages came, so
+//! protocol's differences are [`client`]'s), each message mapped ([`Mapper`]) and written to
+//! Kafka (readings to the telemetry topic with the mapping's tenant in the `fleetpulse-tenant`
+//! header, what cannot be mapped to the dead-letter topic with its MQTT topic), and acknowledged
+//! to the broker only once Kafka acknowledged what it became. MQTT wants acknowledgements in the order messages came, so
 //! they go out in that order, each after its own Kafka acknowledgement. A gateway that crashes,
 //! or waits on a Kafka that is down, leaves messages unacknowledged, and the broker sends them
 //! again: nothing it accepted at QoS 1 is lost, and a message sent twice is the same reading
@@ -47,9 +47,6 @@ pub enum GatewayError {
     /// The Kafka producer could not be made.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    /// A file the configuration names could not be read.
-    #[error("{0}")]
-    Io(String),
     /// The broker refused the gateway's credentials before it ever connected: a configuration
     /// to mend, not an outage to wait out.
     #[error("the MQTT broker at {url}: the credentials are refused ({code})")]

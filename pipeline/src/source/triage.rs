@@ -6,8 +6,8 @@
 //! at the watermark, as a registration is never too late to count. An availability report is
 //! judged as a reading is: an online one counts as its device's arrival (a sign of life, no
 //! measurement), an offline one as [`ReadingKind::ReportedOffline`], and a late one of going
-//! offline only as a dead letter. Plain state, no timely: the
-//! source operator hands it records and sends what it gathers.
+//! offline only as a dead letter. Plain state, no timely: the source operator hands it records
+//! and sends what it gathers.
 
 use std::sync::Arc;
 
