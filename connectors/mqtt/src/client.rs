@@ -118,7 +118,7 @@ impl std::fmt::Display for Failure {
 }
 
 /// The broker's host, port and whether it speaks TLS, from `mqtt://` or `mqtts://` URLs.
-fn address(url: &str) -> Result<(String, u16, bool), Unusable> {
+pub fn address(url: &str) -> Result<(String, u16, bool), Unusable> {
     let unusable = |why: String| Unusable { key: "url", why };
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)

@@ -75,3 +75,12 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The host and port of a plain-MQTT broker at `url` (`mqtt.url`), for the clients of the demo
+/// and the benchmark, which speak no TLS.
+pub(crate) fn plain_broker(url: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port, tls) = mqtt_gateway::client::address(url)
+        .map_err(|e| anyhow::anyhow!("mqtt.{}: {}", e.key, e.why))?;
+    anyhow::ensure!(!tls, "{url}: a plain mqtt:// broker is wanted here");
+    Ok((host, port))
+}

@@ -53,18 +53,6 @@ impl MqttBench {
     }
 }
 
-/// The broker's host and port from `mqtt://host:port`.
-fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .context("bench mqtt takes an mqtt://host:port broker")?;
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .context("mqtt.url needs a port")?;
-    Ok((host.to_string(), port.parse().context("mqtt.url's port")?))
-}
-
 /// Publishes `messages` (topic under `base`, payload) at QoS 1 and waits for the broker to
 /// acknowledge every one (the measurements stop at the reading side, and drop a publisher
 /// still waiting).
@@ -220,7 +208,7 @@ async fn gateway(
 }
 
 pub(crate) async fn run(config: &Config, args: MqttBench) -> anyhow::Result<()> {
-    let broker = host_port(&config.mqtt.url)?;
+    let broker = crate::commands::mqtt::plain_broker(&config.mqtt.url)?;
     // Zigbee2MQTT's payload for a sensor: battery, link quality and its measurements.
     let messages: Arc<Vec<(String, String)>> = Arc::new(
         (0..args.messages)

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use mqtt_gateway::{MappingConfig, MqttConfig};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
@@ -71,12 +70,9 @@ fn payload(device: &str, n: u64) -> String {
 
 /// Publishes the home under `base` to the broker at `url` until `stop` is set.
 pub(crate) async fn run(url: &str, base: &str, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .context("the demo's home takes an mqtt://host:port broker")?;
-    let (host, port) = rest.rsplit_once(':').context("the broker's port")?;
+    let (host, port) = crate::commands::mqtt::plain_broker(url)?;
     let id = format!("fleetpulse-demo-home-{}", std::process::id());
-    let mut options = MqttOptions::new(id, host, port.parse::<u16>().context("the broker's port")?);
+    let mut options = MqttOptions::new(id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     // The event loop reconnects by itself; a broker away for a while costs the home's readings
